@@ -1,0 +1,95 @@
+"""Acceptance and outbox dispatch of a 100,000-recipient bulk through a real `comms serve`.
+
+Prints, per run and as medians: seconds from POST to 202 (recipients/s), seconds from the 202
+until every item is `sent` through the outbox provider (recipients/s), and the API's peak RSS.
+
+    .venv/bin/python bench/accept.py [--recipients 100000] [--runs 3] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._server import start_server
+
+
+def phones(run: int, count: int) -> list[str]:
+    base = 13_000_000_000 + run * 1_000_000
+    return [str(base + i * 7) for i in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--recipients", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    parser.add_argument("--no-dispatch", action="store_true", help="measure acceptance only")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="comms-bench-") as tmp:
+        extra = {"COMMS_DATABASE_URL": args.database_url} if args.database_url else {}
+        server = start_server(Path(tmp), extra_env=extra, dispatcher=not args.no_dispatch)
+        accept_s: list[float] = []
+        dispatch_s: list[float] = []
+        try:
+            with httpx.Client(
+                base_url=server.url, headers={"Authorization": f"Bearer {server.token}"}, timeout=300
+            ) as c:
+                for run in range(args.runs):
+                    body = json.dumps(
+                        {
+                            "channel": "sms",
+                            "category": "transactional",
+                            "content": "Your parcel {{ parcel }} arrives today",
+                            "variables": {"parcel": "PX-1"},
+                            "recipients": phones(run, args.recipients),
+                        }
+                    ).encode()
+                    started = time.perf_counter()
+                    answer = c.post(
+                        "/communication/bulk", content=body, headers={"Content-Type": "application/json"}
+                    )
+                    accepted = time.perf_counter()
+                    assert answer.status_code == 202, answer.text[:500]
+                    payload = answer.json()
+                    assert payload["total"] == args.recipients, payload["counts"]
+                    accept_s.append(accepted - started)
+                    line = f"run {run + 1}: accept {accept_s[-1]:.3f} s ({args.recipients / accept_s[-1]:,.0f} rcpt/s)"
+                    if not args.no_dispatch:
+                        batch = payload["batch_id"]
+                        while True:
+                            data = c.get(f"/communication/batches/{batch}").json()["data"]
+                            if data["done"]:
+                                break
+                            time.sleep(0.05)
+                        dispatch_s.append(time.perf_counter() - accepted)
+                        assert data["counts"] == {"sent": args.recipients}, data["counts"]
+                        line += f", dispatch {dispatch_s[-1]:.2f} s ({args.recipients / dispatch_s[-1]:,.0f} msg/s)"
+                    print(line, flush=True)
+            rss = server.peak_rss_mb()
+        finally:
+            server.stop()
+    accept = statistics.median(accept_s)
+    print(f"\nrecipients per bulk:    {args.recipients:,}")
+    print(
+        f"accept (median):        {accept:.3f} s  = {args.recipients / accept:,.0f} recipients/s  (target <= 1.0 s)"
+    )
+    if dispatch_s:
+        dispatch = statistics.median(dispatch_s)
+        print(f"outbox dispatch (med.): {dispatch:.2f} s  = {args.recipients / dispatch:,.0f} messages/s")
+    print(f"API peak RSS:           {rss:.0f} MiB  (target <= 300 MiB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""comms: multi-tenant bulk SMS and email."""

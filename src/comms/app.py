@@ -1,0 +1,131 @@
+"""``create_app(settings)``: the FastAPI application, its lifespan and error handlers."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from comms import openapi
+from comms.config import Settings
+from comms.dispatch.dispatcher import Dispatcher
+from comms.dispatch.routing import Router
+from comms.errors import ApiError, RateLimited
+from comms.kit.db import Database
+from comms.kit.http import reply
+from comms.kit.secretbox import SecretBox
+from comms.messages.endpoints import router as messages_router
+from comms.messages.schemas import BulkSendRequest
+from comms.state import AppState
+from comms.templates.endpoints import router as templates_router
+
+log = logging.getLogger("comms.api")
+
+
+def create_app(settings: Settings | None = None, *, dispatcher: bool | None = None) -> FastAPI:
+    settings = settings or Settings()
+    run_dispatcher = settings.dispatcher_enabled if dispatcher is None else dispatcher
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.resolved_database_url)
+        secrets = SecretBox(settings.resolved_secret_key)
+        state = AppState(settings=settings, db=db, secrets=secrets)
+        app.state.comms = state
+        worker: Dispatcher | None = None
+        router = Router(settings.resolved_outbox_dir)
+        if run_dispatcher:
+            worker = Dispatcher(db, settings, secrets, router)
+            state.wake_dispatcher = worker.wake
+            worker.start()
+        app.state.dispatcher = worker
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop()
+            await router.close()
+            await db.dispose()
+
+    app = FastAPI(
+        title="comms: Communication Service",
+        version="0.1.0",
+        description="Bulk SMS and email with per-recipient logs and built-in compliance "
+        "(ePrivacy Directive 2002/58/EC, CAN-SPAM Act).",
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+    app.include_router(messages_router)
+    app.include_router(templates_router)
+
+    @app.get("/healthz", tags=["Operations"])
+    async def healthz() -> Any:
+        """The process is alive."""
+        return reply(200, "ok")
+
+    @app.get("/readyz", tags=["Operations"])
+    async def readyz(request: Request) -> Any:
+        """The database answers."""
+        state: AppState = request.app.state.comms
+        try:
+            async with state.db.read() as session:
+                await session.execute(text("SELECT 1"))
+        except Exception as exc:
+            log.warning("readiness check failed: %s", type(exc).__name__)
+            return reply(503, "database unreachable")
+        return reply(200, "ready")
+
+    openapi.install(app, [BulkSendRequest])
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        extra: dict[str, Any] = {}
+        headers: dict[str, str] | None = None
+        if exc.errors:
+            extra["errors"] = [{"field": e.field, "message": e.message} for e in exc.errors]
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))}
+        if exc.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return reply(exc.status, exc.message, headers=headers, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+            errors.append({"field": ".".join(loc) or "request", "message": str(err.get("msg", "invalid"))})
+        message = f"{errors[0]['field']}: {errors[0]['message']}" if len(errors) == 1 else "invalid request"
+        return reply(422, message, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        return reply(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    async def database_down(request: Request, exc: OperationalError) -> Response:
+        log.error("database error: %s", type(exc.orig).__name__ if exc.orig else "unknown")
+        return reply(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        request_id = uuid.uuid4().hex[:16]
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return reply(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"})
+        log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+        return reply(500, f"internal error (request id {request_id})")

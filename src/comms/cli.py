@@ -1,0 +1,284 @@
+"""The ``comms`` command: serve | worker | migrate | tenant | apikey | send."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from comms.config import Settings
+
+app = typer.Typer(help="comms: bulk SMS and email with per-recipient logs.", no_args_is_help=True)
+tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
+apikey_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(apikey_app, name="apikey")
+
+
+def _settings(**overrides: Any) -> Settings:
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return settings
+
+
+def _migrate(settings: Settings) -> None:
+    from comms.migrations.runner import upgrade
+
+    upgrade(settings.resolved_database_url)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations and exit."""
+    settings = _settings()
+    _migrate(settings)
+    typer.echo("database is up to date")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    no_dispatcher: Annotated[bool, typer.Option("--no-dispatcher", help="API only (scale-out).")] = False,
+) -> None:
+    """Run the API (and, unless --no-dispatcher, an in-process dispatcher). Applies migrations first."""
+    import uvicorn
+
+    from comms.app import create_app
+    from comms.kit.db import Database
+    from comms.kit.logging import configure_logging
+    from comms.tenants.bootstrap import bootstrap_demo_tenant
+
+    settings = _settings(host=host, port=port)
+    configure_logging(settings.log_level, settings.log_json)
+    _migrate(settings)
+
+    async def _bootstrap() -> tuple[str, str] | None:
+        db = Database(settings.resolved_database_url)
+        try:
+            return await bootstrap_demo_tenant(db)
+        finally:
+            await db.dispose()
+
+    created = asyncio.run(_bootstrap())
+    if created is not None:
+        tenant_id, token = created
+        typer.echo(
+            f"\nCreated demo tenant {tenant_id}. Its API key (shown once, keep it):\n\n  {token}\n\n"
+            f"Messages go to the outbox folder: {settings.resolved_outbox_dir}\n",
+            err=True,
+        )
+    app_ = create_app(settings, dispatcher=not no_dispatcher)
+    uvicorn.run(
+        app_,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
+    )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Batches in flight at once.")] = None,
+) -> None:
+    """Run a dispatcher only (scale-out beside `comms serve --no-dispatcher`)."""
+    from comms.dispatch.dispatcher import Dispatcher
+    from comms.dispatch.routing import Router
+    from comms.kit.db import Database
+    from comms.kit.logging import configure_logging
+    from comms.kit.secretbox import SecretBox
+
+    settings = _settings(dispatch_concurrency=concurrency)
+    configure_logging(settings.log_level, settings.log_json)
+    _migrate(settings)
+
+    async def _run() -> None:
+        db = Database(settings.resolved_database_url)
+        router = Router(settings.resolved_outbox_dir)
+        dispatcher = Dispatcher(db, settings, SecretBox(settings.resolved_secret_key), router)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        dispatcher.start()
+        await stop.wait()
+        await dispatcher.stop()
+        await router.close()
+        await db.dispose()
+
+    try:
+        import uvloop
+
+        uvloop.run(_run())
+    except ImportError:  # pragma: no cover
+        asyncio.run(_run())
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Option(help="Tenant name.")],
+    region: Annotated[str, typer.Option(help="Default region for national phone numbers.")] = "CN",
+    sender: Annotated[
+        list[str] | None, typer.Option(help="A sender identity (from-address or SMS id).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a tenant and print its id."""
+    from comms.kit.db import Database
+    from comms.tenants.service import create_tenant
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def _run() -> str:
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.begin() as session:
+                extra = {"sender_identities": list(sender)} if sender else None
+                tenant = await create_tenant(session, name, region, extra)
+                return tenant.id
+        finally:
+            await db.dispose()
+
+    tenant_id = asyncio.run(_run())
+    typer.echo(json.dumps({"id": tenant_id}) if as_json else tenant_id)
+
+
+@apikey_app.command("create")
+def apikey_create(
+    tenant: Annotated[str, typer.Option(help="Tenant id (tnt_...).")],
+    scope: Annotated[
+        list[str] | None, typer.Option(help="A scope; repeat for more. Default: all but pii:read.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="A label for the key.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create an API key and print its token once."""
+    from comms.kit.db import Database
+    from comms.tenants.service import create_api_key
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def _run() -> tuple[str, str]:
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.begin() as session:
+                key, token = await create_api_key(session, tenant, scope, name)
+                return key.id, token
+        finally:
+            await db.dispose()
+
+    try:
+        key_id, token = asyncio.run(_run())
+    except (LookupError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({"id": key_id, "token": token}) if as_json else token)
+
+
+def _read_recipients(path: Path) -> list[Any]:
+    """A text file (one address per line), or a CSV with a header: `to` (else the first column) is
+    the address and the other columns are that recipient's variables."""
+    text = path.read_text(encoding="utf-8-sig")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return []
+    if "," not in lines[0]:
+        return [line.strip() for line in lines]
+    rows = list(csv.DictReader(lines))
+    if not rows:
+        return []
+    fields = list(rows[0].keys())
+    to_field = "to" if "to" in fields else fields[0]
+    recipients: list[Any] = []
+    for row in rows:
+        variables = {k: v for k, v in row.items() if k != to_field and k and v is not None}
+        recipients.append({"to": row[to_field], "variables": variables} if variables else row[to_field])
+    return recipients
+
+
+@app.command()
+def send(
+    channel: Annotated[str, typer.Option(help="sms or email.")],
+    recipients_file: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="CSV or text file.")],
+    content: Annotated[str | None, typer.Option(help="Content template.")] = None,
+    template: Annotated[str | None, typer.Option(help="Stored template code or id.")] = None,
+    subject: Annotated[str | None, typer.Option(help="Email subject.")] = None,
+    category: Annotated[
+        str | None, typer.Option(help="verification|transactional|announcement|marketing")
+    ] = None,
+    var: Annotated[list[str] | None, typer.Option(help="A shared variable k=v; repeat for more.")] = None,
+    url: Annotated[str, typer.Option(envvar="COMMS_API_URL", help="API base URL.")] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(envvar="COMMS_TOKEN", help="API key.")] = None,
+    wait: Annotated[bool, typer.Option(help="Show progress until the batch is done.")] = True,
+) -> None:
+    """Bulk-send to the recipients in a file through the API, with a progress bar until done."""
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not token:
+        typer.echo("error: --token (or COMMS_TOKEN) is required", err=True)
+        raise typer.Exit(2)
+    variables: dict[str, str] = {}
+    for item in var or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            typer.echo(f"error: --var expects k=v, got {item!r}", err=True)
+            raise typer.Exit(2)
+        variables[key] = value
+    body: dict[str, Any] = {"channel": channel, "recipients": _read_recipients(recipients_file)}
+    for option, given in (
+        ("content", content),
+        ("template", template),
+        ("subject", subject),
+        ("category", category),
+    ):
+        if given is not None:
+            body[option] = given
+    if variables:
+        body["variables"] = variables
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+        answer = client.post("/communication/bulk", json=body)
+        payload = answer.json()
+        if answer.status_code != 202:
+            typer.echo(json.dumps(payload, indent=2, ensure_ascii=False), err=True)
+            raise typer.Exit(1)
+        batch_id = payload["batch_id"]
+        typer.echo(f"batch {batch_id}: {payload['total']} recipient(s) accepted {payload.get('counts')}")
+        if not wait:
+            return
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        ) as progress:
+            task = progress.add_task("sending", total=payload["total"])
+            while True:
+                data = client.get(f"/communication/batches/{batch_id}").json()["data"]
+                done = round(data["progress"] * data["total"])
+                progress.update(task, completed=done)
+                if data["done"]:
+                    break
+                time.sleep(0.5)
+        typer.echo(json.dumps(data["counts"]))
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

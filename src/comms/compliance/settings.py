@@ -1,0 +1,63 @@
+"""A tenant's own settings (``GET|PUT /communication/settings``), stored as JSON on the tenant."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ConsentPolicy = Literal["opt_in", "soft_opt_in", "none"]
+_HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
+
+
+class TenantSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default_region: str = Field(
+        default="CN", description="ISO 3166 region for national-format phone numbers."
+    )
+    postal_address: str | None = Field(
+        default=None, description="Printed in every marketing email (CAN-SPAM)."
+    )
+    sender_identities: list[str] = Field(
+        default_factory=list,
+        description="From-addresses (with '@') and SMS sender ids the tenant may use; the first email one "
+        "is the default From.",
+    )
+    sms_signature: str | None = Field(default=None, description="Brand signature, e.g. 阿里云 -> 【阿里云】.")
+    sms_opt_out_text: str | None = Field(default=None, description="Appended to marketing SMS.")
+    ad_disclosure: str | None = Field(default=None, description="Ad identification text for marketing email.")
+    consent_policy: dict[str, ConsentPolicy] = Field(
+        default_factory=dict,
+        description="Region (ISO code, or EU for the EEA and UK, or * for the rest) -> basis required "
+        "for marketing.",
+    )
+    quiet_hours: dict[str, str] = Field(default_factory=dict, description='Country -> "08:00-21:00" local.')
+    content_retention_days: int = Field(default=30, ge=1, le=3650)
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        value = value.upper()
+        if not re.fullmatch(r"[A-Z]{2}", value):
+            raise ValueError("must be a two-letter ISO 3166 region code")
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _hours(cls, value: dict[str, str]) -> dict[str, str]:
+        for country, window in value.items():
+            if not _HOURS.match(window):
+                raise ValueError(f"{country}: expected HH:MM-HH:MM, got {window!r}")
+        return value
+
+    def email_senders(self) -> list[str]:
+        return [s for s in self.sender_identities if "@" in s]
+
+    def sms_senders(self) -> list[str]:
+        return [s for s in self.sender_identities if "@" not in s]
+
+
+def load_settings(raw: dict[str, Any] | None) -> TenantSettings:
+    return TenantSettings.model_validate(raw or {})

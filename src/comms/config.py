@@ -1,0 +1,78 @@
+"""Settings: environment variables with the prefix ``COMMS_`` (and an optional ``.env``).
+
+With no environment at all the service runs on embedded defaults: a SQLite file under
+``./var``, an in-process dispatcher and the ``outbox`` provider writing to ``./var/outbox``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COMMS_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    redis_url: str | None = None
+    outbox_dir: Path | None = None
+    secret_key: str | None = None
+    public_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    max_recipients: int = Field(default=100_000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    default_region: str = "CN"
+
+    dispatcher_enabled: bool = True
+    dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
+    dispatch_concurrency: int = Field(default=4, ge=1, le=256)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_base_seconds: float = Field(default=2.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'comms.db').resolve()}"
+
+    @cached_property
+    def resolved_outbox_dir(self) -> Path:
+        return (self.outbox_dir or self.data_dir / "outbox").resolve()
+
+    @cached_property
+    def resolved_secret_key(self) -> str:
+        """The key that signs unsubscribe tokens and encrypts provider credentials.
+
+        Generated once into the data dir when unset, so a restart keeps old tokens valid.
+        """
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret.key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        path.write_text(key)
+        path.chmod(0o600)
+        return key
+
+    @cached_property
+    def resolved_public_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")

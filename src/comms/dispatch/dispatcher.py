@@ -1,0 +1,303 @@
+"""The dispatcher: claims due messages in batches, sends them, records what happened.
+
+One loop claims up to ``batch_size`` due rows at a time while fewer than ``concurrency``
+batches are in flight; each batch is gated again (an unsubscribe after acceptance wins),
+rendered, handed to its route's providers in failover order, and completed in one write.
+An idle loop sleeps until it is woken (a commit made work due), the next scheduled row falls
+due, or the poll interval passes, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from comms.compliance.gates import AcceptanceGate
+from comms.config import Settings
+from comms.dispatch.backoff import retry_delay
+from comms.dispatch.compose import BatchCache, BatchContext, Composed, compose
+from comms.dispatch.queue import (
+    ClaimedMessage,
+    claim_due,
+    complete,
+    next_due_at,
+    release_claims,
+    release_expired_leases,
+)
+from comms.dispatch.routing import Route, Router
+from comms.errors import PermanentProviderError
+from comms.kit.clock import utcnow
+from comms.kit.db import Database
+from comms.kit.ids import new_id
+from comms.kit.secretbox import SecretBox
+from comms.messages.recipients import region_of_phone
+from comms.models import Tenant
+from comms.providers.base import OutboundMessage, Outcome, SendResult
+from comms.templates.rendering import TemplateError
+
+log = logging.getLogger("comms.dispatch")
+RESPONSE_LIMIT = 1000
+
+
+class Dispatcher:
+    def __init__(self, db: Database, settings: Settings, secrets: SecretBox, router: Router) -> None:
+        self.db = db
+        self.settings = settings
+        self.router = router
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('wrk')[-8:]}"
+        self._cache = BatchCache(secrets)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._lease = timedelta(seconds=settings.lease_seconds)
+        self._last_reap = 0.0
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self.run(), name="comms-dispatcher")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop claiming, let in-flight batches finish (drain), then return."""
+        self._stopping.set()
+        self._wake.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+
+    async def run(self) -> None:
+        log.info("dispatcher started", extra={"worker": self.worker_id})
+        while not self._stopping.is_set():
+            try:
+                await self._reap_if_due()
+                await self._slots.acquire()
+                if self._stopping.is_set():
+                    self._slots.release()
+                    break
+                self._wake.clear()
+                async with self.db.begin() as session:
+                    claimed = await claim_due(
+                        session, self.worker_id, self.settings.dispatch_batch_size, utcnow(), self._lease
+                    )
+                if not claimed:
+                    self._slots.release()
+                    await self._idle()
+                    continue
+                task = asyncio.create_task(self._process(claimed))
+                self._tasks.add(task)
+                task.add_done_callback(self._finished)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dispatcher loop error; retrying")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+        log.info("dispatcher stopped", extra={"worker": self.worker_id})
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dispatch batch crashed", exc_info=task.exception())
+
+    async def _idle(self) -> None:
+        timeout = self.settings.poll_interval_seconds
+        async with self.db.read() as session:
+            due = await next_due_at(session)
+        if due is not None:
+            timeout = max(0.0, min(timeout, (due - utcnow()).total_seconds()))
+        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _reap_if_due(self) -> None:
+        loop_now = asyncio.get_running_loop().time()
+        if loop_now - self._last_reap < min(10.0, self.settings.lease_seconds / 2):
+            return
+        self._last_reap = loop_now
+        async with self.db.begin() as session:
+            reaped = await release_expired_leases(session, utcnow())
+        if reaped:
+            log.warning("re-queued messages whose lease expired", extra={"count": reaped})
+            self._wake.set()
+
+    # ---- one claimed batch ---------------------------------------------------------------------
+
+    async def _process(self, claimed: list[ClaimedMessage]) -> None:
+        try:
+            rows = await self._deliver(claimed)
+        except asyncio.CancelledError:
+            async with self.db.begin() as session:
+                await release_claims(session, [c.id for c in claimed], self.worker_id, utcnow())
+            raise
+        except Exception:
+            log.exception("dispatch failed before sending; releasing the claim")
+            async with self.db.begin() as session:
+                await release_claims(session, [c.id for c in claimed], self.worker_id, utcnow())
+            return
+        async with self.db.begin() as session:
+            await complete(session, rows)
+
+    async def _deliver(self, claimed: list[ClaimedMessage]) -> list[dict[str, Any]]:
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        contexts: dict[str, BatchContext] = {}
+        gates: dict[tuple[str, str, str], AcceptanceGate] = {}
+        async with self.db.read() as session:
+            for batch_id in {c.batch_id for c in claimed}:
+                contexts[batch_id] = await self._cache.get(session, batch_id)
+            groups: dict[tuple[str, str, str], list[ClaimedMessage]] = defaultdict(list)
+            for c in claimed:
+                groups[(c.tenant_id, c.channel, c.category)].append(c)
+            for (tenant_id, channel, category), members in groups.items():
+                tenant = await session.get(Tenant, tenant_id)
+                assert tenant is not None
+                gates[(tenant_id, channel, category)] = await AcceptanceGate.prepare(
+                    session,
+                    tenant_id=tenant_id,
+                    salt=tenant.hash_salt,
+                    settings=contexts[members[0].batch_id].settings,
+                    channel=channel,
+                    category=category,
+                    keys=[m.recipient_key for m in members],
+                )
+        outgoing: dict[tuple[str, str], list[Composed]] = defaultdict(list)
+        for c in claimed:
+            gate = gates[(c.tenant_id, c.channel, c.category)]
+            verdict = gate.check(c.recipient_key, _region(c) if gate.needs_region else None)
+            if verdict is not None:
+                rows.append(self._row(c, now, status=verdict[0], error=verdict[1]))
+                continue
+            try:
+                composed = compose(c, contexts[c.batch_id], self._cache)
+            except TemplateError as exc:
+                rows.append(self._row(c, now, status="failed", error=str(exc)))
+                continue
+            outgoing[(c.tenant_id, c.channel)].append(composed)
+        by_id = {c.id: c for c in claimed}
+        for (tenant_id, channel), composed_list in outgoing.items():
+            routes = await self.router.routes(tenant_id, channel)
+            results, route = await self._send_with_failover(routes, [x.message for x in composed_list])
+            for item, result in zip(composed_list, results, strict=True):
+                rows.append(self._result_row(by_id[item.message.id], item, result, route, now))
+        return rows
+
+    async def _send_with_failover(
+        self, routes: Sequence[Route], messages: list[OutboundMessage]
+    ) -> tuple[list[SendResult], Route | None]:
+        last_error = "no provider configured for this channel"
+        permanent = False
+        for route in routes:
+            try:
+                results: list[SendResult] = []
+                size = max(1, route.provider.max_batch)
+                for start in range(0, len(messages), size):
+                    results.extend(await route.provider.send(messages[start : start + size]))
+                return results, route
+            except PermanentProviderError as exc:
+                last_error, permanent = f"{route.name}: {exc.message}", True
+            except Exception as exc:
+                last_error, permanent = f"{route.name}: {exc}", False
+                log.warning("provider call failed; trying the next route", extra={"provider": route.name})
+        outcome = Outcome.FAILED if permanent else Outcome.RETRY
+        return [SendResult(m.id, outcome, error=last_error) for m in messages], None
+
+    def _row(self, c: ClaimedMessage, now: datetime, **changes: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "b_id": c.id,
+            "b_owner": self.worker_id,
+            "b_status": "failed",
+            "b_error": None,
+            "b_provider": None,
+            "b_account": None,
+            "b_pmid": None,
+            "b_response": None,
+            "b_content": None,
+            "b_segments": None,
+            "b_variables": c.variables,
+            "b_sent_at": None,
+            "b_due_at": None,
+            "b_possible_duplicate": c.possible_duplicate,
+            "b_now": now,
+        }
+        for key, value in changes.items():
+            row[f"b_{key}"] = value
+        return row
+
+    def _result_row(
+        self, c: ClaimedMessage, item: Composed, result: SendResult, route: Route | None, now: datetime
+    ) -> dict[str, Any]:
+        provider = route.name if route else None
+        account = route.account_id if route else None
+        response = result.response[:RESPONSE_LIMIT] if result.response else None
+        common = {
+            "provider": provider,
+            "account": account,
+            "segments": item.message.segments,
+            "content": item.shown_content,
+            "response": response,
+        }
+        if result.outcome is Outcome.SENT:
+            return self._row(
+                c,
+                now,
+                status="sent",
+                sent_at=now,
+                pmid=result.provider_message_id,
+                variables=item.stored_variables,
+                **common,
+            )
+        if result.outcome is Outcome.RETRY and c.attempts < self.settings.max_attempts:
+            delay = retry_delay(
+                c.attempts,
+                self.settings.retry_base_seconds,
+                self.settings.retry_max_seconds,
+                result.retry_after,
+            )
+            return self._row(
+                c,
+                now,
+                status="queued",
+                error=f"attempt {c.attempts} failed, retrying: {result.error}",
+                due_at=now + timedelta(seconds=delay),
+                **{**common, "content": None},
+            )
+        if result.outcome is Outcome.UNKNOWN and not c.possible_duplicate:
+            return self._row(
+                c,
+                now,
+                status="queued",
+                error=f"no answer from the provider, re-sending once: {result.error}",
+                due_at=now,
+                possible_duplicate=True,
+                **{**common, "content": None},
+            )
+        if result.outcome is Outcome.UNKNOWN:
+            return self._row(c, now, status="unknown", error=result.error, **common)
+        error = result.error or "failed"
+        if result.outcome is Outcome.RETRY:
+            error = f"retries exhausted after {c.attempts} attempts: {error}"
+        return self._row(c, now, status="failed", error=error, variables=item.stored_variables, **common)
+
+
+def _region(c: ClaimedMessage) -> str | None:
+    return region_of_phone(c.recipient) if c.channel == "sms" else None

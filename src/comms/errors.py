@@ -1,0 +1,99 @@
+"""The exception tree.
+
+CommsError
+├── ApiError                 answered as the envelope with ``status``
+│   ├── BadRequest           400 malformed JSON
+│   ├── Unauthorized         401
+│   ├── Forbidden            403 missing scope
+│   ├── NotFound             404 (also for another tenant's objects)
+│   ├── Conflict             409
+│   ├── PayloadTooLarge      413
+│   ├── ValidationFailed     422, with per-field ``errors``
+│   ├── RateLimited          429, with ``retry_after``
+│   └── Unavailable          503
+└── ProviderError            raised by providers for a whole call
+    ├── TransientProviderError   retry later (timeouts, 5xx, throttling)
+    └── PermanentProviderError   give up (bad credentials, rejected content)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class CommsError(Exception):
+    """Root of every error comms raises on purpose."""
+
+
+class ApiError(CommsError):
+    status: int = 500
+
+    def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or []
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class ValidationFailed(ApiError):
+    status = 422
+
+    @classmethod
+    def single(cls, field: str, message: str) -> ValidationFailed:
+        return cls(message, [FieldError(field, message)])
+
+
+class RateLimited(ApiError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(ApiError):
+    status = 503
+
+
+class ProviderError(CommsError):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class TransientProviderError(ProviderError):
+    pass
+
+
+class PermanentProviderError(ProviderError):
+    pass

@@ -1,0 +1,315 @@
+"""HTTP routes of the messages domain: the bulk send, logs and batches."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy.exc import IntegrityError
+
+from comms.errors import BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, ValidationFailed
+from comms.kit.clock import isoformat, utcnow
+from comms.kit.http import FastJSONResponse, encode_json, envelope, reply
+from comms.kit.ids import new_id
+from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
+from comms.messages import idempotency
+from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
+from comms.messages.repository import BatchRepository, LogFilters, MessageRepository
+from comms.messages.schemas import (
+    ERROR_RESPONSES,
+    BatchEnvelope,
+    BulkSendRequest,
+    Channel,
+    CommunicationLogEnvelope,
+    CommunicationLogListResponse,
+    bulk_body_decoder,
+)
+from comms.messages.service import SubmitOptions, submit_bulk
+from comms.messages.views import BatchDisplay, message_item
+from comms.models import AuditEvent, Batch
+from comms.state import app_state
+from comms.tenants.auth import LogsPrincipal, SendPrincipal
+from comms.tenants.scopes import Scope
+from comms.tenants.service import Principal
+
+router = APIRouter(prefix="/communication", tags=["Communication Service"])
+
+FINAL_STATUSES = frozenset(
+    {"sent", "delivered", "undelivered", "failed", "cancelled", "suppressed", "rejected", "unknown"}
+)
+BULK_PAGE_SIZE = 100
+PageQuery = Annotated[int, Query(ge=1, description="1-based page number")]
+PageSizeQuery = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
+UnmaskQuery = Annotated[bool, Query(description="Show raw recipients (needs the pii:read scope).")]
+
+
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _may_unmask(principal: Principal, unmask: bool) -> bool:
+    if unmask and Scope.PII_READ.value not in principal.scopes:
+        raise Forbidden("unmask=true needs the 'pii:read' scope")
+    return unmask
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode_bulk(raw: bytes) -> Any:
+    try:
+        return bulk_body_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        message, _, where = text.partition(" - at `")
+        # msgspec names dict values "[...]": point at the mapping itself.
+        field = where.rstrip("`").removeprefix("$").lstrip(".").replace("[...]", "") or "body"
+        message = message.replace("Object missing required field", "missing required field")
+        raise ValidationFailed(f"{field}: {message}", [FieldError(field, message)]) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+@router.post(
+    "/bulk",
+    status_code=202,
+    summary="Send bulk SMS or email to multiple recipients",
+    description="Send bulk SMS or email to multiple recipients. Supports template variable substitution, "
+    "records send status per item. References: ePrivacy Directive 2002/58/EC, CAN-SPAM Act.",
+    response_model=CommunicationLogListResponse,
+    responses={**ERROR_RESPONSES, 200: {"model": CommunicationLogListResponse, "description": "dry_run"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BulkSendRequest"}}},
+        }
+    },
+)
+async def send_bulk(
+    request: Request,
+    principal: SendPrincipal,
+    page_size: PageSizeQuery = BULK_PAGE_SIZE,
+    unmask: UnmaskQuery = False,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> FastJSONResponse:
+    state = app_state(request)
+    raw = await _read_body(request, state.settings.max_body_bytes)
+    body = _decode_bulk(raw)
+    options = SubmitOptions(
+        max_recipients=state.settings.max_recipients,
+        page_size=page_size,
+        unmask=_may_unmask(principal, unmask),
+        api_key_id=principal.key_id,
+        ip=_client_ip(request),
+    )
+    key = idempotency.check_key(idempotency_key) if idempotency_key is not None and not body.dry_run else None
+    fingerprint = idempotency.request_fingerprint(request.url.path + "?" + request.url.query, raw)
+    if key is not None:
+        async with state.db.read() as session:
+            previous = await idempotency.find_previous(session, principal.tenant_id, key, fingerprint)
+        if previous is not None:
+            return FastJSONResponse(msgspec.json.decode(previous[1]), status_code=previous[0])
+    try:
+        async with state.db.begin() as session:
+            result = await submit_bulk(session, principal, body, state.secrets, options)
+            code = 200 if body.dry_run else 202
+            payload = envelope(
+                code,
+                "dry run: nothing was stored or sent" if body.dry_run else "accepted",
+                items=result.items,
+                total=result.total,
+                pagination=Page(1, page_size).info(result.total),
+                batch_id=result.batch_id,
+                counts=result.counts,
+            )
+            if key is not None:
+                idempotency.remember(
+                    session, principal.tenant_id, key, fingerprint, code, encode_json(payload)
+                )
+    except IntegrityError:
+        if key is None:
+            raise
+        # Another request with the same key committed first: answer as it did.
+        async with state.db.read() as session:
+            previous = await idempotency.find_previous(session, principal.tenant_id, key, fingerprint)
+        if previous is None:
+            raise
+        return FastJSONResponse(msgspec.json.decode(previous[1]), status_code=previous[0])
+    if not body.dry_run and (result.counts.get("queued") or 0) > 0:
+        state.wake_dispatcher()
+    return FastJSONResponse(payload, status_code=code)
+
+
+def _parse_time(name: str, value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationFailed.single(name, "must be an RFC 3339 timestamp") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+async def _audit_reveal(request: Request, principal: Principal, what: dict[str, Any]) -> None:
+    async with app_state(request).db.begin() as session:
+        session.add(
+            AuditEvent(
+                id=new_id("aud"),
+                tenant_id=principal.tenant_id,
+                actor=principal.key_id,
+                action="pii.revealed",
+                ip=_client_ip(request),
+                details=what,
+                created_at=utcnow(),
+            )
+        )
+
+
+@router.get("/logs", response_model=CommunicationLogListResponse, responses=ERROR_RESPONSES)
+async def list_logs(
+    request: Request,
+    principal: LogsPrincipal,
+    page: PageQuery = 1,
+    page_size: PageSizeQuery = DEFAULT_PAGE_SIZE,
+    channel: Channel | None = None,
+    status: str | None = None,
+    recipient: str | None = None,
+    user_id: str | None = None,
+    batch_id: str | None = None,
+    template_id: str | None = None,
+    created_from: str | None = None,
+    created_to: str | None = None,
+    unmask: UnmaskQuery = False,
+) -> FastJSONResponse:
+    """Log items, newest first. `recipient` is matched exactly after normalization."""
+    show_raw = _may_unmask(principal, unmask)
+    key = None
+    if recipient is not None:
+        key = _recipient_filter_key(principal, recipient, channel)
+    filters = LogFilters(
+        channel=channel.value if channel else None,
+        status=status,
+        recipient_key=key,
+        user_id=user_id,
+        batch_id=batch_id,
+        template_id=template_id,
+        created_from=_parse_time("created_from", created_from),
+        created_to=_parse_time("created_to", created_to),
+    )
+    paging = Page(page, page_size)
+    async with app_state(request).db.read() as session:
+        rows, total = await MessageRepository(session, principal.tenant_id).list(
+            filters, paging.offset, page_size
+        )
+        batches = await BatchRepository(session, principal.tenant_id).get_many({m.batch_id for m in rows})
+    displays = {bid: BatchDisplay.of(b) for bid, b in batches.items()}
+    items = [message_item(m, displays.get(m.batch_id), show_raw) for m in rows]
+    if show_raw and items:
+        await _audit_reveal(request, principal, {"route": "logs", "ids": [m.id for m in rows]})
+    return reply(200, "ok", items=items, total=total, pagination=paging.info(total))
+
+
+def _recipient_filter_key(principal: Principal, recipient: str, channel: Channel | None) -> str:
+    from comms.compliance.settings import load_settings
+
+    region = load_settings(principal.tenant.settings).default_region
+    looks_like_email = "@" in recipient
+    try:
+        if channel == Channel.EMAIL or (channel is None and looks_like_email):
+            return recipient_key("email", normalize_email(recipient))
+        return normalize_phone(recipient, region)
+    except InvalidRecipient as exc:
+        raise ValidationFailed.single("recipient", exc.reason) from None
+
+
+@router.get("/logs/{log_id}", response_model=CommunicationLogEnvelope, responses=ERROR_RESPONSES)
+async def get_log(
+    request: Request, log_id: str, principal: LogsPrincipal, unmask: UnmaskQuery = False
+) -> Any:
+    show_raw = _may_unmask(principal, unmask)
+    async with app_state(request).db.read() as session:
+        message = await MessageRepository(session, principal.tenant_id).get(log_id)
+        if message is None:
+            raise NotFound(f"no log item {log_id}")
+        batch = await BatchRepository(session, principal.tenant_id).get(message.batch_id)
+    if show_raw:
+        await _audit_reveal(request, principal, {"route": "log", "ids": [log_id]})
+    return reply(200, "ok", data=message_item(message, BatchDisplay.of(batch) if batch else None, show_raw))
+
+
+def _batch_data(batch: Batch, counts: dict[str, int]) -> dict[str, Any]:
+    done_count = sum(n for status, n in counts.items() if status in FINAL_STATUSES)
+    total = sum(counts.values())
+    return {
+        "id": batch.id,
+        "channel": batch.channel,
+        "category": batch.category,
+        "template_id": batch.template_id,
+        "user_id": batch.user_id,
+        "total": batch.total,
+        "counts": counts,
+        "progress": round(done_count / total, 4) if total else 1.0,
+        "done": done_count == total,
+        "send_at": isoformat(batch.send_at),
+        "created_at": isoformat(batch.created_at),
+        "cancelled_at": isoformat(batch.cancelled_at),
+        "metadata": batch.metadata_ or None,
+    }
+
+
+@router.get("/batches/{batch_id}", response_model=BatchEnvelope, responses=ERROR_RESPONSES)
+async def get_batch(request: Request, batch_id: str, principal: LogsPrincipal) -> Any:
+    async with app_state(request).db.read() as session:
+        batch = await BatchRepository(session, principal.tenant_id).get(batch_id)
+        if batch is None:
+            raise NotFound(f"no batch {batch_id}")
+        counts = await MessageRepository(session, principal.tenant_id).status_counts(batch_id)
+    return reply(200, "ok", data=_batch_data(batch, counts))
+
+
+@router.post("/batches/{batch_id}/cancel", response_model=BatchEnvelope, responses=ERROR_RESPONSES)
+async def cancel_batch(request: Request, batch_id: str, principal: SendPrincipal) -> Any:
+    """Cancel every item not yet handed to a provider (`scheduled`, `queued`, `deferred`)."""
+    now = utcnow()
+    async with app_state(request).db.begin() as session:
+        batch = await BatchRepository(session, principal.tenant_id).get(batch_id)
+        if batch is None:
+            raise NotFound(f"no batch {batch_id}")
+        messages = MessageRepository(session, principal.tenant_id)
+        cancelled = await messages.cancel_pending(batch_id, now)
+        batch.cancelled_at = batch.cancelled_at or now
+        counts = await messages.status_counts(batch_id)
+    return reply(200, f"cancelled {cancelled} item(s)", data=_batch_data(batch, counts))
+
+
+@router.post("/batches/{batch_id}/retry", response_model=BatchEnvelope, responses=ERROR_RESPONSES)
+async def retry_batch(request: Request, batch_id: str, principal: SendPrincipal) -> Any:
+    """Re-queue only the `failed` and `undelivered` items: a new attempt, the same log ids."""
+    state = app_state(request)
+    now = utcnow()
+    async with state.db.begin() as session:
+        batch = await BatchRepository(session, principal.tenant_id).get(batch_id)
+        if batch is None:
+            raise NotFound(f"no batch {batch_id}")
+        messages = MessageRepository(session, principal.tenant_id)
+        requeued = await messages.requeue_failed(batch_id, now)
+        counts = await messages.status_counts(batch_id)
+    if requeued:
+        state.wake_dispatcher()
+    return reply(200, f"re-queued {requeued} item(s)", data=_batch_data(batch, counts))
+
+
+__all__ = ["BulkSendRequest", "router"]

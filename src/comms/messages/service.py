@@ -1,0 +1,471 @@
+"""``submit_bulk``: everything between a decoded bulk request and the stored batch.
+
+Order matters: every check that can fail the whole request (template, category, variables,
+send_at, sender) runs before anything is written; recipients are then normalized, deduped and
+gated one by one, and the batch plus one log item per unique recipient are written in the
+caller's transaction. Nothing is sent here: the dispatcher picks the rows up after the commit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from comms.compliance.gates import AcceptanceGate
+from comms.compliance.settings import TenantSettings, load_settings
+from comms.errors import FieldError, PayloadTooLarge, ValidationFailed
+from comms.kit.clock import utcnow
+from comms.kit.ids import new_id, new_ids
+from comms.kit.secretbox import SecretBox
+from comms.messages.recipients import (
+    InvalidRecipient,
+    normalize_email,
+    normalize_phone,
+    recipient_key,
+    region_of_phone,
+)
+from comms.messages.repository import LogItemConstants, insert_log_items
+from comms.messages.schemas import CATEGORY_PRIORITY, BulkSendBody, Category, Channel, RecipientSpec
+from comms.messages.views import BatchDisplay, log_item, secret_names_of
+from comms.models import AuditEvent, Batch, Template
+from comms.providers.sms.segments import count_segments
+from comms.templates.rendering import CompiledTemplate, TemplateError, compile_template, redacted
+from comms.templates.repository import TemplateRepository
+from comms.tenants.service import Principal
+
+MAX_FIELD_ERRORS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOptions:
+    max_recipients: int
+    page_size: int
+    unmask: bool
+    api_key_id: str | None
+    ip: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The request after template defaults, category and variable checks."""
+
+    channel: str
+    category: str
+    template: Template | None
+    content: CompiledTemplate
+    subject: CompiledTemplate | None
+    html: CompiledTemplate | None
+    required: frozenset[str]
+    shared: dict[str, str]
+    secret_names: frozenset[str]
+    send_at: datetime | None
+    sender: str | None
+    settings: TenantSettings
+
+
+class Accepted(NamedTuple):
+    """One unique recipient after normalization (a tuple: 100,000 of them are made per bulk)."""
+
+    recipient: str
+    key: str
+    status: str
+    error: str | None
+    variables: dict[str, str] | None
+
+
+@dataclass
+class SubmitResult:
+    batch_id: str | None
+    total: int
+    items: list[dict[str, Any]]
+    counts: dict[str, int]
+
+
+async def submit_bulk(
+    session: AsyncSession,
+    principal: Principal,
+    body: BulkSendBody,
+    secrets: SecretBox,
+    options: SubmitOptions,
+) -> SubmitResult:
+    if len(body.recipients) > options.max_recipients:
+        raise PayloadTooLarge(
+            f"too many recipients: {len(body.recipients)} (the limit is {options.max_recipients})"
+        )
+    if not body.recipients:
+        raise ValidationFailed.single("recipients", "at least one recipient is required")
+    resolved = await _resolve(session, principal, body)
+    _check_variables(body, resolved)
+    accepted = _normalize_recipients(body, resolved)
+    gate = await AcceptanceGate.prepare(
+        session,
+        tenant_id=principal.tenant_id,
+        salt=principal.tenant.hash_salt,
+        settings=resolved.settings,
+        channel=resolved.channel,
+        category=resolved.category,
+        keys=[a.key for a in accepted if a.status == "queued"],
+    )
+    queued_status = "scheduled" if resolved.send_at else "queued"
+    with_region = gate.needs_region and resolved.channel == Channel.SMS
+    final = accepted
+    if gate.needs_check or queued_status != "queued":
+        final = []
+        for item in accepted:
+            if item.status == "queued":
+                verdict = gate.check(item.key, region_of_phone(item.recipient) if with_region else None)
+                if verdict is not None:
+                    item = item._replace(status=verdict[0], error=verdict[1])
+                elif queued_status != "queued":
+                    item = item._replace(status=queued_status)
+            final.append(item)
+    if body.dry_run:
+        return _dry_run_result(principal, body, resolved, final, options)
+    return await _store(session, principal, body, resolved, final, secrets, options)
+
+
+async def _resolve(session: AsyncSession, principal: Principal, body: BulkSendBody) -> Resolved:
+    errors: list[FieldError] = []
+    try:
+        channel = Channel(body.channel).value
+    except ValueError:
+        raise ValidationFailed.single("channel", "must be one of: sms, email") from None
+    template: Template | None = None
+    if body.template:
+        template = await TemplateRepository(session, principal.tenant_id).find(body.template)
+        if template is None:
+            raise ValidationFailed.single("template", f"unknown template: {body.template}")
+        if template.channel != channel:
+            raise ValidationFailed.single(
+                "template", f"template {template.code} is for {template.channel}, not {channel}"
+            )
+    category = _resolve_category(body.category, template)
+
+    content_source = body.content or (template.content if template else "")
+    if not content_source.strip():
+        errors.append(FieldError("content", "content is required (or a template that supplies it)"))
+    subject_source = body.subject or (template.subject if template else None)
+    if channel == Channel.EMAIL and not (subject_source or "").strip():
+        errors.append(FieldError("subject", "subject is required for email"))
+    html_source = template.html if template and channel == Channel.EMAIL and not body.content else None
+
+    compiled: dict[str, CompiledTemplate | None] = {}
+    for name, source, html in (
+        ("content", content_source, False),
+        ("subject", subject_source, False),
+        ("html", html_source, True),
+    ):
+        try:
+            compiled[name] = compile_template(source, html) if source else None
+        except TemplateError as exc:
+            errors.append(FieldError("template" if name == "html" else name, str(exc)))
+    if channel == Channel.EMAIL and subject_source and ("\r" in subject_source or "\n" in subject_source):
+        errors.append(FieldError("subject", "subject must be a single line"))
+
+    settings = load_settings(principal.tenant.settings)
+    send_at = _parse_send_at(body.send_at, errors)
+    sender = _resolve_sender(channel, body.sender, settings, errors)
+    if body.user_id is not None and len(body.user_id) > 200:
+        errors.append(FieldError("user_id", "must be at most 200 characters"))
+    if errors:
+        raise ValidationFailed(errors[0].message if len(errors) == 1 else "invalid request", errors)
+
+    content = compiled["content"]
+    assert content is not None
+    required = content.variables
+    for extra in (compiled["subject"], compiled["html"]):
+        if extra is not None:
+            required = required | extra.variables
+    secret_names = secret_names_of(template.secret_variables if template else None)
+    return Resolved(
+        channel=channel,
+        category=category,
+        template=template,
+        content=content,
+        subject=compiled["subject"],
+        html=compiled["html"],
+        required=required,
+        shared=dict(body.variables or {}),
+        secret_names=secret_names,
+        send_at=send_at,
+        sender=sender,
+        settings=settings,
+    )
+
+
+def _resolve_category(requested: str | None, template: Template | None) -> str:
+    template_category: str | None = None
+    if template is not None:
+        # A template flagged as carrying promotion is marketing, whatever it is labelled (C9).
+        template_category = Category.MARKETING.value if template.contains_promo else template.category
+    if requested is None:
+        return template_category or Category.MARKETING.value
+    try:
+        category = Category(requested).value
+    except ValueError:
+        raise ValidationFailed.single(
+            "category", "must be one of: verification, transactional, announcement, marketing"
+        ) from None
+    if template_category is not None and category != template_category:
+        raise ValidationFailed.single(
+            "category",
+            f"category_mismatch: the template {template.code if template else ''} is {template_category}",
+        )
+    return category
+
+
+def _parse_send_at(value: str | None, errors: list[FieldError]) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        errors.append(FieldError("send_at", "must be an RFC 3339 timestamp, e.g. 2026-04-15T10:00:00Z"))
+        return None
+    if parsed.tzinfo is None:
+        errors.append(FieldError("send_at", "must include a time zone offset or Z"))
+        return None
+    parsed = parsed.astimezone(UTC)
+    if parsed <= utcnow():
+        errors.append(FieldError("send_at", "must be in the future"))
+        return None
+    return parsed
+
+
+def _resolve_sender(
+    channel: str, requested: str | None, settings: TenantSettings, errors: list[FieldError]
+) -> str | None:
+    allowed = settings.email_senders() if channel == Channel.EMAIL else settings.sms_senders()
+    if requested is None:
+        return allowed[0] if allowed else None
+    if requested.lower() not in {a.lower() for a in allowed}:
+        errors.append(
+            FieldError(
+                "sender", f"unverified_sender: {requested} is not one of the tenant's sender identities"
+            )
+        )
+        return None
+    return requested
+
+
+def _check_variables(body: BulkSendBody, resolved: Resolved) -> None:
+    missing_shared = resolved.required - resolved.shared.keys()
+    if not missing_shared:
+        return
+    errors: list[FieldError] = []
+    missing_everywhere: set[str] = set()
+    for index, spec in enumerate(body.recipients):
+        own = spec.variables if isinstance(spec, RecipientSpec) else None
+        missing = missing_shared - own.keys() if own else missing_shared
+        if missing:
+            missing_everywhere |= missing
+            if len(errors) < MAX_FIELD_ERRORS:
+                errors.append(
+                    FieldError(f"recipients[{index}]", f"missing variables: {', '.join(sorted(missing))}")
+                )
+    if errors:
+        raise ValidationFailed(f"missing template variables: {', '.join(sorted(missing_everywhere))}", errors)
+
+
+def _normalize_recipients(body: BulkSendBody, resolved: Resolved) -> list[Accepted]:
+    """Normalize and dedupe; invalid addresses become ``rejected`` items, not request errors."""
+    is_sms = resolved.channel == Channel.SMS
+    region = resolved.settings.default_region
+    seen: set[str] = set()
+    accepted: list[Accepted] = []
+    append = accepted.append
+    make = Accepted
+    for spec in body.recipients:
+        if type(spec) is str:
+            raw, own = spec, None
+        else:
+            assert isinstance(spec, RecipientSpec)
+            raw, own = spec.to, spec.variables
+        try:
+            normalized = normalize_phone(raw, region) if is_sms else normalize_email(raw)
+        except InvalidRecipient as exc:
+            shown = raw.strip()[:320] or "(empty)"
+            if ("!" + shown) not in seen:
+                seen.add("!" + shown)
+                append(make(shown, "!" + shown, "rejected", exc.reason, own))
+            continue
+        key = normalized if is_sms else recipient_key("email", normalized)
+        if key not in seen:
+            seen.add(key)
+            append(make(normalized, key, "queued", None, own))
+    return accepted
+
+
+def _encrypt_secrets(values: dict[str, str], secret_names: frozenset[str], box: SecretBox) -> dict[str, str]:
+    if secret_names.isdisjoint(values):
+        return values
+    return {k: (box.encrypt(v) if k in secret_names else v) for k, v in values.items()}
+
+
+async def _store(
+    session: AsyncSession,
+    principal: Principal,
+    body: BulkSendBody,
+    resolved: Resolved,
+    items: list[Accepted],
+    secrets: SecretBox,
+    options: SubmitOptions,
+) -> SubmitResult:
+    now = utcnow()
+    batch = Batch(
+        id=new_id("bat"),
+        tenant_id=principal.tenant_id,
+        api_key_id=options.api_key_id,
+        channel=resolved.channel,
+        category=resolved.category,
+        template_id=resolved.template.id if resolved.template else None,
+        template_version=resolved.template.version if resolved.template else None,
+        user_id=body.user_id,
+        content=resolved.content.source,
+        subject=resolved.subject.source if resolved.subject else None,
+        html=resolved.html.source if resolved.html else None,
+        variables=_encrypt_secrets(resolved.shared, resolved.secret_names, secrets),
+        secret_variables=sorted(resolved.secret_names),
+        provider_templates=resolved.template.provider_templates if resolved.template else {},
+        metadata_=dict(body.metadata or {}),
+        sender=resolved.sender,
+        send_at=resolved.send_at,
+        total=len(items),
+        created_at=now,
+    )
+    session.add(batch)
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item.status] = counts.get(item.status, 0) + 1
+    session.add(
+        AuditEvent(
+            id=new_id("aud"),
+            tenant_id=principal.tenant_id,
+            actor=options.api_key_id,
+            action="bulk.submitted",
+            ip=options.ip,
+            details={
+                "batch_id": batch.id,
+                "channel": resolved.channel,
+                "category": resolved.category,
+                "template_id": batch.template_id,
+                "template_version": batch.template_version,
+                "counts": counts,
+            },
+            created_at=now,
+        )
+    )
+    await session.flush()  # the batch row first: messages reference it, and PG's COPY must run in-transaction
+
+    ids = new_ids("log", len(items))
+    due = resolved.send_at or now
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    secret_names = resolved.secret_names
+    for log_id, item in zip(ids, items, strict=True):
+        own = item.variables
+        variables_json = (
+            json.dumps(_encrypt_secrets(own, secret_names, secrets), ensure_ascii=False) if own else None
+        )
+        append(
+            (
+                log_id,
+                item.recipient,
+                item.key,
+                item.status,
+                item.error,
+                variables_json,
+                item.status in ("queued", "scheduled"),
+            )
+        )
+    await insert_log_items(
+        session,
+        LogItemConstants(
+            tenant_id=principal.tenant_id,
+            batch_id=batch.id,
+            channel=resolved.channel,
+            category=resolved.category,
+            user_id=body.user_id,
+            template_id=batch.template_id,
+            priority=CATEGORY_PRIORITY[Category(resolved.category)],
+            created_at=now,
+            due_at=due,
+        ),
+        rows,
+    )
+
+    display = BatchDisplay.of(batch)
+    first_page = [
+        log_item(
+            id=log_id,
+            tenant_id=principal.tenant_id,
+            batch_id=batch.id,
+            channel=resolved.channel,
+            category=resolved.category,
+            recipient=item.recipient,
+            status=item.status,
+            error=item.error,
+            content=display.render(item.variables),
+            user_id=body.user_id,
+            template_id=batch.template_id,
+            created_at=now,
+            updated_at=now,
+            unmask=options.unmask,
+            metadata=display.metadata,
+        )
+        for log_id, item in zip(ids[: options.page_size], items[: options.page_size], strict=True)
+    ]
+    return SubmitResult(batch_id=batch.id, total=len(items), items=first_page, counts=counts)
+
+
+def _dry_run_result(
+    principal: Principal,
+    body: BulkSendBody,
+    resolved: Resolved,
+    items: list[Accepted],
+    options: SubmitOptions,
+) -> SubmitResult:
+    """Render every recipient and count SMS segments, storing and sending nothing."""
+    now = utcnow()
+    counts: dict[str, int] = {}
+    page: list[dict[str, Any]] = []
+    for item in items:
+        counts[item.status] = counts.get(item.status, 0) + 1
+        merged = dict(resolved.shared)
+        if item.variables:
+            merged.update(item.variables)
+        error = item.error
+        try:
+            text = resolved.content.render(merged)
+            if resolved.subject is not None:
+                resolved.subject.render(merged)
+        except TemplateError as exc:
+            text, error = None, str(exc)
+        segments = (
+            count_segments(text).segments if text is not None and resolved.channel == Channel.SMS else None
+        )
+        if len(page) < options.page_size:
+            entry = log_item(
+                id=None,
+                tenant_id=principal.tenant_id,
+                batch_id=None,
+                channel=resolved.channel,
+                category=resolved.category,
+                recipient=item.recipient,
+                status=item.status,
+                error=error,
+                content=resolved.content.render(redacted(merged, resolved.secret_names)) if text else None,
+                user_id=body.user_id,
+                template_id=resolved.template.id if resolved.template else None,
+                created_at=now,
+                updated_at=now,
+                unmask=options.unmask,
+                metadata=dict(body.metadata) if body.metadata else None,
+                segments=segments,
+            )
+            page.append(entry)
+    return SubmitResult(batch_id=None, total=len(items), items=page, counts=counts)

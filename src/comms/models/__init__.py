@@ -1,0 +1,26 @@
+"""SQLAlchemy tables, one module each; importing this package registers them all on ``Base.metadata``."""
+
+from comms.models.api_key import ApiKey
+from comms.models.audit_event import AuditEvent
+from comms.models.base import Base
+from comms.models.batch import Batch
+from comms.models.consent import Consent
+from comms.models.idempotency_key import IdempotencyKey
+from comms.models.message import CLAIMABLE, Message
+from comms.models.suppression import Suppression
+from comms.models.template import Template
+from comms.models.tenant import Tenant
+
+__all__ = [
+    "CLAIMABLE",
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "Batch",
+    "Consent",
+    "IdempotencyKey",
+    "Message",
+    "Suppression",
+    "Template",
+    "Tenant",
+]

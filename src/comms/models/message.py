@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, SmallInteger, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from comms.kit.db import JSONText, UTCDateTime
+from comms.models.base import Base
+
+# Statuses the dispatcher may claim once ``due_at`` has passed.
+CLAIMABLE = ("queued", "scheduled", "deferred")
+_CLAIMABLE_SQL = text("status IN ('queued', 'scheduled', 'deferred')")
+_SENDING_SQL = text("status = 'sending'")
+
+
+class Message(Base):
+    """One recipient of one batch: the log item AND the work queue entry.
+
+    Due time, attempt count and lease live on the row, so scheduling, retries, quiet-hours
+    deferral and crash recovery are all the same claim query.
+    """
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index("ix_messages_tenant_id_id", "tenant_id", "id"),
+        Index("ix_messages_batch_id_status", "batch_id", "status"),
+        Index("ix_messages_tenant_id_recipient_key", "tenant_id", "recipient_key"),
+        Index(
+            "ix_messages_claim",
+            "priority",
+            "due_at",
+            postgresql_where=_CLAIMABLE_SQL,
+            sqlite_where=_CLAIMABLE_SQL,
+        ),
+        Index("ix_messages_lease", "lease_until", postgresql_where=_SENDING_SQL, sqlite_where=_SENDING_SQL),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(10))
+    category: Mapped[str] = mapped_column(String(20))
+    recipient: Mapped[str] = mapped_column(String(320))
+    recipient_key: Mapped[str] = mapped_column(String(320))
+    user_id: Mapped[str | None] = mapped_column(String(200))
+    template_id: Mapped[str | None] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    # Per-recipient variables merged over the batch's; secret values encrypted.
+    variables: Mapped[dict[str, str] | None] = mapped_column(JSONText)
+    # The rendered content with secret values redacted, recorded when the provider accepts.
+    content: Mapped[str | None] = mapped_column(Text)
+    provider: Mapped[str | None] = mapped_column(String(40))
+    provider_account_id: Mapped[str | None] = mapped_column(String(40))
+    provider_message_id: Mapped[str | None] = mapped_column(String(200))
+    response: Mapped[str | None] = mapped_column(Text)
+    priority: Mapped[int] = mapped_column(SmallInteger)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    segments: Mapped[int | None] = mapped_column(Integer)
+    possible_duplicate: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

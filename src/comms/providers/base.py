@@ -1,0 +1,81 @@
+"""The provider protocol: what the dispatcher hands a provider and what it gets back.
+
+A provider is one module per vendor. It knows the vendor's wire format for sending AND for
+parsing receipts, and nothing about the database. Capabilities are class attributes the
+dispatcher reads (batch size, rate, body length, template requirement), so no code outside
+``providers/`` ever asks which vendor it is talking to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class Outcome(StrEnum):
+    SENT = "sent"  # the provider accepted it
+    RETRY = "retry"  # transient: try again later
+    FAILED = "failed"  # permanent: give up
+    UNKNOWN = "unknown"  # the request left but no answer came
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """One rendered message for one recipient. ``id`` is our log id (Aliyun OutId, custom_args, ...)."""
+
+    id: str
+    tenant_id: str
+    channel: str
+    category: str
+    to: str
+    text: str
+    sender: str | None = None
+    sender_name: str | None = None
+    subject: str | None = None
+    html: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    # Decrypted variables, for vendors that render server-side from a registered template.
+    variables: Mapping[str, str] = field(default_factory=dict)
+    provider_template: Mapping[str, Any] | None = None
+    segments: int | None = None
+    possible_duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    message_id: str
+    outcome: Outcome
+    provider_message_id: str | None = None
+    response: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+    @classmethod
+    def sent(
+        cls, message_id: str, provider_message_id: str | None = None, response: str | None = None
+    ) -> SendResult:
+        return cls(message_id, Outcome.SENT, provider_message_id, response)
+
+
+class Provider:
+    """Base class with the default capabilities; vendors override what differs."""
+
+    name: ClassVar[str]
+    channels: ClassVar[frozenset[str]]
+    max_batch: ClassVar[int] = 100
+    rate_per_second: ClassVar[float | None] = None
+    max_body_length: ClassVar[int | None] = None
+    requires_template: ClassVar[bool] = False
+    can_reconcile: ClassVar[bool] = False
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        raise NotImplementedError
+
+    async def reconcile(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        """Ask the vendor what became of messages whose outcome is unknown."""
+        return [SendResult(m.id, Outcome.UNKNOWN, error="provider cannot be asked") for m in messages]
+
+    async def close(self) -> None:
+        return None

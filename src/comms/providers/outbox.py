@@ -1,0 +1,99 @@
+"""The ``outbox`` provider: writes every message to a folder instead of sending it.
+
+The embedded default, so a new user sees real output with no credentials:
+``<outbox>/email/<log id>.eml`` holds the exact bytes an SMTP provider would send, and
+``<outbox>/sms/<log id>.json`` holds ``{"id", "to", "from", "content", "segments"}``.
+Files are written to a temporary name and renamed, so a file that exists is complete; that
+makes a re-send after a crash idempotent and lets :meth:`reconcile` answer exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from comms.providers.base import OutboundMessage, Outcome, Provider, SendResult
+from comms.providers.email.mime import EmailContent, build_email, message_id_for
+
+
+class OutboxProvider(Provider):
+    name: ClassVar[str] = "outbox"
+    channels: ClassVar[frozenset[str]] = frozenset({"sms", "email"})
+    max_batch: ClassVar[int] = 500
+    can_reconcile: ClassVar[bool] = True
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path_for(self, message: OutboundMessage) -> Path:
+        suffix = ".eml" if message.channel == "email" else ".json"
+        return self.directory / message.channel / f"{message.id}{suffix}"
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        return await asyncio.to_thread(self._write_all, messages)
+
+    async def reconcile(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        return [
+            SendResult.sent(m.id, m.id, "found in outbox")
+            if self.path_for(m).exists()
+            else SendResult(m.id, Outcome.RETRY, error="not in outbox: never written")
+            for m in messages
+        ]
+
+    def _write_all(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        results: list[SendResult] = []
+        made: set[Path] = set()
+        for message in messages:
+            path = self.path_for(message)
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            try:
+                if path.exists():
+                    results.append(SendResult.sent(message.id, message.id, f"already in outbox: {path.name}"))
+                    continue
+                _write_atomically(path, _render(message))
+            except OSError as exc:
+                results.append(SendResult(message.id, Outcome.RETRY, error=f"outbox write failed: {exc}"))
+                continue
+            results.append(SendResult.sent(message.id, message.id, f"written to outbox: {path.name}"))
+        return results
+
+
+def _render(message: OutboundMessage) -> bytes:
+    if message.channel == "email":
+        sender = message.sender or "no-reply@localhost"
+        return build_email(
+            EmailContent(
+                from_addr=sender,
+                from_name=message.sender_name,
+                to_addr=message.to,
+                subject=message.subject or "",
+                text=message.text,
+                html=message.html,
+                message_id=message_id_for(message.id, sender),
+                extra_headers=message.headers,
+            )
+        )
+    payload = {
+        "id": message.id,
+        "to": message.to,
+        "from": message.sender,
+        "content": message.text,
+        "segments": message.segments,
+    }
+    return json.dumps(payload, ensure_ascii=False).encode()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

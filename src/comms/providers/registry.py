@@ -1,0 +1,10 @@
+"""The explicit registry of provider classes by name."""
+
+from __future__ import annotations
+
+from comms.providers.base import Provider
+from comms.providers.outbox import OutboxProvider
+
+PROVIDERS: dict[str, type[Provider]] = {
+    OutboxProvider.name: OutboxProvider,
+}

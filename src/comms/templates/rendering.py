@@ -1,0 +1,139 @@
+"""Sandboxed ``{{ name }}`` templating.
+
+Content and subject are Jinja2 templates rendered in a sandbox that also refuses every attribute
+and item access (``{{ user.__class__ }}``, ``{{ x['y'] }}``): variables are flat strings, so a
+template needs nothing more than names, filters and literals.
+
+Variables a template needs are found once per template with ``meta.find_undeclared_variables``;
+acceptance checks them against each recipient's variable set without rendering anyone, and
+rendering happens at dispatch time, once per distinct variable set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta, nodes
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+
+REDACTED = "******"
+DEFAULT_SECRET_VARIABLES = ("code", "otp", "password")
+
+
+class TemplateError(ValueError):
+    """A template that cannot be compiled or rendered; ``message`` is safe to show the caller."""
+
+
+# What a message template may contain: text, ``{{ name }}``, these filters, and if/else. No loops,
+# calls, arithmetic or macros, so rendering cost is bounded by the template's own size.
+_ALLOWED_NODES = (
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Const,
+    nodes.Filter,
+    nodes.If,
+    nodes.CondExpr,
+    nodes.Compare,
+    nodes.Operand,
+    nodes.And,
+    nodes.Or,
+    nodes.Not,
+    nodes.Concat,
+)
+_ALLOWED_FILTERS = frozenset(
+    {
+        "upper",
+        "lower",
+        "title",
+        "capitalize",
+        "trim",
+        "default",
+        "d",
+        "e",
+        "escape",
+        "truncate",
+        "striptags",
+        "urlencode",
+        "string",
+        "length",
+        "replace",
+    }
+)
+
+
+def _check_allowed(ast: nodes.Template) -> None:
+    for node in ast.find_all(nodes.Node):
+        if not isinstance(node, _ALLOWED_NODES):
+            raise TemplateError(
+                f"{type(node).__name__.lower()} is not allowed in templates: "
+                "use {{ name }} placeholders, filters and if-blocks"
+            )
+        if isinstance(node, nodes.Filter) and node.name not in _ALLOWED_FILTERS:
+            raise TemplateError(f"filter {node.name!r} is not allowed in templates")
+
+
+class _FlatSandbox(SandboxedEnvironment):
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        return False
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        raise SecurityError("item access is not allowed in templates")
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        raise SecurityError("attribute access is not allowed in templates")
+
+
+_text_env = _FlatSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_html_env = _FlatSandbox(undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledTemplate:
+    source: str
+    variables: frozenset[str]
+    is_static: bool
+    _template: Any
+
+    def render(self, variables: Mapping[str, str]) -> str:
+        if self.is_static:
+            return self.source
+        try:
+            return str(self._template.render(variables))
+        except UndefinedError as exc:
+            raise TemplateError(f"missing variable: {exc.message}") from exc
+        except SecurityError as exc:
+            raise TemplateError(str(exc)) from exc
+        except Exception as exc:  # a filter given a bad argument, etc.
+            raise TemplateError(f"template could not be rendered: {exc}") from exc
+
+
+@lru_cache(maxsize=1024)
+def compile_template(source: str, html: bool = False) -> CompiledTemplate:
+    env = _html_env if html else _text_env
+    try:
+        ast = env.parse(source)
+        _check_allowed(ast)
+        template = env.from_string(ast)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
+    variables = frozenset(meta.find_undeclared_variables(ast))
+    static = _is_static(ast)
+    return CompiledTemplate(source=source, variables=variables, is_static=static, _template=template)
+
+
+def _is_static(ast: nodes.Template) -> bool:
+    """True when the template is plain text, so rendering is the identity."""
+    if len(ast.body) != 1 or not isinstance(ast.body[0], nodes.Output):
+        return not ast.body
+    return all(isinstance(node, nodes.TemplateData) for node in ast.body[0].nodes)
+
+
+def redacted(variables: Mapping[str, str], secret_names: frozenset[str]) -> dict[str, str]:
+    """The variables with every secret value replaced, for anything that is stored or shown."""
+    return {k: (REDACTED if k in secret_names else v) for k, v in variables.items()}

@@ -1,0 +1,214 @@
+"""Shared fixtures: a migrated database per test (SQLite by default, PostgreSQL where asked),
+the app with its lifespan, an HTTP client, and a tenant with API keys.
+
+PostgreSQL and Redis URLs come from the environment (COMMS_TEST_POSTGRES_URL, COMMS_TEST_REDIS_URL).
+Without them those tests skip, unless COMMS_REQUIRE_SERVICES=1 (set by .ci/run), which turns a
+skip into a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from comms.app import create_app
+from comms.config import Settings
+from comms.kit.db import Database
+from comms.migrations.runner import upgrade
+from comms.tenants.scopes import ALL_SCOPES, DEFAULT_SCOPES
+from comms.tenants.service import create_api_key, create_tenant
+
+POSTGRES_URL = os.environ.get("COMMS_TEST_POSTGRES_URL")
+REDIS_URL = os.environ.get("COMMS_TEST_REDIS_URL")
+REQUIRE_SERVICES = os.environ.get("COMMS_REQUIRE_SERVICES") == "1"
+
+TABLES = (
+    "messages",
+    "batches",
+    "idempotency_keys",
+    "audit_events",
+    "suppressions",
+    "consents",
+    "templates",
+    "api_keys",
+    "tenants",
+)
+
+
+def need_postgres() -> str:
+    if not POSTGRES_URL:
+        if REQUIRE_SERVICES:
+            pytest.fail("COMMS_TEST_POSTGRES_URL is not set but services are required")
+        pytest.skip("PostgreSQL not configured (COMMS_TEST_POSTGRES_URL)")
+    return POSTGRES_URL
+
+
+def need_redis() -> str:
+    if not REDIS_URL:
+        if REQUIRE_SERVICES:
+            pytest.fail("COMMS_TEST_REDIS_URL is not set but services are required")
+        pytest.skip("Redis not configured (COMMS_TEST_REDIS_URL)")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file per test session; each test gets a copy (migrating costs ~0.3 s)."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+def _worker_db_name() -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"comms_test_{worker}"
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> str:
+    """A database of this xdist worker's own, migrated once."""
+    base = need_postgres()
+    name = _worker_db_name()
+
+    async def _create() -> None:
+        admin = create_async_engine(base, isolation_level="AUTOCOMMIT")
+        async with admin.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        await admin.dispose()
+
+    asyncio.run(_create())
+    url = base.rsplit("/", 1)[0] + "/" + name
+    upgrade(url)
+    return url
+
+
+async def _truncate(url: str) -> None:
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    if backend == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "comms.db"
+        shutil.copy(template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+    else:
+        url: str = request.getfixturevalue("postgres_database")
+        asyncio.run(_truncate(url))
+        yield url
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path / "var",
+        database_url=database_url,
+        secret_key="test-secret-key",
+        public_url="https://comms.test",
+        poll_interval_seconds=0.2,
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.2,
+    )
+
+
+@dataclass
+class TenantKeys:
+    tenant_id: str
+    token: str
+    read_only_token: str
+    pii_token: str
+    region: str
+
+    def headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+
+async def make_tenant(db: Database, name: str = "Acme", region: str = "CN", **settings: Any) -> TenantKeys:
+    tenant_settings = {
+        "sender_identities": ["news@acme.example", "ACME"],
+        "postal_address": "1 Main St, Springfield",
+    }
+    tenant_settings.update(settings)
+    async with db.begin() as session:
+        tenant = await create_tenant(session, name, region, tenant_settings)
+        _, token = await create_api_key(session, tenant.id, DEFAULT_SCOPES)
+        _, read_only = await create_api_key(session, tenant.id, ["logs:read"])
+        _, pii = await create_api_key(session, tenant.id, ALL_SCOPES)
+    return TenantKeys(tenant.id, token, read_only, pii, region)
+
+
+@dataclass
+class Service:
+    app: Any
+    client: httpx.AsyncClient
+    settings: Settings
+    db: Database
+
+    @property
+    def outbox(self) -> Path:
+        return self.settings.resolved_outbox_dir
+
+
+async def _service(settings: Settings, dispatcher: bool) -> AsyncIterator[Service]:
+    app = create_app(settings, dispatcher=dispatcher)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://comms.test") as client:
+            yield Service(app, client, settings, app.state.comms.db)
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[Service]:
+    """The API without a dispatcher: what is accepted stays queued."""
+    async for svc in _service(settings, dispatcher=False):
+        yield svc
+
+
+@pytest.fixture
+async def live_service(settings: Settings) -> AsyncIterator[Service]:
+    """The API with its in-process dispatcher."""
+    async for svc in _service(settings, dispatcher=True):
+        yield svc
+
+
+@pytest.fixture
+async def tenant(service: Service) -> TenantKeys:
+    return await make_tenant(service.db)
+
+
+@pytest.fixture
+async def live_tenant(live_service: Service) -> TenantKeys:
+    return await make_tenant(live_service.db)
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll an async predicate until it is true (never a fixed sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if await predicate():
+            return
+        if loop.time() > deadline:
+            raise AssertionError("condition not met within timeout")
+        await asyncio.sleep(interval)

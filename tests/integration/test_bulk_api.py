@@ -1,0 +1,307 @@
+"""POST /communication/bulk: every rule of CONTRACT.md, the happy path and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from comms.models import AuditEvent, Batch, IdempotencyKey, Message
+from tests.conftest import Service, TenantKeys, make_tenant
+
+
+async def count_rows(service: Service) -> tuple[int, int]:
+    async with service.db.read() as session:
+        batches = await session.scalar(select(func.count()).select_from(Batch))
+        messages = await session.scalar(select(func.count()).select_from(Message))
+    return int(batches or 0), int(messages or 0)
+
+
+def sms(**extra: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "channel": "sms",
+        "content": "Your verification code is {{ code }}",
+        "recipients": ["13800138000", "13900139000"],
+        "variables": {"code": "123456"},
+        "category": "verification",
+    }
+    body.update(extra)
+    return body
+
+
+async def test_seed_example_is_accepted_with_masked_items(service: Service, tenant: TenantKeys) -> None:
+    answer = await service.client.post("/communication/bulk", json=sms(), headers=tenant.headers())
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert body["code"] == 202 and body["message"] == "accepted" and body["timestamp"].endswith("Z")
+    assert body["total"] == 2 and body["batch_id"].startswith("bat_")
+    assert body["pagination"] == {
+        "page": 1,
+        "page_size": 100,
+        "total": 2,
+        "total_pages": 1,
+        "has_next": False,
+        "has_prev": False,
+    }
+    first, second = body["items"]
+    assert first["recipient"] == "138****8000" and second["recipient"] == "139****9000"
+    assert (
+        first["status"] == "queued"
+        and first["id"].startswith("log_")
+        and first["tenant_id"] == tenant.tenant_id
+    )
+    assert first["content"] == "Your verification code is ******"  # the OTP never shows
+    assert first["channel"] == "sms" and first["category"] == "verification"
+    assert await count_rows(service) == (1, 2)
+
+
+async def test_items_are_stored_in_the_batch_transaction_with_e164(
+    service: Service, tenant: TenantKeys
+) -> None:
+    answer = await service.client.post("/communication/bulk", json=sms(), headers=tenant.headers())
+    batch_id = answer.json()["batch_id"]
+    async with service.db.read() as session:
+        rows = (await session.scalars(select(Message).where(Message.batch_id == batch_id))).all()
+        batch = await session.get(Batch, batch_id)
+    assert sorted(m.recipient for m in rows) == ["+8613800138000", "+8613900139000"]
+    assert batch is not None and batch.total == 2
+    # The OTP is encrypted at rest, never stored in clear.
+    assert "123456" not in json.dumps(batch.variables)
+
+
+async def test_duplicates_collapse_after_normalization(service: Service, tenant: TenantKeys) -> None:
+    recipients = ["13800138000", "+86 138 0013 8000", "+8613800138000", "138-0013-8000"]
+    answer = await service.client.post(
+        "/communication/bulk", json=sms(recipients=recipients), headers=tenant.headers()
+    )
+    assert answer.status_code == 202
+    assert answer.json()["total"] == 1
+
+
+async def test_email_duplicates_collapse_case_insensitively(service: Service, tenant: TenantKeys) -> None:
+    body = {
+        "channel": "email",
+        "subject": "Hello",
+        "content": "Hi",
+        "category": "transactional",
+        "recipients": ["Ann@Example.com", "ann@example.com", " ann@EXAMPLE.com "],
+    }
+    answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["total"] == 1
+    assert answer.json()["items"][0]["recipient"] == "A***@example.com"
+
+
+async def test_invalid_recipients_become_rejected_items(service: Service, tenant: TenantKeys) -> None:
+    answer = await service.client.post(
+        "/communication/bulk",
+        json=sms(recipients=["13800138000", "12345", "not-a-phone"]),
+        headers=tenant.headers(),
+    )
+    assert answer.status_code == 202
+    items = answer.json()["items"]
+    assert [i["status"] for i in items] == ["queued", "rejected", "rejected"]
+    assert all("invalid" in (i["error"] or "") for i in items[1:])
+    assert answer.json()["counts"] == {"queued": 1, "rejected": 2}
+
+
+async def test_per_recipient_variables_merge_over_shared(service: Service, tenant: TenantKeys) -> None:
+    body = {
+        "channel": "email",
+        "subject": "Hi {{ name }}",
+        "content": "Hello {{ name }} from {{ company }}",
+        "category": "transactional",
+        "variables": {"company": "Acme", "name": "friend"},
+        "recipients": [{"to": "a@example.com", "variables": {"name": "Ann"}}, "b@example.com"],
+    }
+    answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+    assert answer.status_code == 202, answer.text
+    contents = [i["content"] for i in answer.json()["items"]]
+    assert contents == ["Hello Ann from Acme", "Hello friend from Acme"]
+
+
+async def test_missing_variable_is_422_naming_it_and_stores_nothing(
+    service: Service, tenant: TenantKeys
+) -> None:
+    body = sms(
+        content="Hi {{ name }}, code {{ code }}",
+        recipients=["13800138000", {"to": "13900139000", "variables": {"name": "Bo"}}],
+    )
+    answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+    assert answer.status_code == 422
+    payload = answer.json()
+    assert payload["code"] == 422 and "name" in payload["message"]
+    assert payload["errors"] == [{"field": "recipients[0]", "message": "missing variables: name"}]
+    assert await count_rows(service) == (0, 0)
+
+
+async def test_malformed_json_is_400(service: Service, tenant: TenantKeys) -> None:
+    answer = await service.client.post(
+        "/communication/bulk",
+        content=b'{"channel": "sms", ',
+        headers={**tenant.headers(), "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["code"] == 400 and "malformed JSON" in answer.json()["message"]
+    assert await count_rows(service) == (0, 0)
+
+
+async def test_wrong_types_and_unknown_fields_are_422_with_field(
+    service: Service, tenant: TenantKeys
+) -> None:
+    cases = [
+        (sms(recipients=["13800138000", 42]), "recipients[1]"),
+        (sms(variables={"code": 123456}), "variables"),
+        (sms(recipient=["x"]), "body"),
+        ({"content": "x", "recipients": ["13800138000"]}, "body"),
+        (sms(channel="fax"), "channel"),
+        (sms(category="spam"), "category"),
+        (sms(recipients=[]), "recipients"),
+        (sms(content=""), "content"),
+        (sms(content="{{ broken"), "content"),
+        (sms(content="{{ x.__class__ }}"), "content"),
+        (sms(send_at="tomorrow"), "send_at"),
+        (sms(send_at="2020-01-01T00:00:00Z"), "send_at"),
+        (sms(sender="UNKNOWN"), "sender"),
+        (sms(template="nope"), "template"),
+        (
+            {
+                "channel": "email",
+                "content": "x",
+                "recipients": ["a@example.com"],
+                "category": "transactional",
+            },
+            "subject",
+        ),
+    ]
+    for body, field in cases:
+        answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+        assert answer.status_code == 422, (body, answer.text)
+        payload = answer.json()
+        assert payload["code"] == 422 and payload["message"]
+        assert field in {e["field"] for e in payload.get("errors", [])} or field == "body", (field, payload)
+    assert await count_rows(service) == (0, 0)
+
+
+async def test_auth_errors(service: Service, tenant: TenantKeys) -> None:
+    no_token = await service.client.post("/communication/bulk", json=sms())
+    assert no_token.status_code == 401 and no_token.json()["code"] == 401
+    bad = await service.client.post(
+        "/communication/bulk", json=sms(), headers={"Authorization": "Bearer comms_key_x_y"}
+    )
+    assert bad.status_code == 401
+    forged = tenant.token[:-4] + "AAAA"
+    assert (
+        await service.client.post(
+            "/communication/bulk", json=sms(), headers={"Authorization": f"Bearer {forged}"}
+        )
+    ).status_code == 401
+    read_only = await service.client.post(
+        "/communication/bulk", json=sms(), headers=tenant.headers(tenant.read_only_token)
+    )
+    assert read_only.status_code == 403 and "send" in read_only.json()["message"]
+    assert await count_rows(service) == (0, 0)
+
+
+async def test_recipient_limit_is_413(service: Service, tenant: TenantKeys) -> None:
+    service.settings.max_recipients = 3
+    answer = await service.client.post(
+        "/communication/bulk",
+        json=sms(recipients=[f"1380013800{i}" for i in range(4)]),
+        headers=tenant.headers(),
+    )
+    assert answer.status_code == 413 and answer.json()["code"] == 413
+    assert await count_rows(service) == (0, 0)
+
+
+async def test_body_size_limit_is_413(service: Service, tenant: TenantKeys) -> None:
+    service.settings.max_body_bytes = 2048
+    answer = await service.client.post(
+        "/communication/bulk", json=sms(content="x" * 4096), headers=tenant.headers()
+    )
+    assert answer.status_code == 413
+
+
+async def test_idempotency_key_replays_and_conflicts(service: Service, tenant: TenantKeys) -> None:
+    headers = {**tenant.headers(), "Idempotency-Key": "order-42"}
+    first = await service.client.post("/communication/bulk", json=sms(), headers=headers)
+    again = await service.client.post("/communication/bulk", json=sms(), headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["batch_id"] == again.json()["batch_id"]
+    assert await count_rows(service) == (1, 2)
+    conflict = await service.client.post(
+        "/communication/bulk", json=sms(content="other {{ code }}"), headers=headers
+    )
+    assert conflict.status_code == 409 and conflict.json()["code"] == 409
+    assert await count_rows(service) == (1, 2)
+    async with service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 1
+
+
+async def test_idempotency_keys_are_per_tenant(service: Service, tenant: TenantKeys) -> None:
+    other = await make_tenant(service.db, "Other")
+    headers_a = {**tenant.headers(), "Idempotency-Key": "k1"}
+    headers_b = {**other.headers(), "Idempotency-Key": "k1"}
+    a = await service.client.post("/communication/bulk", json=sms(), headers=headers_a)
+    b = await service.client.post("/communication/bulk", json=sms(), headers=headers_b)
+    assert a.status_code == b.status_code == 202 and a.json()["batch_id"] != b.json()["batch_id"]
+
+
+async def test_dry_run_reports_and_stores_nothing(service: Service, tenant: TenantKeys) -> None:
+    body = sms(dry_run=True, recipients=["13800138000", "bad"], content="Code {{ code }}" + " long" * 40)
+    answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+    assert answer.status_code == 200, answer.text
+    payload = answer.json()
+    assert payload["batch_id"] is None and payload["total"] == 2
+    ok, bad = payload["items"]
+    assert ok["status"] == "queued" and ok["segments"] == 2 and "******" in ok["content"]
+    assert bad["status"] == "rejected"
+    assert await count_rows(service) == (0, 0)
+
+
+async def test_send_at_schedules(service: Service, tenant: TenantKeys) -> None:
+    when = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    answer = await service.client.post(
+        "/communication/bulk", json=sms(send_at=when), headers=tenant.headers()
+    )
+    assert answer.status_code == 202
+    assert {i["status"] for i in answer.json()["items"]} == {"scheduled"}
+
+
+async def test_page_size_query_controls_first_page(service: Service, tenant: TenantKeys) -> None:
+    recipients = [f"138001380{i:02d}" for i in range(30)]
+    answer = await service.client.post(
+        "/communication/bulk?page_size=10", json=sms(recipients=recipients), headers=tenant.headers()
+    )
+    payload = answer.json()
+    assert payload["total"] == 30 and len(payload["items"]) == 10
+    assert payload["pagination"]["total_pages"] == 3 and payload["pagination"]["has_next"] is True
+
+
+async def test_unmask_needs_pii_scope_and_is_audited(service: Service, tenant: TenantKeys) -> None:
+    denied = await service.client.post(
+        "/communication/bulk?unmask=true", json=sms(), headers=tenant.headers()
+    )
+    assert denied.status_code == 403
+    allowed = await service.client.post(
+        "/communication/bulk?unmask=true", json=sms(), headers=tenant.headers(tenant.pii_token)
+    )
+    assert allowed.status_code == 202
+    assert allowed.json()["items"][0]["recipient"] == "+8613800138000"
+    log_id = allowed.json()["items"][0]["id"]
+    one = await service.client.get(
+        f"/communication/logs/{log_id}?unmask=true", headers=tenant.headers(tenant.pii_token)
+    )
+    assert one.json()["data"]["recipient"] == "+8613800138000"
+    async with service.db.read() as session:
+        actions = (await session.scalars(select(AuditEvent.action))).all()
+    assert "pii.revealed" in actions and "bulk.submitted" in actions
+
+
+async def test_submission_is_audited_with_counts(service: Service, tenant: TenantKeys) -> None:
+    await service.client.post("/communication/bulk", json=sms(), headers=tenant.headers())
+    async with service.db.read() as session:
+        event = await session.scalar(select(AuditEvent).where(AuditEvent.action == "bulk.submitted"))
+    assert event is not None and event.details["counts"] == {"queued": 2}
+    assert event.actor is not None and event.actor.startswith("key_")

@@ -1,0 +1,227 @@
+"""Logs (filters, pagination, newest first, tenant isolation), batches, templates CRUD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Service, TenantKeys, make_tenant
+
+
+async def bulk(service: Service, tenant: TenantKeys, **body: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "channel": "sms",
+        "content": "Hello {{ name }}",
+        "category": "transactional",
+        "variables": {"name": "you"},
+        "recipients": ["13800138000"],
+    }
+    payload.update(body)
+    answer = await service.client.post("/communication/bulk", json=payload, headers=tenant.headers())
+    assert answer.status_code == 202, answer.text
+    return dict(answer.json())
+
+
+async def test_logs_newest_first_with_pagination_math(service: Service, tenant: TenantKeys) -> None:
+    first = await bulk(service, tenant, recipients=[f"138001380{i:02d}" for i in range(25)])
+    second = await bulk(service, tenant, recipients=["13900139000"], user_id="usr_1")
+    page1 = (await service.client.get("/communication/logs?page_size=10", headers=tenant.headers())).json()
+    assert page1["total"] == 26
+    assert page1["pagination"] == {
+        "page": 1,
+        "page_size": 10,
+        "total": 26,
+        "total_pages": 3,
+        "has_next": True,
+        "has_prev": False,
+    }
+    assert page1["items"][0]["batch_id"] == second["batch_id"]
+    page3 = (
+        await service.client.get("/communication/logs?page_size=10&page=3", headers=tenant.headers())
+    ).json()
+    assert (
+        len(page3["items"]) == 6
+        and page3["pagination"]["has_prev"] is True
+        and not page3["pagination"]["has_next"]
+    )
+    ids = [i["id"] for i in page1["items"]]
+    assert ids == sorted(ids, reverse=True)
+    assert all(i["batch_id"] == first["batch_id"] for i in page3["items"])
+    beyond = (await service.client.get("/communication/logs?page=9", headers=tenant.headers())).json()
+    assert beyond["items"] == [] and beyond["total"] == 26
+
+
+async def test_log_filters(service: Service, tenant: TenantKeys) -> None:
+    a = await bulk(service, tenant, recipients=["13800138000", "13900139000"], user_id="usr_a")
+    await bulk(service, tenant, recipients=["13700137000"], user_id="usr_b")
+    await bulk(
+        service,
+        tenant,
+        channel="email",
+        subject="S",
+        recipients=["Ann@Example.com"],
+        content="x",
+        variables=None,
+    )
+    get = service.client.get
+    h = tenant.headers()
+    assert (await get("/communication/logs?user_id=usr_a", headers=h)).json()["total"] == 2
+    assert (await get(f"/communication/logs?batch_id={a['batch_id']}", headers=h)).json()["total"] == 2
+    assert (await get("/communication/logs?channel=email", headers=h)).json()["total"] == 1
+    assert (await get("/communication/logs?status=queued", headers=h)).json()["total"] == 4
+    assert (await get("/communication/logs?recipient=%2B86%20139%200013%209000", headers=h)).json()[
+        "total"
+    ] == 1
+    assert (await get("/communication/logs?recipient=ann@example.com", headers=h)).json()["total"] == 1
+    assert (await get("/communication/logs?created_from=2000-01-01T00:00:00Z", headers=h)).json()[
+        "total"
+    ] == 4
+    assert (await get("/communication/logs?created_to=2000-01-01T00:00:00Z", headers=h)).json()["total"] == 0
+    bad = await get("/communication/logs?created_from=yesterday", headers=h)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "created_from"
+    bad_recipient = await get("/communication/logs?recipient=12", headers=h)
+    assert bad_recipient.status_code == 422
+
+
+async def test_other_tenants_objects_are_404(service: Service, tenant: TenantKeys) -> None:
+    mine = await bulk(service, tenant)
+    other = await make_tenant(service.db, "Other")
+    log_id = mine["items"][0]["id"]
+    for path in (f"/communication/logs/{log_id}", f"/communication/batches/{mine['batch_id']}"):
+        assert (await service.client.get(path, headers=other.headers())).status_code == 404
+        assert (await service.client.get(path, headers=tenant.headers())).status_code == 200
+    cancel = await service.client.post(
+        f"/communication/batches/{mine['batch_id']}/cancel", headers=other.headers()
+    )
+    assert cancel.status_code == 404
+    assert (await service.client.get("/communication/logs", headers=other.headers())).json()["total"] == 0
+
+
+async def test_batch_counts_cancel_and_retry(service: Service, tenant: TenantKeys) -> None:
+    created = await bulk(service, tenant, recipients=["13800138000", "13900139000", "bad"])
+    batch_id = created["batch_id"]
+    data = (await service.client.get(f"/communication/batches/{batch_id}", headers=tenant.headers())).json()[
+        "data"
+    ]
+    assert data["counts"] == {"queued": 2, "rejected": 1} and data["total"] == 3 and data["done"] is False
+    cancelled = await service.client.post(
+        f"/communication/batches/{batch_id}/cancel", headers=tenant.headers()
+    )
+    assert cancelled.status_code == 200
+    assert cancelled.json()["data"]["counts"] == {"cancelled": 2, "rejected": 1}
+    assert cancelled.json()["data"]["done"] is True and cancelled.json()["data"]["cancelled_at"]
+    retried = await service.client.post(f"/communication/batches/{batch_id}/retry", headers=tenant.headers())
+    assert retried.status_code == 200 and retried.json()["message"] == "re-queued 0 item(s)"
+    assert (
+        await service.client.get("/communication/batches/bat_nope", headers=tenant.headers())
+    ).status_code == 404
+
+
+async def test_templates_crud_and_use(service: Service, tenant: TenantKeys) -> None:
+    h = tenant.headers()
+    created = await service.client.post(
+        "/communication/templates",
+        json={
+            "code": "verify_code",
+            "name": "Verification",
+            "channel": "sms",
+            "category": "verification",
+            "content": "Your code is {{ code }}, valid {{ minutes }} min",
+            "secret_variables": ["code"],
+            "provider_templates": {"aliyun": {"template_code": "SMS_123456", "sign_name": "Acme"}},
+        },
+        headers=h,
+    )
+    assert created.status_code == 201, created.text
+    tpl = created.json()["data"]
+    assert tpl["id"].startswith("tpl_") and tpl["variables"] == ["code", "minutes"]
+    dup = await service.client.post(
+        "/communication/templates",
+        json={"code": "verify_code", "channel": "sms", "content": "x"},
+        headers=h,
+    )
+    assert dup.status_code == 409
+    by_code = await service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "template": "verify_code",
+            "recipients": ["13800138000"],
+            "variables": {"code": "987654", "minutes": "5"},
+        },
+        headers=h,
+    )
+    assert by_code.status_code == 202, by_code.text
+    item = by_code.json()["items"][0]
+    assert item["template_id"] == tpl["id"] and item["category"] == "verification"
+    assert item["content"] == "Your code is ******, valid 5 min"
+    mismatch = await service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "template": tpl["id"],
+            "category": "marketing",
+            "recipients": ["13800138000"],
+            "variables": {"code": "1", "minutes": "5"},
+        },
+        headers=h,
+    )
+    assert mismatch.status_code == 422 and "category_mismatch" in mismatch.json()["message"]
+    override = await service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "template": "verify_code",
+            "content": "Code: {{ code }}",
+            "recipients": ["13800138000"],
+            "variables": {"code": "1"},
+        },
+        headers=h,
+    )
+    assert override.status_code == 202 and override.json()["items"][0]["content"] == "Code: ******"
+    wrong_channel = await service.client.post(
+        "/communication/bulk",
+        json={"channel": "email", "template": "verify_code", "subject": "s", "recipients": ["a@example.com"]},
+        headers=h,
+    )
+    assert wrong_channel.status_code == 422
+    updated = await service.client.put(
+        f"/communication/templates/{tpl['id']}", json={"name": "V2"}, headers=h
+    )
+    assert updated.status_code == 200 and updated.json()["data"]["version"] == 2
+    bad_update = await service.client.put(
+        f"/communication/templates/{tpl['id']}", json={"content": "{{"}, headers=h
+    )
+    assert bad_update.status_code == 422
+    listed = (await service.client.get("/communication/templates", headers=h)).json()
+    assert listed["total"] == 1
+    other = await make_tenant(service.db, "Other")
+    assert (
+        await service.client.get(f"/communication/templates/{tpl['id']}", headers=other.headers())
+    ).status_code == 404
+    assert (
+        await service.client.delete(f"/communication/templates/{tpl['id']}", headers=other.headers())
+    ).status_code == 404
+    forbidden = await service.client.delete(
+        f"/communication/templates/{tpl['id']}", headers=tenant.headers(tenant.read_only_token)
+    )
+    assert forbidden.status_code == 403
+    assert (
+        await service.client.delete(f"/communication/templates/{tpl['id']}", headers=h)
+    ).status_code == 200
+    assert (await service.client.get(f"/communication/templates/{tpl['id']}", headers=h)).status_code == 404
+
+
+async def test_template_validation_errors(service: Service, tenant: TenantKeys) -> None:
+    h = tenant.headers()
+    for body in (
+        {"code": "bad code!", "channel": "sms", "content": "x"},
+        {"code": "c", "channel": "fax", "content": "x"},
+        {"code": "c", "channel": "sms", "content": ""},
+        {"code": "c", "channel": "sms", "content": "{% for x in y %}{% endfor %}"},
+        {"code": "c", "channel": "email", "content": "x", "subject": "a\nBcc: evil@example.com"},
+        {"code": "c", "channel": "sms", "content": "x", "unknown": 1},
+    ):
+        answer = await service.client.post("/communication/templates", json=body, headers=h)
+        assert answer.status_code == 422, (body, answer.text)
+        assert answer.json()["errors"]
+    assert (await service.client.get("/communication/templates", headers=h)).json()["total"] == 0
