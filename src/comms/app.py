@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from comms.config import Settings
 from comms.dispatch.dispatcher import Dispatcher
 from comms.dispatch.routing import Router
 from comms.errors import ApiError, RateLimited
-from comms.kit.db import Database
+from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
 from comms.kit.secretbox import SecretBox
 from comms.messages.endpoints import router as messages_router
@@ -48,11 +49,15 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
             state.wake_dispatcher = worker.wake
             worker.start()
         app.state.dispatcher = worker
+        stop_maintenance = asyncio.Event()
+        maintenance = asyncio.create_task(run_maintenance(db, stop_maintenance))
         try:
             yield
         finally:
+            stop_maintenance.set()
             if worker is not None:
                 await worker.stop()
+            await maintenance
             await router.close()
             await db.dispose()
 

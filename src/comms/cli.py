@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from comms.config import Settings
+from comms.kit.memory import limit_malloc_arenas
 
 app = typer.Typer(help="comms: bulk SMS and email with per-recipient logs.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
@@ -43,6 +44,10 @@ def migrate() -> None:
     typer.echo("database is up to date")
 
 
+def _exit_after_drain(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -57,6 +62,7 @@ def serve(
     from comms.kit.logging import configure_logging
     from comms.tenants.bootstrap import bootstrap_demo_tenant
 
+    limit_malloc_arenas()
     settings = _settings(host=host, port=port)
     configure_logging(settings.log_level, settings.log_json)
     _migrate(settings)
@@ -77,6 +83,10 @@ def serve(
             err=True,
         )
     app_ = create_app(settings, dispatcher=not no_dispatcher)
+    # uvicorn drains on SIGTERM, then restores the handler it found and re-raises the signal
+    # (cooperative signal handling, uvicorn >= 0.29). With the default handler that killed the
+    # process after a clean drain (exit -15 / 143); with this one a drained stop exits 0.
+    signal.signal(signal.SIGTERM, _exit_after_drain)
     uvicorn.run(
         app_,
         host=host,
@@ -96,10 +106,11 @@ def worker(
     """Run a dispatcher only (scale-out beside `comms serve --no-dispatcher`)."""
     from comms.dispatch.dispatcher import Dispatcher
     from comms.dispatch.routing import Router
-    from comms.kit.db import Database
+    from comms.kit.db import Database, run_maintenance
     from comms.kit.logging import configure_logging
     from comms.kit.secretbox import SecretBox
 
+    limit_malloc_arenas()
     settings = _settings(dispatch_concurrency=concurrency)
     configure_logging(settings.log_level, settings.log_json)
     _migrate(settings)
@@ -113,8 +124,10 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         dispatcher.start()
+        maintenance = asyncio.create_task(run_maintenance(db, stop))
         await stop.wait()
         await dispatcher.stop()
+        await maintenance
         await router.close()
         await db.dispose()
 

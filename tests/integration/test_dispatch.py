@@ -247,7 +247,7 @@ async def test_expired_lease_is_requeued_once_and_flagged(service: Service, tena
 
 
 async def test_completion_requires_holding_the_lease(service: Service, tenant: TenantKeys) -> None:
-    from comms.dispatch.queue import complete
+    from comms.dispatch.queue import complete, outcome_time
 
     created = await send(
         service,
@@ -261,24 +261,22 @@ async def test_completion_requires_holding_the_lease(service: Service, tenant: T
         await session.execute(update(Message).where(Message.id == log_id).values(lease_owner="w-b"))
     now = utcnow()
     row = {
-        "b_id": log_id,
-        "b_owner": "w-a",
-        "b_status": "sent",
-        "b_error": None,
-        "b_provider": "outbox",
-        "b_account": None,
-        "b_pmid": None,
-        "b_response": None,
-        "b_content": None,
-        "b_segments": None,
-        "b_variables": None,
-        "b_sent_at": now,
-        "b_due_at": None,
-        "b_possible_duplicate": False,
-        "b_now": now,
+        "id": log_id,
+        "status": "sent",
+        "error": None,
+        "provider": "outbox",
+        "account": None,
+        "pmid": None,
+        "response": None,
+        "content": None,
+        "segments": None,
+        "variables": None,
+        "sent_at": outcome_time(now, service.db.is_sqlite),
+        "due_at": None,
+        "possible_duplicate": False,
     }
     async with service.db.begin() as session:
-        await complete(session, [row])
+        await complete(session, "w-a", now, [row])
     async with service.db.read() as session:
         stored = await session.get(Message, log_id)
     assert stored is not None and stored.status == "sending" and stored.lease_owner == "w-b"

@@ -77,25 +77,34 @@ def _consent_ok(consent: Consent | None, policy: ConsentPolicy) -> bool:
 
 
 class AcceptanceGate:
-    """Decides, per recipient, ``None`` (may be queued) or ``(status, error)``."""
+    """Decides, per recipient, ``None`` (may be queued) or ``(status, error)``.
+
+    :meth:`prepare` learns once whether anything can stop a recipient at all (a tenant with no
+    suppressions sending non-marketing: nothing can, and no address is even hashed); :meth:`load`
+    then fetches the suppressions and consents of each chunk of recipients.
+    """
 
     def __init__(
         self,
+        session: AsyncSession,
+        tenant_id: str,
         channel: str,
         category: str,
         settings: TenantSettings,
         salt: str,
-        suppressed: dict[str, str],
-        consents: dict[str, Consent],
-        hashes: dict[str, str],
+        check_suppression: bool,
     ) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
         self.channel = channel
         self.category = category
         self.settings = settings
         self.salt = salt
-        self._suppressed = suppressed
-        self._consents = consents
-        self._hashes = hashes
+        self._check_suppression = check_suppression
+        self._check_consent = category == "marketing"
+        self._suppressed: dict[str, str] = {}
+        self._consents: dict[str, Consent] = {}
+        self._hashes: dict[str, str] = {}
 
     @classmethod
     async def prepare(
@@ -107,37 +116,43 @@ class AcceptanceGate:
         settings: TenantSettings,
         channel: str,
         category: str,
-        keys: Sequence[str],
     ) -> AcceptanceGate:
-        hashes: dict[str, str] = {}
-        suppressed: dict[str, str] = {}
-        consents: dict[str, Consent] = {}
-        check_suppression = category != "verification"
-        check_consent = category == "marketing"
-        suppressions = SuppressionRepository(session, tenant_id)
-        if check_suppression and await suppressions.count(channel) == 0:
-            check_suppression = False
-        if check_suppression or check_consent:
-            hashes = {key: address_hash(salt, channel, key) for key in keys}
-        if check_suppression:
-            suppressed = await suppressions.scopes_for(channel, list(hashes.values()))
-        if check_consent:
-            consents = await ConsentRepository(session, tenant_id).latest_for(channel, hashes.values())
-        return cls(channel, category, settings, salt, suppressed, consents, hashes)
+        check_suppression = (
+            category != "verification" and await SuppressionRepository(session, tenant_id).count(channel) > 0
+        )
+        return cls(session, tenant_id, channel, category, settings, salt, check_suppression)
+
+    async def load(self, keys: Sequence[str]) -> None:
+        """Fetch what is needed to :meth:`check` these recipients."""
+        if not (self._check_suppression or self._check_consent) or not keys:
+            return
+        salt, channel = self.salt, self.channel
+        hashes = {key: address_hash(salt, channel, key) for key in keys}
+        self._hashes.update(hashes)
+        if self._check_suppression:
+            found = await SuppressionRepository(self.session, self.tenant_id).scopes_for(
+                channel, list(hashes.values())
+            )
+            self._suppressed.update(found)
+        if self._check_consent:
+            consents = await ConsentRepository(self.session, self.tenant_id).latest_for(
+                channel, hashes.values()
+            )
+            self._consents.update(consents)
 
     @property
     def needs_check(self) -> bool:
         """False when no recipient can be stopped (nothing suppressed, no consent rule): skip the loop."""
-        return bool(self._hashes)
+        return self._check_suppression or self._check_consent
 
     @property
     def needs_region(self) -> bool:
         """Whether :meth:`check` looks at the recipient's region (only marketing's consent rules do)."""
-        return bool(self._hashes) and self.category == "marketing"
+        return self._check_consent
 
     def check(self, key: str, region: str | None = None) -> tuple[str, str] | None:
-        """``None`` when the recipient may be sent to, else ``(status, error)``."""
-        if not self._hashes:
+        """``None`` when the recipient may be sent to, else ``(status, error)``. Call :meth:`load` first."""
+        if not self.needs_check:
             return None
         digest = self._hashes[key]
         hit = self._suppressed.get(digest)

@@ -28,6 +28,7 @@ from comms.dispatch.queue import (
     claim_due,
     complete,
     next_due_at,
+    outcome_time,
     release_claims,
     release_expired_leases,
 )
@@ -155,7 +156,7 @@ class Dispatcher:
                 await release_claims(session, [c.id for c in claimed], self.worker_id, utcnow())
             return
         async with self.db.begin() as session:
-            await complete(session, rows)
+            await complete(session, self.worker_id, utcnow(), rows)
 
     async def _deliver(self, claimed: list[ClaimedMessage]) -> list[dict[str, Any]]:
         now = utcnow()
@@ -178,8 +179,8 @@ class Dispatcher:
                     settings=contexts[members[0].batch_id].settings,
                     channel=channel,
                     category=category,
-                    keys=[m.recipient_key for m in members],
                 )
+                await gates[(tenant_id, channel, category)].load([m.recipient_key for m in members])
         outgoing: dict[tuple[str, str], list[Composed]] = defaultdict(list)
         for c in claimed:
             gate = gates[(c.tenant_id, c.channel, c.category)]
@@ -223,24 +224,23 @@ class Dispatcher:
 
     def _row(self, c: ClaimedMessage, now: datetime, **changes: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
-            "b_id": c.id,
-            "b_owner": self.worker_id,
-            "b_status": "failed",
-            "b_error": None,
-            "b_provider": None,
-            "b_account": None,
-            "b_pmid": None,
-            "b_response": None,
-            "b_content": None,
-            "b_segments": None,
-            "b_variables": c.variables,
-            "b_sent_at": None,
-            "b_due_at": None,
-            "b_possible_duplicate": c.possible_duplicate,
-            "b_now": now,
+            "id": c.id,
+            "status": "failed",
+            "error": None,
+            "provider": None,
+            "account": None,
+            "pmid": None,
+            "response": None,
+            "content": None,
+            "segments": None,
+            "variables": c.variables,
+            "sent_at": None,
+            "due_at": None,
+            "possible_duplicate": c.possible_duplicate,
         }
-        for key, value in changes.items():
-            row[f"b_{key}"] = value
+        row.update(changes)
+        for field in ("sent_at", "due_at"):
+            row[field] = outcome_time(row[field], self.db.is_sqlite)
         return row
 
     def _result_row(

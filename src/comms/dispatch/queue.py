@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, select, update
+import msgspec
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comms.kit.db import is_sqlite
+from comms.kit.db import UTCDateTime, is_sqlite, raw_datetime
 from comms.models import CLAIMABLE, Message
 
 
@@ -81,42 +82,67 @@ async def next_due_at(session: AsyncSession) -> datetime | None:
     return await session.scalar(select(func.min(Message.due_at)).where(Message.status.in_(CLAIMABLE)))
 
 
-_TABLE = cast(Table, Message.__table__)
-# Core (not ORM) UPDATE, so a list of parameter sets runs as one executemany.
-_COMPLETE = (
-    update(_TABLE)
-    .where(
-        and_(
-            _TABLE.c.id == bindparam("b_id"),
-            _TABLE.c.lease_owner == bindparam("b_owner"),
-            _TABLE.c.status == "sending",
-        )
-    )
-    .values(
-        status=bindparam("b_status"),
-        error=bindparam("b_error"),
-        provider=bindparam("b_provider"),
-        provider_account_id=bindparam("b_account"),
-        provider_message_id=bindparam("b_pmid"),
-        response=bindparam("b_response"),
-        content=bindparam("b_content"),
-        segments=bindparam("b_segments"),
-        variables=bindparam("b_variables"),
-        sent_at=bindparam("b_sent_at"),
-        due_at=bindparam("b_due_at"),
-        possible_duplicate=bindparam("b_possible_duplicate"),
-        lease_owner=None,
-        lease_until=None,
-        updated_at=bindparam("b_now"),
-    )
+# Outcome fields, in the order both statements below read them.
+OUTCOME_FIELDS = (
+    "id",
+    "status",
+    "error",
+    "provider",
+    "account",
+    "pmid",
+    "response",
+    "content",
+    "segments",
+    "variables",
+    "sent_at",
+    "due_at",
+    "possible_duplicate",
 )
+_SET = """status = u.status, error = u.error, provider = u.provider, provider_account_id = u.account,
+    provider_message_id = u.pmid, response = u.response, content = u.content, segments = u.segments,
+    variables = u.variables, sent_at = u.sent_at, due_at = u.due_at,
+    possible_duplicate = u.possible_duplicate, lease_owner = NULL, lease_until = NULL, updated_at = :now"""
+_COMPLETE_SQLITE = text(
+    f"""UPDATE messages SET {_SET}
+    FROM (SELECT {", ".join(f"value->>{i} AS {name}" for i, name in enumerate(OUTCOME_FIELDS))}
+          FROM json_each(:rows)) AS u
+    WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = 'sending'"""
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_COMPLETE_PG = text(
+    f"""UPDATE messages SET {_SET.replace("u.variables", "u.variables::text")}
+    FROM json_to_recordset(CAST(:rows AS json)) AS u(id text, status text, error text, provider text,
+        account text, pmid text, response text, content text, segments int, variables json,
+        sent_at timestamptz, due_at timestamptz, possible_duplicate boolean)
+    WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = 'sending'"""
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_encode = msgspec.json.Encoder().encode
 
 
-async def complete(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Record outcomes; a row whose lease this worker lost (reaped, reclaimed) is left alone."""
-    if rows:
-        conn = await session.connection()
-        await conn.execute(_COMPLETE, list(rows))
+async def complete(
+    session: AsyncSession, owner: str, now: datetime, outcomes: Sequence[dict[str, Any]]
+) -> None:
+    """Record outcomes in ONE statement; rows whose lease this worker lost are left alone.
+
+    The outcomes travel as one JSON parameter (``json_each`` on SQLite, ``json_to_recordset`` on
+    PostgreSQL): binding 13 values per row through the driver cost more than the send itself.
+    """
+    if not outcomes:
+        return
+    sqlite = is_sqlite(session)
+    if sqlite:
+        payload = _encode([[o[name] for name in OUTCOME_FIELDS] for o in outcomes])
+        statement = _COMPLETE_SQLITE
+    else:
+        payload = _encode(outcomes)
+        statement = _COMPLETE_PG
+    await session.execute(statement, {"rows": payload.decode(), "owner": owner, "now": now})
+
+
+def outcome_time(value: datetime | None, sqlite: bool) -> str | None:
+    """A timestamp as the outcome payload carries it (SQLite's stored text form, or ISO 8601)."""
+    if value is None:
+        return None
+    return str(raw_datetime(value, True)) if sqlite else value.isoformat()
 
 
 async def release_expired_leases(session: AsyncSession, now: datetime, limit: int = 1000) -> int:

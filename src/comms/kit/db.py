@@ -11,7 +11,10 @@ SQLite (embedded default) and PostgreSQL (scale-out) run the same code. Two deta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -78,8 +81,9 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
+            # Few connections: SQLite has one writer anyway, and each connection keeps its own page cache.
             self.engine: AsyncEngine = create_async_engine(
-                url, echo=echo, pool_size=pool_size, max_overflow=10, pool_pre_ping=False
+                url, echo=echo, pool_size=3, max_overflow=3, pool_pre_ping=False
             )
             _configure_sqlite(self.engine)
         else:
@@ -92,19 +96,46 @@ class Database:
                 pool_recycle=1800,
             )
         self._write = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
         read_engine = self.engine.execution_options(sqlite_begin="DEFERRED")
         self._read = async_sessionmaker(read_engine, expire_on_commit=False, autoflush=False)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncSession]:
-        """A write unit of work: commits on success, rolls back on any exception."""
-        async with self._write() as session, session.begin():
+        """A write unit of work: commits on success, rolls back on any exception.
+
+        On SQLite, write transactions of this process queue on an asyncio lock: SQLite admits one
+        writer, and connections that collide fall into its busy handler, which sleeps in steps of
+        up to 100 ms (measured: dispatch throughput fell 3x). Other processes still meet the busy
+        timeout. Never nest ``begin()`` inside ``begin()``.
+        """
+        if self._write_lock is None:
+            async with self._write() as session, session.begin():
+                yield session
+            return
+        async with self._write_lock, self._write() as session, session.begin():
             yield session
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._read() as session, session.begin():
             yield session
+
+    async def checkpoint(self) -> None:
+        """Copy the SQLite WAL back into the database file without blocking anyone.
+
+        Automatic checkpoints are off (they made the commit of a 100k-recipient bulk pay for
+        copying the whole WAL, and its fsync stalled every other writer on the disk);
+        :func:`run_maintenance` calls this every 30 seconds instead.
+        """
+        if not self.is_sqlite:
+            return
+        async with self.engine.connect() as conn:
+            # On the driver connection directly: SQLAlchemy would open a transaction first, and a
+            # checkpoint inside a transaction does nothing.
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -120,9 +151,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=NORMAL",
             "PRAGMA busy_timeout=30000",
-            "PRAGMA foreign_keys=OFF",
+            "PRAGMA foreign_keys=ON",
             "PRAGMA temp_store=MEMORY",
-            "PRAGMA cache_size=-65536",
+            "PRAGMA wal_autocheckpoint=0",
+            "PRAGMA journal_size_limit=67108864",
+            "PRAGMA cache_size=-8192",
         ):
             cursor.execute(pragma)
         cursor.close()
@@ -167,3 +200,16 @@ async def bulk_execute(
         await driver.executemany(sql_sqlite, rows)
     else:
         await driver.executemany(sql_pg, rows)
+
+
+async def run_maintenance(db: Database, stop: asyncio.Event, interval: float = 30.0) -> None:
+    """Background upkeep for as long as the process runs: WAL checkpoints on SQLite."""
+    if not db.is_sqlite:
+        return
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        try:
+            await db.checkpoint()
+        except Exception:  # a busy or vanished database: try again next round
+            logging.getLogger("comms.db").warning("WAL checkpoint failed", exc_info=True)

@@ -13,6 +13,7 @@ from comms.errors import BadRequest, FieldError, Forbidden, NotFound, PayloadToo
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import FastJSONResponse, encode_json, envelope, reply
 from comms.kit.ids import new_id
+from comms.kit.memory import release_free_memory
 from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
 from comms.messages import idempotency
 from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
@@ -40,6 +41,7 @@ FINAL_STATUSES = frozenset(
     {"sent", "delivered", "undelivered", "failed", "cancelled", "suppressed", "rejected", "unknown"}
 )
 BULK_PAGE_SIZE = 100
+LARGE_BULK = 10_000  # recipients; after such a request, hand freed memory back to the system
 PageQuery = Annotated[int, Query(ge=1, description="1-based page number")]
 PageSizeQuery = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 UnmaskQuery = Annotated[bool, Query(description="Show raw recipients (needs the pii:read scope).")]
@@ -150,7 +152,11 @@ async def send_bulk(
         return FastJSONResponse(msgspec.json.decode(previous[1]), status_code=previous[0])
     if not body.dry_run and (result.counts.get("queued") or 0) > 0:
         state.wake_dispatcher()
-    return FastJSONResponse(payload, status_code=code)
+    response = FastJSONResponse(payload, status_code=code)
+    if len(body.recipients) >= LARGE_BULK:
+        del body, raw, result
+        release_free_memory()
+    return response
 
 
 def _parse_time(name: str, value: str | None) -> datetime | None:
