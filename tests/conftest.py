@@ -100,7 +100,7 @@ async def _truncate(url: str) -> None:
     await engine.dispose()
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

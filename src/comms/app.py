@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from comms import openapi
+from comms.compliance.endpoints import public as unsubscribe_router
+from comms.compliance.endpoints import router as compliance_router
 from comms.config import Settings
 from comms.dispatch.dispatcher import Dispatcher
 from comms.dispatch.routing import Router
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
     _install_error_handlers(app)
     app.include_router(messages_router)
     app.include_router(templates_router)
+    app.include_router(compliance_router)
+    app.include_router(unsubscribe_router)
 
     @app.get("/healthz", tags=["Operations"])
     async def healthz() -> Any:

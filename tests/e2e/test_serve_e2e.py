@@ -218,7 +218,7 @@ def test_bootstrap_send_1000_emails_and_sms_bulk(server: Server, client: httpx.C
         log_id = item["id"]
         message = parse_eml(outbox / "email" / f"{log_id}.eml")
         assert message["To"] == email_address(i)
-        assert message["From"] == SENDER_EMAIL
+        assert message["From"].addresses[0].addr_spec == SENDER_EMAIL
         assert message["Subject"] == f"Your order, {names[i]}"
         assert message.get_all("Message-ID") == [f"<{log_id}@acme.example>"]
         assert message.get_all("Auto-Submitted") == ["auto-generated"]
@@ -332,7 +332,7 @@ def test_cli_send_csv_until_all_sent(server: Server, client: httpx.Client, tmp_p
         address, name = people[int(match.group(1))]
         message = parse_eml(outbox / f"{item['id']}.eml")
         assert message["To"] == address
-        assert message["From"] == SENDER_EMAIL
+        assert message["From"].addresses[0].addr_spec == SENDER_EMAIL
         assert message["Subject"] == f"Hi {name}"
         assert message.get_all("Message-ID") == [f"<{item['id']}@acme.example>"]
         assert body_text(message) == f"Hello {name}, thanks for reading.\n"

@@ -79,7 +79,7 @@ async def test_sms_and_email_reach_the_outbox(live_service: Service, live_tenant
         raw = (live_service.outbox / "email" / f"{item['id']}.eml").read_bytes()
         parsed = BytesParser(policy=policy.default).parsebytes(raw)
         assert parsed["Subject"] == f"Receipt for {name}"
-        assert parsed["From"] == "news@acme.example"
+        assert parsed["From"] == "Acme <news@acme.example>"  # the tenant names itself (CAN-SPAM, ePD 13(4))
         assert parsed["Message-ID"] == f"<{item['id']}@acme.example>"
         assert parsed["Auto-Submitted"] == "auto-generated"
         assert parsed.get_content().strip() == f"Dear {name}, thanks."

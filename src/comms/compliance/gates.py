@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance.addresses import address_hash
-from comms.compliance.repository import ConsentRepository, SuppressionRepository
+from comms.compliance.repository import ConsentRepository, SuppressionRepository, verification_counts
 from comms.compliance.settings import ConsentPolicy, TenantSettings
+from comms.kit.clock import utcnow
 from comms.models import Consent
 
 EEA_AND_UK = frozenset(
@@ -38,9 +39,11 @@ SUPPRESSION_MESSAGES = {
     "hard_bounce": "recipient address bounced",
     "complaint": "recipient complained",
     "manual": "recipient suppressed",
+    "erasure": "recipient erased their data",
 }
 NO_CONSENT = "no marketing consent"
 NO_WRITTEN_CONSENT = "no prior express written consent"
+RATE_LIMITED = "rate limited"
 
 
 def consent_policy_for(settings: TenantSettings, region: str | None) -> ConsentPolicy:
@@ -93,6 +96,7 @@ class AcceptanceGate:
         settings: TenantSettings,
         salt: str,
         check_suppression: bool,
+        check_flow: bool = False,
     ) -> None:
         self.session = session
         self.tenant_id = tenant_id
@@ -102,6 +106,8 @@ class AcceptanceGate:
         self.salt = salt
         self._check_suppression = check_suppression
         self._check_consent = category == "marketing"
+        self._check_flow = check_flow
+        self._flow: dict[str, tuple[int, int, int]] = {}
         self._suppressed: dict[str, str] = {}
         self._consents: dict[str, Consent] = {}
         self._hashes: dict[str, str] = {}
@@ -116,14 +122,20 @@ class AcceptanceGate:
         settings: TenantSettings,
         channel: str,
         category: str,
+        at_dispatch: bool = False,
     ) -> AcceptanceGate:
+        """``at_dispatch``: the re-check just before sending, where flow limits no longer apply
+        (they count accepted messages, this one among them)."""
         check_suppression = (
             category != "verification" and await SuppressionRepository(session, tenant_id).count(channel) > 0
         )
-        return cls(session, tenant_id, channel, category, settings, salt, check_suppression)
+        check_flow = not at_dispatch and category == "verification" and channel == "sms"
+        return cls(session, tenant_id, channel, category, settings, salt, check_suppression, check_flow)
 
     async def load(self, keys: Sequence[str]) -> None:
         """Fetch what is needed to :meth:`check` these recipients."""
+        if self._check_flow and keys:
+            self._flow.update(await verification_counts(self.session, self.tenant_id, keys, utcnow()))
         if not (self._check_suppression or self._check_consent) or not keys:
             return
         salt, channel = self.salt, self.channel
@@ -143,7 +155,7 @@ class AcceptanceGate:
     @property
     def needs_check(self) -> bool:
         """False when no recipient can be stopped (nothing suppressed, no consent rule): skip the loop."""
-        return self._check_suppression or self._check_consent
+        return self._check_suppression or self._check_consent or self._check_flow
 
     @property
     def needs_region(self) -> bool:
@@ -154,6 +166,15 @@ class AcceptanceGate:
         """``None`` when the recipient may be sent to, else ``(status, error)``. Call :meth:`load` first."""
         if not self.needs_check:
             return None
+        if self._check_flow:
+            used = self._flow.get(key)
+            limits = self.settings.otp_limits
+            if used is not None and (
+                used[0] >= limits.per_minute or used[1] >= limits.per_hour or used[2] >= limits.per_day
+            ):
+                return "rejected", RATE_LIMITED
+            if not self._hashes:
+                return None
         digest = self._hashes[key]
         hit = self._suppressed.get(digest)
         if hit is not None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comms.models import Consent, Suppression
+from comms.models import Consent, Message, Suppression
 
 _CHUNK = 5000
 
@@ -42,6 +43,36 @@ class SuppressionRepository:
         return found
 
 
+async def verification_counts(
+    session: AsyncSession, tenant_id: str, keys: Sequence[str], now: datetime
+) -> dict[str, tuple[int, int, int]]:
+    """key -> verification SMS accepted for it in the last (minute, hour, day)."""
+    minute, hour, day = now - timedelta(minutes=1), now - timedelta(hours=1), now - timedelta(days=1)
+    counts: dict[str, tuple[int, int, int]] = {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        rows = await session.execute(
+            select(
+                Message.recipient_key,
+                func.sum(case((Message.created_at >= minute, 1), else_=0)),
+                func.sum(case((Message.created_at >= hour, 1), else_=0)),
+                func.count(),
+            )
+            .where(
+                Message.tenant_id == tenant_id,
+                Message.recipient_key.in_(chunk),
+                Message.channel == "sms",
+                Message.category == "verification",
+                Message.created_at >= day,
+                Message.status.not_in(("rejected", "suppressed")),
+            )
+            .group_by(Message.recipient_key)
+        )
+        for key, per_minute, per_hour, per_day in rows:
+            counts[key] = (int(per_minute or 0), int(per_hour or 0), int(per_day or 0))
+    return counts
+
+
 class ConsentRepository:
     def __init__(self, session: AsyncSession, tenant_id: str) -> None:
         self.session = session
@@ -65,3 +96,80 @@ class ConsentRepository:
             for consent in rows:
                 latest[consent.address_hash] = consent
         return latest
+
+
+class SuppressionStore:
+    """Reads and writes of single suppression entries, scoped by tenant."""
+
+    def __init__(self, session: AsyncSession, tenant_id: str) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    async def get(self, channel: str, digest: str) -> Suppression | None:
+        return await self.session.get(Suppression, (self.tenant_id, channel, digest))
+
+    def add(self, row: Suppression) -> None:
+        self.session.add(row)
+
+    async def delete(self, row: Suppression) -> None:
+        await self.session.delete(row)
+
+    async def list(
+        self, offset: int, limit: int, channel: str | None = None, digest: str | None = None
+    ) -> tuple[Sequence[Suppression], int]:
+        where = [Suppression.tenant_id == self.tenant_id]
+        if channel:
+            where.append(Suppression.channel == channel)
+        if digest:
+            where.append(Suppression.address_hash == digest)
+        total = int(
+            await self.session.scalar(select(func.count()).select_from(Suppression).where(*where)) or 0
+        )
+        rows = await self.session.scalars(
+            select(Suppression)
+            .where(*where)
+            .order_by(Suppression.created_at.desc(), Suppression.address_hash)
+            .offset(offset)
+            .limit(limit)
+        )
+        return rows.all(), total
+
+
+class ConsentStore:
+    def __init__(self, session: AsyncSession, tenant_id: str) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    def add(self, row: Consent) -> None:
+        self.session.add(row)
+
+    async def list(
+        self, offset: int, limit: int, channel: str | None = None, digest: str | None = None
+    ) -> tuple[Sequence[Consent], int]:
+        where = [Consent.tenant_id == self.tenant_id]
+        if channel:
+            where.append(Consent.channel == channel)
+        if digest:
+            where.append(Consent.address_hash == digest)
+        total = int(await self.session.scalar(select(func.count()).select_from(Consent).where(*where)) or 0)
+        rows = await self.session.scalars(
+            select(Consent)
+            .where(*where)
+            .order_by(Consent.created_at.desc(), Consent.id.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        return rows.all(), total
+
+    async def forget_addresses(self, channel: str, digest: str) -> None:
+        """Erasure: keep the consent history (its hash, times, wording) but drop the address."""
+        await self.session.execute(
+            update(Consent)
+            .where(
+                Consent.tenant_id == self.tenant_id,
+                Consent.channel == channel,
+                Consent.address_hash == digest,
+            )
+            .values(address=None, ip=None)
+            .execution_options(synchronize_session=False)
+        )

@@ -11,6 +11,16 @@ ConsentPolicy = Literal["opt_in", "soft_opt_in", "none"]
 _HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
 
 
+class OtpLimits(BaseModel):
+    """Verification SMS a number may get, per window (Aliyun's defaults: 1/min, 5/h, 10/day)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_minute: int = Field(default=1, ge=1)
+    per_hour: int = Field(default=5, ge=1)
+    per_day: int = Field(default=10, ge=1)
+
+
 class TenantSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -35,6 +45,9 @@ class TenantSettings(BaseModel):
     )
     quiet_hours: dict[str, str] = Field(default_factory=dict, description='Country -> "08:00-21:00" local.')
     content_retention_days: int = Field(default=30, ge=1, le=3650)
+    otp_limits: OtpLimits = Field(
+        default_factory=lambda: OtpLimits(), description="Verification SMS per number (against SMS pumping)."
+    )
 
     @field_validator("default_region")
     @classmethod

@@ -13,9 +13,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.compliance.content import MessageDecorator, with_html_footer
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.dispatch.queue import ClaimedMessage
 from comms.kit.secretbox import SecretBox
+from comms.messages.recipients import region_of_phone
 from comms.models import Batch, Tenant
 from comms.providers.base import OutboundMessage
 from comms.providers.sms.segments import count_segments
@@ -25,6 +27,7 @@ from comms.templates.rendering import CompiledTemplate, TemplateError, compile_t
 @dataclass
 class BatchContext:
     batch: Batch
+    tenant_name: str
     settings: TenantSettings
     content: CompiledTemplate
     subject: CompiledTemplate | None
@@ -73,6 +76,7 @@ class BatchCache:
         secret_names = frozenset(batch.secret_variables or ())
         context = BatchContext(
             batch=batch,
+            tenant_name=tenant.name,
             settings=load_settings(tenant.settings),
             content=compile_template(batch.content),
             subject=compile_template(batch.subject) if batch.subject else None,
@@ -96,18 +100,36 @@ class Composed:
     stored_variables: dict[str, Any] | None
 
 
-def compose(claimed: ClaimedMessage, context: BatchContext, decrypt: BatchCache) -> Composed:
+def compose(
+    claimed: ClaimedMessage, context: BatchContext, decrypt: BatchCache, decorator: MessageDecorator
+) -> Composed:
     """Raises TemplateError when the content cannot be rendered for this recipient."""
     own = decrypt.decrypt(claimed.variables) if claimed.variables else None
     text, subject, html, shown = context.render(own)
     batch = context.batch
-    headers: list[tuple[str, str]] = []
+    settings = context.settings
+    headers: tuple[tuple[str, str], ...] = ()
     segments = None
+    sender_name = None
     if claimed.channel == "email":
-        headers.append(("Auto-Submitted", "auto-generated"))
-        sender = batch.sender or next(iter(context.settings.email_senders()), None)
+        extras = decorator.email_extras(
+            log_id=claimed.id,
+            category=claimed.category,
+            tenant_id=claimed.tenant_id,
+            tenant_name=context.tenant_name,
+            settings=settings,
+        )
+        headers = extras.headers
+        text, shown = text + extras.text_footer, shown + extras.text_footer
+        if html is not None:
+            html = with_html_footer(html, extras.html_footer)
+        sender = batch.sender or next(iter(settings.email_senders()), None)
+        sender_name = context.tenant_name
     else:
-        sender = batch.sender or next(iter(context.settings.sms_senders()), None)
+        region = region_of_phone(claimed.recipient)
+        text = decorator.sms_text(text, category=claimed.category, region=region, settings=settings)
+        shown = decorator.sms_text(shown, category=claimed.category, region=region, settings=settings)
+        sender = batch.sender or next(iter(settings.sms_senders()), None)
         segments = count_segments(text).segments
     message = OutboundMessage(
         id=claimed.id,
@@ -117,11 +139,12 @@ def compose(claimed: ClaimedMessage, context: BatchContext, decrypt: BatchCache)
         to=claimed.recipient,
         text=text,
         sender=sender,
+        sender_name=sender_name,
         subject=subject,
         html=html,
-        headers=tuple(headers),
+        headers=headers,
         variables={**context.shared, **(own or {})},
-        provider_template=None,
+        provider_template=batch.provider_templates or None,
         segments=segments,
         possible_duplicate=claimed.possible_duplicate,
     )

@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from comms.compliance import quiet_hours
+from comms.compliance.content import MessageDecorator
 from comms.compliance.gates import AcceptanceGate
+from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.config import Settings
 from comms.dispatch.backoff import retry_delay
 from comms.dispatch.compose import BatchCache, BatchContext, Composed, compose
@@ -34,7 +37,7 @@ from comms.dispatch.queue import (
 )
 from comms.dispatch.routing import Route, Router
 from comms.errors import PermanentProviderError
-from comms.kit.clock import utcnow
+from comms.kit.clock import isoformat, utcnow
 from comms.kit.db import Database
 from comms.kit.ids import new_id
 from comms.kit.secretbox import SecretBox
@@ -54,6 +57,9 @@ class Dispatcher:
         self.router = router
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('wrk')[-8:]}"
         self._cache = BatchCache(secrets)
+        self._decorator = MessageDecorator(
+            settings.resolved_public_url, UnsubscribeSigner(settings.resolved_secret_key)
+        )
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
@@ -179,6 +185,7 @@ class Dispatcher:
                     settings=contexts[members[0].batch_id].settings,
                     channel=channel,
                     category=category,
+                    at_dispatch=True,
                 )
                 await gates[(tenant_id, channel, category)].load([m.recipient_key for m in members])
         outgoing: dict[tuple[str, str], list[Composed]] = defaultdict(list)
@@ -188,8 +195,15 @@ class Dispatcher:
             if verdict is not None:
                 rows.append(self._row(c, now, status=verdict[0], error=verdict[1]))
                 continue
+            if quiet_hours.applies(c.channel, c.category):
+                # Accepted in the window, but the window may have closed while it waited in the queue.
+                wait = quiet_hours.deferral(now, c.recipient, _region(c), contexts[c.batch_id].settings)
+                if wait is not None:
+                    error = f"quiet hours: deferred until {isoformat(wait)}"
+                    rows.append(self._row(c, now, status="deferred", error=error, due_at=wait))
+                    continue
             try:
-                composed = compose(c, contexts[c.batch_id], self._cache)
+                composed = compose(c, contexts[c.batch_id], self._cache, self._decorator)
             except TemplateError as exc:
                 rows.append(self._row(c, now, status="failed", error=str(exc)))
                 continue

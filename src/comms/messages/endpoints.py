@@ -28,6 +28,7 @@ from comms.messages.schemas import (
     bulk_body_decoder,
 )
 from comms.messages.service import SubmitOptions, submit_bulk
+from comms.messages.status import FINAL
 from comms.messages.views import BatchDisplay, message_item
 from comms.models import AuditEvent, Batch
 from comms.state import app_state
@@ -37,9 +38,7 @@ from comms.tenants.service import Principal
 
 router = APIRouter(prefix="/communication", tags=["Communication Service"])
 
-FINAL_STATUSES = frozenset(
-    {"sent", "delivered", "undelivered", "failed", "cancelled", "suppressed", "rejected", "unknown"}
-)
+FINAL_STATUSES = frozenset(s.value for s in FINAL)
 BULK_PAGE_SIZE = 100
 LARGE_BULK = 10_000  # recipients; after such a request, hand freed memory back to the system
 PageQuery = Annotated[int, Query(ge=1, description="1-based page number")]

@@ -16,10 +16,11 @@ from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.compliance import quiet_hours
 from comms.compliance.gates import AcceptanceGate
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.errors import FieldError, PayloadTooLarge, ValidationFailed
-from comms.kit.clock import utcnow
+from comms.kit.clock import isoformat, utcnow
 from comms.kit.ids import new_id, new_ids
 from comms.kit.secretbox import SecretBox
 from comms.messages.recipients import (
@@ -81,6 +82,7 @@ class Accepted(NamedTuple):
     status: str
     error: str | None
     variables: dict[str, str] | None
+    due_at: datetime | None = None  # only when it differs from the batch's (quiet hours)
 
 
 @dataclass
@@ -132,18 +134,31 @@ def _chunks(recipients: list[str | RecipientSpec]) -> Iterator[list[str | Recipi
 
 
 async def _gated(gate: AcceptanceGate, resolved: Resolved, items: list[Accepted]) -> list[Accepted]:
-    """Apply suppression/consent to the queued items; mark them scheduled when send_at is set."""
+    """Apply suppression, consent and flow limits to the queued items; defer what quiet hours hold
+    back; mark the rest scheduled when send_at is set."""
     await gate.load([a.key for a in items if a.status == "queued"])
     scheduled = resolved.send_at is not None
-    if not gate.needs_check and not scheduled:
+    quiet = quiet_hours.applies(resolved.channel, resolved.category)
+    if not gate.needs_check and not scheduled and not quiet:
         return items
-    with_region = gate.needs_region and resolved.channel == Channel.SMS
+    with_region = (gate.needs_region or quiet) and resolved.channel == Channel.SMS
+    send_time = resolved.send_at or utcnow()
     out: list[Accepted] = []
     for item in items:
         if item.status == "queued":
-            verdict = gate.check(item.key, region_of_phone(item.recipient) if with_region else None)
+            region = region_of_phone(item.recipient) if with_region else None
+            verdict = gate.check(item.key, region)
+            wait_until = (
+                quiet_hours.deferral(send_time, item.recipient, region, resolved.settings) if quiet else None
+            )
             if verdict is not None:
                 item = item._replace(status=verdict[0], error=verdict[1])
+            elif wait_until is not None:
+                item = item._replace(
+                    status="deferred",
+                    error=f"quiet hours: deferred until {isoformat(wait_until)}",
+                    due_at=wait_until,
+                )
             elif scheduled:
                 item = item._replace(status="scheduled")
         out.append(item)
@@ -189,6 +204,8 @@ async def _resolve(session: AsyncSession, principal: Principal, body: BulkSendBo
         errors.append(FieldError("subject", "subject must be a single line"))
 
     settings = load_settings(principal.tenant.settings)
+    if channel == Channel.EMAIL and category == Category.MARKETING:
+        _check_marketing_email(settings, compiled.get("subject"), errors)
     send_at = _parse_send_at(body.send_at, errors)
     sender = _resolve_sender(channel, body.sender, settings, errors)
     if body.user_id is not None and len(body.user_id) > 200:
@@ -217,6 +234,25 @@ async def _resolve(session: AsyncSession, principal: Principal, body: BulkSendBo
         sender=sender,
         settings=settings,
     )
+
+
+def _check_marketing_email(
+    settings: TenantSettings, subject: CompiledTemplate | None, errors: list[FieldError]
+) -> None:
+    """CAN-SPAM for commercial email: a physical postal address (C4) and a subject that says
+    something of its own, not only what variables fill in (C2)."""
+    if not settings.postal_address:
+        errors.append(
+            FieldError(
+                "category",
+                "marketing email needs the tenant's postal_address (CAN-SPAM): "
+                "set it with PUT /communication/settings",
+            )
+        )
+    if subject is not None and not subject.is_static and not subject.literal_text().strip(" \t-:|,.!?"):
+        errors.append(
+            FieldError("subject", "a marketing subject must not consist only of variables (CAN-SPAM)")
+        )
 
 
 def _resolve_category(requested: str | None, template: Template | None) -> str:

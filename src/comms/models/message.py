@@ -8,7 +8,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from comms.kit.db import JSONText, UTCDateTime
 from comms.models.base import Base
 
-# Statuses the dispatcher may claim once ``due_at`` has passed.
+# Statuses the dispatcher may claim once ``due_at`` has passed (messages/status.py PENDING).
 CLAIMABLE = ("queued", "scheduled", "deferred")
 _CLAIMABLE_SQL = text("status IN ('queued', 'scheduled', 'deferred')")
 _SENDING_SQL = text("status = 'sending'")

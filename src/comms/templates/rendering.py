@@ -100,6 +100,13 @@ class CompiledTemplate:
     is_static: bool
     _template: Any
 
+    def literal_text(self) -> str:
+        """The template's own text, without what placeholders and blocks add."""
+        if self._template is None:
+            return self.source
+        ast = _text_env.parse(self.source)
+        return "".join(node.data for node in ast.find_all(nodes.TemplateData))
+
     def render(self, variables: Mapping[str, str]) -> str:
         if self.is_static:
             return self.source

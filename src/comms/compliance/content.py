@@ -1,0 +1,92 @@
+"""What the law and the mailbox providers require IN a message, added at send time.
+
+Email (marketing, and announcement as subscription mail):
+  * ``List-Unsubscribe: <https://.../u/TOKEN>`` and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``
+    (RFC 2369, RFC 8058; Gmail and Yahoo bulk-sender rules), and a ``List-Id`` per tenant;
+  * a footer with the unsubscribe link and the tenant's postal address (CAN-SPAM 7704(a)(3),(5)),
+    and for marketing the tenant's ad disclosure when it has one (7704(a)(5)(A)(i)).
+SMS:
+  * the tenant's signature as 【签名】 at the start of messages to China (carrier real-name rule);
+  * on marketing, an opt-out instruction: "回T退订" to China, "Reply STOP to opt out" elsewhere,
+    unless the tenant configured its own or the text already carries it (TCPA/CTIA, MIIT Order 31).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from comms.compliance.settings import TenantSettings
+from comms.compliance.unsubscribe import UnsubscribeSigner, unsubscribe_url
+
+SUBSCRIPTION_CATEGORIES = frozenset({"marketing", "announcement"})
+DEFAULT_OPT_OUT = {"CN": "回T退订"}
+DEFAULT_OPT_OUT_OTHER = "Reply STOP to opt out"
+
+
+@dataclass(frozen=True, slots=True)
+class EmailExtras:
+    headers: tuple[tuple[str, str], ...]
+    text_footer: str
+    html_footer: str
+
+
+class MessageDecorator:
+    def __init__(self, public_url: str, signer: UnsubscribeSigner) -> None:
+        self.public_url = public_url
+        self.signer = signer
+
+    def email_extras(
+        self, *, log_id: str, category: str, tenant_id: str, tenant_name: str, settings: TenantSettings
+    ) -> EmailExtras:
+        headers: list[tuple[str, str]] = [("Auto-Submitted", "auto-generated")]
+        if category not in SUBSCRIPTION_CATEGORIES:
+            return EmailExtras(tuple(headers), "", "")
+        url = unsubscribe_url(self.public_url, self.signer.token(log_id))
+        headers += [
+            ("List-Unsubscribe", f"<{url}>"),
+            ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ("List-Id", f"{_list_label(tenant_name)} <{tenant_id.replace('_', '-')}.{category}.comms>"),
+        ]
+        lines = []
+        if category == "marketing" and settings.ad_disclosure:
+            lines.append(settings.ad_disclosure)
+        if settings.postal_address:
+            lines.append(f"{tenant_name}, {settings.postal_address}")
+        lines.append(f"Unsubscribe: {url}")
+        text_footer = "\n\n--\n" + "\n".join(lines)
+        html_lines = "<br>".join(_escape(line) for line in lines[:-1])
+        html_footer = (
+            f'<hr><p style="font-size:12px;color:#666">{html_lines}{"<br>" if html_lines else ""}'
+            f'<a href="{_escape(url)}">Unsubscribe</a></p>'
+        )
+        return EmailExtras(tuple(headers), text_footer, html_footer)
+
+    @staticmethod
+    def sms_text(text: str, *, category: str, region: str | None, settings: TenantSettings) -> str:
+        if region == "CN" and settings.sms_signature:
+            signature = f"【{settings.sms_signature}】"
+            if not text.startswith(signature):
+                text = signature + text
+        if category == "marketing":
+            opt_out = settings.sms_opt_out_text or (DEFAULT_OPT_OUT.get(region or "", DEFAULT_OPT_OUT_OTHER))
+            if opt_out not in text:
+                text = f"{text} {opt_out}" if region != "CN" else f"{text}{opt_out}"
+        return text
+
+
+def with_html_footer(html: str, footer: str) -> str:
+    """Put the footer before ``</body>`` when there is one, else at the end."""
+    if not footer:
+        return html
+    lower = html.lower()
+    at = lower.rfind("</body>")
+    return html + footer if at < 0 else html[:at] + footer + html[at:]
+
+
+def _list_label(name: str) -> str:
+    cleaned = "".join(ch for ch in name if ch.isalnum() or ch in " -_.")
+    return f'"{cleaned.strip() or "comms"}"'
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

@@ -1,0 +1,196 @@
+"""Suppressions, consents and erasure: the rules around them, recorded in the audit trail.
+
+Every change is keyed by the salted address hash (compliance/addresses.py), so it applies to the
+same person however their address was written, and survives erasure of the address itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from comms.compliance import audit
+from comms.compliance.addresses import address_hash
+from comms.compliance.repository import ConsentStore, SuppressionStore
+from comms.errors import ValidationFailed
+from comms.kit.clock import utcnow
+from comms.kit.ids import new_id
+from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
+from comms.models import Consent, Message, Suppression, Tenant
+
+# Reasons that block every category but verification; an opt-out only blocks subscription mail.
+SCOPE_ALL_REASONS = frozenset({"hard_bounce", "complaint"})
+SuppressionReason = Literal[
+    "unsubscribed", "stop", "objection", "hard_bounce", "complaint", "manual", "erasure"
+]
+Source = Literal["one_click", "link", "mailto", "sms_keyword", "api", "complaint", "bounce", "erasure"]
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    channel: str
+    address: str  # normalized
+    key: str  # what dedupe and suppression compare
+    digest: str
+
+
+def contact(tenant: Tenant, channel: str, raw: str, default_region: str, field: str = "address") -> Contact:
+    """Normalize an address as the bulk endpoint does; a bad one is a 422 naming ``field``."""
+    if channel not in ("sms", "email"):
+        raise ValidationFailed.single("channel", "must be one of: sms, email")
+    try:
+        normalized = normalize_phone(raw, default_region) if channel == "sms" else normalize_email(raw)
+    except InvalidRecipient as exc:
+        raise ValidationFailed.single(field, exc.reason) from None
+    key = recipient_key(channel, normalized)
+    return Contact(channel, normalized, key, address_hash(tenant.hash_salt, channel, key))
+
+
+async def suppress(
+    session: AsyncSession,
+    tenant: Tenant,
+    who: Contact,
+    reason: SuppressionReason,
+    source: Source,
+    *,
+    actor: str | None = None,
+    ip: str | None = None,
+) -> bool:
+    """Add (or widen) a suppression at once; True when something changed. Idempotent."""
+    store = SuppressionStore(session, tenant.id)
+    scope = "all" if reason in SCOPE_ALL_REASONS else "marketing"
+    existing = await store.get(who.channel, who.digest)
+    if existing is not None:
+        if existing.scope == "all" or scope == existing.scope:
+            return False
+        existing.scope, existing.reason = scope, reason
+    else:
+        store.add(
+            Suppression(
+                tenant_id=tenant.id,
+                channel=who.channel,
+                address_hash=who.digest,
+                address=who.address,
+                reason=reason,
+                scope=scope,
+                source=source,
+                created_at=utcnow(),
+            )
+        )
+    audit.record(
+        session, tenant.id, "suppression.added", actor=actor, ip=ip,
+        channel=who.channel, address_hash=who.digest, reason=reason, source=source,
+    )  # fmt: skip
+    return True
+
+
+async def unsuppress(
+    session: AsyncSession,
+    tenant: Tenant,
+    who: Contact,
+    source: Source,
+    *,
+    actor: str | None = None,
+    ip: str | None = None,
+    only_reasons: frozenset[str] | None = None,
+) -> bool:
+    """Lift a suppression (re-subscribe); ``only_reasons`` limits which kinds may be lifted."""
+    store = SuppressionStore(session, tenant.id)
+    existing = await store.get(who.channel, who.digest)
+    if existing is None or (only_reasons is not None and existing.reason not in only_reasons):
+        return False
+    await store.delete(existing)
+    audit.record(
+        session, tenant.id, "suppression.removed", actor=actor, ip=ip,
+        channel=who.channel, address_hash=who.digest, reason=existing.reason, source=source,
+    )  # fmt: skip
+    return True
+
+
+async def record_consent(
+    session: AsyncSession,
+    tenant: Tenant,
+    who: Contact,
+    *,
+    status: str,
+    basis: str | None,
+    source: str | None,
+    wording_version: str | None,
+    written: bool,
+    collected_with_optout: bool,
+    actor: str | None,
+    ip: str | None,
+) -> Consent:
+    """Append a consent record (who, when, source, wording, IP); opting out also suppresses (E6)."""
+    row = Consent(
+        id=new_id("cns"),
+        tenant_id=tenant.id,
+        channel=who.channel,
+        address_hash=who.digest,
+        address=who.address,
+        status=status,
+        basis=basis,
+        source=source,
+        wording_version=wording_version,
+        ip=ip,
+        written=written,
+        collected_with_optout=collected_with_optout,
+        created_at=utcnow(),
+    )
+    ConsentStore(session, tenant.id).add(row)
+    audit.record(
+        session, tenant.id, "consent.recorded", actor=actor, ip=ip,
+        channel=who.channel, address_hash=who.digest, status=status, basis=basis, source=source,
+        wording_version=wording_version,
+    )  # fmt: skip
+    if status == "opted_out":
+        await suppress(session, tenant, who, "objection", "api", actor=actor, ip=ip)
+    elif status == "opted_in":
+        # A fresh opt-in lifts an earlier opt-out, never a bounce or a complaint.
+        await unsuppress(
+            session, tenant, who, "api", actor=actor, ip=ip,
+            only_reasons=frozenset({"unsubscribed", "stop", "objection"}),
+        )  # fmt: skip
+    return row
+
+
+async def erase(
+    session: AsyncSession, tenant: Tenant, who: Contact, *, actor: str | None, ip: str | None
+) -> int:
+    """GDPR Art. 17: delete the person's message logs and drop the address everywhere, but keep
+    a hashed do-not-contact entry so a later import of the address is still suppressed (E7).
+    Returns how many log items were deleted."""
+    result = await session.execute(
+        delete(Message)
+        .where(
+            Message.tenant_id == tenant.id, Message.channel == who.channel, Message.recipient_key == who.key
+        )
+        .execution_options(synchronize_session=False)
+    )
+    await ConsentStore(session, tenant.id).forget_addresses(who.channel, who.digest)
+    store = SuppressionStore(session, tenant.id)
+    existing = await store.get(who.channel, who.digest)
+    if existing is None:
+        store.add(
+            Suppression(
+                tenant_id=tenant.id,
+                channel=who.channel,
+                address_hash=who.digest,
+                address=None,
+                reason="erasure",
+                scope="marketing",
+                source="erasure",
+                created_at=utcnow(),
+            )
+        )
+    else:
+        existing.address = None
+    deleted = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    audit.record(
+        session, tenant.id, "contact.erased", actor=actor, ip=ip,
+        channel=who.channel, address_hash=who.digest, deleted_log_items=deleted,
+    )  # fmt: skip
+    return deleted

@@ -1,0 +1,335 @@
+"""comms.kit helpers: time-ordered ids, page arithmetic, the secret box and ISO timestamps."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from comms.kit import clock, ids
+from comms.kit.ids import id_has_prefix, new_id, new_ids
+from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
+from comms.kit.secretbox import SecretBox
+
+# --- ids -----------------------------------------------------------------------------------------
+
+ID_RE = re.compile(r"^(?P<prefix>[a-z]+)_(?P<millis>[0-9a-f]{12})(?P<counter>[0-9a-f]{20})$")
+
+
+def millis_of(value: str, prefix: str) -> int:
+    """The Unix-milliseconds part of an id."""
+    start = len(prefix) + 1
+    return int(value[start : start + 12], 16)
+
+
+def counter_of(value: str) -> int:
+    return int(value[-20:], 16)
+
+
+def freeze_ids(monkeypatch: pytest.MonkeyPatch, millis: int, start: int) -> None:
+    """Make the next new_ids call see ``millis`` as the time and ``start`` as its random start."""
+    monkeypatch.setattr(ids, "time", SimpleNamespace(time_ns=lambda: millis * 1_000_000 + 999_999))
+    monkeypatch.setattr(ids, "secrets", SimpleNamespace(randbits=lambda bits: start))
+
+
+@pytest.mark.parametrize("prefix", ["log", "bat", "tpl", "x", "tenant"])
+def test_new_id_shape(prefix: str) -> None:
+    value = new_id(prefix)
+    match = ID_RE.match(value)
+    assert match is not None, value
+    assert match["prefix"] == prefix
+    assert len(value) == len(prefix) + 33
+    assert id_has_prefix(value, prefix)
+
+
+def test_new_ids_count_and_prefix() -> None:
+    values = new_ids("log", 500)
+    assert len(values) == 500
+    assert len(set(values)) == 500
+    assert all(id_has_prefix(v, "log") for v in values)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 1000])
+def test_new_ids_returns_exactly_count(count: int) -> None:
+    assert len(new_ids("log", count)) == count
+
+
+def test_ids_are_strictly_increasing_within_a_call() -> None:
+    values = new_ids("log", 1000)
+    assert all(a < b for a, b in itertools.pairwise(values))
+    # One call: one millisecond and a counter that counts up by one.
+    assert len({millis_of(v, "log") for v in values}) == 1
+    counters = [counter_of(v) for v in values]
+    assert counters == list(range(counters[0], counters[0] + 1000))
+
+
+def test_time_component_is_the_current_unix_millisecond() -> None:
+    before = time.time_ns() // 1_000_000
+    value = new_id("log")
+    after = time.time_ns() // 1_000_000
+    assert before <= millis_of(value, "log") <= after
+
+
+@pytest.mark.parametrize(
+    ("earlier_start", "later_start"),
+    [
+        (0, 0),
+        ((1 << 79) - 1, 0),  # the earlier call drew the largest start, the later one the smallest
+        (12345, 12344),
+    ],
+)
+def test_ids_of_a_later_millisecond_sort_after_whatever_their_random_part(
+    monkeypatch: pytest.MonkeyPatch, earlier_start: int, later_start: int
+) -> None:
+    millis = 1_700_000_000_000
+    freeze_ids(monkeypatch, millis, earlier_start)
+    earlier = new_ids("log", 100)
+    freeze_ids(monkeypatch, millis + 1, later_start)
+    later = new_ids("log", 100)
+    assert millis_of(earlier[0], "log") == millis
+    assert millis_of(later[0], "log") == millis + 1
+    assert max(earlier) < min(later)
+    assert sorted(later + earlier) == earlier + later
+
+
+def test_ids_from_real_calls_sort_by_their_time_component() -> None:
+    values = [new_id("log") for _ in range(200)]
+    by_id = sorted(values)
+    # Sorting by id never puts a later millisecond before an earlier one.
+    stamps = [millis_of(v, "log") for v in by_id]
+    assert stamps == sorted(stamps)
+
+
+def test_the_counter_never_spills_into_the_time_component(monkeypatch: pytest.MonkeyPatch) -> None:
+    freeze_ids(monkeypatch, 1_700_000_000_000, (1 << 79) - 1)
+    values = new_ids("log", 1000)
+    assert {millis_of(v, "log") for v in values} == {1_700_000_000_000}
+    assert all(ID_RE.match(v) for v in values)
+
+
+def test_time_component_is_zero_padded(monkeypatch: pytest.MonkeyPatch) -> None:
+    freeze_ids(monkeypatch, 1, 1)
+    assert new_id("log") == "log_" + "0" * 11 + "1" + "0" * 19 + "1"
+
+
+@pytest.mark.parametrize(
+    ("value", "prefix", "expected"),
+    [
+        ("log_" + "0" * 32, "log", True),
+        ("log_" + "0" * 31, "log", False),  # too short
+        ("log_" + "0" * 33, "log", False),  # too long
+        ("bat_" + "0" * 32, "log", False),  # another type
+        ("log" + "0" * 33, "log", False),  # no separator
+        ("logs_" + "0" * 31, "log", False),
+        ("", "log", False),
+    ],
+)
+def test_id_has_prefix(value: str, prefix: str, expected: bool) -> None:
+    assert id_has_prefix(value, prefix) is expected
+
+
+def test_new_id_output_satisfies_id_has_prefix_only_for_its_own_prefix() -> None:
+    value = new_id("bat")
+    assert id_has_prefix(value, "bat")
+    assert not id_has_prefix(value, "log")
+    assert not id_has_prefix(value, "ba")
+
+
+# --- pagination ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("page", "page_size", "total", "total_pages", "has_next", "has_prev"),
+    [
+        # Nothing at all.
+        (1, 20, 0, 0, False, False),
+        (2, 20, 0, 0, False, True),
+        # Fewer than one page.
+        (1, 20, 1, 1, False, False),
+        (1, 20, 19, 1, False, False),
+        # Exact multiples.
+        (1, 20, 20, 1, False, False),
+        (1, 20, 40, 2, True, False),
+        (2, 20, 40, 2, False, True),
+        # One over a multiple: a last, partial page.
+        (1, 20, 41, 3, True, False),
+        (2, 20, 41, 3, True, True),
+        (3, 20, 41, 3, False, True),
+        # Past the last page.
+        (5, 20, 41, 3, False, True),
+        # Page size 1.
+        (1, 1, 3, 3, True, False),
+        (3, 1, 3, 3, False, True),
+        # Large sizes.
+        (1, 200, 1000, 5, True, False),
+        (5, 200, 1000, 5, False, True),
+        (1, 200, 1001, 6, True, False),
+    ],
+)
+def test_page_info(
+    page: int, page_size: int, total: int, total_pages: int, has_next: bool, has_prev: bool
+) -> None:
+    assert Page(page, page_size).info(total) == {
+        "page": page,
+        "page_size": page_size,
+        "total": total,
+        "total_pages": total_pages,
+        "has_next": has_next,
+        "has_prev": has_prev,
+    }
+
+
+@pytest.mark.parametrize(
+    ("page", "page_size", "offset"),
+    [(1, 20, 0), (2, 20, 20), (3, 20, 40), (1, 1, 0), (7, 1, 6), (4, 200, 600)],
+)
+def test_page_offset(page: int, page_size: int, offset: int) -> None:
+    assert Page(page, page_size).offset == offset
+
+
+def test_pages_walk_every_item_exactly_once() -> None:
+    total, size = 47, 10
+    seen: list[int] = []
+    page = Page(1, size)
+    while True:
+        seen.extend(range(total)[page.offset : page.offset + size])
+        if not page.info(total)["has_next"]:
+            break
+        page = Page(page.page + 1, size)
+    assert seen == list(range(total))
+    assert page.page == page.info(total)["total_pages"] == 5
+
+
+def test_page_constants_and_immutability() -> None:
+    assert DEFAULT_PAGE_SIZE == 20
+    assert MAX_PAGE_SIZE == 200
+    page = Page(1, 20)
+    with pytest.raises(AttributeError):
+        page.page = 2  # type: ignore[misc]
+
+
+# --- secretbox -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def box() -> SecretBox:
+    return SecretBox("test-secret-key")
+
+
+@pytest.mark.parametrize("plaintext", ["123456", "", "p@ss w0rd!", "验证码 ✓ 😀", "x" * 10_000])
+def test_round_trip(box: SecretBox, plaintext: str) -> None:
+    encrypted = box.encrypt(plaintext)
+    assert encrypted.startswith("enc:v1:")
+    assert box.is_encrypted(encrypted)
+    assert plaintext not in encrypted or plaintext == ""
+    assert box.decrypt(encrypted) == plaintext
+
+
+def test_a_new_box_with_the_same_key_decrypts(box: SecretBox) -> None:
+    assert SecretBox("test-secret-key").decrypt(box.encrypt("123456")) == "123456"
+
+
+def test_each_encryption_is_different(box: SecretBox) -> None:
+    first, second = box.encrypt("123456"), box.encrypt("123456")
+    assert first != second
+    assert box.decrypt(first) == box.decrypt(second) == "123456"
+
+
+@pytest.mark.parametrize("other_key", ["another-key", "test-secret-key ", "TEST-SECRET-KEY", ""])
+def test_a_different_key_fails_with_value_error(box: SecretBox, other_key: str) -> None:
+    encrypted = box.encrypt("123456")
+    with pytest.raises(ValueError, match=r"could not be decrypted \(was COMMS_SECRET_KEY changed\?\)"):
+        SecretBox(other_key).decrypt(encrypted)
+
+
+def test_tampered_ciphertext_fails_with_value_error(box: SecretBox) -> None:
+    encrypted = box.encrypt("123456")
+    body = encrypted[len("enc:v1:") :]
+    middle = len(body) // 2
+    flipped = "A" if body[middle] != "A" else "B"
+    tampered = "enc:v1:" + body[:middle] + flipped + body[middle + 1 :]
+    with pytest.raises(ValueError):
+        box.decrypt(tampered)
+
+
+@pytest.mark.parametrize("garbage", ["enc:v1:", "enc:v1:not-a-token", "enc:v1:gAAAAA"])
+def test_prefixed_garbage_fails_with_value_error(box: SecretBox, garbage: str) -> None:
+    with pytest.raises(ValueError):
+        box.decrypt(garbage)
+
+
+@pytest.mark.parametrize("value", ["123456", "", "plain text", "enc:v2:something", "ENC:V1:x", " enc:v1:x"])
+def test_values_without_the_prefix_pass_through(box: SecretBox, value: str) -> None:
+    assert not SecretBox.is_encrypted(value)
+    assert box.decrypt(value) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("enc:v1:anything", True), ("enc:v1:", True), ("enc:v1", False), ("123456", False), ("", False)],
+)
+def test_is_encrypted(value: str, expected: bool) -> None:
+    assert SecretBox.is_encrypted(value) is expected
+
+
+# --- clock ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        # Naive values are taken as UTC.
+        (datetime(2024, 5, 1, 12, 30, 45), "2024-05-01T12:30:45Z"),
+        (datetime(2024, 5, 1, 12, 30, 45, tzinfo=UTC), "2024-05-01T12:30:45Z"),
+        # Offsets are converted to UTC, across a day boundary too.
+        (datetime(2024, 5, 1, 8, 0, 0, tzinfo=timezone(timedelta(hours=8))), "2024-05-01T00:00:00Z"),
+        (datetime(2024, 5, 1, 2, 0, 0, tzinfo=timezone(timedelta(hours=8))), "2024-04-30T18:00:00Z"),
+        (datetime(2024, 12, 31, 20, 0, 0, tzinfo=timezone(timedelta(hours=-5))), "2025-01-01T01:00:00Z"),
+        (
+            datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+            "2024-05-01T06:30:00Z",
+        ),
+        # Second precision: microseconds are dropped, not rounded.
+        (datetime(2024, 5, 1, 12, 30, 45, 999_999, tzinfo=UTC), "2024-05-01T12:30:45Z"),
+        # Zero-padded fields.
+        (datetime(2024, 1, 2, 3, 4, 5), "2024-01-02T03:04:05Z"),
+    ],
+)
+def test_isoformat(value: datetime | None, expected: str | None) -> None:
+    assert clock.isoformat(value) == expected
+
+
+def test_isoformat_shape() -> None:
+    text = clock.isoformat(datetime.now(UTC))
+    assert text is not None
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z", text)
+
+
+def test_isoformat_round_trips_through_fromisoformat() -> None:
+    value = datetime(2024, 5, 1, 12, 30, 45, tzinfo=timezone(timedelta(hours=-3)))
+    text = clock.isoformat(value)
+    assert text is not None
+    assert datetime.fromisoformat(text) == value
+
+
+@pytest.fixture
+def restore_clock() -> Iterator[None]:
+    yield
+    clock.set_clock(None)
+
+
+def test_set_clock_moves_utcnow_and_none_restores_it(restore_clock: None) -> None:
+    fixed = datetime(2030, 1, 1, tzinfo=UTC)
+    clock.set_clock(lambda: fixed)
+    assert clock.utcnow() == fixed
+    clock.set_clock(None)
+    now = clock.utcnow()
+    assert now != fixed
+    assert now.tzinfo is not None
+    assert now.utcoffset() == timedelta(0)
