@@ -151,11 +151,6 @@ def test_an_explicit_region_beats_the_default_region() -> None:
 # The region argument is upper-cased but the tenant's policy keys are stored as given, so a
 # tenant who writes {"de": "opt_in"} or {"eu": "opt_in"} silently gets the weaker EU default
 # (soft_opt_in) instead. TenantSettings accepts such keys (and any other string) without complaint.
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG settings/gates: consent_policy keys are case-sensitive while regions are upper-cased; "
-    "a lower-case key ('de', 'eu') is accepted by TenantSettings and then silently ignored",
-)
 @pytest.mark.parametrize(("key", "region"), [("de", "DE"), ("eu", "FR"), ("us", "US")])
 def test_lower_case_policy_keys_are_honoured_or_refused(key: str, region: str) -> None:
     try:

@@ -71,7 +71,7 @@ def _consent_ok(consent: Consent | None, policy: ConsentPolicy) -> bool:
         return False
     if consent.basis in ("opt_in", "written"):
         return True
-    return (
+    return bool(
         policy == "soft_opt_in"
         and consent.basis == "soft_opt_in"
         and consent.source == "sale"

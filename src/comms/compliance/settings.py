@@ -63,13 +63,27 @@ class TenantSettings(BaseModel):
         for country, window in value.items():
             if not _HOURS.match(window):
                 raise ValueError(f"{country}: expected HH:MM-HH:MM, got {window!r}")
-        return value
+        return {_region_key(k, allow_groups=False): v for k, v in value.items()}
+
+    @field_validator("consent_policy")
+    @classmethod
+    def _policy(cls, value: dict[str, ConsentPolicy]) -> dict[str, ConsentPolicy]:
+        return {_region_key(k, allow_groups=True): v for k, v in value.items()}
 
     def email_senders(self) -> list[str]:
         return [s for s in self.sender_identities if "@" in s]
 
     def sms_senders(self) -> list[str]:
         return [s for s in self.sender_identities if "@" not in s]
+
+
+def _region_key(key: str, *, allow_groups: bool) -> str:
+    """Regions are matched upper-case: "de" means DE. Anything else is refused, not ignored."""
+    upper = key.strip().upper()
+    if re.fullmatch(r"[A-Z]{2}", upper) or (allow_groups and upper in ("EU", "*")):
+        return upper
+    groups = ", EU (the EEA and UK) or *" if allow_groups else ""
+    raise ValueError(f"{key!r} is not a region: use a two-letter ISO 3166 code{groups}")
 
 
 def load_settings(raw: dict[str, Any] | None) -> TenantSettings:

@@ -21,6 +21,8 @@ from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
 REDACTED = "******"
+# No message needs more; a template that renders beyond it is refused rather than sent.
+MAX_RENDERED_LENGTH = 1_000_000
 DEFAULT_SECRET_VARIABLES = ("code", "otp", "password")
 
 
@@ -62,7 +64,6 @@ _ALLOWED_FILTERS = frozenset(
         "urlencode",
         "string",
         "length",
-        "replace",
     }
 )
 
@@ -99,6 +100,8 @@ class CompiledTemplate:
     variables: frozenset[str]
     is_static: bool
     _template: Any
+    # What a static template renders to: its text without comments or raw-block tags.
+    static_text: str = ""
 
     def literal_text(self) -> str:
         """The template's own text, without what placeholders and blocks add."""
@@ -109,15 +112,18 @@ class CompiledTemplate:
 
     def render(self, variables: Mapping[str, str]) -> str:
         if self.is_static:
-            return self.source
+            return self.static_text
         try:
-            return str(self._template.render(variables))
+            rendered = str(self._template.render(variables))
         except UndefinedError as exc:
             raise TemplateError(f"missing variable: {exc.message}") from exc
         except SecurityError as exc:
             raise TemplateError(str(exc)) from exc
         except Exception as exc:  # a filter given a bad argument, etc.
             raise TemplateError(f"template could not be rendered: {exc}") from exc
+        if len(rendered) > MAX_RENDERED_LENGTH:
+            raise TemplateError(f"rendered content is longer than {MAX_RENDERED_LENGTH} characters")
+        return rendered
 
 
 @lru_cache(maxsize=1024)
@@ -131,7 +137,10 @@ def compile_template(source: str, html: bool = False) -> CompiledTemplate:
         raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
     variables = frozenset(meta.find_undeclared_variables(ast))
     static = _is_static(ast)
-    return CompiledTemplate(source=source, variables=variables, is_static=static, _template=template)
+    static_text = "".join(node.data for node in ast.find_all(nodes.TemplateData)) if static else ""
+    return CompiledTemplate(
+        source=source, variables=variables, is_static=static, _template=template, static_text=static_text
+    )
 
 
 def _is_static(ast: nodes.Template) -> bool:
