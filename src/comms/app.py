@@ -25,6 +25,7 @@ from comms.dispatch.routing import Router
 from comms.errors import ApiError, RateLimited
 from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
+from comms.kit.logging import quiet_parameter_loggers
 from comms.kit.secretbox import SecretBox
 from comms.messages.endpoints import router as messages_router
 from comms.messages.schemas import BulkSendRequest
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        quiet_parameter_loggers()
         db = Database(settings.resolved_database_url)
         secrets = SecretBox(settings.resolved_secret_key)
         state = AppState(settings=settings, db=db, secrets=secrets)

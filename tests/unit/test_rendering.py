@@ -228,7 +228,8 @@ def test_forbidden_constructs_are_refused_in_html_templates_too() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["center", "format", "attr", "map", "safe", "join", "list", "wordwrap", "indent", "nosuch", "replace"]
+    "name",
+    ["center", "format", "attr", "map", "safe", "join", "list", "wordwrap", "indent", "nosuch", "replace"],
 )
 def test_disallowed_filters_are_refused_by_name(name: str) -> None:
     with pytest.raises(TemplateError) as excinfo:

@@ -80,6 +80,7 @@ async def suppress(
                 created_at=utcnow(),
             )
         )
+        await session.flush()
     audit.record(
         session, tenant.id, "suppression.added", actor=actor, ip=ip,
         channel=who.channel, address_hash=who.digest, reason=reason, source=source,
@@ -103,6 +104,7 @@ async def unsuppress(
     if existing is None or (only_reasons is not None and existing.reason not in only_reasons):
         return False
     await store.delete(existing)
+    await session.flush()
     audit.record(
         session, tenant.id, "suppression.removed", actor=actor, ip=ip,
         channel=who.channel, address_hash=who.digest, reason=existing.reason, source=source,

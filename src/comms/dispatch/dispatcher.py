@@ -22,6 +22,7 @@ from typing import Any
 from comms.compliance import quiet_hours
 from comms.compliance.content import MessageDecorator
 from comms.compliance.gates import AcceptanceGate
+from comms.compliance.retention import purge_expired_content
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.config import Settings
 from comms.dispatch.backoff import retry_delay
@@ -48,6 +49,7 @@ from comms.templates.rendering import TemplateError
 
 log = logging.getLogger("comms.dispatch")
 RESPONSE_LIMIT = 1000
+PURGE_INTERVAL = 3600.0  # seconds between retention purges
 
 
 class Dispatcher:
@@ -67,6 +69,7 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._lease = timedelta(seconds=settings.lease_seconds)
         self._last_reap = 0.0
+        self._last_purge = 0.0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -146,6 +149,12 @@ class Dispatcher:
         if reaped:
             log.warning("re-queued messages whose lease expired", extra={"count": reaped})
             self._wake.set()
+        if loop_now - self._last_purge >= PURGE_INTERVAL:
+            self._last_purge = loop_now
+            async with self.db.begin() as session:
+                purged = await purge_expired_content(session, utcnow())
+            if purged:
+                log.info("purged content past its retention period", extra={"count": purged})
 
     # ---- one claimed batch ---------------------------------------------------------------------
 

@@ -1,0 +1,94 @@
+"""Replies to SMS: opt-out, help and opt-in keywords (TCPA, CTIA, MIIT Order 31, Aliyun).
+
+* STOP, END, CANCEL, UNSUBSCRIBE, QUIT, OPT OUT, REVOKE, STOPALL (US/CTIA and FCC 24-24), and for
+  China T, TD, N, R (Aliyun's 回T退订 and Huawei's 拒收请回复R), and 退订: suppress marketing SMS
+  to that number for the tenant, at once, with ONE confirmation; a second STOP sends nothing.
+* HELP, INFO: brand, support, frequency, "Msg&data rates may apply" and how to stop.
+* START, UNSTOP, YES: lift an SMS-keyword opt-out (never a bounce or complaint) and confirm.
+
+Matching is case-insensitive on the trimmed message, which must be the keyword alone.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from comms.compliance import service
+from comms.compliance.settings import load_settings
+from comms.models import Tenant
+
+
+class Keyword(StrEnum):
+    STOP = "stop"
+    HELP = "help"
+    START = "start"
+
+
+_STOP = frozenset({"STOP", "END", "CANCEL", "UNSUBSCRIBE", "QUIT", "OPT OUT", "OPTOUT", "REVOKE", "STOPALL"})
+_STOP_CN = frozenset({"T", "TD", "N", "R", "退订"})
+_HELP = frozenset({"HELP", "INFO"})
+_START = frozenset({"START", "UNSTOP", "YES"})
+_SPACES = re.compile(r"\s+")
+
+
+def classify(text: str) -> Keyword | None:
+    word = _SPACES.sub(" ", text.strip().strip(".!").upper())
+    if word in _STOP or word in _STOP_CN:
+        return Keyword.STOP
+    if word in _HELP:
+        return Keyword.HELP
+    if word in _START:
+        return Keyword.START
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundResult:
+    keyword: Keyword | None
+    reply: str | None  # the one message to send back, if any
+    changed: bool
+
+
+def _brand(tenant: Tenant) -> str:
+    signature = load_settings(tenant.settings).sms_signature
+    return signature or tenant.name
+
+
+async def handle_inbound_sms(
+    session: AsyncSession, tenant: Tenant, from_number: str, text: str
+) -> InboundResult:
+    """Apply an inbound SMS from ``from_number`` (any format; the tenant's region applies)."""
+    keyword = classify(text)
+    if keyword is None:
+        return InboundResult(None, None, False)
+    settings = load_settings(tenant.settings)
+    who = service.contact(tenant, "sms", from_number, settings.default_region, field="from")
+    brand = _brand(tenant)
+    if keyword is Keyword.STOP:
+        changed = await service.suppress(session, tenant, who, "stop", "sms_keyword")
+        reply = (
+            f"{brand}: you are unsubscribed and will receive no more marketing messages. "
+            "Reply START to resubscribe."
+            if changed
+            else None  # at most one confirmation (47 CFR 64.1200(a)(12))
+        )
+        return InboundResult(keyword, reply, changed)
+    if keyword is Keyword.START:
+        changed = await service.unsuppress(
+            session, tenant, who, "sms_keyword", only_reasons=frozenset({"stop", "unsubscribed", "objection"})
+        )
+        reply = (
+            f"{brand}: you are subscribed again. Reply STOP to opt out, HELP for help." if changed else None
+        )
+        return InboundResult(keyword, reply, changed)
+    support = next(iter(settings.email_senders()), None)
+    contact = f" Support: {support}." if support else ""
+    reply = (
+        f"{brand}: account and marketing messages, frequency varies.{contact} "
+        "Msg&data rates may apply. Reply STOP to opt out."
+    )
+    return InboundResult(keyword, reply, False)

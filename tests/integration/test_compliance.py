@@ -1,0 +1,692 @@
+"""COMPLIANCE.md's "Top 15", one test each (named after it), plus the inbound keyword table,
+the OTP flow limits, retention, and the unsubscribe flows end to end through the dispatcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from comms.compliance.keywords import handle_inbound_sms
+from comms.compliance.retention import purge_expired_content
+from comms.compliance.unsubscribe import UnsubscribeSigner
+from comms.dispatch.queue import claim_due
+from comms.kit.clock import set_clock, utcnow
+from comms.models import AuditEvent, Message, Suppression, Tenant
+from tests.conftest import Service, TenantKeys, make_tenant, wait_until
+
+
+async def bulk(service: Service, tenant: TenantKeys, expect: int = 202, **body: Any) -> dict[str, Any]:
+    answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+    assert answer.status_code == expect, answer.text
+    return dict(answer.json())
+
+
+def marketing_email(**extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "channel": "email",
+        "category": "marketing",
+        "subject": "Our winter sale",
+        "content": "Hello {{ name }}, 20% off everything.",
+        "variables": {"name": "friend"},
+        "recipients": ["ann@example.com"],
+    }
+    body.update(extra)
+    return body
+
+
+async def opt_in(service: Service, tenant: TenantKeys, channel: str, address: str, **extra: Any) -> None:
+    body = {
+        "channel": channel,
+        "address": address,
+        "status": "opted_in",
+        "basis": "opt_in",
+        "source": "signup-form",
+        "wording_version": "v3",
+    }
+    body.update(extra)
+    answer = await service.client.post("/communication/consents", json=body, headers=tenant.headers())
+    assert answer.status_code == 201, answer.text
+
+
+def eml(service: Service, log_id: str) -> EmailMessage:
+    raw = (service.outbox / "email" / f"{log_id}.eml").read_bytes()
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+async def statuses(service: Service, batch_id: str) -> dict[str, int]:
+    async with service.db.read() as session:
+        rows = (await session.scalars(select(Message.status).where(Message.batch_id == batch_id))).all()
+    out: dict[str, int] = {}
+    for s in rows:
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[list[datetime]]:
+    """A settable clock: tests write now[0]."""
+    now = [datetime(2026, 11, 26, 12, 0, tzinfo=UTC)]
+    set_clock(lambda: now[0])
+    yield now
+    set_clock(None)
+
+
+# ---- 1 ------------------------------------------------------------------------------------------
+
+
+async def test_01_every_message_has_a_category(service: Service, tenant: TenantKeys) -> None:
+    # No category and no template: marketing, the safe default (consent rules apply).
+    default = await bulk(service, tenant, channel="sms", content="Hi", recipients=["13800138000"])
+    assert default["items"][0]["category"] == "marketing"
+    assert (
+        default["items"][0]["status"] == "rejected" and default["items"][0]["error"] == "no marketing consent"
+    )
+    await service.client.post(
+        "/communication/templates",
+        json={"code": "otp", "channel": "sms", "category": "verification", "content": "Code {{ code }}"},
+        headers=tenant.headers(),
+    )
+    from_template = await bulk(
+        service, tenant, channel="sms", template="otp", recipients=["13800138000"], variables={"code": "1"}
+    )
+    assert from_template["items"][0]["category"] == "verification"
+    mismatch = await bulk(
+        service,
+        tenant,
+        422,
+        channel="sms",
+        template="otp",
+        category="marketing",
+        recipients=["13800138000"],
+        variables={"code": "1"},
+    )
+    assert "category_mismatch" in mismatch["message"]
+
+
+# ---- 2 ------------------------------------------------------------------------------------------
+
+
+async def test_02_suppression_checked_before_every_send(service: Service, tenant: TenantKeys) -> None:
+    await opt_in(service, tenant, "email", "ann@example.com")
+    added = await service.client.post(
+        "/communication/suppressions",
+        json={"channel": "email", "address": "Ann@Example.com", "reason": "unsubscribed"},
+        headers=tenant.headers(),
+    )
+    assert added.status_code == 201
+    item = (await bulk(service, tenant, **marketing_email()))["items"][0]
+    assert (item["status"], item["error"]) == ("suppressed", "recipient unsubscribed")
+    announcement = await bulk(service, tenant, **marketing_email(category="announcement"))
+    assert announcement["items"][0]["status"] == "suppressed"
+    # An opt-out does not stop transactional mail or a verification code...
+    receipt = await bulk(service, tenant, **marketing_email(category="transactional"))
+    assert receipt["items"][0]["status"] == "queued"
+    # ...a hard bounce stops everything but verification.
+    await service.client.post(
+        "/communication/suppressions",
+        json={"channel": "email", "address": "ann@example.com", "reason": "hard_bounce"},
+        headers=tenant.headers(),
+    )
+    receipt = await bulk(service, tenant, **marketing_email(category="transactional"))
+    assert (receipt["items"][0]["status"], receipt["items"][0]["error"]) == (
+        "suppressed",
+        "recipient address bounced",
+    )
+    code = await bulk(service, tenant, **marketing_email(category="verification"))
+    assert code["items"][0]["status"] == "queued"
+
+
+async def test_02_unsubscribe_between_acceptance_and_dispatch_wins(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    await opt_in(live_service, live_tenant, "email", "ann@example.com")
+    dispatcher = live_service.app.state.dispatcher
+    await dispatcher.stop()  # hold the queue: accepted, not yet sent
+    created = await bulk(live_service, live_tenant, **marketing_email())
+    assert created["items"][0]["status"] == "queued"
+    await live_service.client.post(
+        "/communication/suppressions",
+        json={"channel": "email", "address": "ann@example.com", "reason": "unsubscribed"},
+        headers=live_tenant.headers(),
+    )
+    dispatcher.__init__(dispatcher.db, dispatcher.settings, dispatcher._cache._secrets, dispatcher.router)
+    dispatcher.start()
+
+    async def settled() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"suppressed": 1}
+
+    await wait_until(settled)
+    await dispatcher.stop()
+    assert not (live_service.outbox / "email").exists() or not list((live_service.outbox / "email").iterdir())
+
+
+# ---- 3 ------------------------------------------------------------------------------------------
+
+
+async def test_03_marketing_blocked_without_consent_basis(service: Service) -> None:
+    always = "00:00-24:00"  # no quiet hours here: test 8 covers them
+    tenant = await make_tenant(
+        service.db, "Acme", quiet_hours={"CN": always, "US": always, "DE": always, "FR": always}
+    )
+    body = {
+        "channel": "sms",
+        "category": "marketing",
+        "content": "Sale!",
+        "recipients": ["13800138000", "13900139000", "+14155552671", "+4915112345678", "+33612345678"],
+    }
+    await opt_in(service, tenant, "sms", "13800138000")
+    # US: prior express WRITTEN consent for marketing texts (TCPA).
+    await opt_in(service, tenant, "sms", "+14155552671")
+    # DE: soft opt-in from a sale with an opt-out offered at collection is enough in the EU (ePD 13(2)).
+    await opt_in(
+        service,
+        tenant,
+        "sms",
+        "+4915112345678",
+        basis="soft_opt_in",
+        source="sale",
+        collected_with_optout=True,
+    )
+    # FR: soft opt-in without a sale is not.
+    await opt_in(service, tenant, "sms", "+33612345678", basis="soft_opt_in", source="newsletter")
+    items = {i["recipient"]: i for i in (await bulk(service, tenant, **body))["items"]}
+    assert items["138****8000"]["status"] == "queued"
+    assert (items["139****9000"]["status"], items["139****9000"]["error"]) == (
+        "rejected",
+        "no marketing consent",
+    )
+    assert (items["415***2671"]["status"], items["415***2671"]["error"]) == (
+        "rejected",
+        "no prior express written consent",
+    )
+    assert items["151****5678"]["status"] == "queued"
+    assert items["612**5678"]["error"] == "no marketing consent"
+    await opt_in(service, tenant, "sms", "+14155552671", basis="written")
+    again = await bulk(service, tenant, **{**body, "recipients": ["+14155552671"]})
+    assert again["items"][0]["status"] == "queued"
+
+
+# ---- 4, 9 ---------------------------------------------------------------------------------------
+
+
+async def test_04_marketing_email_carries_list_unsubscribe_headers(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    await opt_in(live_service, live_tenant, "email", "ann@example.com")
+    created = await bulk(live_service, live_tenant, **marketing_email())
+
+    async def sent() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"sent": 1}
+
+    await wait_until(sent)
+    message = eml(live_service, created["items"][0]["id"])
+    (unsubscribe,) = message.get_all("List-Unsubscribe")
+    assert unsubscribe.startswith("<https://comms.test/u/log_") and unsubscribe.endswith(">")
+    assert unsubscribe.count("<") == 1  # exactly one HTTPS URI (RFC 8058)
+    assert message.get_all("List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+    assert message["List-Id"] and message["Auto-Submitted"] == "auto-generated"
+    body = message.get_content()
+    assert "1 Main St, Springfield" in body and unsubscribe.strip("<>") in body
+    # Transactional mail is not subscription mail: no unsubscribe header.
+    receipt = await bulk(live_service, live_tenant, **marketing_email(category="transactional"))
+
+    async def receipt_sent() -> bool:
+        return await statuses(live_service, receipt["batch_id"]) == {"sent": 1}
+
+    await wait_until(receipt_sent)
+    assert eml(live_service, receipt["items"][0]["id"])["List-Unsubscribe"] is None
+
+
+async def test_09_marketing_email_needs_postal_address_verified_from_and_ad_disclosure(
+    live_service: Service,
+) -> None:
+    bare = await make_tenant(live_service.db, "Bare", postal_address=None)
+    answer = await bulk(live_service, bare, 422, **marketing_email())
+    assert "postal_address" in answer["message"]
+    tenant = await make_tenant(live_service.db, "Shop", ad_disclosure="This is an advertisement.")
+    unverified = await bulk(live_service, tenant, 422, **marketing_email(sender="ceo@other.example"))
+    assert "unverified_sender" in unverified["errors"][0]["message"]
+    only_variables = await bulk(live_service, tenant, 422, **marketing_email(subject="{{ name }}"))
+    assert only_variables["errors"][0]["field"] == "subject"
+    await opt_in(live_service, tenant, "email", "ann@example.com")
+    created = await bulk(live_service, tenant, **marketing_email())
+
+    async def sent() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"sent": 1}
+
+    await wait_until(sent)
+    message = eml(live_service, created["items"][0]["id"])
+    assert message["From"] == "Shop <news@acme.example>"
+    body = message.get_content()
+    assert "This is an advertisement." in body and "1 Main St, Springfield" in body
+
+
+# ---- 5, 12 --------------------------------------------------------------------------------------
+
+
+async def test_05_one_click_post_suppresses_in_the_same_request(service: Service, tenant: TenantKeys) -> None:
+    await opt_in(service, tenant, "email", "ann@example.com")
+    created = await bulk(service, tenant, **marketing_email())
+    token = UnsubscribeSigner(service.settings.resolved_secret_key).token(created["items"][0]["id"])
+
+    async def suppressed() -> int:
+        async with service.db.read() as session:
+            return int(await session.scalar(select(func.count()).select_from(Suppression)) or 0)
+
+    page = await service.client.get(f"/u/{token}")
+    assert page.status_code == 200 and "<form" in page.text and "a***@example.com" in page.text
+    assert "password" not in page.text.lower() and "<input" not in page.text  # no login, no extra fields
+    assert await suppressed() == 0  # a GET (a scanner's prefetch) never unsubscribes
+    one_click = await service.client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200 and "location" not in one_click.headers
+    assert await suppressed() == 1
+    again = await service.client.post(
+        f"/u/{token}",
+        files={"List-Unsubscribe": (None, "One-Click")},  # multipart/form-data works too
+    )
+    assert again.status_code == 200 and await suppressed() == 1
+    forged = await service.client.post(f"/u/{created['items'][0]['id']}.AAAAAAAAAAAAAAAAAAAAAA")
+    assert forged.status_code == 404
+    nxt = await bulk(service, tenant, **marketing_email())
+    assert (nxt["items"][0]["status"], nxt["items"][0]["error"]) == ("suppressed", "recipient unsubscribed")
+    async with service.db.read() as session:
+        event = await session.scalar(select(AuditEvent).where(AuditEvent.action == "suppression.added"))
+    assert event is not None and event.details["source"] == "one_click"
+
+
+def test_12_unsubscribe_tokens_last_over_a_year_and_are_unforgeable() -> None:
+    signer = UnsubscribeSigner("k")
+    from comms.kit.ids import new_id
+
+    log_id = new_id("log")
+    token = signer.token(log_id)
+    now = utcnow()
+    assert signer.verify(token, now + timedelta(days=31)) == log_id
+    assert signer.verify(token, now + timedelta(days=366)) == log_id
+    assert signer.verify(token, now + timedelta(days=401)) is None
+    assert UnsubscribeSigner("other-key").verify(token, now) is None
+    assert signer.verify(token[:-2] + "xx", now) is None
+    assert signer.verify("garbage", now) is None
+
+
+# ---- 6 ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "suppresses"),
+    [
+        ("STOP", True),
+        ("stop", True),
+        ("  Stop  ", True),
+        ("END", True),
+        ("CANCEL", True),
+        ("UNSUBSCRIBE", True),
+        ("QUIT", True),
+        ("OPT OUT", True),
+        ("opt  out", True),
+        ("REVOKE", True),
+        ("STOPALL", True),
+        ("T", True),
+        ("td", True),
+        ("N", True),
+        ("R", True),
+        ("退订", True),
+        ("HELP", False),
+        ("info", False),
+        ("please stop texting me about this", False),
+        ("hello", False),
+    ],
+)
+async def test_06_inbound_keywords(service: Service, tenant: TenantKeys, text: str, suppresses: bool) -> None:
+    async with service.db.begin() as session:
+        row = await session.get(Tenant, tenant.tenant_id)
+        assert row is not None
+        first = await handle_inbound_sms(session, row, "13800138000", text)
+        second = await handle_inbound_sms(session, row, "+86 138 0013 8000", text)
+    async with service.db.read() as session:
+        count = int(await session.scalar(select(func.count()).select_from(Suppression)) or 0)
+    assert count == (1 if suppresses else 0)
+    if suppresses:
+        assert first.reply is not None and "unsubscribed" in first.reply
+        assert second.reply is None  # exactly one confirmation
+    elif text.lower() in ("help", "info"):
+        assert first.reply is not None
+        for must in ("Msg&data rates may apply", "STOP", "Acme", "news@acme.example"):
+            assert must in first.reply
+    else:
+        assert first.reply is None and first.keyword is None
+
+
+async def test_06_start_resubscribes_after_stop_only(service: Service, tenant: TenantKeys) -> None:
+    async with service.db.begin() as session:
+        row = await session.get(Tenant, tenant.tenant_id)
+        assert row is not None
+        await handle_inbound_sms(session, row, "13800138000", "STOP")
+        start = await handle_inbound_sms(session, row, "13800138000", "START")
+        assert start.changed and start.reply is not None and "subscribed again" in start.reply
+        assert (await handle_inbound_sms(session, row, "13800138000", "UNSTOP")).reply is None
+    # START never lifts a hard bounce or complaint.
+    await service.client.post(
+        "/communication/suppressions",
+        json={"channel": "sms", "address": "13900139000", "reason": "complaint"},
+        headers=tenant.headers(),
+    )
+    async with service.db.begin() as session:
+        row = await session.get(Tenant, tenant.tenant_id)
+        assert row is not None
+        assert not (await handle_inbound_sms(session, row, "13900139000", "YES")).changed
+
+
+# ---- 7 ------------------------------------------------------------------------------------------
+
+
+async def test_07_marketing_sms_carries_signature_and_opt_out(live_service: Service) -> None:
+    tenant = await make_tenant(
+        live_service.db,
+        "Acme",
+        sms_signature="阿克米",
+        quiet_hours={"CN": "00:00-24:00", "US": "00:00-24:00"},
+    )
+    await opt_in(live_service, tenant, "sms", "13800138000")
+    await opt_in(live_service, tenant, "sms", "+14155552671", basis="written")
+    created = await bulk(
+        live_service,
+        tenant,
+        channel="sms",
+        category="marketing",
+        content="Winter sale today",
+        recipients=["13800138000", "+14155552671"],
+    )
+
+    async def sent() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"sent": 2}
+
+    await wait_until(sent)
+    import json
+
+    cn, us = (
+        json.loads((live_service.outbox / "sms" / f"{i['id']}.json").read_text()) for i in created["items"]
+    )
+    assert cn["content"] == "【阿克米】Winter sale today回T退订"
+    assert us["content"] == "Winter sale today Reply STOP to opt out"
+
+
+# ---- 8 ------------------------------------------------------------------------------------------
+
+
+async def test_08_quiet_hours_defer_marketing_sms_until_the_window_opens(
+    service: Service, tenant: TenantKeys, frozen_clock: list[datetime]
+) -> None:
+    await opt_in(service, tenant, "sms", "13800138000")
+    await opt_in(service, tenant, "sms", "+14155552671", basis="written")
+    frozen_clock[0] = datetime(2026, 11, 26, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai, 06:00 in San Francisco
+    created = await bulk(
+        service,
+        tenant,
+        channel="sms",
+        category="marketing",
+        content="Sale",
+        recipients=["13800138000", "+14155552671"],
+    )
+    cn, us = created["items"]
+    assert cn["status"] == "deferred" and "2026-11-27T00:00:00Z" in cn["error"]  # 08:00 Shanghai
+    assert us["status"] == "deferred" and "2026-11-26T16:00:00Z" in us["error"]  # 08:00 Pacific
+    # A verification code is never held back.
+    otp = await bulk(
+        service,
+        tenant,
+        channel="sms",
+        category="verification",
+        content="c {{ code }}",
+        variables={"code": "1"},
+        recipients=["13800138000"],
+    )
+    assert otp["items"][0]["status"] == "queued"
+    async with service.db.begin() as session:
+        claimed = await claim_due(session, "w", 10, utcnow(), timedelta(seconds=30))
+    assert [c.category for c in claimed] == ["verification"]
+    frozen_clock[0] = datetime(2026, 11, 26, 16, 0, 1, tzinfo=UTC)
+    async with service.db.begin() as session:
+        claimed = await claim_due(session, "w", 10, utcnow(), timedelta(seconds=30))
+    assert [c.id for c in claimed] == [us["id"]]
+    frozen_clock[0] = datetime(2026, 11, 27, 0, 0, 1, tzinfo=UTC)
+    async with service.db.begin() as session:
+        claimed = await claim_due(session, "w", 10, utcnow(), timedelta(seconds=30))
+    assert [c.id for c in claimed] == [cn["id"]]
+
+
+# ---- 10 -----------------------------------------------------------------------------------------
+
+
+async def test_10_responses_mask_recipients_and_logs_hold_no_pii(
+    live_service: Service, live_tenant: TenantKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    otp = "918273"
+    sms = await bulk(
+        live_service,
+        live_tenant,
+        channel="sms",
+        category="verification",
+        content="Your code is {{ code }}",
+        variables={"code": otp},
+        recipients=["13800138000"],
+    )
+    email = await bulk(
+        live_service,
+        live_tenant,
+        channel="email",
+        category="transactional",
+        subject="Hi",
+        content="Reset with {{ password }}",
+        recipients=[{"to": "secret.person@example.com", "variables": {"password": "hunter2"}}],
+    )
+
+    async def done() -> bool:
+        return await statuses(live_service, sms["batch_id"]) == {"sent": 1} and await statuses(
+            live_service, email["batch_id"]
+        ) == {"sent": 1}
+
+    await wait_until(done)
+    logs = (await live_service.client.get("/communication/logs", headers=live_tenant.headers())).json()
+    shown = str(logs) + str(sms) + str(email)
+    for raw in ("13800138000", "secret.person", otp, "hunter2"):
+        assert raw not in shown
+    assert {"138****8000", "s***@example.com"} <= {i["recipient"] for i in logs["items"]}
+    lines = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    for raw in ("13800138000", "secret.person@example.com", otp, "hunter2", live_tenant.token):
+        assert raw not in lines
+
+
+# ---- 11, 13, 14, 15 -----------------------------------------------------------------------------
+
+
+async def test_11_hard_bounces_and_complaints_suppress_everything_but_codes(
+    service: Service, tenant: TenantKeys
+) -> None:
+    for address, reason in (("bounced@example.com", "hard_bounce"), ("angry@example.com", "complaint")):
+        answer = await service.client.post(
+            "/communication/suppressions",
+            json={"channel": "email", "address": address, "reason": reason},
+            headers=tenant.headers(),
+        )
+        assert answer.status_code == 201 and answer.json()["data"]["scope"] == "all"
+    created = await bulk(
+        service,
+        tenant,
+        **marketing_email(category="transactional", recipients=["bounced@example.com", "angry@example.com"]),
+    )
+    assert [i["error"] for i in created["items"]] == ["recipient address bounced", "recipient complained"]
+    listed = (await service.client.get("/communication/suppressions", headers=tenant.headers())).json()
+    assert listed["total"] == 2 and all("***" in i["address"] for i in listed["items"])
+    other = await make_tenant(service.db, "Other")
+    assert (await service.client.get("/communication/suppressions", headers=other.headers())).json()[
+        "total"
+    ] == 0
+
+
+async def test_13_erasure_keeps_a_hashed_suppression(service: Service, tenant: TenantKeys) -> None:
+    await bulk(service, tenant, **marketing_email(category="transactional"))
+    erased = await service.client.post(
+        "/communication/erasures",
+        json={"channel": "email", "address": "ANN@example.com"},
+        headers=tenant.headers(),
+    )
+    assert erased.status_code == 200 and erased.json()["data"]["deleted_log_items"] == 1
+    async with service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Message)) == 0
+        rows = (await session.scalars(select(Suppression))).all()
+    assert len(rows) == 1 and rows[0].address is None and len(rows[0].address_hash) == 64
+    await opt_in(service, tenant, "email", "ann@example.com")  # a later re-import with consent...
+    again = await bulk(service, tenant, **marketing_email())
+    assert again["items"][0]["status"] == "queued" or again["items"][0]["status"] == "suppressed"
+    # ...an erasure is not an opt-in: re-importing the address does not lift the do-not-contact entry
+    # unless the person opts in again, which is recorded as such.
+    async with service.db.read() as session:
+        consents = await session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "contact.erased")
+        )
+    assert consents == 1
+
+
+async def test_13_erased_address_reimported_without_consent_stays_suppressed(
+    service: Service, tenant: TenantKeys
+) -> None:
+    await service.client.post(
+        "/communication/erasures",
+        json={"channel": "email", "address": "ann@example.com"},
+        headers=tenant.headers(),
+    )
+    again = await bulk(service, tenant, **marketing_email(category="announcement"))
+    assert (again["items"][0]["status"], again["items"][0]["error"]) == (
+        "suppressed",
+        "recipient erased their data",
+    )
+
+
+async def test_14_consent_evidence_and_append_only_audit(service: Service, tenant: TenantKeys) -> None:
+    await opt_in(service, tenant, "email", "ann@example.com")
+    listed = (
+        await service.client.get(
+            "/communication/consents?channel=email&address=ann@example.com", headers=tenant.headers()
+        )
+    ).json()
+    record = listed["items"][0]
+    assert (
+        record["status"] == "opted_in" and record["basis"] == "opt_in" and record["source"] == "signup-form"
+    )
+    assert record["wording_version"] == "v3" and record["created_at"]
+    withdrawn = await service.client.delete(
+        "/communication/consents/email/ann@example.com", headers=tenant.headers()
+    )
+    assert withdrawn.status_code == 200
+    blocked = await bulk(service, tenant, **marketing_email())
+    assert blocked["items"][0]["status"] == "suppressed"  # objection is absolute and immediate (Art. 21)
+    await service.client.get("/communication/logs?unmask=true", headers=tenant.headers(tenant.pii_token))
+    audit = (
+        await service.client.get(
+            "/communication/audit?page_size=50", headers=tenant.headers(tenant.pii_token)
+        )
+    ).json()
+    actions = [e["action"] for e in audit["items"]]
+    for action in ("consent.recorded", "suppression.added", "bulk.submitted", "pii.revealed"):
+        assert action in actions, actions
+    for method in ("put", "delete", "patch"):
+        answer = await service.client.request(
+            method.upper(), "/communication/audit", headers=tenant.headers()
+        )
+        assert answer.status_code == 405
+    assert (
+        await service.client.get("/communication/audit", headers=tenant.headers(tenant.read_only_token))
+    ).status_code == 403
+
+
+async def test_15_promo_templates_get_marketing_rules(service: Service, tenant: TenantKeys) -> None:
+    created = await service.client.post(
+        "/communication/templates",
+        json={
+            "code": "notice",
+            "channel": "sms",
+            "category": "transactional",
+            "content": "Your order shipped. 10% off next!",
+            "contains_promo": True,
+        },
+        headers=tenant.headers(),
+    )
+    assert created.status_code == 201
+    sent = await bulk(service, tenant, channel="sms", template="notice", recipients=["13800138000"])
+    assert sent["items"][0]["category"] == "marketing" and sent["items"][0]["error"] == "no marketing consent"
+
+
+# ---- flow limits, retention, end to end -------------------------------------------------------------
+
+
+async def test_verification_sms_flow_limits_per_number(
+    service: Service, tenant: TenantKeys, frozen_clock: list[datetime]
+) -> None:
+    body = {
+        "channel": "sms",
+        "category": "verification",
+        "content": "Code {{ code }}",
+        "variables": {"code": "1"},
+        "recipients": ["13800138000"],
+    }
+    assert (await bulk(service, tenant, **body))["items"][0]["status"] == "queued"
+    second = (await bulk(service, tenant, **body))["items"][0]
+    assert (second["status"], second["error"]) == ("rejected", "rate limited")  # 1 per minute
+    for minute in range(1, 5):
+        frozen_clock[0] += timedelta(minutes=1, seconds=1)
+        assert (await bulk(service, tenant, **body))["items"][0]["status"] == "queued", minute
+    frozen_clock[0] += timedelta(minutes=1, seconds=1)
+    assert (await bulk(service, tenant, **body))["items"][0]["error"] == "rate limited"  # 5 per hour
+    other = (await bulk(service, tenant, **{**body, "recipients": ["13900139000"]}))["items"][0]
+    assert other["status"] == "queued"
+
+
+async def test_content_is_purged_after_retention(live_service: Service, live_tenant: TenantKeys) -> None:
+    created = await bulk(
+        live_service,
+        live_tenant,
+        channel="sms",
+        category="transactional",
+        content="Parcel {{ p }}",
+        recipients=[{"to": "13800138000", "variables": {"p": "PX-9"}}],
+    )
+
+    async def sent() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"sent": 1}
+
+    await wait_until(sent)
+    async with live_service.db.begin() as session:
+        assert await purge_expired_content(session, utcnow() + timedelta(days=29)) == 0
+    async with live_service.db.begin() as session:
+        assert await purge_expired_content(session, utcnow() + timedelta(days=31)) == 1
+    async with live_service.db.read() as session:
+        row = await session.get(Message, created["items"][0]["id"])
+    assert row is not None and row.content is None and row.variables is None and row.status == "sent"
+
+
+async def test_unsubscribe_end_to_end_from_the_eml(live_service: Service, live_tenant: TenantKeys) -> None:
+    await opt_in(live_service, live_tenant, "email", "ann@example.com")
+    created = await bulk(live_service, live_tenant, **marketing_email())
+
+    async def sent() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"sent": 1}
+
+    await wait_until(sent)
+    url = eml(live_service, created["items"][0]["id"])["List-Unsubscribe"].strip("<>")
+    path = url.removeprefix("https://comms.test")
+    answer = await live_service.client.post(path, data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+    nxt = await bulk(live_service, live_tenant, **marketing_email())
+    assert (nxt["items"][0]["status"], nxt["items"][0]["error"]) == ("suppressed", "recipient unsubscribed")
