@@ -165,7 +165,11 @@ def tenant_create(
         finally:
             await db.dispose()
 
-    tenant_id = asyncio.run(_run())
+    try:
+        tenant_id = asyncio.run(_run())
+    except ValueError as exc:  # pydantic's ValidationError is one
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps({"id": tenant_id}) if as_json else tenant_id)
 
 

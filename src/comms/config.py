@@ -6,6 +6,7 @@ With no environment at all the service runs on embedded defaults: a SQLite file 
 
 from __future__ import annotations
 
+import os
 import secrets
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +20,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./var")
     database_url: str | None = None
-    redis_url: str | None = None
+    redis_url: str | None = None  # reserved for distributed rate limits (not used yet)
     outbox_dir: Path | None = None
     secret_key: str | None = None
     public_url: str | None = None
@@ -28,7 +29,6 @@ class Settings(BaseSettings):
 
     max_recipients: int = Field(default=100_000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    default_region: str = "CN"
 
     dispatcher_enabled: bool = True
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
@@ -65,13 +65,19 @@ class Settings(BaseSettings):
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(48)
-        path.write_text(key)
-        path.chmod(0o600)
+        # Created with mode 0600 from the start (no moment where others may read it). Several
+        # machines must share one COMMS_SECRET_KEY instead: see docs/deploy.md.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
         return key
 
     @cached_property
     def resolved_public_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
 
     @property
     def is_sqlite(self) -> bool:

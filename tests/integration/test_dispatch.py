@@ -297,3 +297,71 @@ async def test_graceful_stop_drains_in_flight(live_service: Service, live_tenant
     counts = await statuses(live_service, created["batch_id"])
     assert "sending" not in counts, counts
     assert sum(counts.values()) == 50
+
+
+async def test_failed_otp_is_retried_with_the_real_code(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    live_service.settings.max_attempts = 1
+    live_service.outbox.mkdir(parents=True, exist_ok=True)
+    blocker = live_service.outbox / "sms"
+    blocker.write_text("not a folder")
+    created = await send(
+        live_service,
+        live_tenant,
+        {
+            "channel": "sms",
+            "category": "verification",
+            "content": "Code {{ code }}",
+            "recipients": [{"to": "13800138000", "variables": {"code": "556677"}}],
+        },
+    )
+
+    async def failed() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"failed": 1}
+
+    await wait_until(failed)
+    blocker.unlink()
+    await live_service.client.post(
+        f"/communication/batches/{created['batch_id']}/retry", headers=live_tenant.headers()
+    )
+
+    async def sent() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"sent": 1}
+
+    await wait_until(sent)
+    payload = json.loads((live_service.outbox / "sms" / f"{created['items'][0]['id']}.json").read_text())
+    assert payload["content"] == "Code 556677"
+    async with live_service.db.read() as session:
+        row = await session.get(Message, created["items"][0]["id"])
+    assert row is not None and row.variables == {"code": "******"}  # wiped once sent
+
+
+async def test_header_injection_through_a_variable_fails_only_that_message(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    created = await send(
+        live_service,
+        live_tenant,
+        {
+            "channel": "email",
+            "category": "transactional",
+            "subject": "Hello {{ name }}",
+            "content": "Hi",
+            "recipients": [
+                {"to": "ok@example.com", "variables": {"name": "Ann"}},
+                {"to": "evil@example.com", "variables": {"name": "x\r\nBcc: victim@example.com"}},
+            ],
+        },
+    )
+
+    async def settled() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"sent": 1, "failed": 1}
+
+    await wait_until(settled)
+    evil = (
+        await live_service.client.get(
+            f"/communication/logs/{created['items'][1]['id']}", headers=live_tenant.headers()
+        )
+    ).json()["data"]
+    assert evil["status"] == "failed" and "not buildable" in evil["error"]

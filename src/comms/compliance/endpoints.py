@@ -346,7 +346,7 @@ async def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     )
     return _page(
         "Unsubscribe",
-        f"Stop receiving marketing messages from {html.escape(tenant.name)} at {who}?",
+        f"Stop receiving marketing messages and newsletters from {html.escape(tenant.name)} at {who}?",
         form,
     )
 
@@ -376,5 +376,5 @@ async def unsubscribe(request: Request, token: str) -> HTMLResponse:
         await service.suppress(session, tenant, who, "unsubscribed", source, ip=_ip(request))
     return _page(
         "Unsubscribed",
-        f"You will no longer receive marketing messages from {html.escape(tenant.name)}.",
+        f"You will no longer receive marketing messages or newsletters from {html.escape(tenant.name)}.",
     )

@@ -7,6 +7,7 @@ content renders once, not 100,000 times.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from comms.messages.recipients import region_of_phone
 from comms.models import Batch, Tenant
 from comms.providers.base import OutboundMessage
 from comms.providers.sms.segments import count_segments
-from comms.templates.rendering import CompiledTemplate, TemplateError, compile_template, redacted
+from comms.templates.rendering import REDACTED, CompiledTemplate, TemplateError, compile_template, redacted
 
 
 @dataclass
@@ -34,6 +35,7 @@ class BatchContext:
     html: CompiledTemplate | None
     shared: dict[str, str]
     secret_names: frozenset[str]
+    loaded_at: float = field(default_factory=time.monotonic)
     _shared_render: tuple[str, str | None, str | None, str] | None = field(default=None)
 
     def render(self, own: dict[str, str] | None) -> tuple[str, str | None, str | None, str]:
@@ -56,8 +58,13 @@ class BatchContext:
         return rendered
 
 
+# Batches are immutable, but the tenant's settings (quiet hours, signature, postal address) are
+# not: a cached context is reloaded after this many seconds so a PUT /settings reaches sends soon.
+SETTINGS_TTL = 30.0
+
+
 class BatchCache:
-    """Immutable batch snapshots, kept for the life of the dispatcher (bounded LRU)."""
+    """Batch snapshots with their tenant's settings (bounded LRU, refreshed every SETTINGS_TTL)."""
 
     def __init__(self, secrets: SecretBox, size: int = 256) -> None:
         self._secrets = secrets
@@ -66,7 +73,7 @@ class BatchCache:
 
     async def get(self, session: AsyncSession, batch_id: str) -> BatchContext:
         found = self._items.get(batch_id)
-        if found is not None:
+        if found is not None and time.monotonic() - found.loaded_at < SETTINGS_TTL:
             self._items.move_to_end(batch_id)
             return found
         batch = await session.get(Batch, batch_id)
@@ -105,6 +112,9 @@ def compose(
 ) -> Composed:
     """Raises TemplateError when the content cannot be rendered for this recipient."""
     own = decrypt.decrypt(claimed.variables) if claimed.variables else None
+    if own and any(own.get(name) == REDACTED for name in context.secret_names):
+        # Sent once already, after which its secret values were wiped: never send "******".
+        raise TemplateError("its secret variables were erased after an earlier send; send a new message")
     text, subject, html, shown = context.render(own)
     batch = context.batch
     settings = context.settings

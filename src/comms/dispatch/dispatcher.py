@@ -37,7 +37,7 @@ from comms.dispatch.queue import (
     release_expired_leases,
 )
 from comms.dispatch.routing import Route, Router
-from comms.errors import PermanentProviderError
+from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.db import Database
 from comms.kit.ids import new_id
@@ -162,14 +162,18 @@ class Dispatcher:
         try:
             rows = await self._deliver(claimed)
         except asyncio.CancelledError:
+            # Stopped past the drain timeout: a request may have left, so flag what goes back.
             async with self.db.begin() as session:
                 await release_claims(session, [c.id for c in claimed], self.worker_id, utcnow())
             raise
-        except Exception:
-            log.exception("dispatch failed before sending; releasing the claim")
-            async with self.db.begin() as session:
-                await release_claims(session, [c.id for c in claimed], self.worker_id, utcnow())
-            return
+        except Exception as exc:
+            # A fault of ours (a database hiccup, a secret that cannot be decrypted): back off like
+            # a transient provider error, so it neither spins nor retries forever.
+            log.exception("dispatch failed before sending")
+            now = utcnow()
+            rows = [
+                self._retry_or_fail(c, now, f"dispatch error: {type(exc).__name__}: {exc}") for c in claimed
+            ]
         async with self.db.begin() as session:
             await complete(session, self.worker_id, utcnow(), rows)
 
@@ -220,30 +224,84 @@ class Dispatcher:
         by_id = {c.id: c for c in claimed}
         for (tenant_id, channel), composed_list in outgoing.items():
             routes = await self.router.routes(tenant_id, channel)
-            results, route = await self._send_with_failover(routes, [x.message for x in composed_list])
-            for item, result in zip(composed_list, results, strict=True):
+            results = await self._send_with_failover(routes, [x.message for x in composed_list])
+            for item, (result, route) in zip(composed_list, results, strict=True):
                 rows.append(self._result_row(by_id[item.message.id], item, result, route, now))
         return rows
 
     async def _send_with_failover(
         self, routes: Sequence[Route], messages: list[OutboundMessage]
-    ) -> tuple[list[SendResult], Route | None]:
+    ) -> list[tuple[SendResult, Route | None]]:
+        """Send through the first route; what a route refuses as a whole call goes to the next.
+
+        Only the calls that raised move on: messages of calls that returned results are never
+        offered to a second provider. (A provider returns UNKNOWN, rather than raising, for a
+        request that may have reached the vendor.)
+        """
+        done: dict[str, tuple[SendResult, Route | None]] = {}
+        pending = messages
         last_error = "no provider configured for this channel"
         permanent = False
+        retry_after: float | None = None
         for route in routes:
-            try:
-                results: list[SendResult] = []
-                size = max(1, route.provider.max_batch)
-                for start in range(0, len(messages), size):
-                    results.extend(await route.provider.send(messages[start : start + size]))
-                return results, route
-            except PermanentProviderError as exc:
-                last_error, permanent = f"{route.name}: {exc.message}", True
-            except Exception as exc:
-                last_error, permanent = f"{route.name}: {exc}", False
-                log.warning("provider call failed; trying the next route", extra={"provider": route.name})
+            refused: list[OutboundMessage] = []
+            size = max(1, route.provider.max_batch)
+            for start in range(0, len(pending), size):
+                chunk = pending[start : start + size]
+                try:
+                    for result in await route.provider.send(chunk):
+                        done[result.message_id] = (result, route)
+                except PermanentProviderError as exc:
+                    refused.extend(chunk)
+                    last_error, permanent = f"{route.name}: {exc.message}", True
+                except TransientProviderError as exc:
+                    refused.extend(chunk)
+                    last_error, permanent, retry_after = (
+                        f"{route.name}: {exc.message}",
+                        False,
+                        exc.retry_after,
+                    )
+                except Exception as exc:
+                    refused.extend(chunk)
+                    last_error, permanent = f"{route.name}: {type(exc).__name__}: {exc}", False
+                    log.warning("provider call failed", extra={"provider": route.name})
+            pending = refused
+            if not pending:
+                break
         outcome = Outcome.FAILED if permanent else Outcome.RETRY
-        return [SendResult(m.id, outcome, error=last_error) for m in messages], None
+        for message in pending:
+            done[message.id] = (
+                SendResult(message.id, outcome, error=last_error, retry_after=retry_after),
+                None,
+            )
+        return [
+            done.get(m.id) or (SendResult(m.id, Outcome.UNKNOWN, error="the provider gave no result"), None)
+            for m in messages
+        ]
+
+    def _retry_or_fail(
+        self, c: ClaimedMessage, now: datetime, error: str, retry_after: float | None = None, **changes: Any
+    ) -> dict[str, Any]:
+        """A transient failure: back off and retry, or fail once the attempts are used up."""
+        if c.attempts >= self.settings.max_attempts:
+            return self._row(
+                c,
+                now,
+                status="failed",
+                error=f"retries exhausted after {c.attempts} attempts: {error}",
+                **changes,
+            )
+        delay = retry_delay(
+            c.attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds, retry_after
+        )
+        return self._row(
+            c,
+            now,
+            status="queued",
+            error=f"attempt {c.attempts} failed, retrying: {error}",
+            due_at=now + timedelta(seconds=delay),
+            **{**changes, "content": None},
+        )
 
     def _row(self, c: ClaimedMessage, now: datetime, **changes: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -289,21 +347,8 @@ class Dispatcher:
                 variables=item.stored_variables,
                 **common,
             )
-        if result.outcome is Outcome.RETRY and c.attempts < self.settings.max_attempts:
-            delay = retry_delay(
-                c.attempts,
-                self.settings.retry_base_seconds,
-                self.settings.retry_max_seconds,
-                result.retry_after,
-            )
-            return self._row(
-                c,
-                now,
-                status="queued",
-                error=f"attempt {c.attempts} failed, retrying: {result.error}",
-                due_at=now + timedelta(seconds=delay),
-                **{**common, "content": None},
-            )
+        if result.outcome is Outcome.RETRY:
+            return self._retry_or_fail(c, now, result.error or "failed", result.retry_after, **common)
         if result.outcome is Outcome.UNKNOWN and not c.possible_duplicate:
             return self._row(
                 c,
@@ -316,10 +361,8 @@ class Dispatcher:
             )
         if result.outcome is Outcome.UNKNOWN:
             return self._row(c, now, status="unknown", error=result.error, **common)
-        error = result.error or "failed"
-        if result.outcome is Outcome.RETRY:
-            error = f"retries exhausted after {c.attempts} attempts: {error}"
-        return self._row(c, now, status="failed", error=error, variables=item.stored_variables, **common)
+        # Failed: the encrypted variables stay, so a batch retry can still send the real code.
+        return self._row(c, now, status="failed", error=result.error or "failed", **common)
 
 
 def _region(c: ClaimedMessage) -> str | None:

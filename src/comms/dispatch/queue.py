@@ -187,7 +187,8 @@ async def release_expired_leases(session: AsyncSession, now: datetime, limit: in
 
 
 async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, now: datetime) -> None:
-    """Give back rows this worker claimed but will not send (shutdown): no attempt was made."""
+    """Give back rows this worker claimed and is abandoning (stopped mid-send). A request may have
+    left, so they are flagged ``possible_duplicate``, as the reaper would flag them."""
     if not ids:
         return
     await session.execute(
@@ -197,7 +198,7 @@ async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, 
             status="queued",
             lease_owner=None,
             lease_until=None,
-            attempts=Message.attempts - 1,
+            possible_duplicate=True,
             due_at=now,
             updated_at=now,
         )

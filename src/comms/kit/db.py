@@ -5,8 +5,8 @@ SQLite (embedded default) and PostgreSQL (scale-out) run the same code. Two deta
 * SQLite allows one writer. Write transactions start with ``BEGIN IMMEDIATE`` so a transaction
   that reads first never fails to upgrade its lock; read-only sessions use a deferred ``BEGIN``
   and, in WAL mode, never wait for a writer.
-* Bulk inserts of log items bypass the ORM: ``executemany`` on SQLite, ``COPY`` on PostgreSQL
-  (measured ~650k rows/s either way against ~85-190k for per-row paths on PostgreSQL).
+* Bulk writes of log items bypass the ORM: one JSON parameter expanded by ``json_each`` on SQLite,
+  ``COPY`` on PostgreSQL (see messages/repository.py and dispatch/queue.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -164,42 +164,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
         conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-async def bulk_insert(
-    session: AsyncSession, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-) -> None:
-    """Insert many rows in the session's transaction through the driver's fastest path.
-
-    Values must already be in driver form (see :func:`raw_datetime`; JSON as text).
-    The session must already have executed a statement in this transaction, so that
-    PostgreSQL's COPY runs inside it rather than in autocommit.
-    """
-    if not rows:
-        return
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
-    if conn.dialect.name == "sqlite":
-        marks = ",".join("?" * len(columns))
-        await driver.executemany(f"INSERT INTO {table} ({','.join(columns)}) VALUES ({marks})", rows)
-    else:
-        await driver.copy_records_to_table(table, records=rows, columns=list(columns))
-
-
-async def bulk_execute(
-    session: AsyncSession, sql_sqlite: str, sql_pg: str, rows: Sequence[Sequence[Any]]
-) -> None:
-    """``executemany`` of one statement on the raw driver (``?`` marks on SQLite, ``$n`` on PostgreSQL)."""
-    if not rows:
-        return
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver: Any = raw.driver_connection
-    if conn.dialect.name == "sqlite":
-        await driver.executemany(sql_sqlite, rows)
-    else:
-        await driver.executemany(sql_pg, rows)
 
 
 async def run_maintenance(db: Database, stop: asyncio.Event, interval: float = 30.0) -> None:

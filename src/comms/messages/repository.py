@@ -202,7 +202,7 @@ class MessageRepository:
                 Message.tenant_id == self.tenant_id,
                 Message.status.in_(sorted(RETRYABLE)),
             )
-            .values(status="queued", error=None, due_at=now, updated_at=now, delivered_at=None)
+            .values(status="queued", error=None, due_at=now, updated_at=now, delivered_at=None, attempts=0)
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]

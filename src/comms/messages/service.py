@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import quiet_hours
+from comms.compliance.content import MessageDecorator
 from comms.compliance.gates import AcceptanceGate
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.errors import FieldError, PayloadTooLarge, ValidationFailed
@@ -520,9 +521,16 @@ def _dry_run_result(
                 resolved.subject.render(merged)
         except TemplateError as exc:
             text, error = None, str(exc)
-        segments = (
-            count_segments(text).segments if text is not None and resolved.channel == Channel.SMS else None
-        )
+        segments = None
+        if text is not None and resolved.channel == Channel.SMS:
+            # Count what will really be sent: with the signature and opt-out text added at dispatch.
+            sent_text = MessageDecorator.sms_text(
+                text,
+                category=resolved.category,
+                region=region_of_phone(item.recipient),
+                settings=resolved.settings,
+            )
+            segments = count_segments(sent_text).segments
         if len(page) < options.page_size:
             entry = log_item(
                 id=None,

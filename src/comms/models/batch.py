@@ -26,7 +26,7 @@ class Batch(Base):
     content: Mapped[str] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(Text)
     html: Mapped[str | None] = mapped_column(Text)
-    # Shared variables; values of secret variables are encrypted (see templates/secrets.py).
+    # Shared variables; values of secret variables are encrypted (see kit/secretbox.py).
     variables: Mapped[dict[str, str]] = mapped_column(JSONText)
     secret_variables: Mapped[list[str]] = mapped_column(JSONText)
     provider_templates: Mapped[dict[str, Any]] = mapped_column(JSONText)

@@ -60,7 +60,14 @@ class SendResult:
 
 
 class Provider:
-    """Base class with the default capabilities; vendors override what differs."""
+    """Base class with the default capabilities; vendors override what differs.
+
+    ``send`` returns one result per message. It raises (TransientProviderError,
+    PermanentProviderError) only when the call certainly did not reach the vendor, and the
+    dispatcher then offers those messages to the next route; a request that may have arrived
+    but got no answer (a timeout after sending) is a per-message UNKNOWN result instead, so it
+    is never blindly sent twice.
+    """
 
     name: ClassVar[str]
     channels: ClassVar[frozenset[str]]

@@ -59,6 +59,9 @@ class OutboxProvider(Provider):
                     results.append(SendResult.sent(message.id, message.id, f"already in outbox: {path.name}"))
                     continue
                 _write_atomically(path, _render(message))
+            except ValueError as exc:  # e.g. a line break in a rendered header: never sendable
+                results.append(SendResult(message.id, Outcome.FAILED, error=f"message not buildable: {exc}"))
+                continue
             except OSError as exc:
                 results.append(SendResult(message.id, Outcome.RETRY, error=f"outbox write failed: {exc}"))
                 continue

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.compliance.settings import load_settings
 from comms.errors import Unauthorized
 from comms.kit.clock import utcnow
 from comms.kit.ids import id_has_prefix, new_id
@@ -49,6 +50,8 @@ async def create_tenant(
     now = utcnow()
     merged: dict[str, Any] = {"default_region": region.upper()}
     merged.update(settings or {})
+    # Validated now, so that a bad region or sender is an error here, not on every later request.
+    merged = load_settings(merged).model_dump()
     tenant = Tenant(
         id=new_id("tnt"),
         name=name,
