@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from comms import openapi
+from comms.accounts.endpoints import router as accounts_router
 from comms.compliance.endpoints import public as unsubscribe_router
 from comms.compliance.endpoints import router as compliance_router
 from comms.config import Settings
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
         state = AppState(settings=settings, db=db, secrets=secrets)
         app.state.comms = state
         worker: Dispatcher | None = None
-        router = Router(settings.resolved_outbox_dir)
+        router = Router(settings.resolved_outbox_dir, db, secrets)
         if run_dispatcher:
             worker = Dispatcher(db, settings, secrets, router)
             state.wake_dispatcher = worker.wake
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
     app.include_router(messages_router)
     app.include_router(templates_router)
     app.include_router(compliance_router)
+    app.include_router(accounts_router)
     app.include_router(unsubscribe_router)
 
     @app.get("/healthz", tags=["Operations"])

@@ -117,8 +117,9 @@ def worker(
 
     async def _run() -> None:
         db = Database(settings.resolved_database_url)
-        router = Router(settings.resolved_outbox_dir)
-        dispatcher = Dispatcher(db, settings, SecretBox(settings.resolved_secret_key), router)
+        secrets = SecretBox(settings.resolved_secret_key)
+        router = Router(settings.resolved_outbox_dir, db, secrets)
+        dispatcher = Dispatcher(db, settings, secrets, router)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

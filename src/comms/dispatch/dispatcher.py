@@ -251,19 +251,20 @@ class Dispatcher:
                 try:
                     for result in await route.provider.send(chunk):
                         done[result.message_id] = (result, route)
+                    self.router.report(route, ok=True)
                 except PermanentProviderError as exc:
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: {exc.message}", True
+                    self.router.report(route, ok=False)
                 except TransientProviderError as exc:
                     refused.extend(chunk)
-                    last_error, permanent, retry_after = (
-                        f"{route.name}: {exc.message}",
-                        False,
-                        exc.retry_after,
-                    )
+                    last_error, permanent = f"{route.name}: {exc.message}", False
+                    retry_after = exc.retry_after
+                    self.router.report(route, ok=False)
                 except Exception as exc:
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: {type(exc).__name__}: {exc}", False
+                    self.router.report(route, ok=False)
                     log.warning("provider call failed", extra={"provider": route.name})
             pending = refused
             if not pending:

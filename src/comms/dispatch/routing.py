@@ -1,34 +1,113 @@
-"""Which provider carries a tenant's messages on a channel, in failover order.
+"""Which providers carry a tenant's messages on a channel, in failover order.
 
-Per-tenant provider accounts plug in here; with none configured for a channel the ``outbox``
-provider is used (CONTRACT.md), which is the embedded default.
+The tenant's enabled provider accounts for the channel, lowest ``priority`` first, skipping any
+whose circuit breaker is open; with no account for the channel, the ``outbox`` provider (the
+embedded default, CONTRACT.md). Accounts are re-read every few seconds, so a change through the
+API reaches running dispatchers without a restart.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from comms.providers.base import Provider
+import aiohttp
+
+from comms.accounts import service as accounts
+from comms.accounts.repository import ProviderAccountRepository
+from comms.dispatch.breaker import Breaker, BreakerState
+from comms.kit.db import Database
+from comms.kit.secretbox import SecretBox
+from comms.providers.base import Provider, ProviderContext
 from comms.providers.outbox import OutboxProvider
+
+ACCOUNTS_TTL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     provider: Provider
     account_id: str | None
+    rate_per_second: float | None = None
 
     @property
     def name(self) -> str:
         return self.provider.name
 
 
+@dataclass
+class _Cached:
+    loaded_at: float
+    routes: list[Route] = field(default_factory=list)
+
+
 class Router:
-    def __init__(self, outbox_dir: Path) -> None:
+    def __init__(
+        self, outbox_dir: Path, db: Database | None = None, secrets: SecretBox | None = None
+    ) -> None:
+        self._db = db
+        self._secrets = secrets
+        self._outbox_dir = outbox_dir
+        self._http: aiohttp.ClientSession | None = None
         self._outbox = Route(OutboxProvider(outbox_dir), None)
+        self._cache: dict[tuple[str, str], _Cached] = {}
+        self._instances: dict[tuple[str, float], Provider] = {}
+        self.breakers: dict[str, Breaker] = {}
+
+    def _context(self) -> ProviderContext:
+        if self._http is None or self._http.closed:
+            connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300)
+            self._http = aiohttp.ClientSession(connector=connector)
+        return ProviderContext(http=self._http, outbox_dir=self._outbox_dir)
 
     async def routes(self, tenant_id: str, channel: str) -> list[Route]:
-        return [self._outbox]
+        configured = await self._configured(tenant_id, channel)
+        if not configured:
+            return [self._outbox]
+        usable = [r for r in configured if self.breaker(r).allows()]
+        # Every breaker open: try them anyway in order rather than fail without trying.
+        return usable or configured
+
+    async def _configured(self, tenant_id: str, channel: str) -> list[Route]:
+        key = (tenant_id, channel)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached.loaded_at < ACCOUNTS_TTL:
+            return cached.routes
+        routes: list[Route] = []
+        if self._db is not None and self._secrets is not None:
+            async with self._db.read() as session:
+                rows = await ProviderAccountRepository(session, tenant_id).list(channel, enabled_only=True)
+            for row in rows:
+                instance_key = (row.id, row.updated_at.timestamp())
+                provider = self._instances.get(instance_key)
+                if provider is None:
+                    cls = accounts.provider_class(row.provider, row.channel)
+                    config = accounts.unseal(cls, row.config, self._secrets)
+                    provider = cls.from_config(config, self._context())
+                    self._instances[instance_key] = provider
+                routes.append(Route(provider, row.id, row.rate_per_second))
+        self._cache[key] = _Cached(now, routes)
+        return routes
+
+    def breaker(self, route: Route) -> Breaker:
+        if route.account_id is None:
+            return Breaker(threshold=1_000_000)  # the outbox has nothing to fail over to
+        return self.breakers.setdefault(route.account_id, Breaker())
+
+    def report(self, route: Route, ok: bool) -> None:
+        breaker = self.breaker(route)
+        if ok:
+            breaker.succeeded()
+        else:
+            breaker.failed()
+
+    def breaker_states(self) -> dict[str, BreakerState]:
+        return {account: b.state() for account, b in self.breakers.items()}
 
     async def close(self) -> None:
-        await self._outbox.provider.close()
+        for provider in {*self._instances.values(), self._outbox.provider}:
+            await provider.close()
+        if self._http is not None:
+            await self._http.close()

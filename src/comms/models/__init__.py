@@ -7,6 +7,7 @@ from comms.models.batch import Batch
 from comms.models.consent import Consent
 from comms.models.idempotency_key import IdempotencyKey
 from comms.models.message import CLAIMABLE, Message
+from comms.models.provider_account import ProviderAccount
 from comms.models.suppression import Suppression
 from comms.models.template import Template
 from comms.models.tenant import Tenant
@@ -20,6 +21,7 @@ __all__ = [
     "Consent",
     "IdempotencyKey",
     "Message",
+    "ProviderAccount",
     "Suppression",
     "Template",
     "Tenant",

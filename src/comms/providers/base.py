@@ -11,7 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, ClassVar
+
+import aiohttp
+from pydantic import BaseModel
 
 
 class Outcome(StrEnum):
@@ -59,6 +63,14 @@ class SendResult:
         return cls(message_id, Outcome.SENT, provider_message_id, response)
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderContext:
+    """What providers share in one process: the HTTP connection pool, the outbox folder."""
+
+    http: aiohttp.ClientSession
+    outbox_dir: Path
+
+
 class Provider:
     """Base class with the default capabilities; vendors override what differs.
 
@@ -71,11 +83,19 @@ class Provider:
 
     name: ClassVar[str]
     channels: ClassVar[frozenset[str]]
+    # The account's ``config`` model; fields named in ``secret_fields`` are write-only, encrypted at rest.
+    Config: ClassVar[type[BaseModel]]
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
     max_batch: ClassVar[int] = 100
     rate_per_second: ClassVar[float | None] = None
     max_body_length: ClassVar[int | None] = None
     requires_template: ClassVar[bool] = False
     can_reconcile: ClassVar[bool] = False
+
+    @classmethod
+    def from_config(cls, config: Any, context: ProviderContext) -> Provider:
+        """An instance for one account, from its validated (and decrypted) config."""
+        raise NotImplementedError
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         raise NotImplementedError

@@ -13,20 +13,34 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from comms.providers.base import OutboundMessage, Outcome, Provider, SendResult
+from pydantic import BaseModel, ConfigDict, Field
+
+from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext, SendResult
 from comms.providers.email.mime import EmailContent, build_email, message_id_for
+
+
+class OutboxConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    directory: str | None = Field(default=None, description="Default: COMMS_OUTBOX_DIR.")
 
 
 class OutboxProvider(Provider):
     name: ClassVar[str] = "outbox"
+    Config: ClassVar[type[BaseModel]] = OutboxConfig
     channels: ClassVar[frozenset[str]] = frozenset({"sms", "email"})
     max_batch: ClassVar[int] = 500
     can_reconcile: ClassVar[bool] = True
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+
+    @classmethod
+    def from_config(cls, config: Any, context: ProviderContext) -> Provider:
+        directory = config.directory if isinstance(config, OutboxConfig) else None
+        return cls(Path(directory) if directory else context.outbox_dir)
 
     def path_for(self, message: OutboundMessage) -> Path:
         suffix = ".eml" if message.channel == "email" else ".json"

@@ -1,0 +1,70 @@
+"""Provider accounts: a tenant's credentials at a vendor, validated by the vendor's own config model.
+
+Secret fields (the provider class names them) are encrypted with COMMS_SECRET_KEY before they
+are stored and never returned by the API; a PUT that leaves one out keeps the stored value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from comms.errors import FieldError, ValidationFailed
+from comms.kit.secretbox import SecretBox
+from comms.providers.base import Provider
+from comms.providers.registry import PROVIDERS
+
+
+def provider_class(name: str, channel: str) -> type[Provider]:
+    cls = PROVIDERS.get(name)
+    if cls is None:
+        raise ValidationFailed.single(
+            "provider", f"unknown provider {name!r}: one of {', '.join(sorted(PROVIDERS))}"
+        )
+    if channel not in cls.channels:
+        raise ValidationFailed.single("channel", f"{name} does not carry {channel}")
+    return cls
+
+
+def validate_config(cls: type[Provider], config: dict[str, Any]) -> BaseModel:
+    try:
+        return cls.Config.model_validate(config)
+    except ValidationError as exc:
+        errors = [
+            FieldError("config." + ".".join(str(p) for p in e["loc"]), str(e["msg"])) for e in exc.errors()
+        ]
+        raise ValidationFailed(errors[0].field + ": " + errors[0].message, errors) from None
+
+
+def seal(cls: type[Provider], config: BaseModel, box: SecretBox) -> dict[str, Any]:
+    """The config as stored: secret fields encrypted."""
+    data = config.model_dump(mode="json")
+    for field in cls.secret_fields:
+        if data.get(field) is not None:
+            data[field] = box.encrypt(str(data[field]))
+    return data
+
+
+def unseal(cls: type[Provider], stored: dict[str, Any], box: SecretBox) -> BaseModel:
+    """The config as the provider uses it: secrets decrypted, validated again."""
+    data = dict(stored)
+    for field in cls.secret_fields:
+        value = data.get(field)
+        if isinstance(value, str):
+            data[field] = box.decrypt(value)
+    return cls.Config.model_validate(data)
+
+
+def public_view(cls: type[Provider], stored: dict[str, Any]) -> dict[str, Any]:
+    """The config as the API shows it: secret fields left out (write-only)."""
+    return {k: v for k, v in stored.items() if k not in cls.secret_fields}
+
+
+def merge_for_update(
+    cls: type[Provider], stored: dict[str, Any], changes: dict[str, Any], box: SecretBox
+) -> dict[str, Any]:
+    """Changes over the stored config; secrets not given keep their stored (decrypted) value."""
+    current = unseal(cls, stored, box).model_dump(mode="json")
+    current.update(changes)
+    return current

@@ -1,0 +1,157 @@
+"""The generic ``webhook`` provider: an in-house gateway receives each batch as one JSON POST.
+
+Request::
+
+    POST <url>
+    Content-Type: application/json
+    X-Comms-Timestamp: 1764158400
+    X-Comms-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>
+
+    {"messages": [{"id": "log_...", "channel": "sms", "to": "+8613800138000", "from": "ACME",
+                   "subject": null, "text": "...", "html": null, "segments": 1,
+                   "headers": [], "possible_duplicate": false}]}
+
+Answer: any 2xx accepts every message; a JSON body ``{"results": [{"id": "log_...", "status":
+"accepted" | "retry" | "rejected", "message_id": "...", "error": "..."}]}`` decides per message.
+429 and 5xx are transient (Retry-After honoured), other 4xx permanent. Receivers should treat
+``id`` as an idempotency key: a message whose first POST got no answer is posted once more with
+``possible_duplicate: true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import aiohttp
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field
+
+from comms.errors import PermanentProviderError, TransientProviderError
+from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext, SendResult
+
+_encode = msgspec.json.Encoder().encode
+_STATUS = {"accepted": Outcome.SENT, "sent": Outcome.SENT, "retry": Outcome.RETRY, "rejected": Outcome.FAILED}
+
+
+class WebhookConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://", examples=["https://gateway.internal/comms"])
+    secret: str = Field(min_length=16, description="Signs each request (HMAC-SHA256).")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    return "v1=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+class WebhookProvider(Provider):
+    name: ClassVar[str] = "webhook"
+    channels: ClassVar[frozenset[str]] = frozenset({"sms", "email"})
+    Config: ClassVar[type[BaseModel]] = WebhookConfig
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"secret"})
+    max_batch: ClassVar[int] = 500
+
+    def __init__(self, config: WebhookConfig, http: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.http = http
+
+    @classmethod
+    def from_config(cls, config: Any, context: ProviderContext) -> Provider:
+        assert isinstance(config, WebhookConfig)
+        return cls(config, context.http)
+
+    async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        body = _encode({"messages": [_wire(m) for m in messages]})
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "X-Comms-Timestamp": timestamp,
+            "X-Comms-Signature": signature(self.config.secret, timestamp, body),
+        }
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
+        try:
+            async with self.http.post(self.config.url, data=body, headers=headers, timeout=timeout) as answer:
+                status = answer.status
+                text = await answer.read()
+                retry_after = _retry_after(answer.headers.get("Retry-After"))
+        except aiohttp.ClientConnectorError as exc:  # never connected: certainly not delivered
+            raise TransientProviderError(f"cannot connect: {exc.os_error or exc}") from exc
+        except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            # The request may have arrived: unknown, never blindly re-sent as new.
+            reason = (
+                "no answer within the timeout" if isinstance(exc, TimeoutError) else f"connection lost: {exc}"
+            )
+            return [SendResult(m.id, Outcome.UNKNOWN, error=reason) for m in messages]
+        except aiohttp.ClientError as exc:
+            raise TransientProviderError(f"request failed: {exc}") from exc
+        if status == 429 or status >= 500:
+            raise TransientProviderError(f"HTTP {status}: {text[:200].decode(errors='replace')}", retry_after)
+        if status >= 400:
+            raise PermanentProviderError(f"HTTP {status}: {text[:200].decode(errors='replace')}")
+        return _results(messages, text, status)
+
+
+def _wire(m: OutboundMessage) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "channel": m.channel,
+        "category": m.category,
+        "to": m.to,
+        "from": m.sender,
+        "from_name": m.sender_name,
+        "subject": m.subject,
+        "text": m.text,
+        "html": m.html,
+        "headers": [list(h) for h in m.headers],
+        "segments": m.segments,
+        "possible_duplicate": m.possible_duplicate,
+    }
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _results(messages: Sequence[OutboundMessage], raw: bytes, status: int) -> list[SendResult]:
+    accepted = f"HTTP {status}"
+    if not raw.strip():
+        return [SendResult.sent(m.id, None, accepted) for m in messages]
+    try:
+        payload = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return [SendResult.sent(m.id, None, accepted) for m in messages]
+    per_id: dict[str, dict[str, Any]] = {}
+    if isinstance(payload, dict) and isinstance(payload.get("results"), list):
+        per_id = {
+            r["id"]: r for r in payload["results"] if isinstance(r, dict) and isinstance(r.get("id"), str)
+        }
+    out = []
+    for m in messages:
+        entry = per_id.get(m.id)
+        if entry is None:
+            out.append(SendResult.sent(m.id, None, accepted))
+            continue
+        outcome = _STATUS.get(str(entry.get("status", "accepted")), Outcome.SENT)
+        out.append(
+            SendResult(
+                m.id,
+                outcome,
+                provider_message_id=str(entry["message_id"]) if entry.get("message_id") else None,
+                response=accepted,
+                error=str(entry.get("error")) if outcome is not Outcome.SENT and entry.get("error") else None,
+            )
+        )
+    return out
+
+
+__all__ = ["WebhookConfig", "WebhookProvider", "signature"]

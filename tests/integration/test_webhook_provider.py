@@ -1,0 +1,243 @@
+"""Provider accounts, the webhook provider over real HTTP, routing with failover and breakers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from comms.models import Message, ProviderAccount
+from tests.conftest import Service, TenantKeys, make_tenant, wait_until
+from tests.webhook_sink import WebhookSink
+
+SECRET = "s3cret-s3cret-s3cret"
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[WebhookSink]:
+    server = await WebhookSink(SECRET).start()
+    yield server
+    await server.stop()
+
+
+async def add_account(service: Service, tenant: TenantKeys, url: str, **extra: Any) -> dict[str, Any]:
+    body = {
+        "channel": "sms",
+        "provider": "webhook",
+        "name": "gateway",
+        "config": {"url": url, "secret": SECRET},
+    }
+    body.update(extra)
+    answer = await service.client.post("/communication/providers", json=body, headers=tenant.headers())
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json()["data"])
+
+
+async def statuses(service: Service, batch_id: str) -> dict[str, int]:
+    async with service.db.read() as session:
+        rows = (await session.scalars(select(Message.status).where(Message.batch_id == batch_id))).all()
+    out: dict[str, int] = {}
+    for s in rows:
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+def sms_bulk(n: int, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "channel": "sms",
+        "category": "transactional",
+        "content": "Parcel {{ p }}",
+        "variables": {"p": "PX"},
+        "recipients": [f"138001{i:05d}" for i in range(n)],
+    }
+    body.update(extra)
+    return body
+
+
+async def test_provider_accounts_validate_and_keep_secrets_write_only(
+    service: Service, tenant: TenantKeys
+) -> None:
+    created = await add_account(service, tenant, "https://gw.example/send")
+    assert created["id"].startswith("acc_") and "secret" not in created["config"]
+    assert created["secret_fields_set"] == ["secret"]
+    assert created["callback_urls"]["status"] == f"https://comms.test/webhooks/webhook/{created['id']}/status"
+    async with service.db.read() as session:
+        stored = await session.get(ProviderAccount, created["id"])
+    assert stored is not None and SECRET not in str(stored.config)  # encrypted at rest
+    h = tenant.headers()
+    for body, field in (
+        ({"channel": "sms", "provider": "nope", "name": "x"}, "provider"),
+        (
+            {
+                "channel": "sms",
+                "provider": "webhook",
+                "name": "x",
+                "config": {"url": "ftp://x", "secret": SECRET},
+            },
+            "config.url",
+        ),
+        (
+            {
+                "channel": "sms",
+                "provider": "webhook",
+                "name": "x",
+                "config": {"url": "https://x", "secret": "short"},
+            },
+            "config.secret",
+        ),
+        (
+            {"channel": "sms", "provider": "webhook", "name": "x", "config": {"url": "https://x"}},
+            "config.secret",
+        ),
+    ):
+        answer = await service.client.post("/communication/providers", json=body, headers=h)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == field
+    updated = await service.client.put(
+        f"/communication/providers/{created['id']}",
+        json={"config": {"url": "https://gw2.example/send"}},
+        headers=h,
+    )
+    assert (
+        updated.status_code == 200 and updated.json()["data"]["config"]["url"] == "https://gw2.example/send"
+    )
+    assert updated.json()["data"]["secret_fields_set"] == ["secret"]  # kept though not given again
+    other = await make_tenant(service.db, "Other")
+    assert (
+        await service.client.get(f"/communication/providers/{created['id']}", headers=other.headers())
+    ).status_code == 404
+    assert (
+        await service.client.get("/communication/providers", headers=tenant.headers(tenant.read_only_token))
+    ).status_code == 403
+    assert (
+        await service.client.delete(f"/communication/providers/{created['id']}", headers=h)
+    ).status_code == 200
+
+
+async def test_bulk_goes_through_the_webhook_signed(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    account = await add_account(live_service, live_tenant, sink.url)
+    answer = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(30), headers=live_tenant.headers()
+    )
+    batch = answer.json()["batch_id"]
+
+    async def sent() -> bool:
+        return await statuses(live_service, batch) == {"sent": 30}
+
+    await wait_until(sent)
+    assert sink.bad_signatures == 0 and len(sink.received) == 30 and set(sink.received.values()) == {1}
+    body = sink.bodies[0]
+    assert body["to"].startswith("+86") and body["text"] == "Parcel PX" and body["from"] == "ACME"
+    log = (
+        await live_service.client.get(
+            f"/communication/logs/{answer.json()['items'][0]['id']}", headers=live_tenant.headers()
+        )
+    ).json()["data"]
+    assert log["provider"] == "webhook" and log["provider_message_id"].startswith("gw-")
+    async with live_service.db.read() as session:
+        row = await session.get(Message, log["id"])
+    assert row is not None and row.provider_account_id == account["id"]
+
+
+async def test_per_message_answers_map_to_statuses(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    live_service.settings.max_attempts = 2
+    await add_account(live_service, live_tenant, sink.url)
+    sink.per_message["+8613800100000"] = {"status": "rejected", "error": "number blacklisted"}
+    sink.per_message["+8613800100001"] = {"status": "retry", "error": "busy"}
+    answer = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(3), headers=live_tenant.headers()
+    )
+    batch = answer.json()["batch_id"]
+
+    async def settled() -> bool:
+        return await statuses(live_service, batch) == {"failed": 2, "sent": 1}
+
+    await wait_until(settled)
+    items = (
+        await live_service.client.get(f"/communication/logs?batch_id={batch}", headers=live_tenant.headers())
+    ).json()
+    errors = sorted(i["error"] or "" for i in items["items"])
+    assert (
+        errors[0] == ""
+        and "number blacklisted" in errors[1]
+        and "retries exhausted after 2 attempts: busy" in errors[2]
+    )
+    assert sink.received[answer.json()["items"][1]["id"]] == 2  # the retried one was offered twice
+
+
+async def test_failover_to_the_secondary_sends_each_message_once(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    primary = await WebhookSink(SECRET, fail_status=500).start()
+    secondary = await WebhookSink(SECRET).start()
+    live_service.settings.dispatch_batch_size = 5  # many calls, so the primary's breaker opens
+    try:
+        await add_account(live_service, live_tenant, primary.url, name="primary", priority=1)
+        await add_account(live_service, live_tenant, secondary.url, name="secondary", priority=2)
+        first = await live_service.client.post(
+            "/communication/bulk", json=sms_bulk(40), headers=live_tenant.headers()
+        )
+
+        async def first_sent() -> bool:
+            return await statuses(live_service, first.json()["batch_id"]) == {"sent": 40}
+
+        await wait_until(first_sent)
+        await primary.stop()  # now connection refused
+        second = await live_service.client.post(
+            "/communication/bulk", json=sms_bulk(40, content="Second {{ p }}"), headers=live_tenant.headers()
+        )
+
+        async def second_sent() -> bool:
+            return await statuses(live_service, second.json()["batch_id"]) == {"sent": 40}
+
+        await wait_until(second_sent)
+        assert len(secondary.received) == 80 and set(secondary.received.values()) == {1}  # none twice
+        assert not primary.received  # it never accepted anything
+        items = (
+            await live_service.client.get("/communication/logs?page_size=5", headers=live_tenant.headers())
+        ).json()
+        assert {i["provider"] for i in items["items"]} == {"webhook"}
+        states = live_service.app.state.dispatcher.router.breaker_states()
+        assert "open" in set(states.values())
+        assert primary.requests < 16  # once open, the primary is skipped rather than tried per call
+    finally:
+        await primary.stop()
+        await secondary.stop()
+
+
+async def test_no_answer_is_resent_once_flagged_possible_duplicate(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    await add_account(
+        live_service,
+        live_tenant,
+        sink.url,
+        config={"url": sink.url, "secret": SECRET, "timeout_seconds": 0.3},
+    )
+    sink.hang_seconds = 1.0
+    answer = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(1), headers=live_tenant.headers()
+    )
+    log_id = answer.json()["items"][0]["id"]
+
+    async def flagged() -> bool:
+        return log_id in sink.flagged
+
+    await wait_until(flagged)
+    sink.hang_seconds = 0
+
+    async def settled() -> bool:
+        async with live_service.db.read() as session:
+            row = await session.get(Message, log_id)
+        return row is not None and row.status in ("sent", "unknown")
+
+    await wait_until(settled)
+    async with live_service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and row.possible_duplicate is True
