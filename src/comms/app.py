@@ -12,21 +12,26 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from comms import openapi
+from comms import metrics, openapi
 from comms.accounts.endpoints import router as accounts_router
 from comms.compliance.endpoints import public as unsubscribe_router
 from comms.compliance.endpoints import router as compliance_router
 from comms.config import Settings
 from comms.dispatch.dispatcher import Dispatcher
+from comms.dispatch.queue import due_stats
 from comms.dispatch.routing import Router
 from comms.errors import ApiError, RateLimited
+from comms.kit.clock import utcnow
 from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
 from comms.kit.logging import quiet_parameter_loggers
+from comms.kit.ratelimit import make_limiter
+from comms.kit.requestlog import RequestLogMiddleware, request_id_var
 from comms.kit.secretbox import SecretBox
 from comms.messages.endpoints import router as messages_router
 from comms.messages.schemas import BulkSendRequest
@@ -45,12 +50,13 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
         quiet_parameter_loggers()
         db = Database(settings.resolved_database_url)
         secrets = SecretBox(settings.resolved_secret_key)
-        state = AppState(settings=settings, db=db, secrets=secrets)
+        limiter = make_limiter(settings.redis_url)
+        state = AppState(settings=settings, db=db, secrets=secrets, limiter=limiter)
         app.state.comms = state
         worker: Dispatcher | None = None
         router = Router(settings.resolved_outbox_dir, db, secrets)
         if run_dispatcher:
-            worker = Dispatcher(db, settings, secrets, router)
+            worker = Dispatcher(db, settings, secrets, router, limiter)
             state.wake_dispatcher = worker.wake
             worker.start()
         app.state.dispatcher = worker
@@ -64,6 +70,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
                 await worker.stop()
             await maintenance
             await router.close()
+            await limiter.close()
             await db.dispose()
 
     app = FastAPI(
@@ -74,6 +81,10 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
         lifespan=lifespan,
     )
     _install_error_handlers(app)
+    app.add_middleware(
+        RequestLogMiddleware,
+        on_finish=lambda method, route, status: metrics.REQUESTS.labels(method, route, str(status)).inc(),
+    )
     app.include_router(messages_router)
     app.include_router(templates_router)
     app.include_router(compliance_router)
@@ -96,6 +107,24 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
             log.warning("readiness check failed: %s", type(exc).__name__)
             return reply(503, "database unreachable")
         return reply(200, "ready")
+
+    @app.get("/metrics", tags=["Operations"], include_in_schema=True)
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus text format."""
+        state: AppState = request.app.state.comms
+        try:
+            async with state.db.read() as session:
+                depth, oldest = await due_stats(session, utcnow())
+            metrics.QUEUE_DEPTH.set(depth)
+            metrics.QUEUE_AGE.set(max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)
+        except Exception:  # the database is down: report what this process knows
+            log.warning("queue metrics unavailable")
+        worker = request.app.state.dispatcher
+        if worker is not None:
+            for account, breaker_state in worker.router.breaker_states().items():
+                metrics.BREAKER.labels(account).set(metrics.BREAKER_VALUES[breaker_state.value])
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     openapi.install(app, [BulkSendRequest])
     return app
@@ -130,15 +159,21 @@ def _install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}"
         return reply(exc.status_code, message, headers=getattr(exc, "headers", None))
 
-    @app.exception_handler(OperationalError)
-    async def database_down(request: Request, exc: OperationalError) -> Response:
-        log.error("database error: %s", type(exc.orig).__name__ if exc.orig else "unknown")
+    async def database_down(request: Request, exc: Exception) -> Response:
+        # Registered for the error types a lost database raises (these handlers run inside the
+        # app, so the client gets the envelope and nothing is re-raised to the server).
+        if isinstance(exc, DBAPIError) and not (
+            exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+        ):
+            return await unexpected(request, exc)
+        log.error("database unavailable: %s", type(exc).__name__)
         return reply(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"})
+
+    for error_type in (DBAPIError, OSError, SQLAlchemyTimeoutError):
+        app.add_exception_handler(error_type, database_down)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
-        request_id = uuid.uuid4().hex[:16]
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-            return reply(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"})
+        request_id = request_id_var.get() or uuid.uuid4().hex[:16]
         log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
         return reply(500, f"internal error (request id {request_id})")

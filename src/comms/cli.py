@@ -108,6 +108,7 @@ def worker(
     from comms.dispatch.routing import Router
     from comms.kit.db import Database, run_maintenance
     from comms.kit.logging import configure_logging
+    from comms.kit.ratelimit import make_limiter
     from comms.kit.secretbox import SecretBox
 
     limit_malloc_arenas()
@@ -119,7 +120,8 @@ def worker(
         db = Database(settings.resolved_database_url)
         secrets = SecretBox(settings.resolved_secret_key)
         router = Router(settings.resolved_outbox_dir, db, secrets)
-        dispatcher = Dispatcher(db, settings, secrets, router)
+        limiter = make_limiter(settings.redis_url)
+        dispatcher = Dispatcher(db, settings, secrets, router, limiter)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -130,6 +132,7 @@ def worker(
         await dispatcher.stop()
         await maintenance
         await router.close()
+        await limiter.close()
         await db.dispose()
 
     try:

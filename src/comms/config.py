@@ -20,7 +20,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("./var")
     database_url: str | None = None
-    redis_url: str | None = None  # reserved for distributed rate limits (not used yet)
+    redis_url: str | None = None  # shared rate limits across processes; in-process limits without it
+    rate_limit_per_second: float = Field(default=50.0, gt=0, description="API requests per tenant")
+    rate_limit_burst: float = Field(default=100.0, ge=1)
     outbox_dir: Path | None = None
     secret_key: str | None = None
     public_url: str | None = None

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from comms.config import Settings
 from comms.kit.db import Database
+from comms.kit.ratelimit import RateLimiter
 from comms.kit.secretbox import SecretBox
 
 
@@ -17,6 +18,7 @@ class AppState:
     settings: Settings
     db: Database
     secrets: SecretBox
+    limiter: RateLimiter
     # Called after a commit that made work due now; wakes the in-process dispatcher (or NOTIFYs).
     wake_dispatcher: Callable[[], None] = field(default=lambda: None)
 

@@ -14,11 +14,13 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from comms import metrics
 from comms.compliance import quiet_hours
 from comms.compliance.content import MessageDecorator
 from comms.compliance.gates import AcceptanceGate
@@ -37,10 +39,12 @@ from comms.dispatch.queue import (
     release_expired_leases,
 )
 from comms.dispatch.routing import Route, Router
+from comms.dispatch.wakeup import WakeListener
 from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.db import Database
 from comms.kit.ids import new_id
+from comms.kit.ratelimit import LocalLimiter, RateLimiter
 from comms.kit.secretbox import SecretBox
 from comms.messages.recipients import region_of_phone
 from comms.models import Tenant
@@ -53,10 +57,18 @@ PURGE_INTERVAL = 3600.0  # seconds between retention purges
 
 
 class Dispatcher:
-    def __init__(self, db: Database, settings: Settings, secrets: SecretBox, router: Router) -> None:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        secrets: SecretBox,
+        router: Router,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.router = router
+        self.limiter = limiter or LocalLimiter()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('wrk')[-8:]}"
         self._cache = BatchCache(secrets)
         self._decorator = MessageDecorator(
@@ -69,11 +81,15 @@ class Dispatcher:
         self._loop_task: asyncio.Task[None] | None = None
         self._lease = timedelta(seconds=settings.lease_seconds)
         self._last_reap = 0.0
+        self._listener: WakeListener | None = None
         self._last_purge = 0.0
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        if not self.db.is_sqlite and self._listener is None:
+            self._listener = WakeListener(self.db.url, self.wake)
+            self._listener.start()
         self._loop_task = asyncio.create_task(self.run(), name="comms-dispatcher")
 
     def wake(self) -> None:
@@ -83,6 +99,9 @@ class Dispatcher:
         """Stop claiming, let in-flight batches finish (drain), then return."""
         self._stopping.set()
         self._wake.set()
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
@@ -101,10 +120,13 @@ class Dispatcher:
                     self._slots.release()
                     break
                 self._wake.clear()
+                started = time.perf_counter()
                 async with self.db.begin() as session:
                     claimed = await claim_due(
                         session, self.worker_id, self.settings.dispatch_batch_size, utcnow(), self._lease
                     )
+                metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
+                metrics.CLAIMED.inc(len(claimed))
                 if not claimed:
                     self._slots.release()
                     await self._idle()
@@ -176,6 +198,10 @@ class Dispatcher:
             ]
         async with self.db.begin() as session:
             await complete(session, self.worker_id, utcnow(), rows)
+        by_id = {c.id: c for c in claimed}
+        for row in rows:
+            c = by_id[row["id"]]
+            metrics.FINISHED.labels(c.tenant_id, c.channel, row["provider"] or "none", row["status"]).inc()
 
     async def _deliver(self, claimed: list[ClaimedMessage]) -> list[dict[str, Any]]:
         now = utcnow()
@@ -248,15 +274,24 @@ class Dispatcher:
             size = max(1, route.provider.max_batch)
             for start in range(0, len(pending), size):
                 chunk = pending[start : start + size]
+                await self._throttle(route, len(chunk))
+                started = time.perf_counter()
                 try:
                     for result in await route.provider.send(chunk):
                         done[result.message_id] = (result, route)
                     self.router.report(route, ok=True)
+                    metrics.PROVIDER_LATENCY.labels(route.name, "ok").observe(time.perf_counter() - started)
                 except PermanentProviderError as exc:
+                    metrics.PROVIDER_LATENCY.labels(route.name, "error").observe(
+                        time.perf_counter() - started
+                    )
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: {exc.message}", True
                     self.router.report(route, ok=False)
                 except TransientProviderError as exc:
+                    metrics.PROVIDER_LATENCY.labels(route.name, "error").observe(
+                        time.perf_counter() - started
+                    )
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: {exc.message}", False
                     retry_after = exc.retry_after
@@ -279,6 +314,20 @@ class Dispatcher:
             done.get(m.id) or (SendResult(m.id, Outcome.UNKNOWN, error="the provider gave no result"), None)
             for m in messages
         ]
+
+    async def _throttle(self, route: Route, cost: int) -> None:
+        """Wait until the route's rate (the account's, else the provider's own) admits ``cost``
+        messages; shared by every worker through Redis when it is configured."""
+        rate = route.rate_per_second or route.provider.rate_per_second
+        if rate is None:
+            return
+        key = f"provider:{route.account_id or route.name}"
+        burst = max(rate, float(cost))
+        while True:
+            wait = await self.limiter.acquire(key, rate, burst, float(cost))
+            if wait <= 0:
+                return
+            await asyncio.sleep(min(wait, 5.0))
 
     def _retry_or_fail(
         self, c: ClaimedMessage, now: datetime, error: str, retry_after: float | None = None, **changes: Any

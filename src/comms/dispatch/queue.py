@@ -78,6 +78,18 @@ async def claim_due(
     return claimed
 
 
+async def due_stats(session: AsyncSession, now: datetime) -> tuple[int, datetime | None]:
+    """How many claimable messages are due, and the oldest due time among them."""
+    row = (
+        await session.execute(
+            select(func.count(), func.min(Message.due_at)).where(
+                Message.status.in_(CLAIMABLE), Message.due_at <= now
+            )
+        )
+    ).one()
+    return int(row[0] or 0), row[1]
+
+
 async def next_due_at(session: AsyncSession) -> datetime | None:
     return await session.scalar(select(func.min(Message.due_at)).where(Message.status.in_(CLAIMABLE)))
 

@@ -9,6 +9,8 @@ import msgspec
 from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.exc import IntegrityError
 
+from comms import metrics
+from comms.dispatch.wakeup import notify_work
 from comms.errors import BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, ValidationFailed
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import FastJSONResponse, encode_json, envelope, reply
@@ -140,6 +142,8 @@ async def send_bulk(
                 idempotency.remember(
                     session, principal.tenant_id, key, fingerprint, code, encode_json(payload)
                 )
+            if not body.dry_run and result.counts.get("queued"):
+                await notify_work(session)
     except IntegrityError:
         if key is None:
             raise
@@ -149,8 +153,11 @@ async def send_bulk(
         if previous is None:
             raise
         return FastJSONResponse(msgspec.json.decode(previous[1]), status_code=previous[0])
-    if not body.dry_run and (result.counts.get("queued") or 0) > 0:
-        state.wake_dispatcher()
+    if not body.dry_run:
+        for status, count in result.counts.items():
+            metrics.ACCEPTED.labels(principal.tenant_id, body.channel, status).inc(count)
+        if (result.counts.get("queued") or 0) > 0:
+            state.wake_dispatcher()
     response = FastJSONResponse(payload, status_code=code)
     if len(body.recipients) >= LARGE_BULK:
         del body, raw, result
@@ -312,6 +319,8 @@ async def retry_batch(request: Request, batch_id: str, principal: SendPrincipal)
         messages = MessageRepository(session, principal.tenant_id)
         requeued = await messages.requeue_failed(batch_id, now)
         counts = await messages.status_counts(batch_id)
+        if requeued:
+            await notify_work(session)
     if requeued:
         state.wake_dispatcher()
     return reply(200, f"re-queued {requeued} item(s)", data=_batch_data(batch, counts))

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from comms.errors import Forbidden, Unauthorized
+from comms.errors import Forbidden, RateLimited, Unauthorized
 from comms.state import app_state
 from comms.tenants.scopes import Scope
 from comms.tenants.service import Principal, authenticate
@@ -24,6 +24,11 @@ async def current_principal(
     state = app_state(request)
     async with state.db.read() as session:
         principal = await authenticate(session, credentials.credentials)
+    wait = await state.limiter.acquire(
+        f"api:{principal.tenant_id}", state.settings.rate_limit_per_second, state.settings.rate_limit_burst
+    )
+    if wait > 0:
+        raise RateLimited("too many requests for this tenant; slow down", retry_after=wait)
     request.state.principal = principal
     return principal
 

@@ -1,0 +1,81 @@
+"""Rate limits by GCRA (the generic cell rate algorithm): one number per key, no timers.
+
+A key allows ``rate`` units per second with bursts of up to ``burst`` units. The state is the
+"theoretical arrival time" of the next unit; a request of ``cost`` units is allowed when that
+time, pushed by ``cost / rate``, is not more than ``burst / rate`` ahead of now.
+
+:class:`LocalLimiter` keeps the state in-process (the embedded default, one process);
+:class:`RedisLimiter` keeps it in Redis with an atomic Lua script, so every API and worker
+process on every machine shares one limit per key. Both answer the same question: how long to
+wait before this request would be allowed (0.0: allowed now, and counted).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+
+class RateLimiter(Protocol):
+    async def acquire(self, key: str, rate: float, burst: float, cost: float = 1.0) -> float: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalLimiter:
+    def __init__(self) -> None:
+        self._tat: dict[str, float] = {}
+
+    async def acquire(self, key: str, rate: float, burst: float, cost: float = 1.0) -> float:
+        now = time.monotonic()
+        tat = max(self._tat.get(key, now), now)
+        new_tat = tat + cost / rate
+        allow_at = new_tat - max(burst, cost) / rate
+        if allow_at > now:
+            return allow_at - now
+        self._tat[key] = new_tat
+        return 0.0
+
+    async def close(self) -> None:
+        return None
+
+
+# KEYS[1] = key; ARGV = rate (units/s), burst (units), cost (units). Uses the server's clock so
+# that processes on machines with skewed clocks still share one limit.
+_GCRA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local per_unit = 1000000 / rate
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + cost * per_unit
+local allow_at = new_tat - math.max(burst, cost) * per_unit
+if allow_at > now then
+  return tostring((allow_at - now) / 1000000)
+end
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return '0'
+"""
+
+
+class RedisLimiter:
+    def __init__(self, url: str, prefix: str = "comms:rl:") -> None:
+        self._redis: Any = aioredis.from_url(url)
+        self._script = self._redis.register_script(_GCRA)
+        self._prefix = prefix
+
+    async def acquire(self, key: str, rate: float, burst: float, cost: float = 1.0) -> float:
+        answer = await self._script(keys=[self._prefix + key], args=[rate, burst, cost])
+        return float(answer)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def make_limiter(redis_url: str | None) -> RateLimiter:
+    return RedisLimiter(redis_url) if redis_url else LocalLimiter()

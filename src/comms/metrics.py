@@ -1,0 +1,40 @@
+"""Prometheus metrics (``GET /metrics``), per process.
+
+Counters and histograms are updated where things happen; queue depth and age are read from
+the database when Prometheus scrapes, so every API process reports the shared queue.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+ACCEPTED = Counter(
+    "comms_messages_accepted_total", "Log items created by bulk requests, by initial status.",
+    ["tenant", "channel", "status"],
+)  # fmt: skip
+FINISHED = Counter(
+    "comms_messages_dispatched_total", "Outcomes recorded by the dispatcher.",
+    ["tenant", "channel", "provider", "status"],
+)  # fmt: skip
+PROVIDER_LATENCY = Histogram(
+    "comms_provider_call_seconds", "One call to a provider (a batch of messages).", ["provider", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)  # fmt: skip
+CLAIM_LATENCY = Histogram(
+    "comms_claim_seconds", "One claim of due messages from the queue.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)  # fmt: skip
+CLAIMED = Counter("comms_messages_claimed_total", "Messages claimed by this process's dispatcher.")
+QUEUE_DEPTH = Gauge("comms_queue_due_messages", "Messages due now and waiting to be sent.")
+QUEUE_AGE = Gauge("comms_queue_oldest_due_seconds", "How long the oldest due message has waited.")
+BREAKER = Gauge(
+    "comms_provider_breaker_state", "Circuit breaker per provider account: 0 closed, 1 half-open, 2 open.",
+    ["account"],
+)  # fmt: skip
+REQUESTS = Counter("comms_http_requests_total", "API requests.", ["method", "route", "status"])
+
+BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def render() -> tuple[bytes, str]:
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,223 @@
+"""Operations: rate limits (429 + Retry-After, shared through Redis), /metrics, LISTEN/NOTIFY
+wake-up across processes, and the database going away and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from comms.config import Settings
+from comms.dispatch.dispatcher import Dispatcher
+from comms.dispatch.routing import Router
+from comms.kit.db import Database
+from comms.kit.ratelimit import LocalLimiter, RedisLimiter
+from comms.kit.secretbox import SecretBox
+from comms.models import Message
+from tests.conftest import Service, TenantKeys, need_postgres, need_redis, wait_until
+
+
+def verification(to: str = "13800138000") -> dict[str, Any]:
+    return {
+        "channel": "sms",
+        "category": "verification",
+        "content": "c {{ code }}",
+        "variables": {"code": "1"},
+        "recipients": [to],
+    }
+
+
+async def test_tenant_rate_limit_answers_429_with_retry_after(service: Service, tenant: TenantKeys) -> None:
+    service.settings.rate_limit_per_second = 1
+    service.settings.rate_limit_burst = 3
+    codes = [
+        (await service.client.get("/communication/logs", headers=tenant.headers())).status_code
+        for _ in range(5)
+    ]
+    assert codes[:3] == [200, 200, 200] and codes[3] == 429
+    limited = await service.client.get("/communication/logs", headers=tenant.headers())
+    assert limited.status_code == 429 and limited.json()["code"] == 429
+    assert int(limited.headers["Retry-After"]) >= 1
+    # Another tenant has its own budget.
+    from tests.conftest import make_tenant
+
+    other = await make_tenant(service.db, "Other")
+    assert (await service.client.get("/communication/logs", headers=other.headers())).status_code == 200
+
+
+async def test_local_limiter_gcra() -> None:
+    limiter = LocalLimiter()
+    assert [await limiter.acquire("k", rate=10, burst=2) for _ in range(2)] == [0.0, 0.0]
+    wait = await limiter.acquire("k", rate=10, burst=2)
+    assert 0 < wait <= 0.1
+    assert await limiter.acquire("other", rate=10, burst=2) == 0.0
+    assert await limiter.acquire("batch", rate=100, burst=100, cost=100) == 0.0
+    assert await limiter.acquire("batch", rate=100, burst=100, cost=50) > 0
+
+
+@pytest.mark.redis
+async def test_redis_limiter_is_shared_between_processes() -> None:
+    url = need_redis()
+    first, second = RedisLimiter(url), RedisLimiter(url)  # two clients, as two processes would have
+    key = f"test:{id(first)}"
+    try:
+        allowed = [await (first if i % 2 else second).acquire(key, rate=5, burst=4) for i in range(4)]
+        assert allowed == [0.0, 0.0, 0.0, 0.0]
+        assert await first.acquire(key, rate=5, burst=4) > 0
+        assert await second.acquire(key, rate=5, burst=4) > 0
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_metrics_expose_counts_queue_and_breakers(service: Service, tenant: TenantKeys) -> None:
+    await service.client.post("/communication/bulk", json=verification(), headers=tenant.headers())
+    text = (await service.client.get("/metrics")).text
+    assert (
+        f'comms_messages_accepted_total{{channel="sms",status="queued",tenant="{tenant.tenant_id}"}}' in text
+    )
+    assert "comms_queue_due_messages 1.0" in text
+    assert "comms_queue_oldest_due_seconds" in text
+    assert 'comms_http_requests_total{method="POST",route="/communication/bulk",status="202"}' in text
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_notify_wakes_a_worker_in_another_process_at_once(service: Service, tenant: TenantKeys) -> None:
+    need_postgres()
+    settings = service.settings.model_copy(update={"poll_interval_seconds": 30.0})
+    db = Database(settings.resolved_database_url)
+    secrets = SecretBox(settings.resolved_secret_key)
+    router = Router(settings.resolved_outbox_dir, db, secrets)
+    worker = Dispatcher(db, settings, secrets, router)  # its own pool and listener: another process's view
+    worker.start()
+    try:
+        assert worker._listener is not None
+        await asyncio.wait_for(worker._listener.connected.wait(), timeout=10)
+        await asyncio.sleep(0.2)  # let the worker finish its first (empty) claim and go idle
+        answer = await service.client.post(
+            "/communication/bulk", json=verification(), headers=tenant.headers()
+        )
+        log_id = answer.json()["items"][0]["id"]
+
+        async def sent() -> bool:
+            async with service.db.read() as session:
+                row = await session.get(Message, log_id)
+            return row is not None and row.status == "sent"
+
+        await wait_until(sent, timeout=5.0)  # far under the 30 s poll: the NOTIFY woke it
+    finally:
+        await worker.stop()
+        await router.close()
+        await db.dispose()
+
+
+class Proxy:
+    """A TCP proxy in front of PostgreSQL that a test can cut and restore."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.links: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def cut(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+        for writer in list(self.links):
+            writer.transport.abort()
+        self.links.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self.links.update({writer, up_writer})
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            with contextlib.suppress(Exception):
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@pytest.fixture
+async def proxied_service(
+    request: pytest.FixtureRequest, tmp_path: Any
+) -> AsyncIterator[tuple[Service, Proxy]]:
+    need_postgres()
+    from sqlalchemy.engine import make_url
+
+    from tests.conftest import _service, _truncate
+
+    url: str = request.getfixturevalue("postgres_database")
+    await _truncate(url)
+    parsed = make_url(url)
+    proxy = Proxy(parsed.port or 5432)
+    await proxy.start()
+    proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        data_dir=tmp_path / "var",
+        database_url=proxied,
+        secret_key="k",
+        public_url="https://comms.test",
+        poll_interval_seconds=0.2,
+        retry_base_seconds=0.05,
+    )
+    async for service in _service(settings, dispatcher=True):
+        yield service, proxy
+    await proxy.cut()
+
+
+@pytest.mark.postgres
+async def test_database_outage_is_503_then_recovers_without_losing_anything(
+    proxied_service: tuple[Service, Proxy],
+) -> None:
+    service, proxy = proxied_service
+    from tests.conftest import make_tenant
+
+    tenant = await make_tenant(service.db)
+    accepted = await service.client.post("/communication/bulk", json=verification(), headers=tenant.headers())
+    assert accepted.status_code == 202
+    await proxy.cut()
+    down = await service.client.post(
+        "/communication/bulk", json=verification("13900139000"), headers=tenant.headers()
+    )
+    assert down.status_code == 503 and down.json()["code"] == 503 and "Retry-After" in down.headers
+    ready = await service.client.get("/readyz")
+    assert ready.status_code == 503
+    assert (await service.client.get("/healthz")).status_code == 200  # alive, just not ready
+    await proxy.start()  # the database is back (same port)
+
+    async def ready_again() -> bool:
+        return (await service.client.get("/readyz")).status_code == 200
+
+    await wait_until(ready_again, timeout=15)
+    again = await service.client.post(
+        "/communication/bulk", json=verification("13700137000"), headers=tenant.headers()
+    )
+    assert again.status_code == 202
+
+    async def all_sent() -> bool:
+        async with service.db.read() as session:
+            rows = (await session.scalars(select(Message.status))).all()
+        return sorted(rows) == ["sent", "sent"]
+
+    await wait_until(all_sent, timeout=15)
