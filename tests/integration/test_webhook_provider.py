@@ -241,3 +241,19 @@ async def test_no_answer_is_resent_once_flagged_possible_duplicate(
     async with live_service.db.read() as session:
         row = await session.get(Message, log_id)
     assert row is not None and row.possible_duplicate is True
+
+
+async def test_heartbeat_keeps_a_slow_send_from_being_reaped(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    live_service.settings.lease_seconds = 0.6  # the call below takes longer than a whole lease
+    await add_account(live_service, live_tenant, sink.url)
+    sink.hang_seconds = 1.5
+    answer = await live_service.client.post("/communication/bulk", json=sms_bulk(3), headers=live_tenant.headers())
+    batch = answer.json()["batch_id"]
+
+    async def sent() -> bool:
+        return await statuses(live_service, batch) == {"sent": 3}
+
+    await wait_until(sent)
+    assert set(sink.received.values()) == {1} and not sink.flagged  # never reaped, never re-sent

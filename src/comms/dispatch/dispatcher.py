@@ -33,6 +33,7 @@ from comms.dispatch.queue import (
     ClaimedMessage,
     claim_due,
     complete,
+    extend_leases,
     next_due_at,
     outcome_time,
     release_claims,
@@ -180,7 +181,25 @@ class Dispatcher:
 
     # ---- one claimed batch ---------------------------------------------------------------------
 
+    async def _heartbeat(self, ids: list[str]) -> None:
+        """Keep the lease of a batch in flight alive (a slow provider must not get it reaped)."""
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.db.begin() as session:
+                    await extend_leases(session, ids, self.worker_id, utcnow(), self._lease)
+            except Exception:  # the database is away: the next beat tries again
+                log.warning("lease heartbeat failed")
+
     async def _process(self, claimed: list[ClaimedMessage]) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat([c.id for c in claimed]))
+        try:
+            await self._process_claimed(claimed)
+        finally:
+            heartbeat.cancel()
+
+    async def _process_claimed(self, claimed: list[ClaimedMessage]) -> None:
         try:
             rows = await self._deliver(claimed)
         except asyncio.CancelledError:

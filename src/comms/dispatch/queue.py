@@ -198,6 +198,19 @@ async def release_expired_leases(session: AsyncSession, now: datetime, limit: in
     return len(ids)
 
 
+async def extend_leases(
+    session: AsyncSession, ids: Sequence[str], owner: str, now: datetime, lease: timedelta
+) -> int:
+    """The heartbeat: push out the lease of rows this worker still holds. Returns how many."""
+    result = await session.execute(
+        update(Message)
+        .where(Message.id.in_(ids), Message.lease_owner == owner, Message.status == "sending")
+        .values(lease_until=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, now: datetime) -> None:
     """Give back rows this worker claimed and is abandoning (stopped mid-send). A request may have
     left, so they are flagged ``possible_duplicate``, as the reaper would flag them."""
