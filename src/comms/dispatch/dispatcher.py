@@ -80,10 +80,13 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self._lease = timedelta(seconds=settings.lease_seconds)
         self._last_reap = 0.0
         self._listener: WakeListener | None = None
         self._last_purge = 0.0
+
+    @property
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.lease_seconds)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
