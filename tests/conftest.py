@@ -33,6 +33,7 @@ REDIS_URL = os.environ.get("COMMS_TEST_REDIS_URL")
 REQUIRE_SERVICES = os.environ.get("COMMS_REQUIRE_SERVICES") == "1"
 
 TABLES = (
+    "receipt_events",
     "provider_accounts",
     "messages",
     "batches",

@@ -35,6 +35,7 @@ from comms.kit.requestlog import RequestLogMiddleware, request_id_var
 from comms.kit.secretbox import SecretBox
 from comms.messages.endpoints import router as messages_router
 from comms.messages.schemas import BulkSendRequest
+from comms.receipts.endpoints import router as receipts_router
 from comms.state import AppState
 from comms.templates.endpoints import router as templates_router
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
     app.include_router(templates_router)
     app.include_router(compliance_router)
     app.include_router(accounts_router)
+    app.include_router(receipts_router)
     app.include_router(unsubscribe_router)
 
     @app.get("/healthz", tags=["Operations"])

@@ -249,7 +249,9 @@ async def test_heartbeat_keeps_a_slow_send_from_being_reaped(
     live_service.settings.lease_seconds = 0.6  # the call below takes longer than a whole lease
     await add_account(live_service, live_tenant, sink.url)
     sink.hang_seconds = 1.5
-    answer = await live_service.client.post("/communication/bulk", json=sms_bulk(3), headers=live_tenant.headers())
+    answer = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(3), headers=live_tenant.headers()
+    )
     batch = answer.json()["batch_id"]
 
     async def sent() -> bool:

@@ -8,6 +8,7 @@ from comms.models.consent import Consent
 from comms.models.idempotency_key import IdempotencyKey
 from comms.models.message import CLAIMABLE, Message
 from comms.models.provider_account import ProviderAccount
+from comms.models.receipt_event import ReceiptEvent
 from comms.models.suppression import Suppression
 from comms.models.template import Template
 from comms.models.tenant import Tenant
@@ -22,6 +23,7 @@ __all__ = [
     "IdempotencyKey",
     "Message",
     "ProviderAccount",
+    "ReceiptEvent",
     "Suppression",
     "Template",
     "Tenant",

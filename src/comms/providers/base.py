@@ -64,10 +64,30 @@ class SendResult:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryEvent:
+    """A delivery receipt or bounce, in our terms. ``event_key`` is unique per event at the vendor."""
+
+    event_key: str
+    message_id: str | None  # our log id, where the vendor echoes it back
+    provider_message_id: str | None
+    status: str  # "delivered" | "undelivered"
+    error: str | None = None
+    bounce: str | None = None  # "hard" | "soft" | "complaint": hard and complaint also suppress
+
+
+@dataclass(frozen=True, slots=True)
+class InboundSms:
+    event_key: str
+    from_number: str
+    text: str
+    to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderContext:
     """What providers share in one process: the HTTP connection pool, the outbox folder."""
 
-    http: aiohttp.ClientSession
+    http: aiohttp.ClientSession | None  # None where the instance only verifies and parses callbacks
     outbox_dir: Path
 
 
@@ -99,6 +119,19 @@ class Provider:
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         raise NotImplementedError
+
+    # What the vendor expects back from a callback: status, content type, body.
+    callback_answer: ClassVar[tuple[int, str, bytes]] = (200, "application/json", b'{"ok":true}')
+
+    def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
+        """Whether a callback really comes from the vendor (its own signature scheme)."""
+        return False
+
+    def parse_receipts(self, body: bytes) -> list[DeliveryEvent]:
+        raise NotImplementedError(f"{self.name} has no delivery receipts")
+
+    def parse_inbound(self, body: bytes) -> list[InboundSms]:
+        raise NotImplementedError(f"{self.name} has no inbound messages")
 
     async def reconcile(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         """Ask the vendor what became of messages whose outcome is unknown."""

@@ -23,15 +23,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, TransientProviderError
-from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext, SendResult
+from comms.providers.base import (
+    DeliveryEvent,
+    InboundSms,
+    OutboundMessage,
+    Outcome,
+    Provider,
+    ProviderContext,
+    SendResult,
+)
 
 _encode = msgspec.json.Encoder().encode
 _STATUS = {"accepted": Outcome.SENT, "sent": Outcome.SENT, "retry": Outcome.RETRY, "rejected": Outcome.FAILED}
@@ -56,7 +64,7 @@ class WebhookProvider(Provider):
     secret_fields: ClassVar[frozenset[str]] = frozenset({"secret"})
     max_batch: ClassVar[int] = 500
 
-    def __init__(self, config: WebhookConfig, http: aiohttp.ClientSession) -> None:
+    def __init__(self, config: WebhookConfig, http: aiohttp.ClientSession | None) -> None:
         self.config = config
         self.http = http
 
@@ -74,6 +82,8 @@ class WebhookProvider(Provider):
             "X-Comms-Signature": signature(self.config.secret, timestamp, body),
         }
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
+        if self.http is None:
+            raise TransientProviderError("no HTTP session: this instance only parses callbacks")
         try:
             async with self.http.post(self.config.url, data=body, headers=headers, timeout=timeout) as answer:
                 status = answer.status
@@ -94,6 +104,61 @@ class WebhookProvider(Provider):
         if status >= 400:
             raise PermanentProviderError(f"HTTP {status}: {text[:200].decode(errors='replace')}")
         return _results(messages, text, status)
+
+    def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
+        timestamp = headers.get("x-comms-timestamp", "")
+        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE:
+            return False
+        expected = signature(self.config.secret, timestamp, body)
+        return hmac.compare_digest(expected, headers.get("x-comms-signature", ""))
+
+    def parse_receipts(self, body: bytes) -> list[DeliveryEvent]:
+        """``{"events": [{"event_id", "id" (our log id), "message_id", "status": "delivered" |
+        "undelivered", "error", "bounce": "hard" | "soft" | "complaint"}]}``"""
+        payload = msgspec.json.decode(body, type=_ReceiptBody)
+        return [
+            DeliveryEvent(
+                event_key=e.event_id,
+                message_id=e.id,
+                provider_message_id=e.message_id,
+                status=e.status,
+                error=e.error,
+                bounce=e.bounce,
+            )
+            for e in payload.events
+        ]
+
+    def parse_inbound(self, body: bytes) -> list[InboundSms]:
+        """``{"messages": [{"event_id", "from", "to", "text"}]}``"""
+        payload = msgspec.json.decode(body, type=_InboundBody)
+        return [InboundSms(m.event_id, m.from_, m.text, m.to) for m in payload.messages]
+
+
+CALLBACK_MAX_AGE = 300  # seconds a signed callback stays valid (replays later are refused)
+
+
+class _Receipt(msgspec.Struct):
+    event_id: str
+    status: Literal["delivered", "undelivered"]
+    id: str | None = None
+    message_id: str | None = None
+    error: str | None = None
+    bounce: Literal["hard", "soft", "complaint"] | None = None
+
+
+class _ReceiptBody(msgspec.Struct):
+    events: list[_Receipt]
+
+
+class _Inbound(msgspec.Struct, rename={"from_": "from"}):
+    event_id: str
+    from_: str
+    text: str
+    to: str | None = None
+
+
+class _InboundBody(msgspec.Struct):
+    messages: list[_Inbound]
 
 
 def _wire(m: OutboundMessage) -> dict[str, Any]:

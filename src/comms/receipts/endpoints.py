@@ -1,0 +1,127 @@
+"""Provider callbacks: ``POST /webhooks/{provider}/{account_id}/status`` and ``.../inbound``.
+
+Verify the vendor's signature (401 and nothing changed when it fails), store each event raw and
+once, apply it, and answer in the form the vendor expects (not the comms envelope). A reply to
+an inbound keyword (the one STOP confirmation, HELP) is sent as an ordinary transactional SMS
+through the tenant's own routes, so it is logged like any other message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from comms.accounts import service as accounts
+from comms.kit.http import reply
+from comms.messages.schemas import BulkSendBody
+from comms.messages.service import SubmitOptions, submit_bulk
+from comms.models import ProviderAccount, Tenant
+from comms.providers.base import Provider, ProviderContext
+from comms.receipts import service
+from comms.state import app_state
+from comms.tenants.scopes import ALL_SCOPES
+from comms.tenants.service import Principal
+
+router = APIRouter(prefix="/webhooks", tags=["Provider callbacks"])
+log = logging.getLogger("comms.receipts")
+MAX_CALLBACK_BYTES = 1024 * 1024
+
+
+async def _load(
+    request: Request, provider: str, account_id: str
+) -> tuple[ProviderAccount, Tenant, Provider] | None:
+    state = app_state(request)
+    async with state.db.read() as session:
+        account = await session.get(ProviderAccount, account_id)
+        tenant = await session.get(Tenant, account.tenant_id) if account else None
+    if account is None or tenant is None or account.provider != provider:
+        return None
+    cls = accounts.provider_class(account.provider, account.channel)
+    config = accounts.unseal(cls, account.config, state.secrets)
+    # Parsing and verifying need no connection pool; the context is only for sending.
+    instance = cls.from_config(
+        config, ProviderContext(http=None, outbox_dir=state.settings.resolved_outbox_dir)
+    )
+    return account, tenant, instance
+
+
+async def _verified(request: Request, provider: str, account_id: str) -> tuple[Any, bytes] | Response:
+    body = await request.body()
+    if len(body) > MAX_CALLBACK_BYTES:
+        return reply(413, "callback body too large")
+    loaded = await _load(request, provider, account_id)
+    if loaded is None:
+        return reply(404, "no such provider account")
+    account, tenant, instance = loaded
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    if not instance.verify_callback(headers, body, str(request.url)):
+        log.warning("callback with a bad signature", extra={"account": account_id})
+        return reply(401, "bad signature")
+    return (account, tenant, instance), body
+
+
+def _answer(instance: Provider) -> Response:
+    status, media_type, content = instance.callback_answer
+    return Response(content, status_code=status, media_type=media_type)
+
+
+@router.post("/{provider}/{account_id}/status")
+async def delivery_status(request: Request, provider: str, account_id: str) -> Response:
+    checked = await _verified(request, provider, account_id)
+    if isinstance(checked, Response):
+        return checked
+    (account, tenant, instance), body = checked
+    try:
+        events = instance.parse_receipts(body)
+    except (msgspec.DecodeError, ValueError, KeyError) as exc:
+        return reply(400, f"unreadable receipt: {exc}")
+    async with app_state(request).db.begin() as session:
+        for event in events:
+            event_id = await service.store_once(
+                session, account, "status", event.event_key, body.decode(errors="replace")
+            )
+            if event_id is None:
+                continue  # the same receipt again: already applied
+            outcome = await service.apply_receipt(session, tenant, account, event)
+            await service.mark(session, event_id, outcome)
+    return _answer(instance)
+
+
+@router.post("/{provider}/{account_id}/inbound")
+async def inbound(request: Request, provider: str, account_id: str) -> Response:
+    checked = await _verified(request, provider, account_id)
+    if isinstance(checked, Response):
+        return checked
+    (account, tenant, instance), body = checked
+    try:
+        messages = instance.parse_inbound(body)
+    except (msgspec.DecodeError, ValueError, KeyError) as exc:
+        return reply(400, f"unreadable message: {exc}")
+    state = app_state(request)
+    replies: list[tuple[str, str]] = []
+    async with state.db.begin() as session:
+        for message in messages:
+            event_id = await service.store_once(
+                session, account, "inbound", message.event_key, body.decode(errors="replace")
+            )
+            if event_id is None:
+                continue
+            outcome, text = await service.apply_inbound(session, tenant, message)
+            await service.mark(session, event_id, outcome)
+            if text is not None:
+                replies.append((message.from_number, text))
+        for to, text in replies:
+            await submit_bulk(
+                session,
+                Principal(tenant=tenant, key_id="system", scopes=frozenset(ALL_SCOPES)),
+                BulkSendBody(channel="sms", recipients=[to], content=text, category="transactional"),
+                state.secrets,
+                SubmitOptions(max_recipients=1, page_size=1, unmask=False, api_key_id=None, ip=None),
+            )
+    if replies:
+        state.wake_dispatcher()
+    return _answer(instance)

@@ -1,0 +1,115 @@
+"""Applying provider callbacks: delivery receipts move statuses forward, never backward;
+inbound SMS replies run the keyword rules (STOP, HELP, START).
+
+Every event is stored raw first, keyed by the vendor's own event id, with ON CONFLICT DO
+NOTHING: the same receipt delivered twice is recorded and applied once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from comms.compliance import service as compliance
+from comms.compliance.addresses import address_hash
+from comms.compliance.keywords import handle_inbound_sms
+from comms.kit.clock import utcnow
+from comms.kit.db import is_sqlite
+from comms.kit.ids import new_id
+from comms.messages.status import Status, allowed_sources
+from comms.models import Message, ProviderAccount, ReceiptEvent, Tenant
+from comms.providers.base import DeliveryEvent, InboundSms
+
+log = logging.getLogger("comms.receipts")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    new: bool  # False: seen before, nothing done
+    outcome: str
+
+
+async def store_once(
+    session: AsyncSession, account: ProviderAccount, kind: str, event_key: str, payload: str
+) -> str | None:
+    """Record the raw event; its id, or None when this event was already recorded."""
+    event_id = new_id("evt")
+    values = {
+        "id": event_id,
+        "tenant_id": account.tenant_id,
+        "account_id": account.id,
+        "provider": account.provider,
+        "kind": kind,
+        "event_key": f"{kind}:{event_key}"[:200],
+        "payload": payload,
+        "received_at": utcnow(),
+    }
+    insert = sqlite_insert if is_sqlite(session) else pg_insert
+    statement = (
+        insert(ReceiptEvent)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["account_id", "event_key"])
+    )
+    result = await session.execute(statement)
+    return event_id if result.rowcount else None  # type: ignore[attr-defined]
+
+
+async def apply_receipt(
+    session: AsyncSession, tenant: Tenant, account: ProviderAccount, event: DeliveryEvent
+) -> str:
+    if event.message_id is None:
+        return "ignored: no message id"
+    message = await session.get(Message, event.message_id)
+    if message is None or message.tenant_id != tenant.id:
+        return "ignored: unknown message"
+    target = Status.DELIVERED if event.status == "delivered" else Status.UNDELIVERED
+    now = utcnow()
+    values: dict[str, object] = {"status": target.value, "updated_at": now}
+    if target is Status.DELIVERED:
+        values["delivered_at"] = now
+    else:
+        values["error"] = event.error or "undelivered"
+    if event.provider_message_id and not message.provider_message_id:
+        values["provider_message_id"] = event.provider_message_id
+    # Guarded in SQL too: a late "sent" or a second receipt racing this one cannot regress it.
+    result = await session.execute(
+        update(Message)
+        .where(Message.id == message.id, Message.status.in_(sorted(allowed_sources(target))))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    changed = bool(result.rowcount)  # type: ignore[attr-defined]
+    if event.bounce in ("hard", "complaint"):
+        who = compliance.Contact(
+            message.channel,
+            message.recipient,
+            message.recipient_key,
+            address_hash(tenant.hash_salt, message.channel, message.recipient_key),
+        )
+        if event.bounce == "hard":
+            await compliance.suppress(session, tenant, who, "hard_bounce", "bounce")
+        else:
+            await compliance.suppress(session, tenant, who, "complaint", "complaint")
+    return f"{target.value}" if changed else f"kept {message.status}"
+
+
+async def apply_inbound(session: AsyncSession, tenant: Tenant, event: InboundSms) -> tuple[str, str | None]:
+    """Returns (outcome, reply text to send back or None)."""
+    result = await handle_inbound_sms(session, tenant, event.from_number, event.text)
+    if result.keyword is None:
+        return "no keyword", None
+    return f"{result.keyword.value}{'' if result.changed else ' (no change)'}", result.reply
+
+
+async def mark(session: AsyncSession, event_id: str, outcome: str) -> None:
+    await session.execute(
+        update(ReceiptEvent)
+        .where(ReceiptEvent.id == event_id)
+        .values(outcome=outcome[:200])
+        .execution_options(synchronize_session=False)
+    )

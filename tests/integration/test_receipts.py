@@ -1,0 +1,180 @@
+"""Provider callbacks through the webhook provider's signed format: receipts move statuses
+forward only, duplicates are no-ops, forged or replayed callbacks change nothing, bounces and
+complaints suppress, inbound STOP suppresses with exactly one confirmation."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from comms.models import Message, ReceiptEvent, Suppression
+from comms.providers.webhook import signature
+from tests.conftest import Service, TenantKeys, wait_until
+from tests.webhook_sink import WebhookSink
+
+SECRET = "s3cret-s3cret-s3cret"
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[WebhookSink]:
+    server = await WebhookSink(SECRET).start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def account(live_service: Service, live_tenant: TenantKeys, sink: WebhookSink) -> str:
+    answer = await live_service.client.post(
+        "/communication/providers",
+        json={
+            "channel": "sms",
+            "provider": "webhook",
+            "name": "gw",
+            "config": {"url": sink.url, "secret": SECRET},
+        },
+        headers=live_tenant.headers(),
+    )
+    return str(answer.json()["data"]["id"])
+
+
+def signed(payload: dict[str, Any], secret: str = SECRET, age: int = 0) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(payload).encode()
+    timestamp = str(int(time.time()) - age)
+    return body, {
+        "Content-Type": "application/json",
+        "X-Comms-Timestamp": timestamp,
+        "X-Comms-Signature": signature(secret, timestamp, body),
+    }
+
+
+async def sent_message(service: Service, tenant: TenantKeys, to: str = "13800138000") -> str:
+    answer = await service.client.post(
+        "/communication/bulk",
+        json={"channel": "sms", "category": "transactional", "content": "Parcel", "recipients": [to]},
+        headers=tenant.headers(),
+    )
+    log_id = str(answer.json()["items"][0]["id"])
+
+    async def sent() -> bool:
+        async with service.db.read() as session:
+            row = await session.get(Message, log_id)
+        return row is not None and row.status == "sent"
+
+    await wait_until(sent)
+    return log_id
+
+
+async def status_of(service: Service, log_id: str) -> str:
+    async with service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None
+    return row.status
+
+
+async def post_receipt(service: Service, account: str, events: list[dict[str, Any]], **kw: Any) -> Any:
+    body, headers = signed({"events": events}, **kw)
+    return await service.client.post(f"/webhooks/webhook/{account}/status", content=body, headers=headers)
+
+
+async def test_valid_receipt_applies_and_answers_in_vendor_form(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    log_id = await sent_message(live_service, live_tenant)
+    answer = await post_receipt(
+        live_service, account, [{"event_id": "e1", "id": log_id, "status": "delivered"}]
+    )
+    assert answer.status_code == 200 and answer.json() == {"ok": True}  # the vendor's form, not the envelope
+    assert await status_of(live_service, log_id) == "delivered"
+    log = (
+        await live_service.client.get(f"/communication/logs/{log_id}", headers=live_tenant.headers())
+    ).json()
+    assert log["data"]["delivered_at"]
+
+
+async def test_forged_or_replayed_receipt_is_401_and_changes_nothing(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    log_id = await sent_message(live_service, live_tenant)
+    event = [{"event_id": "e1", "id": log_id, "status": "delivered"}]
+    forged = await post_receipt(live_service, account, event, secret="another-secret-123456")
+    replayed = await post_receipt(live_service, account, event, age=3600)
+    assert forged.status_code == 401 and replayed.status_code == 401
+    assert await status_of(live_service, log_id) == "sent"
+    async with live_service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(ReceiptEvent)) == 0
+    wrong_provider = await live_service.client.post(f"/webhooks/aliyun/{account}/status", content=b"{}")
+    assert wrong_provider.status_code == 404
+
+
+async def test_duplicate_and_late_receipts_never_regress(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    log_id = await sent_message(live_service, live_tenant)
+    delivered = [{"event_id": "e1", "id": log_id, "status": "delivered"}]
+    await post_receipt(live_service, account, delivered)
+    again = await post_receipt(live_service, account, delivered)
+    assert again.status_code == 200
+    late = await post_receipt(
+        live_service, account, [{"event_id": "e2", "id": log_id, "status": "undelivered", "error": "late"}]
+    )
+    assert late.status_code == 200
+    assert await status_of(live_service, log_id) == "delivered"  # terminal: never moves back
+    async with live_service.db.read() as session:
+        events = (await session.scalars(select(ReceiptEvent).order_by(ReceiptEvent.received_at))).all()
+    assert [e.outcome for e in events] == ["delivered", "kept delivered"]  # the duplicate was stored once
+
+
+async def test_hard_bounce_marks_undelivered_and_suppresses(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    log_id = await sent_message(live_service, live_tenant)
+    await post_receipt(
+        live_service,
+        account,
+        [
+            {
+                "event_id": "b1",
+                "id": log_id,
+                "status": "undelivered",
+                "error": "absent subscriber",
+                "bounce": "hard",
+            }
+        ],
+    )
+    assert await status_of(live_service, log_id) == "undelivered"
+    async with live_service.db.read() as session:
+        suppression = await session.scalar(select(Suppression))
+    assert suppression is not None and suppression.reason == "hard_bounce" and suppression.scope == "all"
+    again = await live_service.client.post(
+        "/communication/bulk",
+        json={"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
+        headers=live_tenant.headers(),
+    )
+    assert again.json()["items"][0]["status"] == "suppressed"
+
+
+async def test_inbound_stop_suppresses_and_confirms_exactly_once(
+    live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
+) -> None:
+    for n, text in enumerate(("STOP", "stop")):
+        body, headers = signed({"messages": [{"event_id": f"in{n}", "from": "+8613800138000", "text": text}]})
+        answer = await live_service.client.post(
+            f"/webhooks/webhook/{account}/inbound", content=body, headers=headers
+        )
+        assert answer.status_code == 200
+
+    async def confirmed() -> bool:
+        return len(sink.bodies) >= 1
+
+    await wait_until(confirmed)
+    async with live_service.db.read() as session:
+        messages = (await session.scalars(select(Message))).all()
+        suppression = await session.scalar(select(Suppression))
+    assert len(messages) == 1 and messages[0].category == "transactional"  # one confirmation, not two
+    assert "unsubscribed" in sink.bodies[0]["text"]
+    assert suppression is not None and suppression.reason == "stop" and suppression.source == "sms_keyword"
