@@ -111,6 +111,8 @@ def worker(
     from comms.kit.ratelimit import make_limiter
     from comms.kit.secretbox import SecretBox
 
+    # Until the loop installs its own handler, a SIGTERM (nothing claimed yet) is a clean exit.
+    signal.signal(signal.SIGTERM, _exit_after_drain)
     limit_malloc_arenas()
     settings = _settings(dispatch_concurrency=concurrency)
     configure_logging(settings.log_level, settings.log_json)
