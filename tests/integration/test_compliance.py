@@ -547,16 +547,19 @@ async def test_13_erasure_keeps_a_hashed_suppression(service: Service, tenant: T
         assert await session.scalar(select(func.count()).select_from(Message)) == 0
         rows = (await session.scalars(select(Suppression))).all()
     assert len(rows) == 1 and rows[0].address is None and len(rows[0].address_hash) == 64
-    await opt_in(service, tenant, "email", "ann@example.com")  # a later re-import with consent...
+    # A later re-import of the address, even with a consent record, does not lift the erasure's
+    # do-not-contact entry: only an opt-out of the person's own (unsubscribe, STOP) is lifted by an opt-in.
+    await opt_in(service, tenant, "email", "ann@example.com")
     again = await bulk(service, tenant, **marketing_email())
-    assert again["items"][0]["status"] == "queued" or again["items"][0]["status"] == "suppressed"
-    # ...an erasure is not an opt-in: re-importing the address does not lift the do-not-contact entry
-    # unless the person opts in again, which is recorded as such.
+    assert (again["items"][0]["status"], again["items"][0]["error"]) == (
+        "suppressed",
+        "recipient erased their data",
+    )
     async with service.db.read() as session:
-        consents = await session.scalar(
+        erasures = await session.scalar(
             select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "contact.erased")
         )
-    assert consents == 1
+    assert erasures == 1
 
 
 async def test_13_erased_address_reimported_without_consent_stays_suppressed(
@@ -690,3 +693,15 @@ async def test_unsubscribe_end_to_end_from_the_eml(live_service: Service, live_t
     assert answer.status_code == 200
     nxt = await bulk(live_service, live_tenant, **marketing_email())
     assert (nxt["items"][0]["status"], nxt["items"][0]["error"]) == ("suppressed", "recipient unsubscribed")
+
+
+async def test_03_marketing_email_without_opt_in_needs_an_ad_disclosure(service: Service) -> None:
+    # A US tenant: email marketing is opt-out there, so no consent is needed, but then CAN-SPAM
+    # wants the message to say it is an advertisement (C3).
+    plain = await make_tenant(service.db, "Shop", "US")
+    item = (await bulk(service, plain, **marketing_email()))["items"][0]
+    assert (item["status"], item["error"].split(":")[0]) == ("rejected", "no ad disclosure")
+    await opt_in(service, plain, "email", "ann@example.com")  # opted in: the disclosure is waived
+    assert (await bulk(service, plain, **marketing_email()))["items"][0]["status"] == "queued"
+    disclosed = await make_tenant(service.db, "Ads", "US", ad_disclosure="This is an advertisement.")
+    assert (await bulk(service, disclosed, **marketing_email()))["items"][0]["status"] == "queued"

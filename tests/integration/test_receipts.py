@@ -178,3 +178,45 @@ async def test_inbound_stop_suppresses_and_confirms_exactly_once(
     assert len(messages) == 1 and messages[0].category == "transactional"  # one confirmation, not two
     assert "unsubscribed" in sink.bodies[0]["text"]
     assert suppression is not None and suppression.reason == "stop" and suppression.source == "sms_keyword"
+
+
+async def test_a_receipt_that_overtakes_the_send_answer_is_kept(
+    live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
+) -> None:
+    sink.hang_seconds = 1.0  # the gateway delivers, and calls back, before it answers our POST
+    answer = await live_service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "category": "transactional",
+            "content": "Parcel",
+            "recipients": ["13800138000"],
+        },
+        headers=live_tenant.headers(),
+    )
+    log_id = answer.json()["items"][0]["id"]
+
+    async def sending() -> bool:
+        return await status_of(live_service, log_id) == "sending"
+
+    await wait_until(sending)
+    early = await post_receipt(
+        live_service, account, [{"event_id": "x1", "id": log_id, "status": "delivered"}]
+    )
+    assert early.status_code == 200
+    assert await status_of(live_service, log_id) == "delivered"
+
+    async def answered() -> bool:
+        async with live_service.db.read() as session:
+            row = await session.get(Message, log_id)
+        return row is not None and row.sent_at is not None
+
+    await wait_until(answered)
+    async with live_service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert (
+        row is not None
+        and row.status == "delivered"
+        and row.provider == "webhook"
+        and row.lease_owner is None
+    )

@@ -23,8 +23,19 @@ ALLOWED: dict[Status, set[Status]] = {
     # deferred -> queued (quiet hours over) | cancelled; or picked up directly.
     S.DEFERRED: {S.QUEUED, S.SENDING, S.CANCELLED},
     # sending -> sent | failed | unknown; queued (transient failure, retried); deferred (flow limit);
-    # suppressed (unsubscribe between acceptance and dispatch wins); rejected.
-    S.SENDING: {S.SENT, S.QUEUED, S.FAILED, S.UNKNOWN, S.SUPPRESSED, S.REJECTED, S.DEFERRED},
+    # suppressed (unsubscribe between acceptance and dispatch wins); rejected; delivered/undelivered
+    # when a receipt overtakes the provider's own answer.
+    S.SENDING: {
+        S.SENT,
+        S.DELIVERED,
+        S.UNDELIVERED,
+        S.QUEUED,
+        S.FAILED,
+        S.UNKNOWN,
+        S.SUPPRESSED,
+        S.REJECTED,
+        S.DEFERRED,
+    },
     # A receipt or bounce.
     S.SENT: {S.DELIVERED, S.UNDELIVERED},
     # Reconciled with the provider, or re-sent once as a possible duplicate.
@@ -165,7 +176,7 @@ def test_allowed_sources_is_consistent_with_can_transition(new: Status) -> None:
         (S.QUEUED, {S.SCHEDULED, S.DEFERRED, S.SENDING, S.UNKNOWN, S.FAILED, S.UNDELIVERED}),
         (S.SENDING, {S.SCHEDULED, S.QUEUED, S.DEFERRED}),
         (S.SENT, {S.SENDING, S.UNKNOWN}),
-        (S.DELIVERED, {S.SENT, S.UNKNOWN}),
+        (S.DELIVERED, {S.SENDING, S.SENT, S.UNKNOWN}),
         (S.CANCELLED, {S.SCHEDULED, S.QUEUED, S.DEFERRED}),
         (S.SCHEDULED, set()),  # only ever an initial state
     ],

@@ -14,6 +14,7 @@ from comms.errors import NotFound, ValidationFailed
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import reply
 from comms.kit.ids import new_id
+from comms.kit.pagination import Page
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import ProviderAccount
 from comms.state import app_state
@@ -78,7 +79,9 @@ async def list_accounts(request: Request, principal: AdminPrincipal, channel: Ch
             channel.value if channel else None
         )
     items = [account_data(request, r) for r in rows]
-    return reply(200, "ok", items=items, total=len(items))
+    return reply(
+        200, "ok", items=items, total=len(items), pagination=Page(1, max(1, len(items))).info(len(items))
+    )
 
 
 @router.post("", status_code=201, responses=ERROR_RESPONSES)

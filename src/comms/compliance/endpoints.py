@@ -199,6 +199,7 @@ async def add_consent(request: Request, body: ConsentCreate, principal: Suppress
             collected_with_optout=body.collected_with_optout,
             actor=principal.key_id,
             ip=_ip(request),
+            subject_ip=body.ip,
         )
     return reply(201, "recorded", data=_consent_data(row, False))
 

@@ -44,6 +44,7 @@ SUPPRESSION_MESSAGES = {
 NO_CONSENT = "no marketing consent"
 NO_WRITTEN_CONSENT = "no prior express written consent"
 RATE_LIMITED = "rate limited"
+NO_AD_DISCLOSURE = "no ad disclosure: set ad_disclosure in settings to mail recipients who did not opt in"
 
 
 def consent_policy_for(settings: TenantSettings, region: str | None) -> ConsentPolicy:
@@ -192,4 +193,15 @@ class AcceptanceGate:
             return "rejected", NO_WRITTEN_CONSENT
         if not _consent_ok(consent, consent_policy_for(self.settings, region)):
             return "rejected", NO_CONSENT
+        if (
+            self.channel == "email"
+            and not self.settings.ad_disclosure
+            and not (
+                consent is not None
+                and consent.status == "opted_in"
+                and consent.basis in ("opt_in", "written")
+            )
+        ):
+            # CAN-SPAM 7704(a)(5)(A)(i): an ad says it is one, unless the recipient opted in.
+            return "rejected", NO_AD_DISCLOSURE
         return None

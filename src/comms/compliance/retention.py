@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance.settings import load_settings
 from comms.messages.status import PENDING, Status
-from comms.models import Batch, Message, Tenant
+from comms.models import Batch, Message, ReceiptEvent, Tenant
 
 _IN_FLIGHT = sorted({*PENDING, Status.SENDING})
 
@@ -43,6 +43,16 @@ async def purge_expired_content(session: AsyncSession, now: datetime) -> int:
                 .exists()
             )
             .values(variables={})
+            .execution_options(synchronize_session=False)
+        )
+        await session.execute(
+            update(ReceiptEvent)
+            .where(
+                ReceiptEvent.tenant_id == tenant_id,
+                ReceiptEvent.received_at < cutoff,
+                ReceiptEvent.payload != "",
+            )
+            .values(payload="")
             .execution_options(synchronize_session=False)
         )
     return purged

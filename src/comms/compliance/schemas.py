@@ -30,6 +30,9 @@ class ConsentCreate(BaseModel):
     wording_version: str | None = Field(default=None, max_length=100)
     written: bool = Field(default=False, description="Signed written consent (US TCPA for marketing SMS).")
     collected_with_optout: bool = Field(default=False, description="An opt-out was offered at collection.")
+    ip: str | None = Field(
+        default=None, max_length=64, description="The person's IP address when they consented."
+    )
 
 
 class ErasureCreate(BaseModel):

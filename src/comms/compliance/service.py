@@ -19,7 +19,7 @@ from comms.errors import ValidationFailed
 from comms.kit.clock import utcnow
 from comms.kit.ids import new_id
 from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
-from comms.models import Consent, Message, Suppression, Tenant
+from comms.models import Consent, Message, ReceiptEvent, Suppression, Tenant
 
 # Reasons that block every category but verification; an opt-out only blocks subscription mail.
 SCOPE_ALL_REASONS = frozenset({"hard_bounce", "complaint"})
@@ -125,6 +125,7 @@ async def record_consent(
     collected_with_optout: bool,
     actor: str | None,
     ip: str | None,
+    subject_ip: str | None = None,
 ) -> Consent:
     """Append a consent record (who, when, source, wording, IP); opting out also suppresses (E6)."""
     row = Consent(
@@ -137,7 +138,7 @@ async def record_consent(
         basis=basis,
         source=source,
         wording_version=wording_version,
-        ip=ip,
+        ip=subject_ip,  # the person's, as evidence (E5); the API caller's goes to the audit trail
         written=written,
         collected_with_optout=collected_with_optout,
         created_at=utcnow(),
@@ -173,6 +174,12 @@ async def erase(
         .execution_options(synchronize_session=False)
     )
     await ConsentStore(session, tenant.id).forget_addresses(who.channel, who.digest)
+    # Raw provider callbacks (inbound replies, receipts) may quote the address.
+    await session.execute(
+        delete(ReceiptEvent)
+        .where(ReceiptEvent.tenant_id == tenant.id, ReceiptEvent.payload.contains(who.address))
+        .execution_options(synchronize_session=False)
+    )
     store = SuppressionStore(session, tenant.id)
     existing = await store.get(who.channel, who.digest)
     if existing is None:

@@ -271,8 +271,16 @@ class Dispatcher:
             outgoing[(c.tenant_id, c.channel)].append(composed)
         by_id = {c.id: c for c in claimed}
         for (tenant_id, channel), composed_list in outgoing.items():
-            routes = await self.router.routes(tenant_id, channel)
-            results = await self._send_with_failover(routes, [x.message for x in composed_list])
+            messages = [x.message for x in composed_list]
+            results: list[tuple[SendResult, Route | None]]
+            try:
+                routes = await self.router.routes(tenant_id, channel)
+            except Exception as exc:  # this group sent nothing; others may already have
+                log.exception("routing failed")
+                error = f"routing failed: {type(exc).__name__}"
+                results = [(SendResult(m.id, Outcome.RETRY, error=error), None) for m in messages]
+            else:
+                results = await self._send_with_failover(routes, messages)
             for item, (result, route) in zip(composed_list, results, strict=True):
                 rows.append(self._result_row(by_id[item.message.id], item, result, route, now))
         return rows
@@ -296,9 +304,9 @@ class Dispatcher:
             size = max(1, route.provider.max_batch)
             for start in range(0, len(pending), size):
                 chunk = pending[start : start + size]
-                await self._throttle(route, len(chunk))
                 started = time.perf_counter()
                 try:
+                    await self._throttle(route, len(chunk))
                     for result in await route.provider.send(chunk):
                         done[result.message_id] = (result, route)
                     self.router.report(route, ok=True)

@@ -110,7 +110,11 @@ OUTCOME_FIELDS = (
     "due_at",
     "possible_duplicate",
 )
-_SET = """status = u.status, error = u.error, provider = u.provider, provider_account_id = u.account,
+# A receipt can beat the provider's own answer (a fast vendor's callback): such a row is already
+# delivered/undelivered and keeps that status, while the send's details are still recorded.
+_SET = """status = CASE WHEN messages.status = 'sending' THEN u.status ELSE messages.status END,
+    error = CASE WHEN messages.status = 'sending' THEN u.error ELSE messages.error END,
+    provider = u.provider, provider_account_id = u.account,
     provider_message_id = u.pmid, response = u.response, content = u.content, segments = u.segments,
     variables = u.variables, sent_at = u.sent_at, due_at = u.due_at,
     possible_duplicate = u.possible_duplicate, lease_owner = NULL, lease_until = NULL, updated_at = :now"""
@@ -118,14 +122,16 @@ _COMPLETE_SQLITE = text(
     f"""UPDATE messages SET {_SET}
     FROM (SELECT {", ".join(f"value->>{i} AS {name}" for i, name in enumerate(OUTCOME_FIELDS))}
           FROM json_each(:rows)) AS u
-    WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = 'sending'"""
+    WHERE messages.id = u.id AND messages.lease_owner = :owner
+      AND messages.status IN ('sending', 'delivered', 'undelivered')"""
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 _COMPLETE_PG = text(
     f"""UPDATE messages SET {_SET.replace("u.variables", "u.variables::text")}
     FROM json_to_recordset(CAST(:rows AS json)) AS u(id text, status text, error text, provider text,
         account text, pmid text, response text, content text, segments int, variables json,
         sent_at timestamptz, due_at timestamptz, possible_duplicate boolean)
-    WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = 'sending'"""
+    WHERE messages.id = u.id AND messages.lease_owner = :owner
+      AND messages.status IN ('sending', 'delivered', 'undelivered')"""
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 _encode = msgspec.json.Encoder().encode
 

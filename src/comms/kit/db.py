@@ -83,7 +83,7 @@ class Database:
         if self.is_sqlite:
             # Few connections: SQLite has one writer anyway, and each connection keeps its own page cache.
             self.engine: AsyncEngine = create_async_engine(
-                url, echo=echo, pool_size=3, max_overflow=3, pool_pre_ping=False
+                url, echo=echo, pool_size=3, max_overflow=3, pool_pre_ping=False, hide_parameters=True
             )
             _configure_sqlite(self.engine)
         else:
@@ -94,6 +94,7 @@ class Database:
                 max_overflow=10,
                 pool_pre_ping=True,
                 pool_recycle=1800,
+                hide_parameters=True,  # statement parameters hold addresses: never in error text
             )
         self._write = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None

@@ -153,6 +153,10 @@ async def send_bulk(
         if previous is None:
             raise
         return FastJSONResponse(msgspec.json.decode(previous[1]), status_code=previous[0])
+    if options.unmask and result.items:
+        await _audit_reveal(
+            request, principal, {"route": "bulk", "ids": [i["id"] for i in result.items if i["id"]]}
+        )
     if not body.dry_run:
         for status, count in result.counts.items():
             metrics.ACCEPTED.labels(principal.tenant_id, body.channel, status).inc(count)

@@ -41,6 +41,8 @@ _NEXT: dict[Status, frozenset[Status]] = {
     Status.SENDING: frozenset(
         {
             Status.SENT,
+            Status.DELIVERED,  # a receipt that overtakes the provider's answer
+            Status.UNDELIVERED,
             Status.QUEUED,  # a transient failure: retried later
             Status.FAILED,
             Status.UNKNOWN,

@@ -24,7 +24,11 @@ from comms.providers.email.mime import EmailContent, build_email, message_id_for
 class OutboxConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    directory: str | None = Field(default=None, description="Default: COMMS_OUTBOX_DIR.")
+    directory: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description="A sub-folder of COMMS_OUTBOX_DIR (default: the outbox itself).",
+    )
 
 
 class OutboxProvider(Provider):
@@ -40,7 +44,14 @@ class OutboxProvider(Provider):
     @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
         directory = config.directory if isinstance(config, OutboxConfig) else None
-        return cls(Path(directory) if directory else context.outbox_dir)
+        if not directory:
+            return cls(context.outbox_dir)
+        # A tenant's account may name a folder, but only one inside the configured outbox.
+        root = context.outbox_dir.resolve()
+        chosen = (root / directory).resolve()
+        if not chosen.is_relative_to(root):
+            raise ValueError(f"outbox directory {directory!r} is outside COMMS_OUTBOX_DIR")
+        return cls(chosen)
 
     def path_for(self, message: OutboundMessage) -> Path:
         suffix = ".eml" if message.channel == "email" else ".json"

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from comms.accounts import service as accounts
+from comms.dispatch.wakeup import notify_work
 from comms.kit.http import reply
 from comms.messages.schemas import BulkSendBody
 from comms.messages.service import SubmitOptions, submit_bulk
@@ -114,6 +115,8 @@ async def inbound(request: Request, provider: str, account_id: str) -> Response:
             await service.mark(session, event_id, outcome)
             if text is not None:
                 replies.append((message.from_number, text))
+        if replies:
+            await notify_work(session)
         for to, text in replies:
             await submit_bulk(
                 session,
