@@ -204,6 +204,20 @@ async def live_tenant(live_service: Service) -> TenantKeys:
     return await make_tenant(live_service.db)
 
 
+async def statuses(service: Service, batch_id: str) -> dict[str, int]:
+    """Count of a batch's log items per status, straight from the database."""
+    from sqlalchemy import select
+
+    from comms.models import Message
+
+    async with service.db.read() as session:
+        rows = (await session.scalars(select(Message.status).where(Message.batch_id == batch_id))).all()
+    counts: dict[str, int] = {}
+    for status in rows:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
 async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
     """Poll an async predicate until it is true (never a fixed sleep)."""
     loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.dispatch.queue import claim_due
 from comms.kit.clock import set_clock, utcnow
 from comms.models import AuditEvent, Message, Suppression, Tenant
-from tests.conftest import Service, TenantKeys, make_tenant, wait_until
+from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
 
 
 async def bulk(service: Service, tenant: TenantKeys, expect: int = 202, **body: Any) -> dict[str, Any]:
@@ -61,15 +61,6 @@ def eml(service: Service, log_id: str) -> EmailMessage:
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
     return message
-
-
-async def statuses(service: Service, batch_id: str) -> dict[str, int]:
-    async with service.db.read() as session:
-        rows = (await session.scalars(select(Message.status).where(Message.batch_id == batch_id))).all()
-    out: dict[str, int] = {}
-    for s in rows:
-        out[s] = out.get(s, 0) + 1
-    return out
 
 
 @pytest.fixture

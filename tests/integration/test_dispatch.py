@@ -10,21 +10,12 @@ from email import policy
 from email.parser import BytesParser
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from comms.dispatch.queue import claim_due, release_expired_leases
 from comms.kit.clock import utcnow
 from comms.models import Message
-from tests.conftest import Service, TenantKeys, wait_until
-
-
-async def statuses(service: Service, batch_id: str) -> dict[str, int]:
-    async with service.db.read() as session:
-        rows = (await session.scalars(select(Message.status).where(Message.batch_id == batch_id))).all()
-    counts: dict[str, int] = {}
-    for s in rows:
-        counts[s] = counts.get(s, 0) + 1
-    return counts
+from tests.conftest import Service, TenantKeys, statuses, wait_until
 
 
 async def send(service: Service, tenant: TenantKeys, body: dict[str, Any]) -> dict[str, Any]:

@@ -6,10 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from comms.models import Message, ProviderAccount
-from tests.conftest import Service, TenantKeys, make_tenant, wait_until
+from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
 from tests.webhook_sink import WebhookSink
 
 SECRET = "s3cret-s3cret-s3cret"
@@ -33,15 +32,6 @@ async def add_account(service: Service, tenant: TenantKeys, url: str, **extra: A
     answer = await service.client.post("/communication/providers", json=body, headers=tenant.headers())
     assert answer.status_code == 201, answer.text
     return dict(answer.json()["data"])
-
-
-async def statuses(service: Service, batch_id: str) -> dict[str, int]:
-    async with service.db.read() as session:
-        rows = (await session.scalars(select(Message.status).where(Message.batch_id == batch_id))).all()
-    out: dict[str, int] = {}
-    for s in rows:
-        out[s] = out.get(s, 0) + 1
-    return out
 
 
 def sms_bulk(n: int, **extra: Any) -> dict[str, Any]:

@@ -91,6 +91,15 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     return reply(200, "updated", data=validated.model_dump())
 
 
+def _address_filter(principal: Principal, channel: Channel | None, address: str | None) -> str | None:
+    """The hash to filter a list by, for an ``address`` given in any format (channel required)."""
+    if address is None:
+        return None
+    if channel is None:
+        raise ValidationFailed.single("channel", "required with address")
+    return service.contact(principal.tenant, channel.value, address, _region(principal)).digest
+
+
 # ---- suppressions --------------------------------------------------------------------------------
 
 
@@ -117,11 +126,7 @@ async def list_suppressions(
     address: str | None = None,
 ) -> Any:
     """The caller's own suppressions only (CAN-SPAM forbids sharing opt-out lists); addresses masked."""
-    digest = None
-    if address is not None:
-        if channel is None:
-            raise ValidationFailed.single("channel", "required with address")
-        digest = service.contact(principal.tenant, channel.value, address, _region(principal)).digest
+    digest = _address_filter(principal, channel, address)
     paging = Page(page, page_size)
     async with app_state(request).db.read() as session:
         rows, total = await SuppressionStore(session, principal.tenant_id).list(
@@ -214,11 +219,7 @@ async def list_consents(
     address: str | None = None,
 ) -> Any:
     """Consent evidence (who, when, source, wording version), newest first."""
-    digest = None
-    if address is not None:
-        if channel is None:
-            raise ValidationFailed.single("channel", "required with address")
-        digest = service.contact(principal.tenant, channel.value, address, _region(principal)).digest
+    digest = _address_filter(principal, channel, address)
     paging = Page(page, page_size)
     async with app_state(request).db.read() as session:
         rows, total = await ConsentStore(session, principal.tenant_id).list(
