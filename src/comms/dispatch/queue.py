@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.kit.db import UTCDateTime, is_sqlite, raw_datetime
+from comms.messages.schemas import CATEGORY_PRIORITY
 from comms.models import CLAIMABLE, Message
 
 
@@ -74,7 +75,8 @@ async def claim_due(
     )
     rows = (await session.execute(stmt)).all()
     claimed = [ClaimedMessage(**row._asdict()) for row in rows]
-    claimed.sort(key=lambda m: m.id)
+    # Codes first within the batch too, so they ride in the first provider call.
+    claimed.sort(key=lambda m: (CATEGORY_PRIORITY.get(m.category, 9), m.id))  # type: ignore[call-overload]
     return claimed
 
 
@@ -110,50 +112,63 @@ OUTCOME_FIELDS = (
     "due_at",
     "possible_duplicate",
 )
-# A receipt can beat the provider's own answer (a fast vendor's callback): such a row is already
-# delivered/undelivered and keeps that status, while the send's details are still recorded.
-_SET = """status = CASE WHEN messages.status = 'sending' THEN u.status ELSE messages.status END,
-    error = CASE WHEN messages.status = 'sending' THEN u.error ELSE messages.error END,
-    provider = u.provider, provider_account_id = u.account,
+_SET = """status = {status}, error = {error}, provider = u.provider, provider_account_id = u.account,
     provider_message_id = u.pmid, response = u.response, content = u.content, segments = u.segments,
-    variables = u.variables, sent_at = u.sent_at, due_at = u.due_at,
+    variables = {variables}, sent_at = u.sent_at, due_at = u.due_at,
     possible_duplicate = u.possible_duplicate, lease_owner = NULL, lease_until = NULL, updated_at = :now"""
-_COMPLETE_SQLITE = text(
-    f"""UPDATE messages SET {_SET}
-    FROM (SELECT {", ".join(f"value->>{i} AS {name}" for i, name in enumerate(OUTCOME_FIELDS))}
-          FROM json_each(:rows)) AS u
-    WHERE messages.id = u.id AND messages.lease_owner = :owner
-      AND messages.status IN ('sending', 'delivered', 'undelivered')"""
-).bindparams(bindparam("now", type_=UTCDateTime()))
-_COMPLETE_PG = text(
-    f"""UPDATE messages SET {_SET.replace("u.variables", "u.variables::text")}
-    FROM json_to_recordset(CAST(:rows AS json)) AS u(id text, status text, error text, provider text,
-        account text, pmid text, response text, content text, segments int, variables json,
-        sent_at timestamptz, due_at timestamptz, possible_duplicate boolean)
-    WHERE messages.id = u.id AND messages.lease_owner = :owner
-      AND messages.status IN ('sending', 'delivered', 'undelivered')"""
-).bindparams(bindparam("now", type_=UTCDateTime()))
+_SOURCE_SQLITE = f"""(SELECT {", ".join(f"value->>{i} AS {name}" for i, name in enumerate(OUTCOME_FIELDS))}
+    FROM json_each(:rows)) AS u"""
+_SOURCE_PG = """json_to_recordset(CAST(:rows AS json)) AS u(id text, status text, error text, provider text,
+    account text, pmid text, response text, content text, segments int, variables json,
+    sent_at timestamptz, due_at timestamptz, possible_duplicate boolean)"""
+# The usual case, on a plain equality the planner handles well on any table size.
+_WHERE = "WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = '{status}'"
+
+
+def _complete_statement(source: str, pg: bool, early_receipt: bool) -> Any:
+    variables = "u.variables::text" if pg else "u.variables"
+    if early_receipt:
+        # A receipt beat the provider's own answer (a fast vendor's callback): the row is already
+        # delivered/undelivered and keeps that status; the send's details are still recorded.
+        set_ = _SET.format(status="messages.status", error="messages.error", variables=variables)
+        where = _WHERE.format(status="sending").replace(
+            "messages.status = 'sending'", "messages.status IN ('delivered', 'undelivered')"
+        )
+    else:
+        set_ = _SET.format(status="u.status", error="u.error", variables=variables)
+        where = _WHERE.format(status="sending")
+    return text(f"UPDATE messages SET {set_} FROM {source} {where}").bindparams(
+        bindparam("now", type_=UTCDateTime())
+    )
+
+
+_COMPLETE = {
+    (pg, early): _complete_statement(_SOURCE_PG if pg else _SOURCE_SQLITE, pg, early)
+    for pg in (False, True)
+    for early in (False, True)
+}
 _encode = msgspec.json.Encoder().encode
 
 
 async def complete(
     session: AsyncSession, owner: str, now: datetime, outcomes: Sequence[dict[str, Any]]
 ) -> None:
-    """Record outcomes in ONE statement; rows whose lease this worker lost are left alone.
+    """Record outcomes in one statement; rows whose lease this worker lost are left alone.
 
     The outcomes travel as one JSON parameter (``json_each`` on SQLite, ``json_to_recordset`` on
     PostgreSQL): binding 13 values per row through the driver cost more than the send itself.
+    Rows a receipt already moved on (rare) get a second statement that keeps their status.
     """
     if not outcomes:
         return
-    sqlite = is_sqlite(session)
-    if sqlite:
-        payload = _encode([[o[name] for name in OUTCOME_FIELDS] for o in outcomes])
-        statement = _COMPLETE_SQLITE
-    else:
-        payload = _encode(outcomes)
-        statement = _COMPLETE_PG
-    await session.execute(statement, {"rows": payload.decode(), "owner": owner, "now": now})
+    pg = not is_sqlite(session)
+    # PostgreSQL's json_to_recordset reads objects; SQLite's json_each reads arrays (smaller).
+    rows: Any = outcomes if pg else [[o[name] for name in OUTCOME_FIELDS] for o in outcomes]
+    payload = _encode(rows)
+    params = {"rows": payload.decode(), "owner": owner, "now": now}
+    result = await session.execute(_COMPLETE[(pg, False)], params)
+    if int(result.rowcount or 0) < len(outcomes):  # type: ignore[attr-defined]
+        await session.execute(_COMPLETE[(pg, True)], params)
 
 
 def outcome_time(value: datetime | None, sqlite: bool) -> str | None:
