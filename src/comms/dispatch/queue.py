@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.kit.db import UTCDateTime, is_sqlite, raw_datetime
 from comms.messages.schemas import CATEGORY_PRIORITY
-from comms.models import CLAIMABLE, Message
+from comms.models import CLAIMABLE_SQL, SENDING_SQL, Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ async def claim_due(
 ) -> list[ClaimedMessage]:
     due = (
         select(Message.id)
-        .where(Message.status.in_(CLAIMABLE), Message.due_at <= now)
+        .where(CLAIMABLE_SQL, Message.due_at <= now)
         .order_by(Message.priority, Message.due_at)
         .limit(limit)
     )
@@ -84,16 +84,14 @@ async def due_stats(session: AsyncSession, now: datetime) -> tuple[int, datetime
     """How many claimable messages are due, and the oldest due time among them."""
     row = (
         await session.execute(
-            select(func.count(), func.min(Message.due_at)).where(
-                Message.status.in_(CLAIMABLE), Message.due_at <= now
-            )
+            select(func.count(), func.min(Message.due_at)).where(CLAIMABLE_SQL, Message.due_at <= now)
         )
     ).one()
     return int(row[0] or 0), row[1]
 
 
 async def next_due_at(session: AsyncSession) -> datetime | None:
-    return await session.scalar(select(func.min(Message.due_at)).where(Message.status.in_(CLAIMABLE)))
+    return await session.scalar(select(func.min(Message.due_at)).where(CLAIMABLE_SQL))
 
 
 # Outcome fields, in the order both statements below read them.
@@ -184,7 +182,7 @@ async def release_expired_leases(session: AsyncSession, now: datetime, limit: in
     The first time, re-queue them flagged ``possible_duplicate`` (providers that can, reconcile
     or send idempotently by log id); a row that was already re-sent once ends ``unknown``.
     """
-    expired = select(Message.id).where(Message.status == "sending", Message.lease_until < now).limit(limit)
+    expired = select(Message.id).where(SENDING_SQL, Message.lease_until < now).limit(limit)
     if not is_sqlite(session):
         expired = expired.with_for_update(skip_locked=True)
     ids = list((await session.scalars(expired)).all())

@@ -6,7 +6,7 @@ from comms.models.base import Base
 from comms.models.batch import Batch
 from comms.models.consent import Consent
 from comms.models.idempotency_key import IdempotencyKey
-from comms.models.message import CLAIMABLE, Message
+from comms.models.message import CLAIMABLE, CLAIMABLE_SQL, SENDING_SQL, Message
 from comms.models.provider_account import ProviderAccount
 from comms.models.receipt_event import ReceiptEvent
 from comms.models.suppression import Suppression
@@ -15,6 +15,8 @@ from comms.models.tenant import Tenant
 
 __all__ = [
     "CLAIMABLE",
+    "CLAIMABLE_SQL",
+    "SENDING_SQL",
     "ApiKey",
     "AuditEvent",
     "Base",
