@@ -31,6 +31,9 @@ BREAKER = Gauge(
     "comms_provider_breaker_state", "Circuit breaker per provider account: 0 closed, 1 half-open, 2 open.",
     ["account"],
 )  # fmt: skip
+COMPLAINT_RATE = Gauge(
+    "comms_tenant_complaint_rate", "Spam complaints per email sent over the last 30 days.", ["tenant"]
+)
 REQUESTS = Counter("comms_http_requests_total", "API requests.", ["method", "route", "status"])
 
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}

@@ -696,3 +696,40 @@ async def test_03_marketing_email_without_opt_in_needs_an_ad_disclosure(service:
     assert (await bulk(service, plain, **marketing_email()))["items"][0]["status"] == "queued"
     disclosed = await make_tenant(service.db, "Ads", "US", ad_disclosure="This is an advertisement.")
     assert (await bulk(service, disclosed, **marketing_email()))["items"][0]["status"] == "queued"
+
+
+async def test_11_complaint_rate_breaker_pauses_marketing_email(service: Service) -> None:
+    from sqlalchemy import update
+
+    from comms.compliance import reputation
+
+    tenant = await make_tenant(service.db, "Shop", complaint_rate_min_volume=10)
+    receipts = await bulk(
+        service,
+        tenant,
+        **marketing_email(category="transactional", recipients=[f"buyer{i}@example.com" for i in range(10)]),
+    )
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message).where(Message.batch_id == receipts["batch_id"]).values(status="sent")
+        )
+    await opt_in(service, tenant, "email", "ann@example.com")
+    reputation.forget(tenant.tenant_id)
+    assert (await bulk(service, tenant, **marketing_email()))["items"][0][
+        "status"
+    ] == "queued"  # 0 complaints
+    answer = await service.client.post(
+        "/communication/suppressions",
+        json={"channel": "email", "address": "buyer3@example.com", "reason": "complaint"},
+        headers=tenant.headers(),
+    )
+    assert answer.status_code == 201
+    reputation.forget(tenant.tenant_id)
+    paused = await bulk(service, tenant, 422, **marketing_email())  # 1 complaint in 10 sent: 10% >= 0.2%
+    assert "marketing_paused" in paused["errors"][0]["message"]
+    metrics_text = (await service.client.get("/metrics")).text
+    assert f'comms_tenant_complaint_rate{{tenant="{tenant.tenant_id}"}} 0.1' in metrics_text
+    # Transactional mail is not subscription mail: it still goes out.
+    assert (await bulk(service, tenant, **marketing_email(category="transactional")))["items"][0][
+        "status"
+    ] == "queued"

@@ -45,6 +45,12 @@ class TenantSettings(BaseModel):
     )
     quiet_hours: dict[str, str] = Field(default_factory=dict, description='Country -> "08:00-21:00" local.')
     content_retention_days: int = Field(default=30, ge=1, le=3650)
+    complaint_rate_threshold: float = Field(
+        default=0.002, gt=0, le=1, description="Marketing email pauses at this complaint rate (0.002 = 0.2%)."
+    )
+    complaint_rate_min_volume: int = Field(
+        default=1000, ge=1, description="Emails sent in the window before the complaint rate counts."
+    )
     otp_limits: OtpLimits = Field(
         default_factory=lambda: OtpLimits(), description="Verification SMS per number (against SMS pumping)."
     )

@@ -24,6 +24,7 @@ from comms import metrics
 from comms.compliance import quiet_hours
 from comms.compliance.content import MessageDecorator
 from comms.compliance.gates import AcceptanceGate
+from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.retention import purge_expired_content
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.config import Settings
@@ -55,6 +56,7 @@ from comms.templates.rendering import TemplateError
 log = logging.getLogger("comms.dispatch")
 RESPONSE_LIMIT = 1000
 PURGE_INTERVAL = 3600.0  # seconds between retention purges
+PAUSE_RETRY = timedelta(hours=1)  # marketing held back by the complaint-rate breaker
 
 
 class Dispatcher:
@@ -230,6 +232,7 @@ class Dispatcher:
         rows: list[dict[str, Any]] = []
         contexts: dict[str, BatchContext] = {}
         gates: dict[tuple[str, str, str], AcceptanceGate] = {}
+        paused: set[str] = set()
         async with self.db.read() as session:
             for batch_id in {c.batch_id for c in claimed}:
                 contexts[batch_id] = await self._cache.get(session, batch_id)
@@ -249,12 +252,21 @@ class Dispatcher:
                     at_dispatch=True,
                 )
                 await gates[(tenant_id, channel, category)].load([m.recipient_key for m in members])
+                if channel == "email" and category == "marketing":
+                    reputation = await email_reputation(session, tenant_id, now)
+                    if marketing_paused(reputation, contexts[members[0].batch_id].settings):
+                        paused.add(tenant_id)
         outgoing: dict[tuple[str, str], list[Composed]] = defaultdict(list)
         for c in claimed:
             gate = gates[(c.tenant_id, c.channel, c.category)]
             verdict = gate.check(c.recipient_key, _region(c) if gate.needs_region else None)
             if verdict is not None:
                 rows.append(self._row(c, now, status=verdict[0], error=verdict[1]))
+                continue
+            if c.tenant_id in paused and c.channel == "email" and c.category == "marketing":
+                # The complaint-rate breaker tripped after acceptance: hold marketing back, retry later.
+                error = "marketing paused: spam complaint rate above the tenant's threshold"
+                rows.append(self._row(c, now, status="deferred", error=error, due_at=now + PAUSE_RETRY))
                 continue
             if quiet_hours.applies(c.channel, c.category):
                 # Accepted in the window, but the window may have closed while it waited in the queue.

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from comms.compliance import quiet_hours
 from comms.compliance.content import MessageDecorator
 from comms.compliance.gates import AcceptanceGate
+from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.errors import FieldError, PayloadTooLarge, ValidationFailed
 from comms.kit.clock import isoformat, utcnow
@@ -207,6 +208,16 @@ async def _resolve(session: AsyncSession, principal: Principal, body: BulkSendBo
     settings = load_settings(principal.tenant.settings)
     if channel == Channel.EMAIL and category == Category.MARKETING:
         _check_marketing_email(settings, compiled.get("subject"), errors)
+        reputation = await email_reputation(session, principal.tenant_id, utcnow())
+        if marketing_paused(reputation, settings):
+            errors.append(
+                FieldError(
+                    "category",
+                    f"marketing_paused: the spam complaint rate over the last 30 days is "
+                    f"{reputation.rate:.2%}, at or above {settings.complaint_rate_threshold:.2%}; "
+                    "transactional mail still goes out",
+                )
+            )
     send_at = _parse_send_at(body.send_at, errors)
     sender = _resolve_sender(channel, body.sender, settings, errors)
     if body.user_id is not None and len(body.user_id) > 200:
