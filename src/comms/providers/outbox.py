@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext, SendResult
-from comms.providers.email.mime import EmailContent, build_email, message_id_for
+from comms.providers.email.outbound import email_bytes
 
 
 class OutboxConfig(BaseModel):
@@ -96,19 +96,7 @@ class OutboxProvider(Provider):
 
 def _render(message: OutboundMessage) -> bytes:
     if message.channel == "email":
-        sender = message.sender or "no-reply@localhost"
-        return build_email(
-            EmailContent(
-                from_addr=sender,
-                from_name=message.sender_name,
-                to_addr=message.to,
-                subject=message.subject or "",
-                text=message.text,
-                html=message.html,
-                message_id=message_id_for(message.id, sender),
-                extra_headers=message.headers,
-            )
-        )
+        return email_bytes(message)
     payload = {
         "id": message.id,
         "to": message.to,

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from comms.errors import TransientProviderError
 from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext, SendResult
 from comms.providers.email.dkim_signing import DkimSigner
-from comms.providers.email.mime import EmailContent, build_email, message_id_for
+from comms.providers.email.mime import message_id_for
+from comms.providers.email.outbound import email_bytes
 
 
 class SmtpConfig(BaseModel):
@@ -67,19 +68,7 @@ class SmtpProvider(Provider):
         return list(await asyncio.gather(*(self._send_one(m) for m in messages)))
 
     def render(self, message: OutboundMessage) -> bytes:
-        sender = message.sender or ""
-        raw = build_email(
-            EmailContent(
-                from_addr=sender,
-                from_name=message.sender_name,
-                to_addr=message.to,
-                subject=message.subject or "",
-                text=message.text,
-                html=message.html,
-                message_id=message_id_for(message.id, sender),
-                extra_headers=message.headers,
-            )
-        )
+        raw = email_bytes(message)
         return self._signer.sign(raw) if self._signer is not None else raw
 
     async def _send_one(self, message: OutboundMessage) -> SendResult:
