@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from comms.compliance import audit, service
-from comms.compliance.addresses import address_hash
 from comms.compliance.repository import ConsentStore, SuppressionStore
 from comms.compliance.schemas import ConsentCreate, ErasureCreate, SuppressionCreate
 from comms.compliance.settings import TenantSettings, load_settings
@@ -368,12 +367,7 @@ async def unsubscribe(request: Request, token: str) -> HTMLResponse:
         return _page("Unsubscribed", "This address is no longer on the list.")
     body = await request.body()
     source: service.Source = "one_click" if b"List-Unsubscribe=One-Click" in body else "link"
-    who = service.Contact(
-        message.channel,
-        message.recipient,
-        message.recipient_key,
-        address_hash(tenant.hash_salt, message.channel, message.recipient_key),
-    )
+    who = service.contact_of_message(tenant, message)
     async with app_state(request).db.begin() as session:
         await service.suppress(session, tenant, who, "unsubscribed", source, ip=_ip(request))
     return _page(

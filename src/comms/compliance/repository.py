@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from comms.models import Consent, Message, Suppression
 
 _CHUNK = 5000
+_Row = TypeVar("_Row", Suppression, Consent)
 
 
 class SuppressionRepository:
@@ -117,22 +119,10 @@ class SuppressionStore:
     async def list(
         self, offset: int, limit: int, channel: str | None = None, digest: str | None = None
     ) -> tuple[Sequence[Suppression], int]:
-        where = [Suppression.tenant_id == self.tenant_id]
-        if channel:
-            where.append(Suppression.channel == channel)
-        if digest:
-            where.append(Suppression.address_hash == digest)
-        total = int(
-            await self.session.scalar(select(func.count()).select_from(Suppression).where(*where)) or 0
-        )
-        rows = await self.session.scalars(
-            select(Suppression)
-            .where(*where)
-            .order_by(Suppression.created_at.desc(), Suppression.address_hash)
-            .offset(offset)
-            .limit(limit)
-        )
-        return rows.all(), total
+        return await _page_of(
+            self.session, Suppression, self.tenant_id, offset, limit, channel, digest,
+            (Suppression.created_at.desc(), Suppression.address_hash),
+        )  # fmt: skip
 
 
 class ConsentStore:
@@ -146,20 +136,10 @@ class ConsentStore:
     async def list(
         self, offset: int, limit: int, channel: str | None = None, digest: str | None = None
     ) -> tuple[Sequence[Consent], int]:
-        where = [Consent.tenant_id == self.tenant_id]
-        if channel:
-            where.append(Consent.channel == channel)
-        if digest:
-            where.append(Consent.address_hash == digest)
-        total = int(await self.session.scalar(select(func.count()).select_from(Consent).where(*where)) or 0)
-        rows = await self.session.scalars(
-            select(Consent)
-            .where(*where)
-            .order_by(Consent.created_at.desc(), Consent.id.desc())
-            .offset(offset)
-            .limit(limit)
-        )
-        return rows.all(), total
+        return await _page_of(
+            self.session, Consent, self.tenant_id, offset, limit, channel, digest,
+            (Consent.created_at.desc(), Consent.id.desc()),
+        )  # fmt: skip
 
     async def forget_addresses(self, channel: str, digest: str) -> None:
         """Erasure: keep the consent history (its hash, times, wording) but drop the address."""
@@ -173,3 +153,24 @@ class ConsentStore:
             .values(address=None, ip=None)
             .execution_options(synchronize_session=False)
         )
+
+
+async def _page_of(
+    session: AsyncSession,
+    model: type[_Row],
+    tenant_id: str,
+    offset: int,
+    limit: int,
+    channel: str | None,
+    digest: str | None,
+    order: tuple[Any, ...],
+) -> tuple[Sequence[_Row], int]:
+    """One page of a tenant's suppressions or consents, optionally for one channel and address."""
+    where = [model.tenant_id == tenant_id]
+    if channel:
+        where.append(model.channel == channel)
+    if digest:
+        where.append(model.address_hash == digest)
+    total = int(await session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+    rows = await session.scalars(select(model).where(*where).order_by(*order).offset(offset).limit(limit))
+    return rows.all(), total

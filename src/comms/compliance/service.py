@@ -37,6 +37,16 @@ class Contact:
     digest: str
 
 
+def contact_of_message(tenant: Tenant, message: Message) -> Contact:
+    """The recipient of a log item, already normalized when it was accepted."""
+    return Contact(
+        message.channel,
+        message.recipient,
+        message.recipient_key,
+        address_hash(tenant.hash_salt, message.channel, message.recipient_key),
+    )
+
+
 def contact(tenant: Tenant, channel: str, raw: str, default_region: str, field: str = "address") -> Contact:
     """Normalize an address as the bulk endpoint does; a bad one is a 422 naming ``field``."""
     if channel not in ("sms", "email"):

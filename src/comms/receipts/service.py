@@ -16,7 +16,6 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import service as compliance
-from comms.compliance.addresses import address_hash
 from comms.compliance.keywords import handle_inbound_sms
 from comms.kit.clock import utcnow
 from comms.kit.db import is_sqlite
@@ -85,12 +84,7 @@ async def apply_receipt(
     )
     changed = bool(result.rowcount)  # type: ignore[attr-defined]
     if event.bounce in ("hard", "complaint"):
-        who = compliance.Contact(
-            message.channel,
-            message.recipient,
-            message.recipient_key,
-            address_hash(tenant.hash_salt, message.channel, message.recipient_key),
-        )
+        who = compliance.contact_of_message(tenant, message)
         if event.bounce == "hard":
             await compliance.suppress(session, tenant, who, "hard_bounce", "bounce")
         else:
