@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
         state = AppState(settings=settings, db=db, secrets=secrets, limiter=limiter)
         app.state.comms = state
         worker: Dispatcher | None = None
-        router = Router(settings.resolved_outbox_dir, db, secrets)
+        router = Router(settings.resolved_outbox_dir, db, secrets, settings.resolved_public_url)
         if run_dispatcher:
             worker = Dispatcher(db, settings, secrets, router, limiter)
             state.wake_dispatcher = worker.wake

@@ -63,10 +63,7 @@ def account_data(request: Request, row: ProviderAccount) -> dict[str, Any]:
         "secret_fields_set": sorted(f for f in cls.secret_fields if row.config.get(f)),
         "rate_per_second": row.rate_per_second,
         "enabled": row.enabled,
-        "callback_urls": {
-            "status": f"{base}/webhooks/{row.provider}/{row.id}/status",
-            "inbound": f"{base}/webhooks/{row.provider}/{row.id}/inbound",
-        },
+        "callback_urls": service.callback_urls(base, row.provider, row.id),
         "created_at": isoformat(row.created_at),
         "updated_at": isoformat(row.updated_at),
     }

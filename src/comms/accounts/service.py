@@ -27,6 +27,12 @@ def provider_class(name: str, channel: str) -> type[Provider]:
     return cls
 
 
+def callback_urls(public_url: str, provider: str, account_id: str) -> dict[str, str]:
+    """Where an account's vendor reports receipts and inbound messages."""
+    base = f"{public_url.rstrip('/')}/webhooks/{provider}/{account_id}"
+    return {"status": f"{base}/status", "inbound": f"{base}/inbound"}
+
+
 def validate_config(cls: type[Provider], config: dict[str, Any]) -> BaseModel:
     try:
         return cls.Config.model_validate(config)

@@ -44,8 +44,13 @@ class _Cached:
 
 class Router:
     def __init__(
-        self, outbox_dir: Path, db: Database | None = None, secrets: SecretBox | None = None
+        self,
+        outbox_dir: Path,
+        db: Database | None = None,
+        secrets: SecretBox | None = None,
+        public_url: str = "http://127.0.0.1:8000",
     ) -> None:
+        self._public_url = public_url
         self._db = db
         self._secrets = secrets
         self._outbox_dir = outbox_dir
@@ -55,11 +60,17 @@ class Router:
         self._instances: dict[tuple[str, float], Provider] = {}
         self.breakers: dict[str, Breaker] = {}
 
-    def _context(self) -> ProviderContext:
+    def _context(self, provider: str, account_id: str) -> ProviderContext:
         if self._http is None or self._http.closed:
             connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300)
             self._http = aiohttp.ClientSession(connector=connector)
-        return ProviderContext(http=self._http, outbox_dir=self._outbox_dir)
+        urls = accounts.callback_urls(self._public_url, provider, account_id)
+        return ProviderContext(
+            http=self._http,
+            outbox_dir=self._outbox_dir,
+            status_url=urls["status"],
+            inbound_url=urls["inbound"],
+        )
 
     async def routes(self, tenant_id: str, channel: str) -> list[Route]:
         configured = await self._configured(tenant_id, channel)
@@ -85,7 +96,7 @@ class Router:
                 if provider is None:
                     cls = accounts.provider_class(row.provider, row.channel)
                     config = accounts.unseal(cls, row.config, self._secrets)
-                    provider = cls.from_config(config, self._context())
+                    provider = cls.from_config(config, self._context(row.provider, row.id))
                     self._instances[instance_key] = provider
                 routes.append(Route(provider, row.id, row.rate_per_second))
         self._cache[key] = _Cached(now, routes)

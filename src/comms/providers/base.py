@@ -85,10 +85,14 @@ class InboundSms:
 
 @dataclass(frozen=True, slots=True)
 class ProviderContext:
-    """What providers share in one process: the HTTP connection pool, the outbox folder."""
+    """What a provider instance gets: the process's HTTP pool, the outbox folder, and the public
+    URLs of its account's callbacks (for vendors told per request where to report, e.g. Twilio's
+    StatusCallback or Kannel's dlr-url)."""
 
     http: aiohttp.ClientSession | None  # None where the instance only verifies and parses callbacks
     outbox_dir: Path
+    status_url: str | None = None
+    inbound_url: str | None = None
 
 
 class Provider:
@@ -124,7 +128,18 @@ class Provider:
     callback_answer: ClassVar[tuple[int, str, bytes]] = (200, "application/json", b'{"ok":true}')
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
-        """Whether a callback really comes from the vendor (its own signature scheme)."""
+        """Whether a callback really comes from the vendor (its own signature scheme).
+
+        ``headers`` have lower-case names; ``body`` is the request body, or the query string for
+        a GET callback (Kannel's dlr-url); ``url`` is the public URL the vendor called (our
+        ``public_url`` + path + query), which is what URL-signing vendors sign.
+        """
+        return False
+
+    async def handle_control(self, headers: Mapping[str, str], body: bytes) -> bool:
+        """Handle a vendor's control message on a callback URL, e.g. an SNS subscription
+        confirmation; True when ``body`` was one (and carries no events). Runs after
+        :meth:`verify_callback` succeeded."""
         return False
 
     def parse_receipts(self, body: bytes) -> list[DeliveryEvent]:

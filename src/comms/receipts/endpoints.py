@@ -1,9 +1,10 @@
 """Provider callbacks: ``POST /webhooks/{provider}/{account_id}/status`` and ``.../inbound``.
 
-Verify the vendor's signature (401 and nothing changed when it fails), store each event raw and
-once, apply it, and answer in the form the vendor expects (not the comms envelope). A reply to
-an inbound keyword (the one STOP confirmation, HELP) is sent as an ordinary transactional SMS
-through the tenant's own routes, so it is logged like any other message.
+GET is accepted too, for gateways that report by calling a URL (Kannel's dlr-url): the query
+string then stands for the body. Verify the vendor's signature (401 and nothing changed when it
+fails), store each event raw and once, apply it, and answer in the form the vendor expects (not
+the comms envelope). A reply to an inbound keyword (the one STOP confirmation, HELP) is sent
+as an ordinary transactional SMS through the tenant's own routes, so it is logged like any other message.
 """
 
 from __future__ import annotations
@@ -43,15 +44,29 @@ async def _load(
         return None
     cls = accounts.provider_class(account.provider, account.channel)
     config = accounts.unseal(cls, account.config, state.secrets)
+    urls = accounts.callback_urls(state.settings.resolved_public_url, account.provider, account.id)
     # Parsing and verifying need no connection pool; the context is only for sending.
     instance = cls.from_config(
-        config, ProviderContext(http=None, outbox_dir=state.settings.resolved_outbox_dir)
+        config,
+        ProviderContext(
+            http=None,
+            outbox_dir=state.settings.resolved_outbox_dir,
+            status_url=urls["status"],
+            inbound_url=urls["inbound"],
+        ),
     )
     return account, tenant, instance
 
 
+def _public_url(request: Request) -> str:
+    """The URL the vendor called, as the vendor saw it (behind a proxy: our public_url)."""
+    base = app_state(request).settings.resolved_public_url.rstrip("/")
+    query = request.url.query
+    return f"{base}{request.url.path}" + (f"?{query}" if query else "")
+
+
 async def _verified(request: Request, provider: str, account_id: str) -> tuple[Any, bytes] | Response:
-    body = await request.body()
+    body = request.url.query.encode() if request.method == "GET" else await request.body()
     if len(body) > MAX_CALLBACK_BYTES:
         return reply(413, "callback body too large")
     loaded = await _load(request, provider, account_id)
@@ -59,9 +74,11 @@ async def _verified(request: Request, provider: str, account_id: str) -> tuple[A
         return reply(404, "no such provider account")
     account, tenant, instance = loaded
     headers = {k.lower(): v for k, v in request.headers.items()}
-    if not instance.verify_callback(headers, body, str(request.url)):
+    if not instance.verify_callback(headers, body, _public_url(request)):
         log.warning("callback with a bad signature", extra={"account": account_id})
         return reply(401, "bad signature")
+    if await instance.handle_control(headers, body):
+        return _answer(instance)
     return (account, tenant, instance), body
 
 
@@ -70,7 +87,7 @@ def _answer(instance: Provider) -> Response:
     return Response(content, status_code=status, media_type=media_type)
 
 
-@router.post("/{provider}/{account_id}/status")
+@router.api_route("/{provider}/{account_id}/status", methods=["GET", "POST"])
 async def delivery_status(request: Request, provider: str, account_id: str) -> Response:
     checked = await _verified(request, provider, account_id)
     if isinstance(checked, Response):
@@ -92,7 +109,7 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
     return _answer(instance)
 
 
-@router.post("/{provider}/{account_id}/inbound")
+@router.api_route("/{provider}/{account_id}/inbound", methods=["GET", "POST"])
 async def inbound(request: Request, provider: str, account_id: str) -> Response:
     checked = await _verified(request, provider, account_id)
     if isinstance(checked, Response):

@@ -1,0 +1,73 @@
+"""The generic ``webhook`` provider held to the provider contract."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+import msgspec
+from aiohttp import web
+
+from comms.providers.base import OutboundMessage, Provider, ProviderContext
+from comms.providers.webhook import WebhookConfig, WebhookProvider, signature
+from tests.providers.contract import Callback, FakeVendor, ProviderContract
+
+SECRET = "contract-secret-0123456789"
+
+
+class WebhookVendor(FakeVendor):
+    """An in-house gateway: checks the HMAC signature and the message shape."""
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/send", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        await self.pause_if_hanging()
+        timestamp = request.headers.get("X-Comms-Timestamp", "")
+        expected = (
+            "v1=" + hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        )
+        if not hmac.compare_digest(expected, request.headers.get("X-Comms-Signature", "")):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.mode == "fail":
+            return web.Response(status=503, text="maintenance")
+        messages = msgspec.json.decode(body)["messages"]
+        if len(messages) > WebhookProvider.max_batch:
+            self.refuse(f"{len(messages)} messages in one request")
+        results = []
+        for m in messages:
+            if self.mode == "reject":
+                results.append({"id": m["id"], "status": "rejected", "error": "number barred"})
+                continue
+            self.accept(m["to"])
+            results.append({"id": m["id"], "status": "accepted", "message_id": f"gw-{m['id'][-6:]}"})
+        return web.json_response({"results": results})
+
+
+class TestWebhookContract(ProviderContract):
+    provider_name = "webhook"
+
+    def make_vendor(self) -> FakeVendor:
+        return WebhookVendor()
+
+    def make_provider(self, vendor: FakeVendor, context: ProviderContext) -> Provider:
+        config = WebhookConfig(url=f"{vendor.url}/send", secret=SECRET, timeout_seconds=0.5)
+        return WebhookProvider.from_config(config, context)
+
+    def receipt(
+        self, provider: Provider, message: OutboundMessage, provider_message_id: str | None, delivered: bool
+    ) -> Callback:
+        event = {
+            "event_id": f"ev-{provider_message_id}-{'d' if delivered else 'u'}",
+            "id": message.id,
+            "message_id": provider_message_id,
+            "status": "delivered" if delivered else "undelivered",
+            "error": None if delivered else "absent subscriber",
+        }
+        body = msgspec.json.encode({"events": [event]})
+        timestamp = str(int(time.time()))
+        headers = {"x-comms-timestamp": timestamp, "x-comms-signature": signature(SECRET, timestamp, body)}
+        return Callback(headers, body, "https://comms.test/webhooks/webhook/acc_test/status")
