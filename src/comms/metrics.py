@@ -24,6 +24,11 @@ CLAIM_LATENCY = Histogram(
     "comms_claim_seconds", "One claim of due messages from the queue.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )  # fmt: skip
+RECONCILED = Counter(
+    "comms_messages_reconciled_total",
+    "Possible duplicates looked up at the provider before any re-send.",
+    ["provider"],
+)
 CLAIMED = Counter("comms_messages_claimed_total", "Messages claimed by this process's dispatcher.")
 QUEUE_DEPTH = Gauge("comms_queue_due_messages", "Messages due now and waiting to be sent.")
 QUEUE_AGE = Gauge("comms_queue_oldest_due_seconds", "How long the oldest due message has waited.")

@@ -237,6 +237,60 @@ async def test_expired_lease_is_requeued_once_and_flagged(service: Service, tena
     assert row is not None and row.status == "unknown"
 
 
+async def test_a_possible_duplicate_is_reconciled_before_any_resend(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A worker died after the provider took the message: the next worker asks the provider
+    (here the outbox, which can be asked) and records ``sent`` without sending it again."""
+    from comms.dispatch.dispatcher import Dispatcher
+    from comms.dispatch.routing import Router
+    from comms.kit.secretbox import SecretBox
+
+    created = await send(
+        service,
+        tenant,
+        {
+            "channel": "sms",
+            "category": "transactional",
+            "content": "x",
+            "recipients": ["13800138000", "13800138001"],
+        },
+    )
+    taken, lost = (item["id"] for item in created["items"])
+    now = utcnow()
+    async with service.db.begin() as session:
+        assert len(await claim_due(session, "dead-worker", 10, now, timedelta(seconds=1))) == 2
+    # The dead worker's provider call reached the outbox for the first message only.
+    written = service.outbox / "sms" / f"{taken}.json"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text('{"written": "by the worker that died"}')
+    async with service.db.begin() as session:
+        assert await release_expired_leases(session, now + timedelta(seconds=5)) == 2
+    settings = service.settings
+    secrets = SecretBox(settings.resolved_secret_key)
+    router = Router(settings.resolved_outbox_dir, service.db, secrets, settings.resolved_public_url)
+    worker = Dispatcher(service.db, settings, secrets, router)
+    worker.start()
+    try:
+
+        async def settled() -> bool:
+            return await statuses(service, created["batch_id"]) == {"sent": 2}
+
+        await wait_until(settled)
+    finally:
+        await worker.stop()
+        await router.close()
+    async with service.db.read() as session:
+        first, second = await session.get(Message, taken), await session.get(Message, lost)
+    assert first is not None and second is not None
+    assert first.response is not None and first.response.startswith("reconciled with outbox")
+    assert written.read_text() == '{"written": "by the worker that died"}'  # not sent again
+    # The provider had never seen the second one: it was sent, once, and stays flagged.
+    assert second.response is not None and second.response.startswith("written to outbox")
+    assert second.possible_duplicate is True
+    assert json.loads((service.outbox / "sms" / f"{lost}.json").read_text())["id"] == lost
+
+
 async def test_completion_requires_holding_the_lease(service: Service, tenant: TenantKeys) -> None:
     from comms.dispatch.queue import complete, outcome_time
 

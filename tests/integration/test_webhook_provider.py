@@ -249,3 +249,43 @@ async def test_heartbeat_keeps_a_slow_send_from_being_reaped(
 
     await wait_until(sent)
     assert set(sink.received.values()) == {1} and not sink.flagged  # never reaped, never re-sent
+
+
+async def test_a_bulk_in_flight_does_not_hold_back_another_tenants_code(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    """Fair share: tenant A's bulk fills every dispatch slot with slow provider calls; tenant B's
+    verification code goes out through the express lane while all of them are still in flight."""
+    live_service.settings.lease_seconds = 30
+    await add_account(live_service, live_tenant, sink.url)
+    sink.hang_seconds = 3.0
+    bulk = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(2500), headers=live_tenant.headers()
+    )
+    batch = bulk.json()["batch_id"]
+
+    async def slots_full() -> bool:
+        return sink.requests >= live_service.settings.dispatch_concurrency
+
+    await wait_until(slots_full)
+    other = await make_tenant(live_service.db, name="Beta")
+    code = await live_service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "category": "verification",
+            "content": "Code {{ code }}",
+            "variables": {"code": "4711"},
+            "recipients": ["13900139000"],
+        },
+        headers=other.headers(),
+    )
+    code_batch = code.json()["batch_id"]
+
+    async def code_sent() -> bool:
+        return await statuses(live_service, code_batch) == {"sent": 1}
+
+    await wait_until(code_sent)
+    counts = await statuses(live_service, batch)
+    assert "sent" not in counts, counts  # every one of A's calls was still in flight
+    sink.hang_seconds = 0

@@ -1,10 +1,12 @@
 """The dispatcher: claims due messages in batches, sends them, records what happened.
 
 One loop claims up to ``batch_size`` due rows at a time while fewer than ``concurrency``
-batches are in flight; each batch is gated again (an unsubscribe after acceptance wins),
-rendered, handed to its route's providers in failover order, and completed in one write.
-An idle loop sleeps until it is woken (a commit made work due), the next scheduled row falls
-due, or the poll interval passes, whichever comes first.
+batches are in flight. A second, express loop claims only verification codes, in small
+batches and outside those slots, so a one-time code never waits behind a bulk's batches in
+flight. Each batch is gated again (an unsubscribe after acceptance wins), rendered, handed to
+its route's providers in failover order, and completed in one write. An idle loop sleeps
+until it is woken (a commit made work due), the next scheduled row falls due, or the poll
+interval passes, whichever comes first.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ log = logging.getLogger("comms.dispatch")
 RESPONSE_LIMIT = 1000
 PURGE_INTERVAL = 3600.0  # seconds between retention purges
 PAUSE_RETRY = timedelta(hours=1)  # marketing held back by the complaint-rate breaker
+EXPRESS_BATCH = 50  # verification codes claimed per express round
 
 
 class Dispatcher:
@@ -78,6 +81,8 @@ class Dispatcher:
             settings.resolved_public_url, UnsubscribeSigner(settings.resolved_secret_key)
         )
         self._wake = asyncio.Event()
+        self._express_wake = asyncio.Event()
+        self._express_task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -97,9 +102,11 @@ class Dispatcher:
             self._listener = WakeListener(self.db.url, self.wake)
             self._listener.start()
         self._loop_task = asyncio.create_task(self.run(), name="comms-dispatcher")
+        self._express_task = asyncio.create_task(self._run_express(), name="comms-dispatcher-express")
 
     def wake(self) -> None:
         self._wake.set()
+        self._express_wake.set()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming, let in-flight batches finish (drain), then return."""
@@ -108,9 +115,11 @@ class Dispatcher:
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
-        if self._loop_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        self._express_wake.set()
+        for loop_task in (self._loop_task, self._express_task):
+            if loop_task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
         if self._tasks:
             _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
@@ -147,6 +156,28 @@ class Dispatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
         log.info("dispatcher stopped", extra={"worker": self.worker_id})
+
+    async def _run_express(self) -> None:
+        """Verification codes only: claimed as soon as a wake-up arrives, sent in this task."""
+        while not self._stopping.is_set():
+            try:
+                self._express_wake.clear()
+                async with self.db.begin() as session:
+                    claimed = await claim_due(
+                        session, self.worker_id, EXPRESS_BATCH, utcnow(), self._lease, max_priority=0
+                    )
+                if claimed:
+                    metrics.CLAIMED.inc(len(claimed))
+                    await self._process(claimed)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._express_wake.wait(), self.settings.poll_interval_seconds)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("express dispatch error; retrying")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -292,10 +323,47 @@ class Dispatcher:
                 error = f"routing failed: {type(exc).__name__}"
                 results = [(SendResult(m.id, Outcome.RETRY, error=error), None) for m in messages]
             else:
-                results = await self._send_with_failover(routes, messages)
+                results = await self._reconcile_then_send(routes, messages, by_id)
             for item, (result, route) in zip(composed_list, results, strict=True):
                 rows.append(self._result_row(by_id[item.message.id], item, result, route, now))
         return rows
+
+    async def _reconcile_then_send(
+        self, routes: Sequence[Route], messages: list[OutboundMessage], claimed: dict[str, ClaimedMessage]
+    ) -> list[tuple[SendResult, Route | None]]:
+        """A possible duplicate (an earlier request got no answer, or its worker died mid-send) is
+        first looked up at the provider it most likely reached: the route recorded for it, else
+        the primary. What the provider knows is final; the rest is sent (once more, flagged)."""
+        known: dict[str, tuple[SendResult, Route | None]] = {}
+        asked: dict[int, tuple[Route, list[OutboundMessage]]] = {}
+        for message in messages:
+            c = claimed[message.id]
+            if not c.possible_duplicate:
+                continue
+            route = _previous_route(routes, c)
+            if route is not None and route.provider.can_reconcile:
+                asked.setdefault(id(route), (route, []))[1].append(message)
+        for route, group in asked.values():
+            try:
+                answers = await route.provider.reconcile(group)
+            except Exception as exc:  # cannot ask now: fall back to sending once more, flagged
+                log.warning("reconcile failed", extra={"provider": route.name, "error": str(exc)})
+                continue
+            for answer in answers:
+                if answer.outcome is Outcome.SENT:
+                    reply = f"reconciled with {route.name}: {answer.response or 'accepted earlier'}"
+                    known[answer.message_id] = (
+                        SendResult.sent(answer.message_id, answer.provider_message_id, reply),
+                        route,
+                    )
+                elif answer.outcome is Outcome.FAILED:
+                    known[answer.message_id] = (answer, route)
+            metrics.RECONCILED.labels(route.name).inc(len(group))
+        to_send = [m for m in messages if m.id not in known]
+        sent = dict(
+            zip((m.id for m in to_send), await self._send_with_failover(routes, to_send), strict=True)
+        )
+        return [known.get(m.id) or sent[m.id] for m in messages]
 
     async def _send_with_failover(
         self, routes: Sequence[Route], messages: list[OutboundMessage]
@@ -313,9 +381,15 @@ class Dispatcher:
         retry_after: float | None = None
         for route in routes:
             refused: list[OutboundMessage] = []
+            fitting = pending
+            limit = route.provider.max_body_length
+            if limit is not None:
+                # Too long for this vendor: offered to the next route, failed if none takes it.
+                fitting = [m for m in pending if len(m.text) <= limit]
+                refused.extend(m for m in pending if len(m.text) > limit)
             size = max(1, route.provider.max_batch)
-            for start in range(0, len(pending), size):
-                chunk = pending[start : start + size]
+            for start in range(0, len(fitting), size):
+                chunk = fitting[start : start + size]
                 started = time.perf_counter()
                 try:
                     await self._throttle(route, len(chunk))
@@ -347,7 +421,14 @@ class Dispatcher:
             if not pending:
                 break
         outcome = Outcome.FAILED if permanent else Outcome.RETRY
+        longest = _longest_allowed(routes)
         for message in pending:
+            if longest is not None and len(message.text) > longest:
+                error = (
+                    f"the text has {len(message.text)} characters; the longest a provider takes is {longest}"
+                )
+                done[message.id] = (SendResult(message.id, Outcome.FAILED, error=error), None)
+                continue
             done[message.id] = (
                 SendResult(message.id, outcome, error=last_error, retry_after=retry_after),
                 None,
@@ -455,6 +536,24 @@ class Dispatcher:
             return self._row(c, now, status="unknown", error=result.error, **common)
         # Failed: the encrypted variables stay, so a batch retry can still send the real code.
         return self._row(c, now, status="failed", error=result.error or "failed", **common)
+
+
+def _longest_allowed(routes: Sequence[Route]) -> int | None:
+    """The longest text any of the routes takes (None: one of them has no limit)."""
+    limits = [r.provider.max_body_length for r in routes]
+    if not limits or any(limit is None for limit in limits):
+        return None
+    return max(limit for limit in limits if limit is not None)
+
+
+def _previous_route(routes: Sequence[Route], c: ClaimedMessage) -> Route | None:
+    """Where an earlier attempt went: its recorded account, else (a worker died before it could
+    record one) the primary route."""
+    if c.provider_account_id is not None:
+        return next((r for r in routes if r.account_id == c.provider_account_id), None)
+    if c.provider is not None:
+        return next((r for r in routes if r.account_id is None and r.name == c.provider), None)
+    return routes[0] if routes else None
 
 
 def _region(c: ClaimedMessage) -> str | None:

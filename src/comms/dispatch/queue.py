@@ -33,6 +33,9 @@ class ClaimedMessage:
     variables: dict[str, str] | None
     attempts: int
     possible_duplicate: bool
+    # The route of an earlier attempt, kept so a possible duplicate can be reconciled there.
+    provider: str | None = None
+    provider_account_id: str | None = None
 
 
 _RETURNING = (
@@ -46,18 +49,25 @@ _RETURNING = (
     Message.variables,
     Message.attempts,
     Message.possible_duplicate,
+    Message.provider,
+    Message.provider_account_id,
 )
 
 
 async def claim_due(
-    session: AsyncSession, worker_id: str, limit: int, now: datetime, lease: timedelta
+    session: AsyncSession,
+    worker_id: str,
+    limit: int,
+    now: datetime,
+    lease: timedelta,
+    max_priority: int | None = None,
 ) -> list[ClaimedMessage]:
-    due = (
-        select(Message.id)
-        .where(CLAIMABLE_SQL, Message.due_at <= now)
-        .order_by(Message.priority, Message.due_at)
-        .limit(limit)
-    )
+    """Lease up to ``limit`` due messages, most urgent category first; ``max_priority`` keeps
+    the claim to the urgent ones (the express lane claims verification codes only)."""
+    due = select(Message.id).where(CLAIMABLE_SQL, Message.due_at <= now)
+    if max_priority is not None:
+        due = due.where(Message.priority <= max_priority)
+    due = due.order_by(Message.priority, Message.due_at).limit(limit)
     if not is_sqlite(session):
         due = due.with_for_update(skip_locked=True)
     stmt = (
