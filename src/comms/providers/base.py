@@ -136,6 +136,11 @@ class Provider:
         """
         return False
 
+    async def prepare_callback(self, headers: Mapping[str, str], body: bytes) -> None:
+        """Fetch what :meth:`verify_callback` needs and cannot fetch itself, being synchronous
+        (e.g. the certificate an SNS message names). Awaited before it; must never raise."""
+        return None
+
     async def handle_control(self, headers: Mapping[str, str], body: bytes) -> bool:
         """Handle a vendor's control message on a callback URL, e.g. an SNS subscription
         confirmation; True when ``body`` was one (and carries no events). Runs after

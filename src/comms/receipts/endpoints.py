@@ -74,6 +74,7 @@ async def _verified(request: Request, provider: str, account_id: str) -> tuple[A
         return reply(404, "no such provider account")
     account, tenant, instance = loaded
     headers = {k.lower(): v for k, v in request.headers.items()}
+    await instance.prepare_callback(headers, body)
     if not instance.verify_callback(headers, body, _public_url(request)):
         log.warning("callback with a bad signature", extra={"account": account_id})
         return reply(401, "bad signature")
