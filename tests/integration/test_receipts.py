@@ -96,6 +96,28 @@ async def test_valid_receipt_applies_and_answers_in_vendor_form(
     assert log["data"]["delivered_at"]
 
 
+async def test_a_receipt_with_only_the_vendors_id_finds_its_item(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    """Vendors that do not echo our log id (Twilio's MessageSid) are matched by their own id,
+    within the account that sent the message; another account's id matches nothing."""
+    log_id = await sent_message(live_service, live_tenant)
+    async with live_service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and row.provider_message_id == f"gw-{log_id[-8:]}"
+    unknown = await post_receipt(
+        live_service, account, [{"event_id": "e0", "message_id": "gw-nothing", "status": "delivered"}]
+    )
+    assert unknown.status_code == 200 and await status_of(live_service, log_id) == "sent"
+    answer = await post_receipt(
+        live_service,
+        account,
+        [{"event_id": "e1", "message_id": row.provider_message_id, "status": "delivered"}],
+    )
+    assert answer.status_code == 200
+    assert await status_of(live_service, log_id) == "delivered"
+
+
 async def test_forged_or_replayed_receipt_is_401_and_changes_nothing(
     live_service: Service, live_tenant: TenantKeys, account: str
 ) -> None:

@@ -18,6 +18,7 @@ CLAIMABLE_SQL = text("status IN ('queued', 'scheduled', 'deferred')")
 SENDING_SQL = text("status = 'sending'")
 _CLAIMABLE_SQL = CLAIMABLE_SQL
 _SENDING_SQL = SENDING_SQL
+_HAS_PROVIDER_ID = text("provider_message_id IS NOT NULL")
 
 
 class Message(Base):
@@ -40,6 +41,13 @@ class Message(Base):
             sqlite_where=_CLAIMABLE_SQL,
         ),
         Index("ix_messages_lease", "lease_until", postgresql_where=_SENDING_SQL, sqlite_where=_SENDING_SQL),
+        Index(
+            "ix_messages_provider_message_id",
+            "provider_account_id",
+            "provider_message_id",
+            postgresql_where=_HAS_PROVIDER_ID,
+            sqlite_where=_HAS_PROVIDER_ID,
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -73,6 +73,8 @@ class DeliveryEvent:
     status: str  # "delivered" | "undelivered"
     error: str | None = None
     bounce: str | None = None  # "hard" | "soft" | "complaint": hard and complaint also suppress
+    # E.164 or email: tells apart the recipients of one vendor id (Aliyun's BizId covers a call).
+    recipient: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -58,12 +58,31 @@ async def store_once(
     return event_id if result.rowcount else None  # type: ignore[attr-defined]
 
 
+async def _find_message(
+    session: AsyncSession, account: ProviderAccount, event: DeliveryEvent
+) -> Message | None:
+    """By our log id where the vendor echoes it, else by the vendor's own id within the account
+    (and the recipient, where one vendor id covers several recipients)."""
+    if event.message_id is not None:
+        found = await session.get(Message, event.message_id)
+        if found is not None and (event.recipient is None or found.recipient == event.recipient):
+            return found
+    if event.provider_message_id is None:
+        return None
+    query = select(Message).where(
+        Message.provider_account_id == account.id,
+        Message.provider_message_id == event.provider_message_id,
+        text("provider_message_id IS NOT NULL"),
+    )
+    if event.recipient is not None:
+        query = query.where(Message.recipient == event.recipient)
+    return (await session.scalars(query.limit(1))).first()
+
+
 async def apply_receipt(
     session: AsyncSession, tenant: Tenant, account: ProviderAccount, event: DeliveryEvent
 ) -> str:
-    if event.message_id is None:
-        return "ignored: no message id"
-    message = await session.get(Message, event.message_id)
+    message = await _find_message(session, account, event)
     if message is None or message.tenant_id != tenant.id:
         return "ignored: unknown message"
     target = Status.DELIVERED if event.status == "delivered" else Status.UNDELIVERED
