@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import update
 
 from comms.dispatch.queue import claim_due, release_expired_leases
-from comms.kit.clock import utcnow
+from comms.kit.clock import set_clock, utcnow
 from comms.models import Message
-from tests.conftest import Service, TenantKeys, statuses, wait_until
+from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
 
 
 async def send(service: Service, tenant: TenantKeys, body: dict[str, Any]) -> dict[str, Any]:
@@ -291,6 +291,45 @@ async def test_a_possible_duplicate_is_reconciled_before_any_resend(
     assert json.loads((service.outbox / "sms" / f"{lost}.json").read_text())["id"] == lost
 
 
+async def test_a_later_batch_interleaves_with_a_big_bulk_of_the_same_priority(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Fair share: another tenant's message accepted 90 ms into a 3,000-message bulk is claimed
+    after the bulk's first ~1,000 rows, not after all 3,000."""
+    start = utcnow()
+    set_clock(lambda: start)
+    try:
+        bulk = await send(
+            service,
+            tenant,
+            {
+                "channel": "sms",
+                "category": "transactional",
+                "content": "Parcel",
+                "recipients": [f"1380013{i:04d}" for i in range(3000)],
+            },
+        )
+        other = await make_tenant(service.db, name="Beta")
+        set_clock(lambda: start + timedelta(milliseconds=90))
+        single = await send(
+            service,
+            other,
+            {"channel": "sms", "category": "transactional", "content": "Hi", "recipients": ["13900139000"]},
+        )
+    finally:
+        set_clock(None)
+    claims: list[set[str]] = []
+    while True:
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, "w", 500, start + timedelta(seconds=1), timedelta(seconds=30))
+        if not claimed:
+            break
+        claims.append({c.batch_id for c in claimed})
+    assert len(claims) == 7 and sum(single["batch_id"] in batches for batches in claims) == 1
+    assert single["batch_id"] in claims[2], claims  # after 2 x 500 bulk rows ranked before it
+    assert all(bulk["batch_id"] in batches for batches in claims[:6])
+
+
 async def test_completion_requires_holding_the_lease(service: Service, tenant: TenantKeys) -> None:
     from comms.dispatch.queue import complete, outcome_time
 
@@ -318,6 +357,7 @@ async def test_completion_requires_holding_the_lease(service: Service, tenant: T
         "variables": None,
         "sent_at": outcome_time(now, service.db.is_sqlite),
         "due_at": None,
+        "rank": None,
         "possible_duplicate": False,
     }
     async with service.db.begin() as session:

@@ -50,6 +50,7 @@ from comms.kit.db import Database
 from comms.kit.ids import new_id
 from comms.kit.ratelimit import LocalLimiter, RateLimiter
 from comms.kit.secretbox import SecretBox
+from comms.messages.fairness import rank_of
 from comms.messages.recipients import region_of_phone
 from comms.models import Tenant
 from comms.providers.base import OutboundMessage, Outcome, SendResult
@@ -490,9 +491,12 @@ class Dispatcher:
             "variables": c.variables,
             "sent_at": None,
             "due_at": None,
+            "rank": None,
             "possible_duplicate": c.possible_duplicate,
         }
         row.update(changes)
+        if row["due_at"] is not None:
+            row["rank"] = rank_of(row["due_at"])
         for field in ("sent_at", "due_at"):
             row[field] = outcome_time(row[field], self.db.is_sqlite)
         return row

@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.kit.db import UTCDateTime, is_sqlite, raw_datetime
+from comms.messages.fairness import rank_of
 from comms.messages.schemas import CATEGORY_PRIORITY
 from comms.models import CLAIMABLE_SQL, SENDING_SQL, Message
 
@@ -67,7 +68,7 @@ async def claim_due(
     due = select(Message.id).where(CLAIMABLE_SQL, Message.due_at <= now)
     if max_priority is not None:
         due = due.where(Message.priority <= max_priority)
-    due = due.order_by(Message.priority, Message.due_at).limit(limit)
+    due = due.order_by(Message.priority, Message.queue_rank).limit(limit)
     if not is_sqlite(session):
         due = due.with_for_update(skip_locked=True)
     stmt = (
@@ -118,17 +119,18 @@ OUTCOME_FIELDS = (
     "variables",
     "sent_at",
     "due_at",
+    "rank",
     "possible_duplicate",
 )
 _SET = """status = {status}, error = {error}, provider = u.provider, provider_account_id = u.account,
     provider_message_id = u.pmid, response = u.response, content = u.content, segments = u.segments,
-    variables = {variables}, sent_at = u.sent_at, due_at = u.due_at,
+    variables = {variables}, sent_at = u.sent_at, due_at = u.due_at, queue_rank = u.rank,
     possible_duplicate = u.possible_duplicate, lease_owner = NULL, lease_until = NULL, updated_at = :now"""
 _SOURCE_SQLITE = f"""(SELECT {", ".join(f"value->>{i} AS {name}" for i, name in enumerate(OUTCOME_FIELDS))}
     FROM json_each(:rows)) AS u"""
 _SOURCE_PG = """json_to_recordset(CAST(:rows AS json)) AS u(id text, status text, error text, provider text,
     account text, pmid text, response text, content text, segments int, variables json,
-    sent_at timestamptz, due_at timestamptz, possible_duplicate boolean)"""
+    sent_at timestamptz, due_at timestamptz, rank bigint, possible_duplicate boolean)"""
 # The usual case, on a plain equality the planner handles well on any table size.
 _WHERE = "WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = '{status}'"
 
@@ -205,6 +207,7 @@ async def release_expired_leases(session: AsyncSession, now: datetime, limit: in
             status="queued",
             possible_duplicate=True,
             due_at=now,
+            queue_rank=rank_of(now),
             lease_owner=None,
             lease_until=None,
             error="a worker stopped mid-send; re-sent once, may be a duplicate",
@@ -254,6 +257,7 @@ async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, 
             lease_until=None,
             possible_duplicate=True,
             due_at=now,
+            queue_rank=rank_of(now),
             updated_at=now,
         )
         .execution_options(synchronize_session=False)

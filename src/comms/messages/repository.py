@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.kit.db import is_sqlite, raw_datetime
+from comms.messages.fairness import FAIR_SLICE, FAIR_STEP_MS, rank_of
 from comms.messages.status import RETRYABLE, Status, allowed_sources
 from comms.models import Batch, Message
 
@@ -48,7 +49,7 @@ class LogItemConstants:
 
 _VARYING = ("id", "recipient", "recipient_key", "status", "error", "variables")
 _SHARED = ("tenant_id", "batch_id", "channel", "category", "user_id", "template_id", "priority")
-_TIMES = ("created_at", "updated_at", "due_at")
+_TIMES = ("created_at", "updated_at", "due_at", "queue_rank")
 _DUE = frozenset({"queued", "scheduled"})
 
 
@@ -71,6 +72,8 @@ class LogItemWriter:
         self._pending: asyncio.Task[None] | None = None
         self._driver: Any = None
         self._sqlite = is_sqlite(session)
+        self._position = 0  # of the next chunk's first row within the batch (fair-share rank)
+        self._rank0 = rank_of(shared.due_at)
 
     async def open(self) -> None:
         conn = await self.session.connection()
@@ -81,7 +84,8 @@ class LogItemWriter:
         await self.wait()
         if not rows:
             return
-        write = self._sqlite_write(rows) if self._sqlite else self._copy(rows)
+        write = self._sqlite_write(rows, self._position) if self._sqlite else self._copy(rows, self._position)
+        self._position += len(rows)
         self._pending = asyncio.ensure_future(write)
         await asyncio.sleep(0)  # let the write reach the driver before the caller gets busy
 
@@ -90,29 +94,37 @@ class LogItemWriter:
         if pending is not None:
             await pending
 
-    async def _sqlite_write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def _sqlite_write(self, rows: Sequence[tuple[Any, ...]], position: int) -> None:
         shared = self.shared
         params: dict[str, Any] = {c: getattr(shared, c) for c in _SHARED}
         params.update(
             created=raw_datetime(shared.created_at, True),
             due=raw_datetime(shared.due_at, True),
+            rank0=self._rank0,
+            position=position,
             rows=_json_encode([_sqlite_due(row) for row in rows] if _has_own_due(rows) else rows).decode(),
         )
         await self._driver.execute(_SQLITE_INSERT, params)
 
-    async def _copy(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    async def _copy(self, rows: Sequence[tuple[Any, ...]], position: int) -> None:
         shared = self.shared
         constants = (*(getattr(shared, c) for c in _SHARED), shared.created_at, shared.created_at)
-        due, not_due = (shared.due_at,), (None,)
+        due, rank0, not_due = shared.due_at, self._rank0, (None, None)
         dumps = _json_encode
         records = [
             (
                 *row[:5],
                 dumps(row[5]).decode() if row[5] else None,
                 *constants,
-                *((row[6],) if row[6] is not None else due if row[3] in _DUE else not_due),
+                *(
+                    (row[6], rank_of(row[6]))
+                    if row[6] is not None
+                    else (due, rank0 + ((position + i) // FAIR_SLICE) * FAIR_STEP_MS)
+                    if row[3] in _DUE
+                    else not_due
+                ),
             )
-            for row in rows
+            for i, row in enumerate(rows)
         ]
         await self._driver.copy_records_to_table(
             "messages", records=records, columns=list(_VARYING + _SHARED + _TIMES)
@@ -124,15 +136,18 @@ def _has_own_due(rows: Sequence[tuple[Any, ...]]) -> bool:
 
 
 def _sqlite_due(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The row with its own due time in SQLite's stored text form."""
-    return row if row[6] is None else (*row[:6], raw_datetime(row[6], True))
+    """The row with its own due time in SQLite's stored text form, and the rank that goes with it."""
+    return row if row[6] is None else (*row[:6], raw_datetime(row[6], True), rank_of(row[6]))
 
 
 _SQLITE_INSERT = (
     f"INSERT INTO messages ({', '.join(_VARYING + _SHARED + _TIMES)}) "
     f"SELECT {', '.join(f'value->>{i}' for i in range(len(_VARYING)))}, "
     f"{', '.join(':' + c for c in _SHARED)}, :created, :created, "
-    "COALESCE(value->>6, CASE WHEN value->>3 IN ('queued', 'scheduled') THEN :due END) FROM json_each(:rows)"
+    "COALESCE(value->>6, CASE WHEN value->>3 IN ('queued', 'scheduled') THEN :due END), "
+    "COALESCE(value->>7, CASE WHEN value->>3 IN ('queued', 'scheduled') "
+    f"THEN :rank0 + ((:position + key) / {FAIR_SLICE}) * {FAIR_STEP_MS} END) "
+    "FROM json_each(:rows)"
 )
 
 
@@ -202,7 +217,15 @@ class MessageRepository:
                 Message.tenant_id == self.tenant_id,
                 Message.status.in_(sorted(RETRYABLE)),
             )
-            .values(status="queued", error=None, due_at=now, updated_at=now, delivered_at=None, attempts=0)
+            .values(
+                status="queued",
+                error=None,
+                due_at=now,
+                queue_rank=rank_of(now),
+                updated_at=now,
+                delivered_at=None,
+                attempts=0,
+            )
             .execution_options(synchronize_session=False)
         )
         return int(result.rowcount or 0)  # type: ignore[attr-defined]

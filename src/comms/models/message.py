@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Index, Integer, SmallInteger, String, Text, text
+from sqlalchemy import BigInteger, Boolean, Index, Integer, SmallInteger, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from comms.kit.db import JSONText, UTCDateTime
@@ -36,7 +36,7 @@ class Message(Base):
         Index(
             "ix_messages_claim",
             "priority",
-            "due_at",
+            "queue_rank",
             postgresql_where=_CLAIMABLE_SQL,
             sqlite_where=_CLAIMABLE_SQL,
         ),
@@ -77,6 +77,10 @@ class Message(Base):
     segments: Mapped[int | None] = mapped_column(Integer)
     possible_duplicate: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The claim order within a priority (epoch ms): a batch's rows are spread over virtual time at
+    # FAIR_RATE (messages/fairness.py), so a later, smaller batch's rows interleave with a big
+    # bulk's instead of waiting behind all of it. Never before due_at: the claim can stop early.
+    queue_rank: Mapped[int | None] = mapped_column(BigInteger)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
