@@ -52,7 +52,8 @@ class AccountUpdate(BaseModel):
 
 def account_data(request: Request, row: ProviderAccount) -> dict[str, Any]:
     cls = service.provider_class(row.provider, row.channel)
-    base = app_state(request).settings.resolved_public_url
+    state = app_state(request)
+    base = state.settings.resolved_public_url
     return {
         "id": row.id,
         "channel": row.channel,
@@ -63,7 +64,9 @@ def account_data(request: Request, row: ProviderAccount) -> dict[str, Any]:
         "secret_fields_set": sorted(f for f in cls.secret_fields if row.config.get(f)),
         "rate_per_second": row.rate_per_second,
         "enabled": row.enabled,
-        "callback_urls": service.callback_urls(base, row.provider, row.id),
+        "callback_urls": service.callback_urls(
+            base, row.provider, row.id, cls.callback_query(service.unseal(cls, row.config, state.secrets))
+        ),
         "created_at": isoformat(row.created_at),
         "updated_at": isoformat(row.updated_at),
     }

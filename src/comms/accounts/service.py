@@ -6,7 +6,9 @@ are stored and never returned by the API; a PUT that leaves one out keeps the st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from pydantic import BaseModel, ValidationError
 
@@ -27,10 +29,14 @@ def provider_class(name: str, channel: str) -> type[Provider]:
     return cls
 
 
-def callback_urls(public_url: str, provider: str, account_id: str) -> dict[str, str]:
-    """Where an account's vendor reports receipts and inbound messages."""
+def callback_urls(
+    public_url: str, provider: str, account_id: str, query: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Where an account's vendor reports receipts and inbound messages (``query``: what the
+    vendor must send back, e.g. the secret token of vendors that sign nothing)."""
     base = f"{public_url.rstrip('/')}/webhooks/{provider}/{account_id}"
-    return {"status": f"{base}/status", "inbound": f"{base}/inbound"}
+    suffix = f"?{urlencode(query)}" if query else ""
+    return {"status": f"{base}/status{suffix}", "inbound": f"{base}/inbound{suffix}"}
 
 
 def validate_config(cls: type[Provider], config: dict[str, Any]) -> BaseModel:

@@ -119,6 +119,13 @@ class Provider:
     can_reconcile: ClassVar[bool] = False
 
     @classmethod
+    def callback_query(cls, config: Any) -> dict[str, str]:
+        """Query parameters the vendor's callback URLs carry: the account's secret
+        ``callback_token`` for vendors that sign nothing they push (Aliyun, Tencent, Kannel)."""
+        token = getattr(config, "callback_token", None)
+        return {"token": token} if isinstance(token, str) and token else {}
+
+    @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
         """An instance for one account, from its validated (and decrypted) config."""
         raise NotImplementedError
