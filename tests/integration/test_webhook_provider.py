@@ -168,7 +168,7 @@ async def test_failover_to_the_secondary_sends_each_message_once(
     secondary = await WebhookSink(SECRET).start()
     live_service.settings.dispatch_batch_size = 5  # many calls, so the primary's breaker opens
     try:
-        await add_account(live_service, live_tenant, primary.url, name="primary", priority=1)
+        first_account = await add_account(live_service, live_tenant, primary.url, name="primary", priority=1)
         await add_account(live_service, live_tenant, secondary.url, name="secondary", priority=2)
         first = await live_service.client.post(
             "/communication/bulk", json=sms_bulk(40), headers=live_tenant.headers()
@@ -196,6 +196,8 @@ async def test_failover_to_the_secondary_sends_each_message_once(
         states = live_service.app.state.dispatcher.router.breaker_states()
         assert "open" in set(states.values())
         assert primary.requests < 16  # once open, the primary is skipped rather than tried per call
+        scraped = (await live_service.client.get("/metrics")).text
+        assert f'comms_provider_breaker_state{{account="{first_account["id"]}"}} 2.0' in scraped  # open
     finally:
         await primary.stop()
         await secondary.stop()
@@ -289,3 +291,67 @@ async def test_a_bulk_in_flight_does_not_hold_back_another_tenants_code(
     counts = await statuses(live_service, batch)
     assert "sent" not in counts, counts  # every one of A's calls was still in flight
     sink.hang_seconds = 0
+
+
+async def test_a_text_too_long_for_the_primary_goes_to_a_route_that_takes_it(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    """Provider capabilities drive routing: Twilio takes at most 1,600 characters, so a longer
+    text goes to the next account; with no account that takes it, it fails with the reason."""
+    from tests.providers.test_twilio import ACCOUNT_SID, AUTH_TOKEN, FROM, TwilioVendor
+
+    twilio = await TwilioVendor().start()
+    try:
+        body = {
+            "channel": "sms",
+            "provider": "twilio",
+            "name": "twilio",
+            "priority": 1,
+            "config": {
+                "account_sid": ACCOUNT_SID,
+                "auth_token": AUTH_TOKEN,
+                "from_number": FROM,
+                "endpoint": twilio.url,
+            },
+        }
+        created = await live_service.client.post(
+            "/communication/providers", json=body, headers=live_tenant.headers()
+        )
+        assert created.status_code == 201, created.text
+        long_text = "x" * 1700
+        only_twilio = await live_service.client.post(
+            "/communication/bulk",
+            json=sms_bulk(1, content=long_text, variables={}),
+            headers=live_tenant.headers(),
+        )
+
+        async def failed() -> bool:
+            return await statuses(live_service, only_twilio.json()["batch_id"]) == {"failed": 1}
+
+        await wait_until(failed)
+        log = await live_service.client.get(
+            f"/communication/logs/{only_twilio.json()['items'][0]['id']}", headers=live_tenant.headers()
+        )
+        assert "the longest a provider takes is 1600" in log.json()["data"]["error"]
+        await add_account(live_service, live_tenant, sink.url, name="long-texts", priority=2)
+        live_service.app.state.dispatcher.router._cache.clear()  # see the new account now, not in 5 s
+        both = await live_service.client.post(
+            "/communication/bulk",
+            json={**sms_bulk(2, variables={}), "content": long_text, "recipients": ["13800138000"]},
+            headers=live_tenant.headers(),
+        )
+        short = await live_service.client.post(
+            "/communication/bulk", json=sms_bulk(1), headers=live_tenant.headers()
+        )
+
+        async def sent() -> bool:
+            return await statuses(live_service, both.json()["batch_id"]) == {"sent": 1} and await statuses(
+                live_service, short.json()["batch_id"]
+            ) == {"sent": 1}
+
+        await wait_until(sent)
+        assert (
+            len(sink.received) == 1 and len(twilio.delivered) == 1
+        )  # long via the webhook, short via Twilio
+    finally:
+        await twilio.stop()
