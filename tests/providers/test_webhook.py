@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from pathlib import Path
 
+import aiohttp
 import msgspec
 from aiohttp import web
 
-from comms.providers.base import OutboundMessage, Provider, ProviderContext
+from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext
 from comms.providers.webhook import WebhookConfig, WebhookProvider, signature
 from tests.providers.contract import Callback, FakeVendor, ProviderContract
 
@@ -17,7 +19,13 @@ SECRET = "contract-secret-0123456789"
 
 
 class WebhookVendor(FakeVendor):
-    """An in-house gateway: checks the HMAC signature and the message shape."""
+    """An in-house gateway: checks the HMAC signature and the message shape; ``failing`` lists
+    the recipients whose requests it answers 503 (a gateway node in trouble)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing: set[str] = set()
+        self.sizes: list[int] = []
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/send", self.handle)
@@ -35,6 +43,9 @@ class WebhookVendor(FakeVendor):
         if self.mode == "fail":
             return web.Response(status=503, text="maintenance")
         messages = msgspec.json.decode(body)["messages"]
+        self.sizes.append(len(messages))
+        if any(m["to"] in self.failing for m in messages):
+            return web.Response(status=503, text="node down")
         if len(messages) > WebhookProvider.max_batch:
             self.refuse(f"{len(messages)} messages in one request")
         results = []
@@ -71,3 +82,31 @@ class TestWebhookContract(ProviderContract):
         timestamp = str(int(time.time()))
         headers = {"x-comms-timestamp": timestamp, "x-comms-signature": signature(SECRET, timestamp, body)}
         return Callback(headers, body, "https://comms.test/webhooks/webhook/acc_test/status")
+
+
+class TestWebhookOneAtATimeContract(TestWebhookContract):
+    """The same contract for a gateway that takes one message per request."""
+
+    def make_provider(self, vendor: FakeVendor, context: ProviderContext) -> Provider:
+        config = WebhookConfig(
+            url=f"{vendor.url}/send", secret=SECRET, timeout_seconds=0.5, batch_size=1, concurrency=4
+        )
+        return WebhookProvider.from_config(config, context)
+
+
+async def test_requests_of_batch_size_run_concurrently_and_settle_per_request() -> None:
+    vendor = await WebhookVendor().start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            config = WebhookConfig(url=f"{vendor.url}/send", secret=SECRET, batch_size=3, concurrency=2)
+            provider = WebhookProvider.from_config(config, ProviderContext(http=http, outbox_dir=Path(".")))
+            messages = TestWebhookContract().outbound(10)
+            vendor.failing = {messages[4].to}  # the second request (messages 3-5) fails
+            results = await provider.send(messages)
+        assert sorted(vendor.sizes) == [1, 3, 3, 3]
+        assert [r.message_id for r in results] == [m.id for m in messages]
+        assert [r.outcome for r in results] == [Outcome.SENT] * 3 + [Outcome.RETRY] * 3 + [Outcome.SENT] * 4
+        assert results[4].error == "HTTP 503: node down"
+        assert set(vendor.delivered) == {m.to for m in messages[:3] + messages[6:]}
+    finally:
+        await vendor.stop()

@@ -11,8 +11,10 @@ Request::
                    "subject": null, "text": "...", "html": null, "segments": 1,
                    "headers": [], "possible_duplicate": false}]}
 
-Answer: any 2xx accepts every message; a JSON body ``{"results": [{"id": "log_...", "status":
-"accepted" | "retry" | "rejected", "message_id": "...", "error": "..."}]}`` decides per message.
+``batch_size`` messages per request (default 500; 1 for gateways that take one message at a
+time), up to ``concurrency`` requests in flight. Answer: any 2xx accepts every message; a JSON
+body ``{"results": [{"id": "log_...", "status": "accepted" | "retry" | "rejected",
+"message_id": "...", "error": "..."}]}`` decides per message.
 429 and 5xx are transient (Retry-After honoured), other 4xx permanent. Receivers should treat
 ``id`` as an idempotency key: a message whose first POST got no answer is posted once more with
 ``possible_duplicate: true``.
@@ -20,6 +22,7 @@ Answer: any 2xx accepts every message; a JSON body ``{"results": [{"id": "log_..
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -30,7 +33,7 @@ import aiohttp
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from comms.errors import PermanentProviderError, TransientProviderError
+from comms.errors import PermanentProviderError, ProviderError, TransientProviderError
 from comms.providers.base import (
     DeliveryEvent,
     InboundSms,
@@ -51,6 +54,13 @@ class WebhookConfig(BaseModel):
     url: str = Field(pattern=r"^https?://", examples=["https://gateway.internal/comms"])
     secret: str = Field(min_length=16, description="Signs each request (HMAC-SHA256).")
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    batch_size: int = Field(
+        default=500,
+        ge=1,
+        le=500,
+        description="Messages per request (1 for gateways that take one at a time).",
+    )
+    concurrency: int = Field(default=8, ge=1, le=64, description="Requests in flight per dispatched batch.")
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -74,6 +84,37 @@ class WebhookProvider(Provider):
         return cls(config, context.http)
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        size = self.config.batch_size
+        if len(messages) <= size:
+            return await self._post(messages)
+        chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
+        gate = asyncio.Semaphore(self.config.concurrency)
+
+        async def one(chunk: Sequence[OutboundMessage]) -> list[SendResult] | ProviderError:
+            async with gate:
+                try:
+                    return await self._post(chunk)
+                except ProviderError as exc:
+                    return exc
+
+        outcomes = await asyncio.gather(*(one(c) for c in chunks))
+        refused = [o for o in outcomes if isinstance(o, ProviderError)]
+        if len(refused) == len(chunks):
+            raise refused[0]  # nothing got through: the dispatcher fails over as for one call
+        results: list[SendResult] = []
+        for chunk, outcome in zip(chunks, outcomes, strict=True):
+            if isinstance(outcome, ProviderError):
+                kind = Outcome.FAILED if isinstance(outcome, PermanentProviderError) else Outcome.RETRY
+                results.extend(
+                    SendResult(m.id, kind, error=outcome.message, retry_after=outcome.retry_after)
+                    for m in chunk
+                )
+            else:
+                results.extend(outcome)
+        return results
+
+    async def _post(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
+        """One request carrying ``messages``; raises when the gateway refused it as a whole."""
         body = _encode({"messages": [_wire(m) for m in messages]})
         timestamp = str(int(time.time()))
         headers = {
