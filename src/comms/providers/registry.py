@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from comms.providers.base import Provider
+from comms.providers.email.sendgrid import SendGridProvider
+from comms.providers.email.ses import SesProvider
 from comms.providers.email.smtp import SmtpProvider
 from comms.providers.outbox import OutboxProvider
 from comms.providers.sms.aliyun import AliyunProvider
@@ -17,4 +19,6 @@ PROVIDERS: dict[str, type[Provider]] = {
     TencentProvider.name: TencentProvider,
     WebhookProvider.name: WebhookProvider,
     SmtpProvider.name: SmtpProvider,
+    SendGridProvider.name: SendGridProvider,
+    SesProvider.name: SesProvider,
 }

@@ -63,9 +63,10 @@ async def _find_message(
 ) -> Message | None:
     """By our log id where the vendor echoes it, else by the vendor's own id within the account
     (and the recipient, where one vendor id covers several recipients)."""
+    key = _recipient_key(event.recipient)
     if event.message_id is not None:
         found = await session.get(Message, event.message_id)
-        if found is not None and (event.recipient is None or found.recipient == event.recipient):
+        if found is not None and (key is None or found.recipient_key == key):
             return found
     if event.provider_message_id is None:
         return None
@@ -74,9 +75,16 @@ async def _find_message(
         Message.provider_message_id == event.provider_message_id,
         text("provider_message_id IS NOT NULL"),
     )
-    if event.recipient is not None:
-        query = query.where(Message.recipient == event.recipient)
+    if key is not None:
+        query = query.where(Message.recipient_key == key)
     return (await session.scalars(query.limit(1))).first()
+
+
+def _recipient_key(recipient: str | None) -> str | None:
+    """As log items key recipients: E.164 as is, email addresses wholly lower-cased."""
+    if recipient is None:
+        return None
+    return recipient.lower() if "@" in recipient else recipient
 
 
 async def apply_receipt(
