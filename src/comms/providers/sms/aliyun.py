@@ -157,7 +157,9 @@ SEND_STATUS: dict[int, tuple[Outcome, str]] = {
     3: (Outcome.SENT, "delivered"),
 }
 
-CALLBACK_ANSWER = json.dumps({"code": 0, "msg": "success"}, ensure_ascii=False, separators=(",", ":")).encode()
+CALLBACK_ANSWER = json.dumps(
+    {"code": 0, "msg": "success"}, ensure_ascii=False, separators=(",", ":")
+).encode()
 
 
 class AliyunConfig(BaseModel):
