@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     outbox_dir: Path | None = None
     secret_key: str | None = None
     public_url: str | None = None
+    # The DNS server that sending-domain checks (SPF, DKIM, DMARC) ask: "host" or "host:port";
+    # unset, the system's resolver (/etc/resolv.conf).
+    dns_nameserver: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
 

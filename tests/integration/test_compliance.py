@@ -3,23 +3,33 @@ the OTP flow limits, retention, and the unsubscribe flows end to end through the
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
+import dns.message
+import dns.rcode
+import dns.rdata
+import dns.rdatatype
+import dns.rrset
 import pytest
 from sqlalchemy import func, select
 
+from comms.compliance import quiet_hours
 from comms.compliance.keywords import handle_inbound_sms
 from comms.compliance.retention import purge_expired_content
+from comms.compliance.settings import TenantSettings
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.dispatch.queue import claim_due
 from comms.kit.clock import set_clock, utcnow
-from comms.models import AuditEvent, Message, Suppression, Tenant
+from comms.models import AuditEvent, Batch, Message, Suppression, Tenant
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
 
 
@@ -733,3 +743,469 @@ async def test_11_complaint_rate_breaker_pauses_marketing_email(service: Service
     assert (await bulk(service, tenant, **marketing_email(category="transactional")))["items"][0][
         "status"
     ] == "queued"
+
+
+# ---- M1: the mailto: unsubscribe --------------------------------------------------------------------
+
+MAILTO = re.compile(r"^<(https://comms\.test/u/log_[^>]+)>, <mailto:(unsub\+[^>@]+@unsub\.acme\.example)>$")
+
+
+async def test_04_mailto_list_unsubscribe_and_the_mail_to_it_suppresses(live_service: Service) -> None:
+    tenant = await make_tenant(live_service.db, "Acme", unsubscribe_mailto_domain="Unsub.Acme.Example.")
+    for address in ("ann@example.com", "bob@example.com"):
+        await opt_in(live_service, tenant, "email", address)
+    created = await bulk(
+        live_service, tenant, **marketing_email(recipients=["ann@example.com", "bob@example.com"])
+    )
+
+    async def sent() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"sent": 2}
+
+    await wait_until(sent)
+    ann, bob = (eml(live_service, item["id"]) for item in created["items"])
+    (header,) = ann.get_all("List-Unsubscribe")
+    match = MAILTO.match(header)  # the HTTPS URI first, then the mailto (RFC 2369, RFC 8058)
+    assert match is not None, header
+    assert header.count("https://") == 1 and ann["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    mailbox = match.group(2)
+    assert len(mailbox.split("@")[0]) <= 64  # a valid local part
+    assert mailbox != MAILTO.match(bob["List-Unsubscribe"]).group(2)  # type: ignore[union-attr]
+
+    async def suppressions() -> list[tuple[str, str]]:
+        async with live_service.db.read() as session:
+            rows = (await session.scalars(select(Suppression))).all()
+        return sorted((r.address or "", r.source) for r in rows)
+
+    url = "/communication/unsubscribe/mailto"
+    # Bad inputs change nothing: not an unsubscribe address, a forged token, no scope, another tenant.
+    local, domain = mailbox.split("@")
+    forged = f"{local[:-1]}{'a' if local[-1] != 'a' else 'b'}@{domain}"  # one letter of the signature
+    other = await make_tenant(live_service.db, "Other")
+    for body, headers, code in (
+        ({"recipient": "ann@example.com"}, tenant.headers(), 422),
+        ({"recipient": mailbox, "sender": "not an address"}, tenant.headers(), 422),
+        ({"recipient": forged}, tenant.headers(), 404),
+        ({"recipient": mailbox}, tenant.headers(tenant.read_only_token), 403),
+        ({"recipient": mailbox}, other.headers(), 404),
+        ({"recipient": mailbox, "extra": 1}, tenant.headers(), 422),
+    ):
+        answer = await live_service.client.post(url, json=body, headers=headers)
+        assert answer.status_code == code, (body, answer.text)
+        assert answer.json()["code"] == code and answer.json()["message"]
+    bad_json = await live_service.client.post(
+        url, content=b"{", headers={**tenant.headers(), "Content-Type": "application/json"}
+    )
+    assert bad_json.status_code == 400
+    assert await suppressions() == []
+
+    # The notification of an inbound-mail service; mail systems may change the local part's case.
+    answer = await live_service.client.post(
+        url, json={"recipient": mailbox.upper(), "sender": "Ann@Example.com"}, headers=tenant.headers()
+    )
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    assert answer.json()["message"] == "suppressed" and data["address"] == "a***@example.com"
+    assert data["sender_is_recipient"] is True
+    assert await suppressions() == [("ann@example.com", "mailto")]
+    again = await live_service.client.post(url, json={"recipient": mailbox}, headers=tenant.headers())
+    assert again.status_code == 200 and again.json()["message"] == "already suppressed"
+
+    # Or the message itself, as an MTA hands it over (RFC 5322), here from a forwarding address.
+    bob_mailbox = MAILTO.match(bob["List-Unsubscribe"]).group(2)  # type: ignore[union-attr]
+    raw = (
+        f"From: Bob <bob.forwarded@example.org>\r\nTo: <{bob_mailbox}>\r\n"
+        "Subject: unsubscribe\r\nMessage-ID: <1@example.org>\r\n\r\nunsubscribe\r\n"
+    ).encode()
+    answer = await live_service.client.post(
+        url, content=raw, headers={**tenant.headers(), "Content-Type": "message/rfc822"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["sender_is_recipient"] is False
+    assert await suppressions() == [("ann@example.com", "mailto"), ("bob@example.com", "mailto")]
+    nxt = await bulk(
+        live_service, tenant, **marketing_email(recipients=["ann@example.com", "bob@example.com"])
+    )
+    assert {(i["status"], i["error"]) for i in nxt["items"]} == {("suppressed", "recipient unsubscribed")}
+    # Without the setting there is only the HTTPS URI (test_04 above); a bad domain is refused.
+    bad = await live_service.client.put(
+        "/communication/settings",
+        json={"unsubscribe_mailto_domain": "not a domain"},
+        headers=tenant.headers(),
+    )
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "unsubscribe_mailto_domain"
+    settings = (await live_service.client.get("/communication/settings", headers=tenant.headers())).json()
+    assert settings["data"]["unsubscribe_mailto_domain"] == "unsub.acme.example"
+
+
+# ---- K2: separate sender streams -----------------------------------------------------------------
+
+
+async def test_15_marketing_and_transactional_use_separate_sender_identities(service: Service) -> None:
+    tenant = await make_tenant(
+        service.db,
+        "Acme",
+        sender_identities=[
+            {"address": "news@acme.example", "streams": ["marketing", "announcement"]},
+            {"address": "no-reply@acme.example", "streams": ["transactional", "verification"]},
+            {"address": "ACMEPROMO", "streams": ["marketing"]},
+            {"address": "ACME", "streams": ["verification", "transactional"]},
+        ],
+    )
+
+    async def sender_of(batch_id: str) -> str | None:
+        async with service.db.read() as session:
+            batch = await session.get(Batch, batch_id)
+        assert batch is not None
+        return batch.sender
+
+    # The default sender follows the category's stream.
+    promo = await bulk(service, tenant, **marketing_email())
+    receipt = await bulk(service, tenant, **marketing_email(category="transactional"))
+    assert await sender_of(promo["batch_id"]) == "news@acme.example"
+    assert await sender_of(receipt["batch_id"]) == "no-reply@acme.example"
+    code = await bulk(
+        service, tenant, channel="sms", category="verification", content="Code {{ code }}",
+        variables={"code": "1"}, recipients=["13800138000"],
+    )  # fmt: skip
+    assert await sender_of(code["batch_id"]) == "ACME"
+    # Marketing from a transactional identity, and the other way round, is a 422 naming the sender.
+    for body in (
+        marketing_email(sender="no-reply@acme.example"),
+        marketing_email(category="transactional", sender="News@Acme.example"),
+        {"channel": "sms", "category": "marketing", "content": "Sale", "recipients": ["13800138000"],
+         "sender": "ACME"},
+        {"channel": "sms", "category": "transactional", "content": "Shipped", "recipients": ["13800138000"],
+         "sender": "ACMEPROMO"},
+    ):  # fmt: skip
+        answer = await bulk(service, tenant, 422, **body)
+        (error,) = answer["errors"]
+        assert error["field"] == "sender" and error["message"].startswith("sender_stream_mismatch"), error
+    # No identity for a stream at all: announcement SMS has none here.
+    none = await bulk(
+        service,
+        tenant,
+        422,
+        channel="sms",
+        category="announcement",
+        content="We moved",
+        recipients=["13800138000"],
+    )
+    assert none["errors"][0]["message"].startswith("no_sender_for_stream")
+    async with service.db.read() as session:
+        batches = await session.scalar(
+            select(func.count()).select_from(Batch).where(Batch.tenant_id == tenant.tenant_id)
+        )
+    assert batches == 3  # the refused requests stored nothing
+    # A plain string stays an identity for every stream (the old form), and both forms mix.
+    changed = await service.client.put(
+        "/communication/settings",
+        json={
+            "sender_identities": [
+                "all@acme.example",
+                {"address": "deals@acme.example", "streams": ["marketing"]},
+            ]
+        },
+        headers=tenant.headers(),
+    )
+    assert changed.status_code == 200, changed.text
+    assert (
+        await sender_of((await bulk(service, tenant, **marketing_email()))["batch_id"])
+    ) == "all@acme.example"
+    deals = await bulk(service, tenant, **marketing_email(sender="deals@acme.example"))
+    assert await sender_of(deals["batch_id"]) == "deals@acme.example"
+    wrong = await service.client.put(
+        "/communication/settings",
+        json={"sender_identities": [{"address": "x@acme.example", "streams": ["promo"]}]},
+        headers=tenant.headers(),
+    )
+    assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"].startswith("sender_identities")
+    kept = (await service.client.get("/communication/settings", headers=tenant.headers())).json()["data"]
+    assert kept["sender_identities"][0] == "all@acme.example"
+
+
+# ---- M5: sending-domain authentication through a real DNS server ------------------------------------
+
+
+class DnsServer(asyncio.DatagramProtocol):
+    """A UDP DNS server on 127.0.0.1 answering TXT queries from ``records`` (dnspython's message API)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[str]] = {}
+        self.servfail: set[str] = set()
+        self.queries: list[str] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True).lower()
+        self.queries.append(name)
+        texts = self.records.get(name, [])
+        if name in self.servfail:
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif question.rdtype == dns.rdatatype.TXT and texts:
+            rdatas = [
+                dns.rdata.from_text(
+                    "IN", "TXT", " ".join(f'"{t[i : i + 255]}"' for i in range(0, len(t), 255))
+                )
+                for t in texts
+            ]
+            response.answer.append(dns.rrset.from_rdata_list(question.name, 60, rdatas))
+        elif not any(k == name or k.endswith("." + name) for k in self.records):
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        assert self.transport is not None
+        self.transport.sendto(response.to_wire(), addr)
+
+
+@pytest.fixture
+async def dns_server(settings: Any) -> AsyncIterator[DnsServer]:
+    server = DnsServer()
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: server, local_addr=("127.0.0.1", 0)
+    )
+    settings.dns_nameserver = "127.0.0.1:{}".format(transport.get_extra_info("sockname")[1])
+    yield server
+    transport.close()
+
+
+DKIM_KEY = "v=DKIM1; k=rsa; p=" + base64.b64encode(bytes(range(94))).decode()
+
+
+async def test_09_marketing_email_needs_spf_dkim_and_dmarc(service: Service, dns_server: DnsServer) -> None:
+    tenant = await make_tenant(
+        service.db,
+        "Acme",
+        require_dns_authentication=True,
+        sender_identities=["news@acme.example", "promo@gmail.com", "ACME"],
+    )
+    await opt_in(service, tenant, "email", "ann@example.com")
+    h = tenant.headers()
+
+    async def verify(domain: str, body: dict[str, Any] | None = None, expect: int = 200) -> dict[str, Any]:
+        answer = await service.client.post(
+            f"/communication/settings/domains/{domain}/verify", json=body, headers=h
+        )
+        assert answer.status_code == expect, answer.text
+        return dict(answer.json())
+
+    unverified = await bulk(service, tenant, 422, **marketing_email())
+    assert unverified["errors"][0]["field"] == "sender"
+    assert "acme.example has not been verified" in unverified["errors"][0]["message"]
+    # Transactional mail is not held to it.
+    assert (await bulk(service, tenant, **marketing_email(category="transactional")))["items"][0][
+        "status"
+    ] == "queued"
+    assert (await verify("acme.example", expect=422))["errors"][0]["field"] == "dkim_selectors"
+
+    dns_server.records["acme.example"] = ["v=spf1 include:_spf.comms.test -all", "google-site-verification=x"]
+    first = (await verify("acme.example", {"dkim_selectors": ["s1"]}))["data"]
+    assert first["spf"]["ok"] and not first["dkim"]["ok"] and not first["dmarc"]["ok"]
+    assert first["verified"] is False and "s1._domainkey.acme.example" in first["dkim"]["detail"]
+    assert {"acme.example", "s1._domainkey.acme.example", "_dmarc.acme.example"} <= set(dns_server.queries)
+    refused = await bulk(service, tenant, 422, **marketing_email())
+    message = refused["errors"][0]["message"]
+    assert "missing DKIM, DMARC" in message and "SPF:" not in message
+
+    dns_server.records["s1._domainkey.acme.example"] = [DKIM_KEY]
+    dns_server.records["_dmarc.acme.example"] = ["v=DMARC1; p=none; rua=mailto:dmarc@acme.example"]
+    second = await verify("ACME.example.")  # the stored selectors are used again; the name normalized
+    assert second["data"]["verified"] is True and second["message"] == "acme.example verified"
+    assert second["data"]["dmarc"]["detail"].startswith("DMARC p=none")
+    assert (await bulk(service, tenant, **marketing_email()))["items"][0]["status"] == "queued"
+    stored = (await service.client.get("/communication/settings", headers=h)).json()["data"]["email_domains"]
+    assert stored["acme.example"]["verified"] is True and stored["acme.example"]["dkim_selectors"] == ["s1"]
+
+    # The verdict is comms' own: a tenant cannot write it; a DNS failure changes nothing (503).
+    forged = await service.client.put(
+        "/communication/settings",
+        json={"email_domains": {"other.example": stored["acme.example"]}},
+        headers=h,
+    )
+    assert forged.status_code == 422 and forged.json()["errors"][0]["field"] == "email_domains"
+    dns_server.servfail.add("acme.example")
+    assert (await verify("acme.example", expect=503))["code"] == 503
+    dns_server.servfail.clear()
+    assert (await service.client.get("/communication/settings", headers=h)).json()["data"][
+        "email_domains"
+    ] == stored
+    # A record that is removed later fails the next check, and marketing stops again.
+    del dns_server.records["s1._domainkey.acme.example"]
+    again = await verify("acme.example")
+    assert (
+        again["data"]["verified"] is False and again["message"] == "acme.example not verified: missing DKIM"
+    )
+    assert "missing DKIM" in (await bulk(service, tenant, 422, **marketing_email()))["errors"][0]["message"]
+
+    # No From on a mailbox provider's domain (Gmail: no impersonation of gmail.com), in any category.
+    for category in ("marketing", "transactional"):
+        gmail = await bulk(
+            service, tenant, 422, **marketing_email(category=category, sender="promo@gmail.com")
+        )
+        assert gmail["errors"][0]["message"].startswith(
+            "mailbox_provider_domain: comms cannot send as gmail.com"
+        )
+    assert (await verify("mail.gmail.com", {"dkim_selectors": ["s1"]}, expect=422))["errors"][0][
+        "field"
+    ] == "domain"
+    assert (await verify("not_a_domain", {"dkim_selectors": ["s1"]}, expect=422))["errors"][0][
+        "field"
+    ] == "domain"
+    assert (await verify("acme.example", {"dkim_selectors": ["bad selector"]}, expect=422))["code"] == 422
+
+
+async def test_09_dns_record_rules(service: Service, dns_server: DnsServer) -> None:
+    tenant = await make_tenant(service.db, "Acme", require_dns_authentication=True)
+
+    async def check(domain: str) -> dict[str, Any]:
+        answer = await service.client.post(
+            f"/communication/settings/domains/{domain}/verify",
+            json={"dkim_selectors": ["old", "s2"]},
+            headers=tenant.headers(),
+        )
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["data"])
+
+    records = dns_server.records
+    # A sub-domain: DMARC found at the parent (the organizational domain), whose sp= applies.
+    records["mail.shop.example"] = ["v=spf1 ip4:192.0.2.1 ~all"]
+    records["old._domainkey.mail.shop.example"] = ["v=DKIM1; p="]  # revoked
+    records["s2._domainkey.mail.shop.example"] = [DKIM_KEY]
+    records["_dmarc.shop.example"] = ["v=DMARC1; p=reject; sp=quarantine"]
+    sub = await check("mail.shop.example")
+    assert sub["verified"] is True, sub
+    assert sub["dkim"]["detail"] == "DKIM key at s2._domainkey.mail.shop.example"
+    assert (
+        sub["dmarc"]["detail"] == "DMARC p=quarantine at _dmarc.shop.example (applies to mail.shop.example)"
+    )
+    # +all, two SPF records, a DMARC record without a valid p=, a revoked key only.
+    records["open.example"] = ["v=spf1 +all"]
+    records["_dmarc.open.example"] = ["v=DMARC1; p=monitor"]
+    records["old._domainkey.open.example"] = ["v=DKIM1; p="]
+    records["twice.example"] = ["v=spf1 -all", "v=spf1 mx -all"]
+    opened, twice = await check("open.example"), await check("twice.example")
+    assert "allows any sender" in opened["spf"]["detail"] and opened["spf"]["ok"] is False
+    assert "no valid p=" in opened["dmarc"]["detail"] and "revoked" in opened["dkim"]["detail"]
+    assert "2 SPF records" in twice["spf"]["detail"]
+    assert not (twice["spf"]["ok"] or twice["dkim"]["ok"] or twice["dmarc"]["ok"])
+    assert twice["dmarc"]["detail"].startswith("no DMARC record")
+
+
+# ---- S2: a number whose time zone is not known to one zone -----------------------------------------
+
+
+async def test_08_unknown_time_zone_uses_the_strictest_window_of_the_country(
+    service: Service, frozen_clock: list[datetime]
+) -> None:
+    tenant = await make_tenant(service.db, "Acme", "US")
+    known, alaska, toll_free = "+14155552671", "+19075551234", "+18005551234"
+    for number in (known, alaska, toll_free):
+        await opt_in(service, tenant, "sms", number, basis="written")
+    # 09:00 in San Francisco (known from the area code); 07:00 on the western Aleutians (907 spans
+    # Anchorage and Adak); a toll-free number may be anywhere in the US, Hawaii included.
+    frozen_clock[0] = datetime(2026, 11, 26, 17, 0, tzinfo=UTC)
+    body = {
+        "channel": "sms",
+        "category": "marketing",
+        "content": "Sale",
+        "recipients": [known, alaska, toll_free],
+    }
+    items = (await bulk(service, tenant, **body))["items"]
+    assert [i["status"] for i in items] == ["queued", "deferred", "deferred"]
+    # 08:00 in Honolulu and Adak (UTC-10): the last of the US zones to open.
+    assert all("deferred until 2026-11-26T18:00:00Z" in i["error"] for i in items[1:])
+    # Released when the window opens in every zone, not before.
+    frozen_clock[0] = datetime(2026, 11, 26, 17, 59, 59, tzinfo=UTC)
+    async with service.db.begin() as session:
+        early = await claim_due(session, "w", 10, utcnow(), timedelta(seconds=30))
+    assert [c.id for c in early] == [items[0]["id"]]
+    frozen_clock[0] = datetime(2026, 11, 26, 18, 0, 1, tzinfo=UTC)
+    async with service.db.begin() as session:
+        opened = await claim_due(session, "w", 10, utcnow(), timedelta(seconds=30))
+    assert {c.id for c in opened} == {items[1]["id"], items[2]["id"]}
+    # 21:00 in New York (UTC-5) closes the window for the toll-free number, not for San Francisco.
+    frozen_clock[0] = datetime(2026, 11, 27, 2, 30, tzinfo=UTC)
+    late = (await bulk(service, tenant, **{**body, "recipients": [known, toll_free]}))["items"]
+    assert late[0]["status"] == "queued"
+    assert (late[1]["status"], late[1]["error"]) == (
+        "deferred",
+        "quiet hours: deferred until 2026-11-27T18:00:00Z",
+    )
+    # A window narrower than the zones' spread leaves no moment that is inside it everywhere: the
+    # request says so at once (and a queued one would wait, re-checked daily, never sent outside it).
+    narrow = await make_tenant(service.db, "Narrow", "US", quiet_hours={"US": "09:00-12:00"})
+    await opt_in(service, narrow, "sms", toll_free, basis="written")
+    await opt_in(service, narrow, "sms", known, basis="written")
+    frozen_clock[0] = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)  # 10:00 in San Francisco
+    refused = (await bulk(service, narrow, **{**body, "recipients": [known, toll_free]}))["items"]
+    assert refused[0]["status"] == "queued"
+    assert refused[1]["status"] == "rejected"
+    assert refused[1]["error"].startswith("quiet hours: no time is inside 09:00-12:00 in all 11 time zones")
+    narrow_settings = TenantSettings(quiet_hours={"US": "09:00-12:00"})
+    assert quiet_hours.deferral(utcnow(), toll_free, "US", narrow_settings) == utcnow() + timedelta(days=1)
+
+
+# ---- S9: the daily limit of notification and promotional SMS --------------------------------------
+
+
+async def test_sms_daily_limit_per_number_for_non_verification_sms(
+    live_service: Service, live_tenant: TenantKeys, frozen_clock: list[datetime]
+) -> None:
+    """S9: at most ``sms_daily_limit`` notification/promotional SMS per number per day, counted
+    from what reached a provider and checked just before the send (``rejected``, ``rate limited``);
+    verification codes have their own limits and are not counted here."""
+    service, tenant = live_service, live_tenant
+    frozen_clock[0] = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)  # noon in Shanghai: no quiet hours
+    invalid = await service.client.put(
+        "/communication/settings", json={"sms_daily_limit": 0}, headers=tenant.headers()
+    )
+    assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "sms_daily_limit"
+    lowered = await service.client.put(
+        "/communication/settings", json={"sms_daily_limit": 3}, headers=tenant.headers()
+    )
+    assert lowered.status_code == 200
+    number = "13800138000"
+    notice = {
+        "channel": "sms",
+        "category": "transactional",
+        "content": "Parcel {{ p }}",
+        "variables": {"p": "1"},
+    }
+
+    async def settled(body: dict[str, Any]) -> dict[str, Any]:
+        answer = await bulk(service, tenant, **body)
+
+        async def done() -> bool:
+            counts = await statuses(service, answer["batch_id"])
+            return not set(counts) & {"queued", "sending"}
+
+        await wait_until(done)
+        async with service.db.read() as session:
+            rows = (
+                await session.scalars(select(Message).where(Message.batch_id == answer["batch_id"]))
+            ).all()
+        return {row.recipient: (row.status, row.error) for row in rows}
+
+    for _ in range(3):
+        assert await settled({**notice, "recipients": [number]}) == {"+8613800138000": ("sent", None)}
+    # The 4th of the day, of any category but verification, is refused before any provider.
+    assert await settled({**notice, "recipients": [number, "13900139000"]}) == {
+        "+8613800138000": ("rejected", "rate limited"),
+        "+8613900139000": ("sent", None),
+    }
+    await opt_in(service, tenant, "sms", number)
+    promo = {"channel": "sms", "category": "marketing", "content": "Sale", "recipients": [number]}
+    assert await settled(promo) == {"+8613800138000": ("rejected", "rate limited")}
+    code = {
+        "channel": "sms",
+        "category": "verification",
+        "content": "Code {{ code }}",
+        "variables": {"code": "1"},
+    }
+    assert await settled({**code, "recipients": [number]}) == {"+8613800138000": ("sent", None)}
+    # A day later the window has moved on.
+    frozen_clock[0] += timedelta(days=1, seconds=1)
+    assert await settled({**notice, "recipients": [number]}) == {"+8613800138000": ("sent", None)}

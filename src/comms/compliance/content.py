@@ -2,7 +2,8 @@
 
 Email (marketing, and announcement as subscription mail):
   * ``List-Unsubscribe: <https://.../u/TOKEN>`` and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``
-    (RFC 2369, RFC 8058; Gmail and Yahoo bulk-sender rules), and a ``List-Id`` per tenant;
+    (RFC 2369, RFC 8058; Gmail and Yahoo bulk-sender rules), the HTTPS URI first and then, when the
+    tenant set ``unsubscribe_mailto_domain``, ``<mailto:unsub+TOKEN@that domain>``; a ``List-Id`` per tenant;
   * a footer with the unsubscribe link and the tenant's postal address (CAN-SPAM 7704(a)(3),(5)),
     and for marketing the tenant's ad disclosure when it has one (7704(a)(5)(A)(i)).
 SMS:
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from comms.compliance.settings import TenantSettings
-from comms.compliance.unsubscribe import UnsubscribeSigner, unsubscribe_url
+from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_address, unsubscribe_url
 
 SUBSCRIPTION_CATEGORIES = frozenset({"marketing", "announcement"})
 DEFAULT_OPT_OUT = {"CN": "回T退订"}
@@ -42,8 +43,12 @@ class MessageDecorator:
         if category not in SUBSCRIPTION_CATEGORIES:
             return EmailExtras(tuple(headers), "", "")
         url = unsubscribe_url(self.public_url, self.signer.token(log_id))
+        uris = f"<{url}>"
+        if settings.unsubscribe_mailto_domain:
+            mailbox = mailto_address(self.signer.mailto_token(log_id), settings.unsubscribe_mailto_domain)
+            uris += f", <mailto:{mailbox}>"
         headers += [
-            ("List-Unsubscribe", f"<{url}>"),
+            ("List-Unsubscribe", uris),
             ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             ("List-Id", f"{_list_label(tenant_name)} <{tenant_id.replace('_', '-')}.{category}.comms>"),
         ]

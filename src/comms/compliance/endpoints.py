@@ -1,9 +1,14 @@
-"""HTTP routes of the compliance domain: settings, suppressions, consents, erasure, audit trail,
-and the public unsubscribe page (``/u/{token}``, RFC 8058 one-click)."""
+"""HTTP routes of the compliance domain: settings, sending-domain verification, suppressions,
+consents, erasure, audit trail, the ``mailto:`` unsubscribe, and the public unsubscribe page
+(``/u/{token}``, RFC 8058 one-click)."""
 
 from __future__ import annotations
 
 import html
+import json
+from email import policy
+from email.parser import BytesParser
+from email.utils import getaddresses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,15 +17,29 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from comms.compliance import audit, service
+from comms.compliance.dns_auth import (
+    DnsUnavailable,
+    authenticate_domain,
+    impersonated_provider,
+    make_resolver,
+    valid_selector,
+)
 from comms.compliance.repository import ConsentStore, SuppressionStore
-from comms.compliance.schemas import ConsentCreate, ErasureCreate, SuppressionCreate
-from comms.compliance.settings import TenantSettings, load_settings
-from comms.compliance.unsubscribe import UnsubscribeSigner
-from comms.errors import BadRequest, FieldError, NotFound, ValidationFailed
+from comms.compliance.schemas import (
+    ConsentCreate,
+    DomainVerify,
+    ErasureCreate,
+    MailtoUnsubscribe,
+    SuppressionCreate,
+)
+from comms.compliance.settings import READ_ONLY_FIELDS, TenantSettings, load_settings, normalize_domain
+from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_token_of
+from comms.errors import BadRequest, FieldError, NotFound, Unavailable, ValidationFailed
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import reply
 from comms.kit.masking import mask_recipient
 from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
+from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
 from comms.state import app_state
@@ -64,6 +83,9 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     if not isinstance(changes, dict) or not changes:
         raise ValidationFailed.single("body", "expected an object with the settings to change")
     merged = load_settings(principal.tenant.settings).model_dump()
+    for name, how in READ_ONLY_FIELDS.items():
+        if name in changes and changes[name] != merged.get(name):
+            raise ValidationFailed.single(name, f"read-only: {how}")
     merged.update(changes)
     try:
         validated = TenantSettings.model_validate(merged)
@@ -88,6 +110,56 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
             fields=sorted(changes),
         )
     return reply(200, "updated", data=validated.model_dump())
+
+
+@router.post("/settings/domains/{domain}/verify", responses=ERROR_RESPONSES)
+async def verify_domain(
+    request: Request, domain: str, principal: AdminPrincipal, body: DomainVerify | None = None
+) -> Any:
+    """Look up the sending domain's SPF, DKIM and DMARC records and store the verdict in the
+    settings (``email_domains``). Marketing email needs all three to pass (COMPLIANCE.md M5).
+    The answer is 200 with the verdict, passed or not; 503 when the DNS could not be asked."""
+    try:
+        name = normalize_domain(domain)
+    except ValueError as exc:
+        raise ValidationFailed.single("domain", str(exc)) from None
+    provider = impersonated_provider(name)
+    if provider is not None:
+        raise ValidationFailed.single(
+            "domain",
+            f"{provider} is a mailbox provider's domain: only its owner can authenticate mail from it",
+        )
+    current = load_settings(principal.tenant.settings)
+    earlier = current.email_domains.get(name)
+    selectors = (body.dkim_selectors if body else None) or (earlier.dkim_selectors if earlier else None)
+    if not selectors:
+        raise ValidationFailed.single(
+            "dkim_selectors",
+            f"required the first time: the selector(s) your DKIM signer uses (s1 for s1._domainkey.{name})",
+        )
+    bad = [s for s in selectors if not valid_selector(s)]
+    if bad:
+        raise ValidationFailed.single("dkim_selectors", f"not a DKIM selector: {bad[0]!r}")
+    state = app_state(request)
+    try:
+        result = await authenticate_domain(
+            make_resolver(state.settings.dns_nameserver), name, list(dict.fromkeys(selectors)), utcnow()
+        )
+    except DnsUnavailable as exc:
+        raise Unavailable(f"{exc}; nothing was changed, try again later") from None
+    async with state.db.begin() as session:
+        tenant = await session.get(Tenant, principal.tenant_id)
+        assert tenant is not None
+        fresh = load_settings(tenant.settings)
+        fresh.email_domains[name] = result
+        tenant.settings = fresh.model_dump()
+        tenant.updated_at = utcnow()
+        audit.record(
+            session, tenant.id, "domain.verified", actor=principal.key_id, ip=_ip(request),
+            domain=name, verified=result.verified, missing=result.missing(),
+        )  # fmt: skip
+    verdict = "verified" if result.verified else f"not verified: missing {', '.join(result.missing())}"
+    return reply(200, f"{name} {verdict}", data={"domain": name, **result.model_dump()})
 
 
 def _address_filter(principal: Principal, channel: Channel | None, address: str | None) -> str | None:
@@ -162,6 +234,83 @@ async def delete_suppression(
     if not removed:
         raise NotFound("no suppression for this address")
     return reply(200, "suppression removed")
+
+
+def _mailto_request(content_type: str, raw: bytes) -> tuple[str | None, str | None]:
+    """(recipient, sender) from a JSON notification or a raw RFC 5322 message."""
+    if content_type.startswith("message/rfc822"):
+        message = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
+        candidates: list[str] = []
+        for header in ("Delivered-To", "X-Original-To", "Envelope-To", "To", "Cc"):
+            candidates += [addr for _, addr in getaddresses(message.get_all(header, []))]
+        recipient = next((a for a in candidates if mailto_token_of(a)), candidates[0] if candidates else None)
+        senders = [addr for _, addr in getaddresses(message.get_all("From", []))]
+        return recipient, (senders[0] if senders else None)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise BadRequest("malformed JSON (or send the message itself as message/rfc822)") from None
+    try:
+        body = MailtoUnsubscribe.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ValidationFailed.single(field, first["msg"]) from None
+    return body.recipient, body.sender
+
+
+@router.post(
+    "/unsubscribe/mailto",
+    responses=ERROR_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": MailtoUnsubscribe.model_json_schema()},
+                "message/rfc822": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+)
+async def mailto_unsubscribe(request: Request, principal: SuppressionsWritePrincipal) -> Any:
+    """An email to the ``<mailto:unsub+TOKEN@domain>`` of a List-Unsubscribe header (RFC 2369):
+    its recipient address and sender as JSON, or the message itself as ``message/rfc822``. A
+    genuine token of the caller's tenant suppresses the message's recipient at once (source
+    ``mailto``); the token, not the sender, says who (forwarded mail and aliases still work)."""
+    recipient, sender = _mailto_request(request.headers.get("content-type", "").lower(), await request.body())
+    token = mailto_token_of(recipient) if recipient else None
+    if token is None:
+        raise ValidationFailed.single(
+            "recipient", "expected the unsubscribe address unsub+TOKEN@domain of a List-Unsubscribe header"
+        )
+    sender_key: str | None = None
+    if sender:
+        try:
+            sender_key = recipient_key("email", normalize_email(sender))
+        except InvalidRecipient as exc:
+            raise ValidationFailed.single("sender", exc.reason) from None
+    state = app_state(request)
+    log_id = UnsubscribeSigner(state.settings.resolved_secret_key).verify_mailto(token, utcnow())
+    if log_id is None:
+        raise NotFound("unsubscribe token not valid")
+    async with state.db.begin() as session:
+        message = await session.get(Message, log_id)
+        if message is not None and message.tenant_id != principal.tenant_id:
+            raise NotFound("unsubscribe token not valid")
+        if message is None:
+            # Erased since: the erasure left a do-not-contact entry already.
+            return reply(200, "nothing to suppress: that message's log item no longer exists")
+        who = service.contact_of_message(principal.tenant, message)
+        changed = await service.suppress(
+            session, principal.tenant, who, "unsubscribed", "mailto", actor=principal.key_id, ip=_ip(request)
+        )
+    data = {
+        "log_id": log_id,
+        "channel": who.channel,
+        "address": mask_recipient(who.channel, who.address),
+        "sender_is_recipient": sender_key == who.key,
+    }
+    return reply(200, "suppressed" if changed else "already suppressed", data=data)
 
 
 # ---- consents ------------------------------------------------------------------------------------

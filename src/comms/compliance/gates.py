@@ -12,6 +12,11 @@ transactional     bounce/complaint only        no
 announcement      yes                          no
 marketing         yes                          by recipient region's policy
 ================  ==========================  ===============================
+
+Flow limits per number: verification SMS by ``otp_limits`` (1/min, 5/h, 10/day), at acceptance
+(they count accepted codes, so a burst is refused before it is stored); every other SMS by
+``sms_daily_limit`` (50 a day), just before the send (it counts what reached a provider, and one
+grouped query per claimed batch keeps it off the acceptance path of a 100,000-recipient bulk).
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance.addresses import address_hash
-from comms.compliance.repository import ConsentRepository, SuppressionRepository, verification_counts
+from comms.compliance.repository import (
+    ConsentRepository,
+    SuppressionRepository,
+    numbers_at_daily_limit,
+    verification_counts,
+)
 from comms.compliance.settings import ConsentPolicy, TenantSettings
 from comms.kit.clock import utcnow
 from comms.models import Consent
@@ -98,6 +108,7 @@ class AcceptanceGate:
         salt: str,
         check_suppression: bool,
         check_flow: bool = False,
+        check_daily: bool = False,
     ) -> None:
         self.session = session
         self.tenant_id = tenant_id
@@ -108,7 +119,9 @@ class AcceptanceGate:
         self._check_suppression = check_suppression
         self._check_consent = category == "marketing"
         self._check_flow = check_flow
+        self._check_daily = check_daily
         self._flow: dict[str, tuple[int, int, int]] = {}
+        self._at_daily_limit: set[str] = set()
         self._suppressed: dict[str, str] = {}
         self._consents: dict[str, Consent] = {}
         self._hashes: dict[str, str] = {}
@@ -130,13 +143,20 @@ class AcceptanceGate:
         check_suppression = (
             category != "verification" and await SuppressionRepository(session, tenant_id).count(channel) > 0
         )
-        check_flow = not at_dispatch and category == "verification" and channel == "sms"
-        return cls(session, tenant_id, channel, category, settings, salt, check_suppression, check_flow)
+        check_flow = not at_dispatch and channel == "sms" and category == "verification"
+        check_daily = at_dispatch and channel == "sms" and category != "verification"
+        return cls(
+            session, tenant_id, channel, category, settings, salt, check_suppression, check_flow, check_daily
+        )
 
     async def load(self, keys: Sequence[str]) -> None:
         """Fetch what is needed to :meth:`check` these recipients."""
         if self._check_flow and keys:
             self._flow.update(await verification_counts(self.session, self.tenant_id, keys, utcnow()))
+        if self._check_daily and keys:
+            self._at_daily_limit |= await numbers_at_daily_limit(
+                self.session, self.tenant_id, keys, utcnow(), self.settings.sms_daily_limit
+            )
         if not (self._check_suppression or self._check_consent) or not keys:
             return
         salt, channel = self.salt, self.channel
@@ -156,7 +176,7 @@ class AcceptanceGate:
     @property
     def needs_check(self) -> bool:
         """False when no recipient can be stopped (nothing suppressed, no consent rule): skip the loop."""
-        return self._check_suppression or self._check_consent or self._check_flow
+        return self._check_suppression or self._check_consent or self._check_flow or self._check_daily
 
     @property
     def needs_region(self) -> bool:
@@ -174,8 +194,16 @@ class AcceptanceGate:
                 used[0] >= limits.per_minute or used[1] >= limits.per_hour or used[2] >= limits.per_day
             ):
                 return "rejected", RATE_LIMITED
-            if not self._hashes:
-                return None
+        if self._check_suppression or self._check_consent:
+            verdict = self._check_lists(key, region)
+            if verdict is not None:
+                return verdict
+        if self._check_daily and key in self._at_daily_limit:
+            return "rejected", RATE_LIMITED
+        return None
+
+    def _check_lists(self, key: str, region: str | None) -> tuple[str, str] | None:
+        """Suppression list and consent."""
         digest = self._hashes[key]
         hit = self._suppressed.get(digest)
         if hit is not None:

@@ -4,22 +4,33 @@
 * China: promotional SMS only 08:00-20:00 Asia/Shanghai (carrier rule, Aliyun);
 * elsewhere 08:00-20:00 by default; a tenant sets its own per country.
 
-The number's time zones come from phonenumbers' prefix data; where a number may be in several
-zones (unknown area, a country spanning zones), the message waits until it is inside the window
-in EVERY one of them: the strictest reading.
+The number's time zones come from phonenumbers' prefix data (US numbers: by area code). Where a
+number may be in several zones, or its zone is unknown, the message waits until it is inside the
+window in EVERY zone it may be in: the strictest window across them (COMPLIANCE.md S2).
+
+* an ambiguous number (a toll-free +1 800 number is listed in every NANP zone from Guam to
+  Samoa) is held to the zones of its own country among those (the 11 US ones);
+* a number with no known zone is held to every zone of its country (the tz database's
+  ``zone.tab``; without it, every zone of its calling code);
+* when those zones share no moment inside the window at all (a tenant's narrow window in a wide
+  country), acceptance rejects the message and a queued one waits a day at a time, re-checked:
+  it is never sent outside the window somewhere.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta
-from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache, lru_cache
+from pathlib import Path
+from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
+from phonenumbers.tzdata import TIMEZONE_DATA
 
 from comms.compliance.settings import TenantSettings
+from comms.kit.clock import isoformat
 
 DEFAULT_WINDOWS = {"US": "08:00-21:00", "CN": "08:00-20:00"}
 DEFAULT_WINDOW = "08:00-20:00"
@@ -41,15 +52,63 @@ def _parse(hhmm: str) -> time:
     return time(23, 59, 59) if hours == 24 else time(hours, minutes)
 
 
+_UNKNOWN_ZONE = "Etc/Unknown"
+
+
+@cache
+def _zone_tab() -> dict[str, frozenset[str]]:
+    """ISO region -> its zones, from the tz database's zone.tab ({} when there is none)."""
+    paths = [Path(p) / "zone.tab" for p in TZPATH]
+    try:
+        from importlib.resources import files
+
+        paths.append(Path(str(files("tzdata").joinpath("zoneinfo", "zone.tab"))))
+    except ModuleNotFoundError:  # the tzdata package is optional
+        pass
+    for path in paths:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            continue
+        table: dict[str, set[str]] = {}
+        for line in lines:
+            if line.startswith("#") or not line.strip():
+                continue
+            fields = line.split("\t")
+            if len(fields) >= 3:
+                table.setdefault(fields[0].upper(), set()).add(fields[2])
+        return {region: frozenset(zones) for region, zones in table.items()}
+    return {}
+
+
+def country_zones(region: str | None, calling_code: int) -> frozenset[str]:
+    """Every zone of a country; without zone.tab, every zone of its calling code (a superset)."""
+    if region and region in _zone_tab():
+        return _zone_tab()[region]
+    return frozenset(n for n in TIMEZONE_DATA.get(str(calling_code), ()) if n != _UNKNOWN_ZONE)
+
+
 @lru_cache(maxsize=65536)
 def zones_for(e164: str) -> tuple[ZoneInfo, ...]:
-    """Time zones a number may be in (cached per number)."""
+    """Time zones a number may be in (cached per number): its own when phonenumbers knows them,
+    narrowed to its country's when there are several, all its country's when there are none."""
     try:
-        names = phone_timezones.time_zones_for_number(phonenumbers.parse(e164))
+        number = phonenumbers.parse(e164)
     except phonenumbers.NumberParseException:
         return ()
+    known = [n for n in phone_timezones.time_zones_for_number(number) if n != _UNKNOWN_ZONE]
+    if len(known) != 1:
+        code = number.country_code or 0
+        region = phonenumbers.region_code_for_number(number) or phonenumbers.region_code_for_country_code(
+            code
+        )
+        country = country_zones(region, code)
+        inside = [n for n in known if n in country]
+        # Zones of other countries that share the calling code are dropped; names the tz database
+        # spells differently (aliases) are kept as they are.
+        known = inside or known or sorted(country)
     zones = []
-    for name in names:
+    for name in known:
         try:
             zones.append(ZoneInfo(name))
         except (ZoneInfoNotFoundError, ValueError):
@@ -62,8 +121,14 @@ def _inside(moment: datetime, zone: ZoneInfo, start: time, end: time) -> bool:
     return start <= local < end if start < end else (local >= start or local < end)
 
 
+class NoCommonWindow(Exception):
+    """The zones share no moment inside the window (within three days)."""
+
+
 def next_allowed(moment: datetime, zones: Sequence[ZoneInfo], start: time, end: time) -> datetime | None:
-    """None when ``moment`` is inside the window in every zone; else the first moment that is."""
+    """None when ``moment`` is inside the window in every zone; else the first moment that is.
+
+    Raises :class:`NoCommonWindow` when no such moment comes within three days."""
     if not zones or all(_inside(moment, z, start, end) for z in zones):
         return None
     candidates = []
@@ -77,10 +142,41 @@ def next_allowed(moment: datetime, zones: Sequence[ZoneInfo], start: time, end: 
     for candidate in sorted(candidates):
         if all(_inside(candidate, z, start, end) for z in zones):
             return candidate
-    return None  # no common window within three days: leave the decision to the next check
+    raise NoCommonWindow
 
 
 def deferral(moment: datetime, e164: str, region: str | None, settings: TenantSettings) -> datetime | None:
-    """When a quiet-hours SMS to ``e164`` sent at ``moment`` must wait, the time it may go."""
+    """When a quiet-hours SMS to ``e164`` sent at ``moment`` must wait, the time it may go.
+
+    With no common window at all, a day later (to be checked again then): never now."""
     start, end = window_for(settings, region)
-    return next_allowed(moment, zones_for(e164), start, end)
+    try:
+        return next_allowed(moment, zones_for(e164), start, end)
+    except NoCommonWindow:
+        return moment + timedelta(days=1)
+
+
+def no_window_error(e164: str, region: str | None, settings: TenantSettings) -> str:
+    """Why a number cannot be sent quiet-hours SMS at all (see :class:`NoCommonWindow`)."""
+    start, end = window_for(settings, region)
+    zones = zones_for(e164)
+    return (
+        f"quiet hours: no time is inside {start:%H:%M}-{end:%H:%M} in all {len(zones)} time zones "
+        f"this number may be in ({region or 'unknown region'}); widen quiet_hours or send it as a "
+        "non-promotional category"
+    )
+
+
+def acceptance_verdict(
+    moment: datetime, e164: str, region: str | None, settings: TenantSettings
+) -> tuple[str, str, datetime | None] | None:
+    """At acceptance: None (may go now), ``("deferred", error, until)`` or ``("rejected", error,
+    None)`` when no moment is inside the window in every zone of the number."""
+    start, end = window_for(settings, region)
+    try:
+        until = next_allowed(moment, zones_for(e164), start, end)
+    except NoCommonWindow:
+        return "rejected", no_window_error(e164, region, settings), None
+    if until is None:
+        return None
+    return "deferred", f"quiet hours: deferred until {isoformat(until)}", until

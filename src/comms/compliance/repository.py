@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from comms.models import Consent, Message, Suppression
 
 _CHUNK = 5000
+_COUNT_CHUNK = 10_000  # bind parameters per query: SQLite allows 32,766, asyncpg 32,767
 _Row = TypeVar("_Row", Suppression, Consent)
 
 
@@ -73,6 +74,36 @@ async def verification_counts(
         for key, per_minute, per_hour, per_day in rows:
             counts[key] = (int(per_minute or 0), int(per_hour or 0), int(per_day or 0))
     return counts
+
+
+def _daily_sms(tenant_id: str, since: datetime) -> list[Any]:
+    """Notification and promotional SMS that reached a provider since ``since``."""
+    return [
+        Message.tenant_id == tenant_id,
+        Message.channel == "sms",
+        Message.category != "verification",
+        Message.sent_at >= since,
+    ]
+
+
+async def numbers_at_daily_limit(
+    session: AsyncSession, tenant_id: str, keys: Sequence[str], now: datetime, limit: int
+) -> set[str]:
+    """Those of ``keys`` that got ``limit`` or more notification and promotional SMS in the last
+    24 hours: one grouped query per claimed batch, through the (tenant, recipient) index,
+    answering only the few at the limit."""
+    found: set[str] = set()
+    where = _daily_sms(tenant_id, now - timedelta(days=1))
+    for start in range(0, len(keys), _COUNT_CHUNK):
+        chunk = keys[start : start + _COUNT_CHUNK]
+        rows = await session.scalars(
+            select(Message.recipient_key)
+            .where(*where, Message.recipient_key.in_(chunk))
+            .group_by(Message.recipient_key)
+            .having(func.count() >= limit)
+        )
+        found.update(rows)
+    return found
 
 
 class ConsentRepository:

@@ -40,3 +40,28 @@ class ErasureCreate(BaseModel):
 
     channel: Channel
     address: str = Field(min_length=1, max_length=320)
+
+
+class DomainVerify(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dkim_selectors: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=10,
+        description="DKIM selectors to look up (s1 -> s1._domainkey.<domain>); default: those of the "
+        "domain's last check.",
+        examples=[["s1"]],
+    )
+
+
+class MailtoUnsubscribe(BaseModel):
+    """An inbound email to the ``mailto:`` of a List-Unsubscribe header, as an inbound-mail
+    service (SES, SendGrid Inbound Parse, Mailgun routes, a procmail script) reports it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipient: str = Field(
+        min_length=3, max_length=320, description="The address it was sent to: unsub+TOKEN@domain."
+    )
+    sender: str | None = Field(default=None, max_length=320, description="Its From address.")

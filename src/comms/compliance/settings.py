@@ -8,7 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ConsentPolicy = Literal["opt_in", "soft_opt_in", "none"]
+Stream = Literal["verification", "transactional", "announcement", "marketing"]
+ALL_STREAMS: tuple[Stream, ...] = ("verification", "transactional", "announcement", "marketing")
 _HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN = re.compile(rf"^(?:{_LABEL}\.)+[a-z][a-z0-9-]{{0,62}}(?<!-)$")
 
 
 class OtpLimits(BaseModel):
@@ -21,6 +25,57 @@ class OtpLimits(BaseModel):
     per_day: int = Field(default=10, ge=1)
 
 
+class SenderIdentity(BaseModel):
+    """A sender identity bound to streams (categories): Gmail and Yahoo want subscription mail and
+    transactional mail from separate senders (COMPLIANCE.md K2). A plain string in
+    ``sender_identities`` is an identity for every stream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(
+        min_length=1, max_length=320, description="From-address (with '@') or SMS sender id."
+    )
+    streams: list[Stream] = Field(
+        default_factory=lambda: list(ALL_STREAMS),
+        min_length=1,
+        description='The categories this identity may send: e.g. ["marketing", "announcement"] or '
+        '["transactional", "verification"].',
+    )
+
+    @field_validator("streams")
+    @classmethod
+    def _unique(cls, value: list[Stream]) -> list[Stream]:
+        return list(dict.fromkeys(value))
+
+
+class RecordCheck(BaseModel):
+    """One DNS record's verdict (SPF, DKIM or DMARC)."""
+
+    ok: bool
+    detail: str
+    record: str | None = Field(default=None, description="The TXT record that was found, if any.")
+
+
+class DomainAuthentication(BaseModel):
+    """The last DNS check of a sending domain (``POST /communication/settings/domains/{d}/verify``)."""
+
+    verified: bool = Field(description="SPF, DKIM and DMARC all passed.")
+    spf: RecordCheck
+    dkim: RecordCheck
+    dmarc: RecordCheck
+    dkim_selectors: list[str]
+    checked_at: str
+
+    def missing(self) -> list[str]:
+        """The names of the records that did not pass: "SPF", "DKIM", "DMARC"."""
+        checks = {"SPF": self.spf, "DKIM": self.dkim, "DMARC": self.dmarc}
+        return [name for name, check in checks.items() if not check.ok]
+
+
+# Settings that only comms writes (a PUT may repeat their current value, never change it).
+READ_ONLY_FIELDS = {"email_domains": "set by POST /communication/settings/domains/{domain}/verify"}
+
+
 class TenantSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -30,10 +85,11 @@ class TenantSettings(BaseModel):
     postal_address: str | None = Field(
         default=None, description="Printed in every marketing email (CAN-SPAM)."
     )
-    sender_identities: list[str] = Field(
+    sender_identities: list[str | SenderIdentity] = Field(
         default_factory=list,
-        description="From-addresses (with '@') and SMS sender ids the tenant may use; the first email one "
-        "is the default From.",
+        description="From-addresses (with '@') and SMS sender ids the tenant may use: a string (any "
+        'category) or {"address", "streams"} to keep marketing and transactional senders apart. '
+        "The first one for a request's channel and category is its default sender.",
     )
     sms_signature: str | None = Field(default=None, description="Brand signature, e.g. 阿里云 -> 【阿里云】.")
     sms_opt_out_text: str | None = Field(default=None, description="Appended to marketing SMS.")
@@ -53,6 +109,25 @@ class TenantSettings(BaseModel):
     )
     otp_limits: OtpLimits = Field(
         default_factory=lambda: OtpLimits(), description="Verification SMS per number (against SMS pumping)."
+    )
+    sms_daily_limit: int = Field(
+        default=50,
+        ge=1,
+        description="Notification and promotional (non-verification) SMS one number may get from the "
+        "tenant in 24 hours; more are rejected as 'rate limited'.",
+    )
+    unsubscribe_mailto_domain: str | None = Field(
+        default=None,
+        description="With it, List-Unsubscribe also offers <mailto:unsub+TOKEN@this domain>; mail to it "
+        "must reach POST /communication/unsubscribe/mailto.",
+    )
+    require_dns_authentication: bool = Field(
+        default=True,
+        description="Marketing email only from a domain whose SPF, DKIM and DMARC passed the check of "
+        "POST /communication/settings/domains/{domain}/verify.",
+    )
+    email_domains: dict[str, DomainAuthentication] = Field(
+        default_factory=dict, description="Read-only: the last DNS check of each sending domain."
     )
 
     @field_validator("default_region")
@@ -76,11 +151,50 @@ class TenantSettings(BaseModel):
     def _policy(cls, value: dict[str, ConsentPolicy]) -> dict[str, ConsentPolicy]:
         return {_region_key(k, allow_groups=True): v for k, v in value.items()}
 
+    @field_validator("unsubscribe_mailto_domain")
+    @classmethod
+    def _mailto_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return normalize_domain(value)
+
+    def _identities(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [
+            (i, ALL_STREAMS) if isinstance(i, str) else (i.address, tuple(i.streams))
+            for i in self.sender_identities
+        ]
+
     def email_senders(self) -> list[str]:
-        return [s for s in self.sender_identities if "@" in s]
+        """Every email identity, whatever its streams."""
+        return [a for a, _ in self._identities() if "@" in a]
 
     def sms_senders(self) -> list[str]:
-        return [s for s in self.sender_identities if "@" not in s]
+        return [a for a, _ in self._identities() if "@" not in a]
+
+    def senders_for(self, channel: str, category: str) -> list[str]:
+        """The identities of a channel declared for a category, in the tenant's order."""
+        email = channel == "email"
+        return [a for a, streams in self._identities() if ("@" in a) == email and category in streams]
+
+    def streams_of(self, channel: str, address: str) -> tuple[str, ...] | None:
+        """The streams of a registered identity (matched case-insensitively), None if unknown."""
+        email, wanted = channel == "email", address.lower()
+        for a, streams in self._identities():
+            if ("@" in a) == email and a.lower() == wanted:
+                return streams
+        return None
+
+
+def normalize_domain(value: str) -> str:
+    """A DNS domain name, lower case, without a trailing dot; ValueError when it is not one."""
+    domain = value.strip().rstrip(".").lower()
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{value!r} is not a domain name") from None
+    if len(domain) > 253 or not _DOMAIN.match(domain):
+        raise ValueError(f"{value!r} is not a domain name (e.g. mail.example.com)")
+    return domain
 
 
 def _region_key(key: str, *, allow_groups: bool) -> str:

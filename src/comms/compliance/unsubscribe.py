@@ -4,6 +4,10 @@ A token is ``<log id>.<signature>``: the log id names the message (so its tenant
 recipient), the signature is HMAC-SHA256 under COMMS_SECRET_KEY. The URL therefore carries no
 address, and a token stays valid as long as its message's log item is kept, for at least
 :data:`TOKEN_LIFETIME` (CAN-SPAM wants 30 days; we keep a year and more).
+
+The ``mailto:`` form (``unsub+<log id>.<signature>@<domain>``, RFC 2369) has a signature of its own:
+lower-case base32 of 96 bits, because mail systems may change the case of a local part and a local
+part holds at most 64 characters (this one has 63).
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from datetime import UTC, datetime, timedelta
 
 from comms.kit.ids import id_has_prefix
 
 TOKEN_LIFETIME = timedelta(days=400)
 _SIGNATURE_BYTES = 16
+_MAILTO_SIGNATURE_BYTES = 12
+MAILTO_PREFIX = "unsub+"
+_MAILTO_LOCAL = re.compile(r"^unsub\+(log_[0-9a-f]{32}\.[a-z2-7]{20})$", re.IGNORECASE)
 
 
 class UnsubscribeSigner:
@@ -30,6 +38,13 @@ class UnsubscribeSigner:
     def token(self, log_id: str) -> str:
         return f"{log_id}.{self._sign(log_id)}"
 
+    def _sign_mailto(self, log_id: str) -> str:
+        digest = hmac.new(self._key, b"mailto:" + log_id.encode(), hashlib.sha256).digest()
+        return base64.b32encode(digest[:_MAILTO_SIGNATURE_BYTES]).decode().rstrip("=").lower()
+
+    def mailto_token(self, log_id: str) -> str:
+        return f"{log_id}.{self._sign_mailto(log_id)}"
+
     def verify(self, token: str, now: datetime) -> str | None:
         """The log id when the token is genuine and not older than TOKEN_LIFETIME, else None."""
         log_id, sep, signature = token.partition(".")
@@ -37,10 +52,37 @@ class UnsubscribeSigner:
             return None
         if not hmac.compare_digest(signature, self._sign(log_id)):
             return None
-        issued = datetime.fromtimestamp(int(log_id[4:16], 16) / 1000, UTC)
-        if now - issued > TOKEN_LIFETIME:
+        return log_id if _fresh(log_id, now) else None
+
+    def verify_mailto(self, token: str, now: datetime) -> str | None:
+        """As :meth:`verify`, for the token of a ``mailto:`` address (case-insensitive)."""
+        log_id, sep, signature = token.lower().partition(".")
+        if not sep or not id_has_prefix(log_id, "log"):
             return None
-        return log_id
+        if not hmac.compare_digest(signature, self._sign_mailto(log_id)):
+            return None
+        return log_id if _fresh(log_id, now) else None
+
+
+def _fresh(log_id: str, now: datetime) -> bool:
+    try:
+        issued = datetime.fromtimestamp(int(log_id[4:16], 16) / 1000, UTC)
+    except ValueError:
+        return False
+    return now - issued <= TOKEN_LIFETIME
+
+
+def mailto_address(token: str, domain: str) -> str:
+    return f"{MAILTO_PREFIX}{token}@{domain}"
+
+
+def mailto_token_of(address: str) -> str | None:
+    """The token of an ``unsub+TOKEN@domain`` address, None when the address is not one."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not domain:
+        return None
+    match = _MAILTO_LOCAL.match(local)
+    return match.group(1) if match else None
 
 
 def unsubscribe_url(public_url: str, token: str) -> str:

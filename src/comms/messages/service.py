@@ -18,11 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import quiet_hours
 from comms.compliance.content import MessageDecorator
+from comms.compliance.dns_auth import impersonated_provider
 from comms.compliance.gates import AcceptanceGate
 from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.errors import FieldError, PayloadTooLarge, ValidationFailed
-from comms.kit.clock import isoformat, utcnow
+from comms.kit.clock import utcnow
 from comms.kit.ids import new_id, new_ids
 from comms.kit.secretbox import SecretBox
 from comms.messages.recipients import (
@@ -150,17 +151,15 @@ async def _gated(gate: AcceptanceGate, resolved: Resolved, items: list[Accepted]
         if item.status == "queued":
             region = region_of_phone(item.recipient) if with_region else None
             verdict = gate.check(item.key, region)
-            wait_until = (
-                quiet_hours.deferral(send_time, item.recipient, region, resolved.settings) if quiet else None
+            held = (
+                quiet_hours.acceptance_verdict(send_time, item.recipient, region, resolved.settings)
+                if quiet and verdict is None
+                else None
             )
             if verdict is not None:
                 item = item._replace(status=verdict[0], error=verdict[1])
-            elif wait_until is not None:
-                item = item._replace(
-                    status="deferred",
-                    error=f"quiet hours: deferred until {isoformat(wait_until)}",
-                    due_at=wait_until,
-                )
+            elif held is not None:
+                item = item._replace(status=held[0], error=held[1], due_at=held[2])
             elif scheduled:
                 item = item._replace(status="scheduled")
         out.append(item)
@@ -219,7 +218,9 @@ async def _resolve(session: AsyncSession, principal: Principal, body: BulkSendBo
                 )
             )
     send_at = _parse_send_at(body.send_at, errors)
-    sender = _resolve_sender(channel, body.sender, settings, errors)
+    sender = _resolve_sender(channel, category, body.sender, settings, errors)
+    if channel == Channel.EMAIL and not any(e.field == "sender" for e in errors):
+        _check_from_domain(sender, category, settings, errors)
     if body.user_id is not None and len(body.user_id) > 200:
         errors.append(FieldError("user_id", "must be at most 200 characters"))
     if errors:
@@ -307,19 +308,85 @@ def _parse_send_at(value: str | None, errors: list[FieldError]) -> datetime | No
 
 
 def _resolve_sender(
-    channel: str, requested: str | None, settings: TenantSettings, errors: list[FieldError]
+    channel: str, category: str, requested: str | None, settings: TenantSettings, errors: list[FieldError]
 ) -> str | None:
+    """The request's sender, which must be a registered identity declared for this category's
+    stream (K2: marketing and transactional mail from separate senders), else the first such one."""
     allowed = settings.email_senders() if channel == Channel.EMAIL else settings.sms_senders()
     if requested is None:
-        return allowed[0] if allowed else None
-    if requested.lower() not in {a.lower() for a in allowed}:
+        for_stream = settings.senders_for(channel, category)
+        if for_stream or not allowed:
+            return for_stream[0] if for_stream else None
+        errors.append(
+            FieldError(
+                "sender",
+                f"no_sender_for_stream: none of the tenant's {channel} sender identities "
+                f"({', '.join(allowed)}) is declared for {category}: add {category} to one's streams "
+                "in sender_identities",
+            )
+        )
+        return None
+    streams = settings.streams_of(channel, requested)
+    if streams is None:
         errors.append(
             FieldError(
                 "sender", f"unverified_sender: {requested} is not one of the tenant's sender identities"
             )
         )
         return None
+    if category not in streams:
+        errors.append(
+            FieldError(
+                "sender",
+                f"sender_stream_mismatch: {requested} is declared for {', '.join(streams)}, not {category}",
+            )
+        )
+        return None
     return requested
+
+
+def _check_from_domain(
+    sender: str | None, category: str, settings: TenantSettings, errors: list[FieldError]
+) -> None:
+    """M5: no From on a mailbox provider's domain; marketing only from a domain whose SPF, DKIM
+    and DMARC passed (unless the tenant turned ``require_dns_authentication`` off)."""
+    domain = sender.rpartition("@")[2].lower() if sender else None
+    provider = impersonated_provider(domain) if domain else None
+    if provider is not None:
+        errors.append(
+            FieldError(
+                "sender",
+                f"mailbox_provider_domain: comms cannot send as {provider}: mail from a mailbox "
+                "provider's domain sent through other servers fails its DMARC policy (and Gmail refuses "
+                "bulk mail impersonating it); use an address on a domain of your own",
+            )
+        )
+        return
+    if category != Category.MARKETING or not settings.require_dns_authentication:
+        return
+    if domain is None:
+        errors.append(
+            FieldError(
+                "sender",
+                "unauthenticated_domain: marketing email needs a From address on a domain whose SPF, "
+                "DKIM and DMARC are verified: add one to sender_identities",
+            )
+        )
+        return
+    checked = settings.email_domains.get(domain)
+    if checked is not None and checked.verified:
+        return
+    how = f"POST /communication/settings/domains/{domain}/verify"
+    if checked is None:
+        message = f"{domain} has not been verified: publish SPF, DKIM and DMARC records, then {how}"
+    else:
+        records = {"SPF": checked.spf, "DKIM": checked.dkim, "DMARC": checked.dmarc}
+        details = "; ".join(f"{name}: {records[name].detail}" for name in checked.missing())
+        message = (
+            f"{domain} is missing {', '.join(checked.missing())} (checked {checked.checked_at}: "
+            f"{details}); fix the records, then {how}"
+        )
+    errors.append(FieldError("sender", f"unauthenticated_domain: marketing email from {message}"))
 
 
 def _check_variables(body: BulkSendBody, resolved: Resolved) -> None:

@@ -1,0 +1,228 @@
+"""Sending-domain authentication (COMPLIANCE.md M5): SPF, DKIM and DMARC looked up in DNS.
+
+Gmail and Yahoo require all three of bulk senders, with DMARC at least ``p=none``. The check reads:
+
+* SPF: exactly one TXT record ``v=spf1 ...`` at the domain (RFC 7208 4.5: two are an error), not
+  ending in ``+all`` (which lets anyone send as the domain);
+* DKIM: a TXT record at ``<selector>._domainkey.<domain>`` with a non-empty base64 ``p=`` (an empty
+  one is a revoked key, RFC 6376 3.6.1), for at least one of the tenant's selectors;
+* DMARC: one ``v=DMARC1`` TXT record at ``_dmarc.<domain>`` or, failing that, at a parent domain
+  (the DNS tree walk of DMARCbis, which for the usual sub-domain finds the organizational domain's
+  record; there its ``sp=`` applies when given), with ``p`` (``sp``) of none, quarantine or reject.
+
+Alignment follows: the DKIM key is looked up at the From domain itself, so a signature with it is
+aligned. The resolver is the system's, or ``COMMS_DNS_NAMESERVER`` (``host`` or ``host:port``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from datetime import datetime
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.resolver
+
+from comms.compliance.settings import DomainAuthentication, RecordCheck
+from comms.kit.clock import isoformat
+
+LOOKUP_SECONDS = 5.0
+_MAX_TREE_WALK = 8
+_SELECTOR = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*$")
+DMARC_POLICIES = frozenset({"none", "quarantine", "reject"})
+
+# Mailbox providers' own domains: their DMARC policies make mail "from" them sent through anyone
+# else's servers fail (Gmail: "don't impersonate Gmail From: headers"). Sub-domains included.
+MAILBOX_PROVIDER_DOMAINS = frozenset(
+    """gmail.com googlemail.com yahoo.com yahoo.co.uk yahoo.co.jp yahoo.fr yahoo.de ymail.com
+    rocketmail.com aol.com aim.com outlook.com hotmail.com hotmail.co.uk live.com msn.com icloud.com
+    me.com mac.com gmx.com gmx.de gmx.net web.de yandex.ru yandex.com mail.ru proton.me protonmail.com
+    zoho.com qq.com foxmail.com 163.com 126.com yeah.net sina.com sohu.com naver.com""".split()  # noqa: SIM905
+)
+
+
+class DnsUnavailable(Exception):
+    """The DNS could not be asked (timeout, every server failing): no verdict either way."""
+
+
+def impersonated_provider(domain: str) -> str | None:
+    """The mailbox provider's domain that ``domain`` is or is under, else None."""
+    labels = domain.lower().rstrip(".").split(".")
+    for start in range(len(labels) - 1):
+        candidate = ".".join(labels[start:])
+        if candidate in MAILBOX_PROVIDER_DOMAINS:
+            return candidate
+    return None
+
+
+def valid_selector(selector: str) -> bool:
+    return bool(_SELECTOR.match(selector)) and len(selector) <= 200
+
+
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """``"10.0.0.53"``, ``"127.0.0.1:5353"``, ``"::1"`` or ``"[::1]:5353"`` -> (address, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":") or "53"
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+    else:
+        host, port = value, "53"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a nameserver: {value!r} (expected host or host:port)")
+    return host, int(port)
+
+
+def make_resolver(nameserver: str | None) -> dns.asyncresolver.Resolver:
+    """The system's resolver, or one that asks only ``nameserver``. Caches nothing: a tenant who
+    just published a record is checked against what the DNS says now."""
+    try:
+        if nameserver:
+            try:
+                host, port = parse_nameserver(nameserver)
+            except ValueError as exc:
+                raise DnsUnavailable(f"COMMS_DNS_NAMESERVER is invalid: {exc}") from None
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = [host]
+            resolver.port = port
+        else:
+            resolver = dns.asyncresolver.Resolver()
+    except dns.resolver.NoResolverConfiguration as exc:
+        raise DnsUnavailable(f"no DNS resolver configured ({exc})") from None
+    resolver.lifetime = LOOKUP_SECONDS
+    resolver.timeout = LOOKUP_SECONDS / 2
+    return resolver
+
+
+async def txt_records(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
+    """The TXT records at ``name`` (each one's strings joined); [] when there are none."""
+    try:
+        answer = await resolver.resolve(name, "TXT", raise_on_no_answer=False)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
+        return []
+    except dns.exception.Timeout:
+        raise DnsUnavailable(f"DNS lookup of {name} timed out") from None
+    except dns.resolver.NoNameservers:
+        raise DnsUnavailable(f"no DNS server answered for {name} (SERVFAIL or refused)") from None
+    except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
+        return []
+    if answer.rrset is None:
+        return []
+    return [
+        b"".join(rdata.strings).decode("utf-8", "replace")
+        for rdata in answer.rrset
+        if hasattr(rdata, "strings")
+    ]
+
+
+def _tags(record: str) -> dict[str, str]:
+    """``"v=DMARC1; p=none"`` -> {"v": "DMARC1", "p": "none"} (names lower-cased)."""
+    tags: dict[str, str] = {}
+    for part in record.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            tags.setdefault(name.strip().lower(), "".join(value.split()))
+    return tags
+
+
+async def check_spf(resolver: dns.asyncresolver.Resolver, domain: str) -> RecordCheck:
+    found = [
+        r
+        for r in await txt_records(resolver, domain)
+        if r.lower() == "v=spf1" or r.lower().startswith("v=spf1 ")
+    ]
+    if not found:
+        return RecordCheck(ok=False, detail=f'no SPF record (TXT "v=spf1 ...") at {domain}')
+    if len(found) > 1:
+        return RecordCheck(
+            ok=False, detail=f"{len(found)} SPF records at {domain}: exactly one is allowed (RFC 7208)"
+        )
+    record = found[0]
+    if any(term in ("+all", "all") for term in record.lower().split()[1:]):
+        return RecordCheck(
+            ok=False, detail=f"the SPF record of {domain} allows any sender (+all)", record=record
+        )
+    return RecordCheck(ok=True, detail=f"SPF record at {domain}", record=record)
+
+
+async def check_dkim(resolver: dns.asyncresolver.Resolver, domain: str, selectors: list[str]) -> RecordCheck:
+    problems: list[str] = []
+    for selector in selectors:
+        name = f"{selector}._domainkey.{domain}"
+        records = await txt_records(resolver, name)
+        if not records:
+            problems.append(f"no TXT record at {name}")
+            continue
+        for record in records:
+            tags = _tags(record)
+            if tags.get("v", "DKIM1") != "DKIM1":
+                problems.append(f"{name}: v= is not DKIM1")
+            elif "p" not in tags:
+                problems.append(f"{name}: no p= (public key)")
+            elif not tags["p"]:
+                problems.append(f"{name}: empty p= (the key is revoked)")
+            elif not _is_base64(tags["p"]):
+                problems.append(f"{name}: p= is not base64")
+            else:
+                return RecordCheck(ok=True, detail=f"DKIM key at {name}", record=record)
+    return RecordCheck(ok=False, detail="; ".join(problems) or "no DKIM selector given")
+
+
+def _is_base64(value: str) -> bool:
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+async def check_dmarc(resolver: dns.asyncresolver.Resolver, domain: str) -> RecordCheck:
+    labels = domain.split(".")
+    for start in range(min(len(labels) - 1, _MAX_TREE_WALK)):
+        at = ".".join(labels[start:])
+        name = f"_dmarc.{at}"
+        found = [r for r in await txt_records(resolver, name) if _tags(r).get("v", "").upper() == "DMARC1"]
+        if not found:
+            continue
+        if len(found) > 1:
+            return RecordCheck(
+                ok=False, detail=f"{len(found)} DMARC records at {name}: exactly one is allowed"
+            )
+        record = found[0]
+        tags = _tags(record)
+        inherited = at != domain
+        policy = (tags.get("sp") or tags.get("p", "")) if inherited else tags.get("p", "")
+        policy = policy.lower()
+        if policy not in DMARC_POLICIES:
+            return RecordCheck(
+                ok=False,
+                detail=f"the DMARC record at {name} has no valid p= (none, quarantine or reject)",
+                record=record,
+            )
+        where = f"{name} (applies to {domain})" if inherited else name
+        return RecordCheck(ok=True, detail=f"DMARC p={policy} at {where}", record=record)
+    return RecordCheck(
+        ok=False, detail=f'no DMARC record (TXT "v=DMARC1; p=none|quarantine|reject") at _dmarc.{domain}'
+    )
+
+
+async def authenticate_domain(
+    resolver: dns.asyncresolver.Resolver, domain: str, selectors: list[str], now: datetime
+) -> DomainAuthentication:
+    """Look the three records up (concurrently). Raises :class:`DnsUnavailable`."""
+    spf, dkim, dmarc = await asyncio.gather(
+        check_spf(resolver, domain), check_dkim(resolver, domain, selectors), check_dmarc(resolver, domain)
+    )
+    return DomainAuthentication(
+        verified=spf.ok and dkim.ok and dmarc.ok,
+        spf=spf,
+        dkim=dkim,
+        dmarc=dmarc,
+        dkim_selectors=selectors,
+        checked_at=isoformat(now),
+    )
