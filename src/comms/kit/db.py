@@ -164,6 +164,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         for pragma in (
+            # Before anything is written to a new file (a no-op on an existing one): 16 KiB pages
+            # make a 100k bulk's six b-tree inserts ~10% cheaper than the default 4 KiB.
+            "PRAGMA page_size=16384",
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=NORMAL",
             "PRAGMA busy_timeout=30000",
