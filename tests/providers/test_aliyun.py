@@ -95,6 +95,7 @@ class AliyunVendor(FakeVendor):
         self.nonces: set[str] = set()
         self.force_code: str | None = None  # answer sends with this documented code
         self.fail_after: int | None = None  # accept this many sends, then answer 503
+        self.lose_next_answer = False  # take the next send, then answer too late (a lost answer)
         self._biz = 900619746936498440
 
     def routes(self, app: web.Application) -> None:
@@ -180,6 +181,9 @@ class AliyunVendor(FakeVendor):
                     "_day": now.strftime("%Y%m%d"),
                 }
             )
+        if self.lose_next_answer:
+            self.lose_next_answer = False
+            await asyncio.sleep(self.hang_seconds)
         return self.answer("OK", BizId=biz_id)
 
     def accepted_sends(self) -> int:
@@ -809,3 +813,40 @@ async def test_hanging_vendor_concurrency_is_bounded(vendor: AliyunVendor, provi
     unknown = [r for r in results if r.outcome is Outcome.UNKNOWN]
     assert 1 <= len(unknown) <= 16  # the calls in flight; none started after the first timeout
     assert all(r.outcome is Outcome.RETRY for r in results if r.outcome is not Outcome.UNKNOWN)
+
+
+async def test_a_send_whose_answer_was_lost_is_reconciled_not_sent_again(
+    live_service: Service, live_tenant: TenantKeys, live_vendor: AliyunVendor
+) -> None:
+    """Aliyun took the message but its answer never came (UNKNOWN): the dispatcher asks
+    QuerySendDetails by OutId = our log id before any re-send, finds it, and records ``sent``."""
+    account = await add_aliyun_account(live_service, live_tenant, live_vendor)
+    update = {"config": {"timeout_seconds": 0.3}}
+    changed = await live_service.client.put(
+        f"/communication/providers/{account['id']}", json=update, headers=live_tenant.headers()
+    )
+    assert changed.status_code == 200, changed.text
+    await add_template(live_service, live_tenant, "verify_code", "verification", "Your code is {{ code }}")
+    live_vendor.lose_next_answer, live_vendor.hang_seconds = True, 1.0
+    answer = await live_service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "template": "verify_code",
+            "recipients": [{"to": "13800100000", "variables": {"code": "4711"}}],
+        },
+        headers=live_tenant.headers(),
+    )
+    log_id = answer.json()["items"][0]["id"]
+
+    async def settled() -> bool:
+        return await statuses(live_service, answer.json()["batch_id"]) == {"sent": 1}
+
+    await wait_until(settled)
+    async with live_service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and row.response is not None and row.response.startswith("reconciled with aliyun")
+    assert row.possible_duplicate is True  # the log still says a duplicate was possible
+    assert live_vendor.accepted_sends() == 1 and list(live_vendor.delivered.values()) == [1]  # not sent twice
+    assert [action for action, _ in live_vendor.calls].count("QuerySendDetails") >= 1
+    assert row.provider_message_id == live_vendor.records[0]["_biz_id"]
