@@ -88,7 +88,8 @@ def _answer(instance: Provider) -> Response:
     return Response(content, status_code=status, media_type=media_type)
 
 
-@router.api_route("/{provider}/{account_id}/status", methods=["GET", "POST"])
+@router.get("/{provider}/{account_id}/status", operation_id="delivery_status_by_get")
+@router.post("/{provider}/{account_id}/status")
 async def delivery_status(request: Request, provider: str, account_id: str) -> Response:
     checked = await _verified(request, provider, account_id)
     if isinstance(checked, Response):
@@ -110,7 +111,8 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
     return _answer(instance)
 
 
-@router.api_route("/{provider}/{account_id}/inbound", methods=["GET", "POST"])
+@router.get("/{provider}/{account_id}/inbound", operation_id="inbound_by_get")
+@router.post("/{provider}/{account_id}/inbound")
 async def inbound(request: Request, provider: str, account_id: str) -> Response:
     checked = await _verified(request, provider, account_id)
     if isinstance(checked, Response):
