@@ -50,6 +50,10 @@ Flags (defaults):
   --history (100000)            sent rows in the table before each timed bulk
   --analyze-after-accept        experiment: ANALYZE messages right after each 202 (comms does not)
   --sink-delay-ms (0)           the sink answers every POST this much later (a slow provider)
+  --batch-size B (500)          messages per HTTP request: the webhook account's batch_size, and
+                                the bare loop's; 1 is the shape of per-message vendor APIs
+  --request-concurrency K (8)   the account's requests in flight per dispatched batch; the bare
+                                loop keeps C x min(K, 500 / B) requests in flight, as comms does
   --database (comms_bench_dispatch)  --pg (postgresql://root@127.0.0.1:5432)
 """
 
@@ -354,15 +358,18 @@ def _signature(secret: str, timestamp: str, body: bytes) -> str:
     return "v1=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-async def bare_send(url: str, template: dict[str, Any], n: int, concurrency: int, tag: int) -> float:
-    """Seconds to post ``n`` messages shaped like ``template`` in MAX_BATCH chunks, ``concurrency``
-    requests in flight, through an aiohttp session configured like comms' Router. The messages
-    exist before the clock starts; encoding, signing, posting and reading every answer is timed."""
+async def bare_send(
+    url: str, template: dict[str, Any], n: int, concurrency: int, tag: int, batch: int = MAX_BATCH
+) -> float:
+    """Seconds to post ``n`` messages shaped like ``template`` in ``batch``-sized requests,
+    ``concurrency`` requests in flight, through an aiohttp session configured like comms' Router.
+    The messages exist before the clock starts; encoding, signing, posting and reading every
+    answer is timed."""
     messages = [
         {**template, "id": f"log_bare{tag:04d}{i:024x}", "to": f"+86{13_100_000_000 + tag * 100_000 + i}"}
         for i in range(n)
     ]
-    chunks = [messages[i : i + MAX_BATCH] for i in range(0, n, MAX_BATCH)]
+    chunks = [messages[i : i + batch] for i in range(0, n, batch)]
     connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300)
     accepted = 0
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -466,7 +473,12 @@ class Bench:
             "channel": "sms",
             "provider": "webhook",
             "name": "bench-sink",
-            "config": {"url": self.sink.url, "secret": SINK_SECRET},
+            "config": {
+                "url": self.sink.url,
+                "secret": SINK_SECRET,
+                "batch_size": self.args.batch_size,
+                "concurrency": self.args.request_concurrency,
+            },
         }
         answer = await self.api.post("/communication/providers", json=body)
         if answer.status_code != 201:
@@ -649,9 +661,11 @@ async def run_all(bench: Bench) -> None:
         two_rate: list[float] = []
         ratios: list[float] = []
         speedups: list[float] = []
+        in_flight = args.concurrency * min(args.request_concurrency, max(1, MAX_BATCH // args.batch_size))
         for run in range(args.runs):
             print(
-                f"\nrun {run + 1}/{args.runs}  (N = {n:,}, {args.concurrency} batches of {MAX_BATCH} in flight)"
+                f"\nrun {run + 1}/{args.runs}  (N = {n:,}, {args.batch_size} per request, "
+                f"{in_flight} requests in flight)"
             )
             bare_times: list[float] = []
             meter = bench.meter()
@@ -659,7 +673,9 @@ async def run_all(bench: Bench) -> None:
             for repeat in range(BARE_REPEATS):  # a short phase: the median of a few
                 await bench.sink_reset()
                 bare_times.append(
-                    await bare_send(bench.sink.url, template, n, args.concurrency, run * 10 + repeat)
+                    await bare_send(
+                        bench.sink.url, template, n, in_flight, run * 10 + repeat, args.batch_size
+                    )
                 )
             await meter.stop()
             bare_s = statistics.median(bare_times)
@@ -972,6 +988,8 @@ def main() -> None:
         action="store_true",
         help="experiment: ANALYZE messages right after each timed bulk's 202 (not what comms does)",
     )
+    parser.add_argument("--batch-size", type=int, default=MAX_BATCH)
+    parser.add_argument("--request-concurrency", type=int, default=8)
     parser.add_argument("--database", default="comms_bench_dispatch")
     parser.add_argument("--pg", default="postgresql://root@127.0.0.1:5432")
     args = parser.parse_args()
