@@ -131,6 +131,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         poll_interval_seconds=0.2,
         retry_base_seconds=0.05,
         retry_max_seconds=0.2,
+        express_lane=False,  # `service` (no dispatcher) keeps what it accepts queued
     )
 
 

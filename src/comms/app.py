@@ -56,10 +56,10 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
         app.state.comms = state
         worker: Dispatcher | None = None
         router = Router(settings.resolved_outbox_dir, db, secrets, settings.resolved_public_url)
-        if run_dispatcher:
+        if run_dispatcher or settings.express_lane:
             worker = Dispatcher(db, settings, secrets, router, limiter)
             state.wake_dispatcher = worker.wake
-            worker.start()
+            worker.start(express_only=not run_dispatcher)
         app.state.dispatcher = worker
         stop_maintenance = asyncio.Event()
         maintenance = asyncio.create_task(run_maintenance(db, stop_maintenance))

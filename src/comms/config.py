@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     dispatcher_enabled: bool = True
+    # An API process without a dispatcher still sends the verification codes it accepts (the
+    # express lane); false leaves all sending to `comms worker` processes.
+    express_lane: bool = True
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
     dispatch_concurrency: int = Field(default=4, ge=1, le=256)
     lease_seconds: float = Field(default=60.0, gt=0)

@@ -204,6 +204,7 @@ async def test_sigkilled_workers_lose_nothing_and_flag_every_duplicate(
         database_url=chaos_database,
         secret_key=SECRET_KEY,
         public_url="https://comms.test",
+        express_lane=False,
     )
     (tmp_path / "workers").mkdir()
     workers = Workers(worker_env(chaos_database, tmp_path / "workers"), tmp_path / "workers")

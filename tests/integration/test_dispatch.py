@@ -450,3 +450,49 @@ async def test_header_injection_through_a_variable_fails_only_that_message(
         )
     ).json()["data"]
     assert evil["status"] == "failed" and "not buildable" in evil["error"]
+
+
+async def test_an_api_process_without_a_dispatcher_sends_codes_through_its_express_lane(
+    settings: Any,
+) -> None:
+    """Scale-out: `comms serve --no-dispatcher` leaves bulk to the workers but sends the
+    verification codes it accepts itself, from its idle event loop."""
+    import httpx
+
+    from comms.app import create_app
+    from tests.conftest import make_tenant
+
+    app = create_app(settings.model_copy(update={"express_lane": True}), dispatcher=False)
+    async with app.router.lifespan_context(app):
+        db = app.state.comms.db
+        tenant = await make_tenant(db)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://comms.test") as client:
+            service = Service(app, client, settings, db)
+            code = await send(
+                service,
+                tenant,
+                {
+                    "channel": "sms",
+                    "category": "verification",
+                    "content": "Code {{ code }}",
+                    "variables": {"code": "4711"},
+                    "recipients": ["13800138000"],
+                },
+            )
+            notice = await send(
+                service,
+                tenant,
+                {
+                    "channel": "sms",
+                    "category": "transactional",
+                    "content": "Hi",
+                    "recipients": ["13800138001"],
+                },
+            )
+
+            async def code_sent() -> bool:
+                return await statuses(service, code["batch_id"]) == {"sent": 1}
+
+            await wait_until(code_sent)
+            assert await statuses(service, notice["batch_id"]) == {"queued": 1}  # for the workers
