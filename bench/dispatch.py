@@ -52,8 +52,8 @@ Flags (defaults):
   --sink-delay-ms (0)           the sink answers every POST this much later (a slow provider)
   --batch-size B (500)          messages per HTTP request: the webhook account's batch_size, and
                                 the bare loop's; 1 is the shape of per-message vendor APIs
-  --request-concurrency K (8)   the account's requests in flight per dispatched batch; the bare
-                                loop keeps C x min(K, 500 / B) requests in flight, as comms does
+  --request-concurrency K (16)  the account's requests in flight per process (webhook
+                                `concurrency`); with B < 500 the bare loop keeps K in flight too
   --database (comms_bench_dispatch)  --pg (postgresql://root@127.0.0.1:5432)
 """
 
@@ -661,7 +661,8 @@ async def run_all(bench: Bench) -> None:
         two_rate: list[float] = []
         ratios: list[float] = []
         speedups: list[float] = []
-        in_flight = args.concurrency * min(args.request_concurrency, max(1, MAX_BATCH // args.batch_size))
+        # comms: C batches of 500 in flight; their requests share the account's K slots.
+        in_flight = args.concurrency if args.batch_size >= MAX_BATCH else args.request_concurrency
         for run in range(args.runs):
             print(
                 f"\nrun {run + 1}/{args.runs}  (N = {n:,}, {args.batch_size} per request, "
@@ -989,7 +990,7 @@ def main() -> None:
         help="experiment: ANALYZE messages right after each timed bulk's 202 (not what comms does)",
     )
     parser.add_argument("--batch-size", type=int, default=MAX_BATCH)
-    parser.add_argument("--request-concurrency", type=int, default=8)
+    parser.add_argument("--request-concurrency", type=int, default=16)
     parser.add_argument("--database", default="comms_bench_dispatch")
     parser.add_argument("--pg", default="postgresql://root@127.0.0.1:5432")
     args = parser.parse_args()

@@ -12,9 +12,9 @@ Request::
                    "headers": [], "possible_duplicate": false}]}
 
 ``batch_size`` messages per request (default 500; 1 for gateways that take one message at a
-time), up to ``concurrency`` requests in flight. Answer: any 2xx accepts every message; a JSON
-body ``{"results": [{"id": "log_...", "status": "accepted" | "retry" | "rejected",
-"message_id": "...", "error": "..."}]}`` decides per message.
+time), up to ``concurrency`` requests in flight per process, shared by the batches in flight.
+Answer: any 2xx accepts every message; a JSON body ``{"results": [{"id": "log_...", "status":
+"accepted" | "retry" | "rejected", "message_id": "...", "error": "..."}]}`` decides per message.
 429 and 5xx are transient (Retry-After honoured), other 4xx permanent. Receivers should treat
 ``id`` as an idempotency key: a message whose first POST got no answer is posted once more with
 ``possible_duplicate: true``.
@@ -60,7 +60,9 @@ class WebhookConfig(BaseModel):
         le=500,
         description="Messages per request (1 for gateways that take one at a time).",
     )
-    concurrency: int = Field(default=8, ge=1, le=64, description="Requests in flight per dispatched batch.")
+    concurrency: int = Field(
+        default=16, ge=1, le=256, description="Requests in flight for this account, per process."
+    )
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -77,6 +79,9 @@ class WebhookProvider(Provider):
     def __init__(self, config: WebhookConfig, http: aiohttp.ClientSession | None) -> None:
         self.config = config
         self.http = http
+        # Shared by every batch in flight: the account's requests in flight in this process stay
+        # at ``concurrency`` while one batch's last requests overlap the next batch's first.
+        self._gate = asyncio.Semaphore(config.concurrency)
 
     @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
@@ -86,9 +91,10 @@ class WebhookProvider(Provider):
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         size = self.config.batch_size
         if len(messages) <= size:
-            return await self._post(messages)
+            async with self._gate:
+                return await self._post(messages)
         chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
-        gate = asyncio.Semaphore(self.config.concurrency)
+        gate = self._gate
 
         async def one(chunk: Sequence[OutboundMessage]) -> list[SendResult] | ProviderError:
             async with gate:
