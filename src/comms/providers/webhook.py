@@ -33,7 +33,7 @@ import aiohttp
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
-from comms.errors import PermanentProviderError, ProviderError, TransientProviderError
+from comms.errors import PermanentProviderError, TransientProviderError
 from comms.providers.base import (
     DeliveryEvent,
     InboundSms,
@@ -43,6 +43,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
+from comms.providers.calls import send_calls
 
 _encode = msgspec.json.Encoder().encode
 _STATUS = {"accepted": Outcome.SENT, "sent": Outcome.SENT, "retry": Outcome.RETRY, "rejected": Outcome.FAILED}
@@ -90,34 +91,8 @@ class WebhookProvider(Provider):
 
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         size = self.config.batch_size
-        if len(messages) <= size:
-            async with self._gate:
-                return await self._post(messages)
         chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
-        gate = self._gate
-
-        async def one(chunk: Sequence[OutboundMessage]) -> list[SendResult] | ProviderError:
-            async with gate:
-                try:
-                    return await self._post(chunk)
-                except ProviderError as exc:
-                    return exc
-
-        outcomes = await asyncio.gather(*(one(c) for c in chunks))
-        refused = [o for o in outcomes if isinstance(o, ProviderError)]
-        if len(refused) == len(chunks):
-            raise refused[0]  # nothing got through: the dispatcher fails over as for one call
-        results: list[SendResult] = []
-        for chunk, outcome in zip(chunks, outcomes, strict=True):
-            if isinstance(outcome, ProviderError):
-                kind = Outcome.FAILED if isinstance(outcome, PermanentProviderError) else Outcome.RETRY
-                results.extend(
-                    SendResult(m.id, kind, error=outcome.message, retry_after=outcome.retry_after)
-                    for m in chunk
-                )
-            else:
-                results.extend(outcome)
-        return results
+        return await send_calls(chunks, self._post, lambda chunk: chunk, self._gate)
 
     async def _post(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         """One request carrying ``messages``; raises when the gateway refused it as a whole."""

@@ -67,7 +67,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from comms.errors import PermanentProviderError, ProviderError, TransientProviderError
+from comms.errors import PermanentProviderError, TransientProviderError
 from comms.providers.base import (
     DeliveryEvent,
     OutboundMessage,
@@ -76,6 +76,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
+from comms.providers.calls import send_calls
 
 MAX_PERSONALIZATIONS = 1000  # personalizations (and recipients) per request
 MAX_SUBSTITUTION_BYTES = 10_000  # per personalization, tags and values together
@@ -485,25 +486,9 @@ class SendGridProvider(Provider):
             else:
                 results[m.id] = SendResult(m.id, Outcome.FAILED, error=problem)
         requests = plan_requests(sendable)
-        if requests:
-            # The first request alone: refused as a whole, it is raised and nothing else was tried.
-            for result in await self._send_request(requests[0]):
-                results[result.message_id] = result
-            gate = asyncio.Semaphore(CONCURRENT_REQUESTS)
-
-            async def later(request: _Request) -> list[SendResult]:
-                async with gate:
-                    try:
-                        return await self._send_request(request)
-                    except ProviderError as exc:  # others of this send() went: retry these later
-                        return [
-                            SendResult(m.id, Outcome.RETRY, error=exc.message, retry_after=exc.retry_after)
-                            for m in request.messages
-                        ]
-
-            for answer in await asyncio.gather(*(later(r) for r in requests[1:])):
-                for result in answer:
-                    results[result.message_id] = result
+        gate = asyncio.Semaphore(CONCURRENT_REQUESTS)
+        for result in await send_calls(requests, self._send_request, lambda r: r.messages, gate):
+            results[result.message_id] = result
         return [results[m.id] for m in messages]
 
     async def _send_request(self, request: _Request, again: bool = True) -> list[SendResult]:

@@ -56,7 +56,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from comms.errors import PermanentProviderError, ProviderError, TransientProviderError
+from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.ids import id_has_prefix
 from comms.providers.base import (
     DeliveryEvent,
@@ -66,6 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
+from comms.providers.calls import send_calls
 from comms.providers.email import sns
 from comms.providers.email.outbound import email_bytes
 
@@ -223,25 +224,9 @@ class SesProvider(Provider):
                 chunk = members[start : start + MAX_BULK_ENTRIES]
                 body = self._send_bulk_email(sender, sender_name, template, chunk)
                 calls.append(_Call(chunk, "/v2/email/outbound-bulk-emails", body))
-        if calls:
-            # The first call alone: refused as a whole, it is raised and nothing else was tried.
-            for result in await self._execute(calls[0]):
-                results[result.message_id] = result
-            gate = asyncio.Semaphore(self.config.max_concurrency)
-
-            async def later(call: _Call) -> list[SendResult]:
-                async with gate:
-                    try:
-                        return await self._execute(call)
-                    except ProviderError as exc:  # others of this send() went: retry these later
-                        return [
-                            SendResult(m.id, Outcome.RETRY, error=exc.message, retry_after=exc.retry_after)
-                            for m in call.messages
-                        ]
-
-            for answer in await asyncio.gather(*(later(c) for c in calls[1:])):
-                for result in answer:
-                    results[result.message_id] = result
+        gate = asyncio.Semaphore(self.config.max_concurrency)
+        for result in await send_calls(calls, self._execute, lambda c: c.messages, gate):
+            results[result.message_id] = result
         return [results[m.id] for m in messages]
 
     def _common(self) -> dict[str, Any]:
