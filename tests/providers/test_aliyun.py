@@ -530,10 +530,10 @@ async def test_the_sign_name_comes_from_the_template_else_the_account(
     assert [c["SignName"] for c in vendor.sends()] == ["AcmeShop", "Acme"]
 
 
-async def test_flow_control_is_retried_later(vendor: AliyunVendor, provider: AliyunProvider) -> None:
+async def test_flow_control_defers_with_a_retry_time(vendor: AliyunVendor, provider: AliyunProvider) -> None:
     vendor.force_code = "isv.BUSINESS_LIMIT_CONTROL"
     results = await provider.send([sms(1, "verification"), sms(2), sms(3)])
-    assert {r.outcome for r in results} == {Outcome.RETRY}
+    assert {r.outcome for r in results} == {Outcome.DEFERRED}
     assert all(r.retry_after == 60.0 for r in results)
     assert all(r.error and r.error.startswith("isv.BUSINESS_LIMIT_CONTROL: 触发分钟级流控") for r in results)
 
@@ -850,3 +850,33 @@ async def test_a_send_whose_answer_was_lost_is_reconciled_not_sent_again(
     assert live_vendor.accepted_sends() == 1 and list(live_vendor.delivered.values()) == [1]  # not sent twice
     assert [action for action, _ in live_vendor.calls].count("QuerySendDetails") >= 1
     # QuerySendDetails does not return the BizId; Aliyun's receipts still find the item by OutId.
+
+
+async def test_flow_control_makes_the_item_deferred_until_the_retry_time(
+    live_service: Service, live_tenant: TenantKeys, live_vendor: AliyunVendor
+) -> None:
+    """isv.BUSINESS_LIMIT_CONTROL through the dispatcher: ``deferred`` with its retry time, not
+    failed, and no attempt budget spent on it."""
+    await add_aliyun_account(live_service, live_tenant, live_vendor)
+    await add_template(live_service, live_tenant, "verify_code", "verification", "Your code is {{ code }}")
+    live_vendor.force_code = "isv.BUSINESS_LIMIT_CONTROL"
+    answer = await live_service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "template": "verify_code",
+            "recipients": [{"to": "13800100000", "variables": {"code": "1"}}],
+        },
+        headers=live_tenant.headers(),
+    )
+    log_id = answer.json()["items"][0]["id"]
+
+    async def deferred() -> bool:
+        return await statuses(live_service, answer.json()["batch_id"]) == {"deferred": 1}
+
+    await wait_until(deferred)
+    async with live_service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and row.due_at is not None and row.error is not None
+    assert row.error.startswith("deferred by the provider's flow control: isv.BUSINESS_LIMIT_CONTROL")
+    assert 50 <= (row.due_at - row.updated_at).total_seconds() <= 70  # Aliyun's minute

@@ -416,8 +416,8 @@ async def test_per_number_codes_map(
     }
     results = await make(vendor, http, tmp_path).send(messages)
     assert [r.outcome for r in results] == [
-        Outcome.RETRY,
-        Outcome.RETRY,
+        Outcome.DEFERRED,  # per-number frequency limits are flow control, not failures
+        Outcome.DEFERRED,
         Outcome.FAILED,
         Outcome.FAILED,
         Outcome.SENT,
@@ -440,7 +440,7 @@ async def test_the_documented_answer_maps_per_number(
     ok, limited, blocked = await make(vendor, http, tmp_path).send(messages)
     assert ok.outcome is Outcome.SENT and ok.provider_message_id == "5000:1045710669157053657849499619"
     assert "a0aabda6-cf91-4f3e-a81f-9198114a2279" in (ok.response or "")
-    assert limited.outcome is Outcome.RETRY and limited.retry_after == 30.0
+    assert limited.outcome is Outcome.DEFERRED and limited.retry_after == 30.0
     assert blocked.outcome is Outcome.FAILED and "PhoneNumberInBlacklist" in (blocked.error or "")
 
 
@@ -455,7 +455,7 @@ async def test_numbers_written_without_a_plus_still_map(
     vendor.canned = canned
     messages = [sms(i, to=to) for i, to in enumerate(["+8618511122233", "+8618511122266", "+8618511122277"])]
     results = await make(vendor, http, tmp_path).send(messages)
-    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.RETRY, Outcome.FAILED]
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.DEFERRED, Outcome.FAILED]
 
 
 @pytest.mark.parametrize(

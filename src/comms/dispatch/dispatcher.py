@@ -61,6 +61,7 @@ RESPONSE_LIMIT = 1000
 PURGE_INTERVAL = 3600.0  # seconds between retention purges
 PAUSE_RETRY = timedelta(hours=1)  # marketing held back by the complaint-rate breaker
 EXPRESS_BATCH = 50  # verification codes claimed per express round
+DEFAULT_DEFERRAL = 60.0  # seconds, when a provider defers a message without saying for how long
 YIELD_EVERY = 64  # messages composed between two turns of the event loop
 
 
@@ -540,6 +541,16 @@ class Dispatcher:
             )
         if result.outcome is Outcome.RETRY:
             return self._retry_or_fail(c, now, result.error or "failed", result.retry_after, **common)
+        if result.outcome is Outcome.DEFERRED:
+            wait = result.retry_after if result.retry_after is not None else DEFAULT_DEFERRAL
+            return self._row(
+                c,
+                now,
+                status="deferred",
+                error=f"deferred by the provider's flow control: {result.error or 'try later'}",
+                due_at=now + timedelta(seconds=wait),
+                **{**common, "content": None},
+            )
         if result.outcome is Outcome.UNKNOWN and not c.possible_duplicate:
             return self._row(
                 c,

@@ -23,6 +23,9 @@ class Outcome(StrEnum):
     RETRY = "retry"  # transient: try again later
     FAILED = "failed"  # permanent: give up
     UNKNOWN = "unknown"  # the request left but no answer came
+    # The vendor's flow control for this recipient (e.g. Aliyun isv.BUSINESS_LIMIT_CONTROL): not a
+    # failure; recorded ``deferred`` until ``retry_after`` and never counted against max_attempts.
+    DEFERRED = "deferred"
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,7 +127,7 @@ TRANSIENT_CALL_CODES: dict[str, float | None] = {
 # Answers (HTTP 200, ``Code`` other than ``OK``) about the messages of the call.
 MESSAGE_CODES: dict[str, tuple[Outcome, float | None]] = {
     # Flow control per number (verification codes: 1 a minute, 5 an hour, 10 a day).
-    "isv.BUSINESS_LIMIT_CONTROL": (Outcome.RETRY, 60.0),
+    "isv.BUSINESS_LIMIT_CONTROL": (Outcome.DEFERRED, 60.0),
     "isv.MOBILE_NUMBER_ILLEGAL": (Outcome.FAILED, None),
     "isv.MOBILE_COUNT_OVER_LIMIT": (Outcome.FAILED, None),
     "isv.TEMPLATE_MISSING_PARAMETERS": (Outcome.FAILED, None),

@@ -508,7 +508,9 @@ def _per_number(message: OutboundMessage, entry: _SendStatus, request_id: str) -
         return SendResult.sent(message.id, entry.serial_no or None, response)
     error = f"Tencent {entry.code}: {entry.message}"
     if (_lookup(NUMBER_ERRORS, entry.code) or "failed") == "retry":
-        return SendResult(message.id, Outcome.RETRY, None, response, error, _limit_wait(entry.code))
+        # A per-number frequency limit is flow control (deferred), anything else a transient error.
+        outcome = Outcome.DEFERRED if entry.code.startswith("LimitExceeded.") else Outcome.RETRY
+        return SendResult(message.id, outcome, None, response, error, _limit_wait(entry.code))
     return SendResult(message.id, Outcome.FAILED, None, response, error)
 
 
