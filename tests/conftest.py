@@ -71,28 +71,35 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _worker_db_name() -> str:
+def unique_database_name(purpose: str = "test") -> str:
+    """Unique to this test run and xdist worker: two runs on one server never share a database."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")[:8] or f"p{os.getpid()}"
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    return f"comms_test_{worker}"
+    return f"comms_{purpose}_{run}_{worker}"
+
+
+async def _admin(base: str, statement: str) -> None:
+    engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture(scope="session")
-def postgres_database() -> str:
-    """A database of this xdist worker's own, migrated once."""
+def postgres_database() -> Iterator[str]:
+    """A database of this xdist worker's own, migrated once, dropped at the end."""
     base = need_postgres()
-    name = _worker_db_name()
-
-    async def _create() -> None:
-        admin = create_async_engine(base, isolation_level="AUTOCOMMIT")
-        async with admin.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
-        await admin.dispose()
-
-    asyncio.run(_create())
+    name = unique_database_name()
+    asyncio.run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
     url = base.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    return url
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        asyncio.run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def _truncate(url: str) -> None:
