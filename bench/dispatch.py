@@ -36,6 +36,7 @@ Run from the repository root (PostgreSQL on 127.0.0.1:5432, trust auth; the data
     .venv/bin/python bench/dispatch.py                            # everything, ~2 min on 2 cores
     .venv/bin/python bench/dispatch.py --steps --profile          # + where a worker's time goes, ~2.5 min
     .venv/bin/python bench/dispatch.py --runs 1 --skip-latency    # throughput only, ~30 s
+    .venv/bin/python bench/dispatch.py --smtp [bench/smtp.py flags]   # email: comms vs bare aiosmtplib
 
 Flags (defaults):
   --messages N (20000)          messages per timed bulk (phases 1-3)
@@ -956,6 +957,10 @@ def recreate_database(pg: str, name: str, drop_only: bool = False) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--smtp"]:
+        # The email half of this benchmark (comms SMTP dispatch vs a bare aiosmtplib loop with
+        # the same connections) lives in bench/smtp.py; the rest of the arguments go to it.
+        os.execv(sys.executable, [sys.executable, str(Path(__file__).with_name("smtp.py")), *sys.argv[2:]])
     if "--sink" in sys.argv[1:]:
         sink_main()
         return

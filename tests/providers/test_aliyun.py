@@ -880,3 +880,55 @@ async def test_flow_control_makes_the_item_deferred_until_the_retry_time(
     assert row is not None and row.due_at is not None and row.error is not None
     assert row.error.startswith("deferred by the provider's flow control: isv.BUSINESS_LIMIT_CONTROL")
     assert 50 <= (row.due_at - row.updated_at).total_seconds() <= 70  # Aliyun's minute
+
+
+async def test_a_message_without_an_aliyun_template_goes_to_a_route_that_needs_none(
+    live_service: Service, live_tenant: TenantKeys, live_vendor: AliyunVendor
+) -> None:
+    """``requires_template`` drives routing: with no Aliyun template the next account sends it;
+    with Aliyun alone it fails saying what to set, and Aliyun is never called."""
+    from tests.webhook_sink import WebhookSink
+
+    await add_aliyun_account(live_service, live_tenant, live_vendor)
+    body = {
+        "channel": "sms",
+        "category": "transactional",
+        "content": "Parcel ready",
+        "recipients": ["13800100000"],
+    }
+    alone = await live_service.client.post("/communication/bulk", json=body, headers=live_tenant.headers())
+
+    async def failed() -> bool:
+        return await statuses(live_service, alone.json()["batch_id"]) == {"failed": 1}
+
+    await wait_until(failed)
+    async with live_service.db.read() as session:
+        row = await session.get(Message, alone.json()["items"][0]["id"])
+    assert row is not None and row.error == (
+        "no provider can carry it: aliyun sends registered templates only: set provider_templates.aliyun"
+    )
+    sink = await WebhookSink("s3cret-s3cret-s3cret").start()
+    try:
+        second = {
+            "channel": "sms",
+            "provider": "webhook",
+            "name": "gateway",
+            "priority": 5,
+            "config": {"url": sink.url, "secret": "s3cret-s3cret-s3cret"},
+        }
+        created = await live_service.client.post(
+            "/communication/providers", json=second, headers=live_tenant.headers()
+        )
+        assert created.status_code == 201, created.text
+        live_service.app.state.dispatcher.router._cache.clear()  # see the new account now, not in 5 s
+        routed = await live_service.client.post(
+            "/communication/bulk", json={**body, "recipients": ["13800100001"]}, headers=live_tenant.headers()
+        )
+
+        async def sent() -> bool:
+            return await statuses(live_service, routed.json()["batch_id"]) == {"sent": 1}
+
+        await wait_until(sent)
+        assert len(sink.received) == 1 and live_vendor.accepted_sends() == 0
+    finally:
+        await sink.stop()

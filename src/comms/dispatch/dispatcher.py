@@ -395,14 +395,18 @@ class Dispatcher:
         last_error = "no provider configured for this channel"
         permanent = False
         retry_after: float | None = None
+        unfit: dict[str, list[str]] = defaultdict(list)  # why routes could not carry a message
         for route in routes:
             refused: list[OutboundMessage] = []
-            fitting = pending
-            limit = route.provider.max_body_length
-            if limit is not None:
-                # Too long for this vendor: offered to the next route, failed if none takes it.
-                fitting = [m for m in pending if len(m.text) <= limit]
-                refused.extend(m for m in pending if len(m.text) > limit)
+            fitting = []
+            for m in pending:
+                # What a vendor cannot carry at all goes to the next route; failed if none takes it.
+                reason = _unfit(route, m)
+                if reason is None:
+                    fitting.append(m)
+                else:
+                    unfit[m.id].append(reason)
+                    refused.append(m)
             size = max(1, route.provider.max_batch)
             for start in range(0, len(fitting), size):
                 chunk = fitting[start : start + size]
@@ -437,12 +441,9 @@ class Dispatcher:
             if not pending:
                 break
         outcome = Outcome.FAILED if permanent else Outcome.RETRY
-        longest = _longest_allowed(routes)
         for message in pending:
-            if longest is not None and len(message.text) > longest:
-                error = (
-                    f"the text has {len(message.text)} characters; the longest a provider takes is {longest}"
-                )
+            if len(unfit[message.id]) == len(routes):  # no route could ever carry it
+                error = "no provider can carry it: " + "; ".join(unfit[message.id])
                 done[message.id] = (SendResult(message.id, Outcome.FAILED, error=error), None)
                 continue
             done[message.id] = (
@@ -567,12 +568,15 @@ class Dispatcher:
         return self._row(c, now, status="failed", error=result.error or "failed", **common)
 
 
-def _longest_allowed(routes: Sequence[Route]) -> int | None:
-    """The longest text any of the routes takes (None: one of them has no limit)."""
-    limits = [r.provider.max_body_length for r in routes]
-    if not limits or any(limit is None for limit in limits):
-        return None
-    return max(limit for limit in limits if limit is not None)
+def _unfit(route: Route, message: OutboundMessage) -> str | None:
+    """Why ``route``'s vendor cannot carry ``message`` at all (its declared capabilities), or None."""
+    provider = route.provider
+    limit = provider.max_body_length
+    if limit is not None and len(message.text) > limit:
+        return f"{route.name} takes at most {limit} characters, the text has {len(message.text)}"
+    if provider.requires_template and not (message.provider_template or {}).get(route.name):
+        return f"{route.name} sends registered templates only: set provider_templates.{route.name}"
+    return None
 
 
 def _previous_route(routes: Sequence[Route], c: ClaimedMessage) -> Route | None:
