@@ -202,6 +202,29 @@ async def test_inbound_stop_suppresses_and_confirms_exactly_once(
     assert suppression is not None and suppression.reason == "stop" and suppression.source == "sms_keyword"
 
 
+async def test_a_stop_holds_even_when_its_confirmation_cannot_be_sent(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    """The tenant's SMS sender is declared for marketing only, so the transactional confirmation
+    is refused at submission: the opt-out itself must still be recorded and answered 200."""
+    changed = await live_service.client.put(
+        "/communication/settings",
+        json={"sender_identities": ["news@acme.example", {"address": "ACME", "streams": ["marketing"]}]},
+        headers=live_tenant.headers(),
+    )
+    assert changed.status_code == 200, changed.text
+    body, headers = signed({"messages": [{"event_id": "in-1", "from": "+8613800138000", "text": "STOP"}]})
+    answer = await live_service.client.post(
+        f"/webhooks/webhook/{account}/inbound", content=body, headers=headers
+    )
+    assert answer.status_code == 200
+    async with live_service.db.read() as session:
+        suppression = await session.scalar(select(Suppression))
+        confirmations = (await session.scalars(select(Message))).all()
+    assert suppression is not None and suppression.reason == "stop"
+    assert confirmations == []  # no reply could be sent, and nothing half-written
+
+
 async def test_a_receipt_that_overtakes_the_send_answer_is_kept(
     live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -17,11 +18,13 @@ from comms.kit.ids import new_id
 from comms.kit.pagination import Page
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import ProviderAccount
-from comms.state import app_state
+from comms.providers.base import Provider
+from comms.state import AppState, app_state
 from comms.tenants.auth import require
 from comms.tenants.scopes import Scope
 from comms.tenants.service import Principal
 
+log = logging.getLogger("comms.accounts")
 router = APIRouter(prefix="/communication/providers", tags=["Provider accounts"])
 AdminPrincipal = Annotated[Principal, Depends(require(Scope.ADMIN))]
 
@@ -64,12 +67,21 @@ def account_data(request: Request, row: ProviderAccount) -> dict[str, Any]:
         "secret_fields_set": sorted(f for f in cls.secret_fields if row.config.get(f)),
         "rate_per_second": row.rate_per_second,
         "enabled": row.enabled,
-        "callback_urls": service.callback_urls(
-            base, row.provider, row.id, cls.callback_query(service.unseal(cls, row.config, state.secrets))
-        ),
+        "callback_urls": service.callback_urls(base, row.provider, row.id, _callback_query(cls, row, state)),
         "created_at": isoformat(row.created_at),
         "updated_at": isoformat(row.updated_at),
     }
+
+
+def _callback_query(cls: type[Provider], row: ProviderAccount, state: AppState) -> dict[str, str]:
+    """The callback token to show the admin (it goes into the vendor's console, so it is shown
+    here although the field is write-only elsewhere); an account whose secrets no longer decrypt
+    (a rotated COMMS_SECRET_KEY) is listed without it rather than failing the whole listing."""
+    try:
+        return cls.callback_query(service.unseal(cls, row.config, state.secrets))
+    except Exception:
+        log.warning("provider account secrets do not decrypt", extra={"account": row.id})
+        return {}
 
 
 @router.get("", responses=ERROR_RESPONSES)

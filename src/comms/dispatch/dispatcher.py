@@ -62,7 +62,10 @@ PURGE_INTERVAL = 3600.0  # seconds between retention purges
 PAUSE_RETRY = timedelta(hours=1)  # marketing held back by the complaint-rate breaker
 EXPRESS_BATCH = 50  # verification codes claimed per express round
 DEFAULT_DEFERRAL = 60.0  # seconds, when a provider defers a message without saying for how long
-YIELD_EVERY = 64  # messages composed between two turns of the event loop
+YIELD_EVERY = 64
+COMPLETE_RETRIES = (0.2, 1.0, 3.0)  # seconds before each retry of a failed completion
+# A verification code the provider holds back longer than this would arrive stale: fail it.
+VERIFICATION_MAX_DEFERRAL = 300.0  # messages composed between two turns of the event loop
 
 
 class Dispatcher:
@@ -261,12 +264,25 @@ class Dispatcher:
             rows = [
                 self._retry_or_fail(c, now, f"dispatch error: {type(exc).__name__}: {exc}") for c in claimed
             ]
-        async with self.db.begin() as session:
-            await complete(session, self.worker_id, utcnow(), rows)
+        await self._complete(rows)
         by_id = {c.id: c for c in claimed}
         for row in rows:
             c = by_id[row["id"]]
             metrics.FINISHED.labels(c.tenant_id, c.channel, row["provider"] or "none", row["status"]).inc()
+
+    async def _complete(self, rows: list[dict[str, Any]]) -> None:
+        """Record the outcomes; a database hiccup is retried, because rows left ``sending`` would
+        be reaped and re-sent as possible duplicates although the provider has them."""
+        for delay in COMPLETE_RETRIES:
+            try:
+                async with self.db.begin() as session:
+                    await complete(session, self.worker_id, utcnow(), rows)
+                return
+            except Exception:
+                log.warning("recording outcomes failed; retrying", extra={"in_seconds": delay})
+                await asyncio.sleep(delay)
+        async with self.db.begin() as session:  # the last try: an error now goes to the caller
+            await complete(session, self.worker_id, utcnow(), rows)
 
     async def _deliver(self, claimed: list[ClaimedMessage]) -> list[dict[str, Any]]:
         now = utcnow()
@@ -334,18 +350,23 @@ class Dispatcher:
             results: list[tuple[SendResult, Route | None]]
             try:
                 routes = await self.router.routes(tenant_id, channel)
+                every = await self.router.all_routes(tenant_id, channel)
             except Exception as exc:  # this group sent nothing; others may already have
                 log.exception("routing failed")
                 error = f"routing failed: {type(exc).__name__}"
                 results = [(SendResult(m.id, Outcome.RETRY, error=error), None) for m in messages]
             else:
-                results = await self._reconcile_then_send(routes, messages, by_id)
+                results = await self._reconcile_then_send(routes, every, messages, by_id)
             for item, (result, route) in zip(composed_list, results, strict=True):
                 rows.append(self._result_row(by_id[item.message.id], item, result, route, now))
         return rows
 
     async def _reconcile_then_send(
-        self, routes: Sequence[Route], messages: list[OutboundMessage], claimed: dict[str, ClaimedMessage]
+        self,
+        routes: Sequence[Route],
+        every: Sequence[Route],
+        messages: list[OutboundMessage],
+        claimed: dict[str, ClaimedMessage],
     ) -> list[tuple[SendResult, Route | None]]:
         """A possible duplicate (an earlier request got no answer, or its worker died mid-send) is
         first looked up at the provider it most likely reached: the route recorded for it, else
@@ -356,7 +377,7 @@ class Dispatcher:
             c = claimed[message.id]
             if not c.possible_duplicate:
                 continue
-            route = _previous_route(routes, c)
+            route = _previous_route(every, c)  # open breaker or not: it may have the message
             if route is not None and route.provider.can_reconcile:
                 asked.setdefault(id(route), (route, []))[1].append(message)
         for route, group in asked.values():
@@ -377,12 +398,12 @@ class Dispatcher:
             metrics.RECONCILED.labels(route.name).inc(len(group))
         to_send = [m for m in messages if m.id not in known]
         sent = dict(
-            zip((m.id for m in to_send), await self._send_with_failover(routes, to_send), strict=True)
+            zip((m.id for m in to_send), await self._send_with_failover(routes, every, to_send), strict=True)
         )
         return [known.get(m.id) or sent[m.id] for m in messages]
 
     async def _send_with_failover(
-        self, routes: Sequence[Route], messages: list[OutboundMessage]
+        self, routes: Sequence[Route], every: Sequence[Route], messages: list[OutboundMessage]
     ) -> list[tuple[SendResult, Route | None]]:
         """Send through the first route; what a route refuses as a whole call goes to the next.
 
@@ -442,9 +463,14 @@ class Dispatcher:
                 break
         outcome = Outcome.FAILED if permanent else Outcome.RETRY
         for message in pending:
-            if len(unfit[message.id]) == len(routes):  # no route could ever carry it
-                error = "no provider can carry it: " + "; ".join(unfit[message.id])
-                done[message.id] = (SendResult(message.id, Outcome.FAILED, error=error), None)
+            if len(unfit[message.id]) == len(routes):  # none of the routes tried can carry it
+                reasons = "; ".join(unfit[message.id])
+                if any(_unfit(r, message) is None for r in every):  # one whose breaker is open can
+                    error = f"waiting for a route that can carry it (its breaker is open): {reasons}"
+                    done[message.id] = (SendResult(message.id, Outcome.RETRY, error=error), None)
+                else:
+                    error = f"no provider can carry it: {reasons}"
+                    done[message.id] = (SendResult(message.id, Outcome.FAILED, error=error), None)
                 continue
             done[message.id] = (
                 SendResult(message.id, outcome, error=last_error, retry_after=retry_after),
@@ -544,6 +570,11 @@ class Dispatcher:
             return self._retry_or_fail(c, now, result.error or "failed", result.retry_after, **common)
         if result.outcome is Outcome.DEFERRED:
             wait = result.retry_after if result.retry_after is not None else DEFAULT_DEFERRAL
+            if c.category == "verification" and wait > VERIFICATION_MAX_DEFERRAL:
+                error = (
+                    f"the provider holds this number back for {wait:.0f} s: {result.error or 'flow control'}"
+                )
+                return self._row(c, now, status="failed", error=error, **common)
             return self._row(
                 c,
                 now,

@@ -125,7 +125,8 @@ OUTCOME_FIELDS = (
 _SET = """status = {status}, error = {error}, provider = u.provider, provider_account_id = u.account,
     provider_message_id = u.pmid, response = u.response, content = u.content, segments = u.segments,
     variables = {variables}, sent_at = u.sent_at, due_at = u.due_at, queue_rank = u.rank,
-    possible_duplicate = u.possible_duplicate, lease_owner = NULL, lease_until = NULL, updated_at = :now"""
+    possible_duplicate = u.possible_duplicate, lease_owner = NULL, lease_until = NULL, updated_at = :now,
+    attempts = CASE WHEN {status} = 'deferred' THEN messages.attempts - 1 ELSE messages.attempts END"""
 _SOURCE_SQLITE = f"""(SELECT {", ".join(f"value->>{i} AS {name}" for i, name in enumerate(OUTCOME_FIELDS))}
     FROM json_each(:rows)) AS u"""
 _SOURCE_PG = """json_to_recordset(CAST(:rows AS json)) AS u(id text, status text, error text, provider text,

@@ -80,6 +80,10 @@ class Router:
         # Every breaker open: try them anyway in order rather than fail without trying.
         return usable or configured
 
+    async def all_routes(self, tenant_id: str, channel: str) -> list[Route]:
+        """Every configured route, open breaker or not (what could carry a message at all)."""
+        return await self._configured(tenant_id, channel) or [self._outbox]
+
     async def _configured(self, tenant_id: str, channel: str) -> list[Route]:
         key = (tenant_id, channel)
         cached = self._cache.get(key)

@@ -40,6 +40,9 @@ async def send_calls(
                     SendResult(m.id, Outcome.RETRY, error=exc.message, retry_after=exc.retry_after)
                     for m in messages_of(call)
                 ]
+            except Exception as exc:  # a fault of ours mid-call: it may have left, never re-send blindly
+                error = f"request failed unexpectedly: {type(exc).__name__}: {exc}"
+                return [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in messages_of(call)]
 
     rest = await asyncio.gather(*(later(call) for call in calls[1:]))
     return [result for answer in (first, *rest) for result in answer]

@@ -135,16 +135,23 @@ async def inbound(request: Request, provider: str, account_id: str) -> Response:
             await service.mark(session, event_id, outcome)
             if text is not None:
                 replies.append((message.from_number, text))
-        if replies:
-            await notify_work(session)
-        for to, text in replies:
-            await submit_bulk(
-                session,
-                Principal(tenant=tenant, key_id="system", scopes=frozenset(ALL_SCOPES)),
-                BulkSendBody(channel="sms", recipients=[to], content=text, category="transactional"),
-                state.secrets,
-                SubmitOptions(max_recipients=1, page_size=1, unmask=False, api_key_id=None, ip=None),
-            )
-    if replies:
+    # The opt-out is committed above whatever happens to its confirmation: a reply that cannot be
+    # sent (say, no sender identity for transactional SMS) must never roll a STOP back.
+    sent = 0
+    for to, text in replies:
+        try:
+            async with state.db.begin() as session:
+                await submit_bulk(
+                    session,
+                    Principal(tenant=tenant, key_id="system", scopes=frozenset(ALL_SCOPES)),
+                    BulkSendBody(channel="sms", recipients=[to], content=text, category="transactional"),
+                    state.secrets,
+                    SubmitOptions(max_recipients=1, page_size=1, unmask=False, api_key_id=None, ip=None),
+                )
+                await notify_work(session)
+            sent += 1
+        except Exception as exc:
+            log.warning("keyword reply not sent", extra={"account": account.id, "error": str(exc)})
+    if sent:
         state.wake_dispatcher()
     return _answer(instance)
