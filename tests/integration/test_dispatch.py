@@ -496,3 +496,44 @@ async def test_an_api_process_without_a_dispatcher_sends_codes_through_its_expre
 
             await wait_until(code_sent)
             assert await statuses(service, notice["batch_id"]) == {"queued": 1}  # for the workers
+
+
+async def test_scheduled_rows_stay_out_of_the_claim_and_tell_when_work_is_next_due(
+    service: Service, tenant: TenantKeys
+) -> None:
+    from comms.dispatch.queue import next_due_at
+
+    send_at = (utcnow() + timedelta(days=1)).replace(microsecond=0)
+    later = await send(
+        service,
+        tenant,
+        {
+            "channel": "sms",
+            "category": "transactional",
+            "content": "Tomorrow",
+            "send_at": send_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "recipients": [f"1380013{i:04d}" for i in range(1200)],
+        },
+    )
+    assert later["counts"] == {"scheduled": 1200}
+    async with service.db.read() as session:
+        assert await next_due_at(session) == send_at
+    now_item = await send(
+        service,
+        tenant,
+        {
+            "channel": "sms",
+            "category": "marketing",
+            "content": "Now",
+            "recipients": ["13900139000"],
+            "dry_run": False,
+        },
+    )
+    async with service.db.begin() as session:
+        claimed = await claim_due(session, "w", 500, utcnow(), timedelta(seconds=30))
+    assert [c.batch_id for c in claimed] == [
+        now_item["batch_id"]
+    ] or not claimed  # marketing may lack consent
+    async with service.db.begin() as session:
+        tomorrow = await claim_due(session, "w", 500, send_at + timedelta(seconds=1), timedelta(seconds=30))
+    assert len(tomorrow) == 500 and {c.batch_id for c in tomorrow} == {later["batch_id"]}

@@ -114,7 +114,8 @@ class ProviderContract:
         raise NotImplementedError
 
     def make_provider(self, vendor: FakeVendor, context: ProviderContext) -> Provider:
-        """The provider pointed at ``vendor``, with a request timeout of about half a second."""
+        """The provider pointed at ``vendor``, with a request timeout of about 1.5 s (well under the
+        vendor's 5 s hang, well over a full batch on a loaded machine)."""
         raise NotImplementedError
 
     def receipt(

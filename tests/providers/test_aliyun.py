@@ -280,7 +280,7 @@ def config(vendor: FakeVendor, **changes: Any) -> AliyunConfig:
         "access_key_secret": SECRET,
         "endpoint": f"{vendor.url}/",
         "sign_name": "Acme",
-        "timeout_seconds": 0.5,
+        "timeout_seconds": 1.5,
         "callback_token": TOKEN,
     }
     values.update(changes)
@@ -807,7 +807,7 @@ async def test_a_bulk_with_shared_variables_is_one_aliyun_call(
 
 async def test_hanging_vendor_concurrency_is_bounded(vendor: AliyunVendor, provider: AliyunProvider) -> None:
     vendor.mode = "hang"
-    vendor.hang_seconds = 2.0
+    vendor.hang_seconds = 5.0
     messages = [sms(i, "verification", variables={"code": str(i)}) for i in range(40)]
     results = await asyncio.wait_for(provider.send(messages), timeout=10)
     unknown = [r for r in results if r.outcome is Outcome.UNKNOWN]

@@ -185,7 +185,7 @@ def make_config(vendor: FakeVendor, **extra: Any) -> KannelConfig:
         "username": USERNAME,
         "password": PASSWORD,
         "callback_token": TOKEN,
-        "timeout_seconds": 0.5,
+        "timeout_seconds": 1.5,
     }
     values.update(extra)
     return KannelConfig(**values)

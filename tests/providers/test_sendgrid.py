@@ -213,7 +213,7 @@ class SendGridVendor(FakeVendor):
 
 def make_config(vendor: FakeVendor, **extra: Any) -> SendGridConfig:
     return SendGridConfig(
-        api_key=API_KEY, endpoint=vendor.url, webhook_public_key=PUBLIC_KEY, timeout_seconds=0.5, **extra
+        api_key=API_KEY, endpoint=vendor.url, webhook_public_key=PUBLIC_KEY, timeout_seconds=1.5, **extra
     )
 
 

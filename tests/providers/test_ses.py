@@ -394,7 +394,7 @@ def make_config(vendor: FakeVendor, **extra: Any) -> SesConfig:
         "secret_access_key": SECRET_KEY,
         "endpoint": vendor.url,
         "configuration_set": "comms-events",
-        "timeout_seconds": 0.5,
+        "timeout_seconds": 1.5,
         "sns_topic_arn": TOPIC,
         "sns_cert_host_suffix": "127.0.0.1",
         "sns_allow_http": True,

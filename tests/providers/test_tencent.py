@@ -207,7 +207,7 @@ def config(vendor: FakeVendor, **overrides: Any) -> TencentConfig:
         "sign_name": SIGN,
         "endpoint": vendor.url,
         "callback_token": TOKEN,
-        "timeout_seconds": 0.5,
+        "timeout_seconds": 1.5,
     }
     values.update(overrides)
     return TencentConfig(**values)

@@ -198,7 +198,7 @@ def config(vendor: FakeVendor, **overrides: Any) -> TwilioConfig:
         "auth_token": AUTH_TOKEN,
         "from_number": FROM,
         "endpoint": vendor.url,
-        "timeout_seconds": 0.5,
+        "timeout_seconds": 1.5,
     }
     values.update(overrides)
     return TwilioConfig(**values)
@@ -446,7 +446,7 @@ async def test_reconcile_finds_what_arrived_without_an_answer(
 ) -> None:
     provider = make(vendor, http, tmp_path)
     lost = sms(0, log_id=new_id("log"))
-    vendor.mode, vendor.hang_seconds = "hang", 2.0
+    vendor.mode, vendor.hang_seconds = "hang", 5.0
     assert (await provider.send([lost]))[0].outcome is Outcome.UNKNOWN
     vendor.mode = "ok"
     never = sms(1, log_id=new_id("log"))  # never reached Twilio

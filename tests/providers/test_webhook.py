@@ -65,7 +65,7 @@ class TestWebhookContract(ProviderContract):
         return WebhookVendor()
 
     def make_provider(self, vendor: FakeVendor, context: ProviderContext) -> Provider:
-        config = WebhookConfig(url=f"{vendor.url}/send", secret=SECRET, timeout_seconds=0.5)
+        config = WebhookConfig(url=f"{vendor.url}/send", secret=SECRET, timeout_seconds=1.5)
         return WebhookProvider.from_config(config, context)
 
     def receipt(
@@ -89,7 +89,7 @@ class TestWebhookOneAtATimeContract(TestWebhookContract):
 
     def make_provider(self, vendor: FakeVendor, context: ProviderContext) -> Provider:
         config = WebhookConfig(
-            url=f"{vendor.url}/send", secret=SECRET, timeout_seconds=0.5, batch_size=1, concurrency=4
+            url=f"{vendor.url}/send", secret=SECRET, timeout_seconds=1.5, batch_size=1, concurrency=4
         )
         return WebhookProvider.from_config(config, context)
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.kit.clock import epoch_ms
 from comms.kit.db import UTCDateTime, is_sqlite, raw_datetime
-from comms.messages.fairness import rank_of
+from comms.messages.fairness import FAIR_HORIZON_MS, rank_of
 from comms.messages.schemas import CATEGORY_PRIORITY
 from comms.models import CLAIMABLE_SQL, SENDING_SQL, Message
 
@@ -64,28 +65,45 @@ async def claim_due(
     max_priority: int | None = None,
 ) -> list[ClaimedMessage]:
     """Lease up to ``limit`` due messages, most urgent category first; ``max_priority`` keeps
-    the claim to the urgent ones (the express lane claims verification codes only)."""
-    due = select(Message.id).where(CLAIMABLE_SQL, Message.due_at <= now)
-    if max_priority is not None:
-        due = due.where(Message.priority <= max_priority)
-    due = due.order_by(Message.priority, Message.queue_rank).limit(limit)
-    if not is_sqlite(session):
-        due = due.with_for_update(skip_locked=True)
-    stmt = (
-        update(Message)
-        .where(Message.id.in_(due.scalar_subquery()))
-        .values(
-            status="sending",
-            lease_owner=worker_id,
-            lease_until=now + lease,
-            attempts=Message.attempts + 1,
-            updated_at=now,
+    the claim to the urgent ones (the express lane claims verification codes only).
+
+    One statement per priority level, most urgent first, until ``limit`` is reached: with the
+    priority fixed, ``ix_messages_claim`` (priority, queue_rank) is read as one range that ends at
+    now + FAIR_HORIZON_MS, so rows scheduled for later are never read."""
+    horizon = epoch_ms(now) + FAIR_HORIZON_MS
+    levels = sorted(set(CATEGORY_PRIORITY.values()))
+    claimed: list[ClaimedMessage] = []
+    for level in levels:
+        if len(claimed) >= limit or (max_priority is not None and level > max_priority):
+            break
+        due = (
+            select(Message.id)
+            .where(
+                CLAIMABLE_SQL,
+                Message.priority == level,
+                Message.queue_rank <= horizon,
+                Message.due_at <= now,
+            )
+            .order_by(Message.queue_rank)
+            .limit(limit - len(claimed))
         )
-        .returning(*_RETURNING)
-        .execution_options(synchronize_session=False)
-    )
-    rows = (await session.execute(stmt)).all()
-    claimed = [ClaimedMessage(**row._asdict()) for row in rows]
+        if not is_sqlite(session):
+            due = due.with_for_update(skip_locked=True)
+        stmt = (
+            update(Message)
+            .where(Message.id.in_(due.scalar_subquery()))
+            .values(
+                status="sending",
+                lease_owner=worker_id,
+                lease_until=now + lease,
+                attempts=Message.attempts + 1,
+                updated_at=now,
+            )
+            .returning(*_RETURNING)
+            .execution_options(synchronize_session=False)
+        )
+        rows = (await session.execute(stmt)).all()
+        claimed.extend(ClaimedMessage(**row._asdict()) for row in rows)
     # Codes first within the batch too, so they ride in the first provider call.
     claimed.sort(key=lambda m: (CATEGORY_PRIORITY.get(m.category, 9), m.id))  # type: ignore[call-overload]
     return claimed
@@ -102,7 +120,16 @@ async def due_stats(session: AsyncSession, now: datetime) -> tuple[int, datetime
 
 
 async def next_due_at(session: AsyncSession) -> datetime | None:
-    return await session.scalar(select(func.min(Message.due_at)).where(CLAIMABLE_SQL))
+    """When the earliest claimable row falls due: the lowest rank of each priority level (the
+    first row of every batch ranks at its due time; one index probe per level)."""
+    firsts = []
+    for level in sorted(set(CATEGORY_PRIORITY.values())):
+        first = await session.scalar(
+            select(func.min(Message.queue_rank)).where(CLAIMABLE_SQL, Message.priority == level)
+        )
+        if first is not None:
+            firsts.append(int(first))
+    return datetime.fromtimestamp(min(firsts) / 1000, UTC) if firsts else None
 
 
 # Outcome fields, in the order both statements below read them.

@@ -18,11 +18,15 @@ from comms.kit.clock import epoch_ms
 
 FAIR_SLICE = 500  # rows that share one rank step (one claim's worth)
 FAIR_STEP_MS = 50  # 500 rows per 50 ms: a virtual 10,000 messages/s per batch
+MAX_SLICES = 200  # a batch spreads over at most 10 s of virtual time (100,000 rows)
+# Every claimable row ranks within this of its due time, so a claim can stop its index scan at
+# now + FAIR_HORIZON_MS instead of reading every scheduled row beyond it.
+FAIR_HORIZON_MS = MAX_SLICES * FAIR_STEP_MS
 
 
 def rank_of(due: datetime, position: int = 0) -> int:
     """The rank of the row at ``position`` within its batch, due at ``due``."""
-    return epoch_ms(due) + (position // FAIR_SLICE) * FAIR_STEP_MS
+    return epoch_ms(due) + min(position // FAIR_SLICE, MAX_SLICES) * FAIR_STEP_MS
 
 
-__all__ = ["FAIR_SLICE", "FAIR_STEP_MS", "rank_of"]
+__all__ = ["FAIR_HORIZON_MS", "FAIR_SLICE", "FAIR_STEP_MS", "MAX_SLICES", "rank_of"]

@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.kit.db import is_sqlite, raw_datetime
-from comms.messages.fairness import FAIR_SLICE, FAIR_STEP_MS, rank_of
+from comms.messages.fairness import FAIR_SLICE, FAIR_STEP_MS, MAX_SLICES, rank_of
 from comms.messages.status import RETRYABLE, Status, allowed_sources
 from comms.models import Batch, Message
 
@@ -131,7 +131,7 @@ class LogItemWriter:
                 *(
                     (row[6], rank_of(row[6]))
                     if row[6] is not None
-                    else (due, rank0 + ((position + i) // FAIR_SLICE) * FAIR_STEP_MS)
+                    else (due, rank0 + min((position + i) // FAIR_SLICE, MAX_SLICES) * FAIR_STEP_MS)
                     if row[3] in _DUE
                     else not_due
                 ),
@@ -173,7 +173,7 @@ _SQLITE_INSERT = (
     f"{', '.join(':' + c for c in _SHARED)}, :created, :created, "
     "COALESCE(value->>6, CASE WHEN value->>3 IN ('queued', 'scheduled') THEN :due END), "
     "COALESCE(value->>7, CASE WHEN value->>3 IN ('queued', 'scheduled') "
-    f"THEN :rank0 + ((:position + key) / {FAIR_SLICE}) * {FAIR_STEP_MS} END) "
+    f"THEN :rank0 + min((:position + key) / {FAIR_SLICE}, {MAX_SLICES}) * {FAIR_STEP_MS} END) "
     "FROM json_each(:rows)"
 )
 
@@ -183,7 +183,7 @@ _SQLITE_INSERT_SIMPLE = (
     f"SELECT substr(value, 1, {_ID_LENGTH}), substr(value, {_ID_LENGTH + 1}), "
     f"substr(value, {_ID_LENGTH + 1}), :status, NULL, NULL, "
     f"{', '.join(':' + c for c in _SHARED)}, :created, :created, :due, "
-    f":rank0 + ((:position + key) / {FAIR_SLICE}) * {FAIR_STEP_MS} "
+    f":rank0 + min((:position + key) / {FAIR_SLICE}, {MAX_SLICES}) * {FAIR_STEP_MS} "
     "FROM json_each(:rows)"
 )
 
