@@ -118,6 +118,37 @@ async def test_a_receipt_with_only_the_vendors_id_finds_its_item(
     assert await status_of(live_service, log_id) == "delivered"
 
 
+async def test_a_receipt_ahead_of_the_recorded_send_is_applied_once_the_send_is_recorded(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    """A vendor that names only its own id (Twilio, Tencent) can report before the dispatcher has
+    recorded that id: the receipt is kept as ``unmatched`` and applied on the next sweep."""
+    from sqlalchemy import update
+
+    log_id = await sent_message(live_service, live_tenant)
+    async with live_service.db.begin() as session:  # as it is while the batch is still in flight
+        row = await session.get(Message, log_id)
+        assert row is not None
+        vendor_id = row.provider_message_id
+        await session.execute(update(Message).where(Message.id == log_id).values(provider_message_id=None))
+    early = [{"event_id": "e-early", "message_id": vendor_id, "status": "delivered"}]
+    assert (await post_receipt(live_service, account, early)).status_code == 200
+    async with live_service.db.read() as session:
+        stored = await session.scalar(select(ReceiptEvent))
+    assert stored is not None and stored.outcome == "unmatched"
+    assert await status_of(live_service, log_id) == "sent"
+    async with live_service.db.begin() as session:  # the dispatcher records the send
+        await session.execute(
+            update(Message).where(Message.id == log_id).values(provider_message_id=vendor_id)
+        )
+    assert await live_service.app.state.dispatcher.retry_unmatched_receipts() == 1
+    assert await status_of(live_service, log_id) == "delivered"
+    assert await live_service.app.state.dispatcher.retry_unmatched_receipts() == 0  # applied once
+    async with live_service.db.read() as session:
+        stored = await session.scalar(select(ReceiptEvent))
+    assert stored is not None and stored.outcome == "delivered"
+
+
 async def test_forged_or_replayed_receipt_is_401_and_changes_nothing(
     live_service: Service, live_tenant: TenantKeys, account: str
 ) -> None:

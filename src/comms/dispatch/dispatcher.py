@@ -54,6 +54,7 @@ from comms.messages.fairness import rank_of
 from comms.messages.recipients import region_of_phone
 from comms.models import Tenant
 from comms.providers.base import OutboundMessage, Outcome, SendResult
+from comms.receipts.service import retry_unmatched
 from comms.templates.rendering import TemplateError
 
 log = logging.getLogger("comms.dispatch")
@@ -170,6 +171,18 @@ class Dispatcher:
                     await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
         log.info("dispatcher stopped", extra={"worker": self.worker_id})
 
+    async def retry_unmatched_receipts(self) -> int:
+        """Receipts that arrived before their send was recorded (receipts/service.py)."""
+        try:
+            async with self.db.begin() as session:
+                applied = await retry_unmatched(session, self.router.provider_for)
+        except Exception:
+            log.warning("retrying unmatched receipts failed", exc_info=True)
+            return 0
+        if applied:
+            log.info("applied receipts that arrived before their send was recorded", extra={"count": applied})
+        return applied
+
     async def _run_express(self) -> None:
         """Verification codes only: claimed as soon as a wake-up arrives, sent in this task."""
         while not self._stopping.is_set():
@@ -221,6 +234,7 @@ class Dispatcher:
         if reaped:
             log.warning("re-queued messages whose lease expired", extra={"count": reaped})
             self._wake.set()
+        await self.retry_unmatched_receipts()
         if loop_now - self._last_purge >= PURGE_INTERVAL:
             self._last_purge = loop_now
             async with self.db.begin() as session:

@@ -19,6 +19,7 @@ from comms.accounts.repository import ProviderAccountRepository
 from comms.dispatch.breaker import Breaker, BreakerState
 from comms.kit.db import Database
 from comms.kit.secretbox import SecretBox
+from comms.models import ProviderAccount
 from comms.providers.base import Provider, ProviderContext
 from comms.providers.outbox import OutboxProvider
 
@@ -95,16 +96,21 @@ class Router:
             async with self._db.read() as session:
                 rows = await ProviderAccountRepository(session, tenant_id).list(channel, enabled_only=True)
             for row in rows:
-                instance_key = (row.id, row.updated_at.timestamp())
-                provider = self._instances.get(instance_key)
-                if provider is None:
-                    cls = accounts.provider_class(row.provider, row.channel)
-                    config = accounts.unseal(cls, row.config, self._secrets)
-                    provider = cls.from_config(config, self._context(row.provider, row.id))
-                    self._instances[instance_key] = provider
-                routes.append(Route(provider, row.id, row.rate_per_second))
+                routes.append(Route(self.provider_for(row), row.id, row.rate_per_second))
         self._cache[key] = _Cached(now, routes)
         return routes
+
+    def provider_for(self, row: ProviderAccount) -> Provider:
+        """The provider instance of an account, built once per version of its config."""
+        assert self._secrets is not None
+        instance_key = (row.id, row.updated_at.timestamp())
+        provider = self._instances.get(instance_key)
+        if provider is None:
+            cls = accounts.provider_class(row.provider, row.channel)
+            config = accounts.unseal(cls, row.config, self._secrets)
+            provider = cls.from_config(config, self._context(row.provider, row.id))
+            self._instances[instance_key] = provider
+        return provider
 
     def breaker(self, route: Route) -> Breaker:
         if route.account_id is None:

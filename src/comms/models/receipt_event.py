@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import String, Text, UniqueConstraint
+from sqlalchemy import Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from comms.kit.db import UTCDateTime
@@ -13,7 +13,16 @@ class ReceiptEvent(Base):
     """A provider callback as received (raw), stored once: the same event twice is a no-op."""
 
     __tablename__ = "receipt_events"
-    __table_args__ = (UniqueConstraint("account_id", "event_key"),)
+    __table_args__ = (
+        UniqueConstraint("account_id", "event_key"),
+        # Receipts that named a vendor id comms had not recorded yet (receipts/service.py UNMATCHED).
+        Index(
+            "ix_receipt_events_unmatched",
+            "received_at",
+            postgresql_where=text("outcome = 'unmatched'"),
+            sqlite_where=text("outcome = 'unmatched'"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(40))

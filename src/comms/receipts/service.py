@@ -8,7 +8,9 @@ NOTHING: the same receipt delivered twice is recorded and applied once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -22,9 +24,11 @@ from comms.kit.db import is_sqlite
 from comms.kit.ids import new_id
 from comms.messages.status import Status, allowed_sources
 from comms.models import Message, ProviderAccount, ReceiptEvent, Tenant
-from comms.providers.base import DeliveryEvent, InboundSms
+from comms.providers.base import DeliveryEvent, InboundSms, Provider
 
 log = logging.getLogger("comms.receipts")
+UNMATCHED = "unmatched"
+UNMATCHED_FOR = timedelta(hours=1)  # how long a receipt waits for its send to be recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,10 @@ async def apply_receipt(
     session: AsyncSession, tenant: Tenant, account: ProviderAccount, event: DeliveryEvent
 ) -> str:
     message = await _find_message(session, account, event)
+    if message is None and event.message_id is None and event.provider_message_id is not None:
+        # Vendors that name only their own id can report before the dispatcher has recorded that
+        # id (it records a whole claimed batch at once): kept, and applied again shortly.
+        return UNMATCHED
     if message is None or message.tenant_id != tenant.id:
         return "ignored: unknown message"
     target = Status.DELIVERED if event.status == "delivered" else Status.UNDELIVERED
@@ -134,3 +142,44 @@ async def mark(session: AsyncSession, event_id: str, outcome: str) -> None:
         .values(outcome=outcome[:200])
         .execution_options(synchronize_session=False)
     )
+
+
+async def retry_unmatched(
+    session: AsyncSession, provider_for: Callable[[ProviderAccount], Provider], limit: int = 200
+) -> int:
+    """Apply again the receipts that named a vendor id not recorded yet; those still unmatched
+    after UNMATCHED_FOR are given up. Returns how many were applied this time."""
+    now = utcnow()
+    await session.execute(
+        update(ReceiptEvent)
+        .where(text("outcome = 'unmatched'"), ReceiptEvent.received_at < now - UNMATCHED_FOR)
+        .values(outcome="ignored: no message with this provider id")
+        .execution_options(synchronize_session=False)
+    )
+    waiting = (
+        await session.scalars(
+            select(ReceiptEvent)
+            .where(text("outcome = 'unmatched'"))
+            .order_by(ReceiptEvent.received_at)
+            .limit(limit)
+        )
+    ).all()
+    applied = 0
+    for row in waiting:
+        account = await session.get(ProviderAccount, row.account_id)
+        tenant = await session.get(Tenant, row.tenant_id)
+        if account is None or tenant is None:
+            row.outcome = "ignored: the account is gone"
+            continue
+        try:
+            events = provider_for(account).parse_receipts(row.payload.encode())
+        except Exception as exc:  # the account's config changed and no longer reads it
+            row.outcome = f"ignored: unreadable now: {type(exc).__name__}"[:200]
+            continue
+        event = next((e for e in events if f"{row.kind}:{e.event_key}"[:200] == row.event_key), None)
+        if event is None:
+            row.outcome = "ignored: not in its payload"
+            continue
+        row.outcome = (await apply_receipt(session, tenant, account, event))[:200]
+        applied += row.outcome != UNMATCHED
+    return applied
