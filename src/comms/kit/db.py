@@ -29,6 +29,7 @@ from sqlalchemy.types import TypeDecorator
 
 SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 WAL_RESET_BYTES = 64 * 1024 * 1024
+SQLITE_PAGE_SIZE = 16384
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -166,7 +167,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         for pragma in (
             # Before anything is written to a new file (a no-op on an existing one): 16 KiB pages
             # make a 100k bulk's six b-tree inserts ~10% cheaper than the default 4 KiB.
-            "PRAGMA page_size=16384",
+            f"PRAGMA page_size={SQLITE_PAGE_SIZE}",
             "PRAGMA journal_mode=WAL",
             "PRAGMA synchronous=NORMAL",
             "PRAGMA busy_timeout=30000",
