@@ -25,6 +25,7 @@ class WebhookSink:
     port: int = 0
     fail_status: int | None = None
     hang_seconds: float = 0.0
+    hang_only: set[str] = field(default_factory=set)  # hang only requests of these categories
     per_message: dict[str, dict[str, Any]] = field(default_factory=dict)
     received: Counter[str] = field(default_factory=Counter)
     bad_signatures: int = 0
@@ -67,7 +68,9 @@ class WebhookSink:
             self.bad_signatures += 1
             return web.Response(status=401, text="bad signature")
         if self.hang_seconds:
-            await asyncio.sleep(self.hang_seconds)
+            categories = {m.get("category") for m in msgspec.json.decode(body)["messages"]}
+            if not self.hang_only or categories & self.hang_only:
+                await asyncio.sleep(self.hang_seconds)
         if self.fail_status is not None:
             return web.Response(
                 status=self.fail_status, text="failing on purpose", headers={"Retry-After": "0"}

@@ -357,3 +357,41 @@ async def test_a_text_too_long_for_the_primary_goes_to_a_route_that_takes_it(
         )  # long via the webhook, short via Twilio
     finally:
         await twilio.stop()
+
+
+async def test_a_code_of_the_same_tenant_passes_a_bulk_that_holds_every_gateway_slot(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    """The bulk's requests hang at a slow gateway and fill the account's request slots; the
+    tenant's own verification code still goes out through the slots kept for codes."""
+    live_service.settings.lease_seconds = 30
+    await add_account(
+        live_service, live_tenant, sink.url, config={"url": sink.url, "secret": SECRET, "batch_size": 1}
+    )
+    sink.hang_seconds, sink.hang_only = 3.0, {"transactional"}
+    bulk = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(200), headers=live_tenant.headers()
+    )
+
+    async def slots_full() -> bool:
+        return sink.requests >= 16  # the account's default concurrency
+
+    await wait_until(slots_full)
+    code = await live_service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "category": "verification",
+            "content": "Code {{ code }}",
+            "variables": {"code": "4711"},
+            "recipients": ["13900139000"],
+        },
+        headers=live_tenant.headers(),
+    )
+
+    async def code_sent() -> bool:
+        return await statuses(live_service, code.json()["batch_id"]) == {"sent": 1}
+
+    await wait_until(code_sent)
+    assert "sent" not in await statuses(live_service, bulk.json()["batch_id"])  # all still hanging
+    sink.hang_seconds = 0

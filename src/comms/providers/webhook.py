@@ -83,6 +83,9 @@ class WebhookProvider(Provider):
         # Shared by every batch in flight: the account's requests in flight in this process stay
         # at ``concurrency`` while one batch's last requests overlap the next batch's first.
         self._gate = asyncio.Semaphore(config.concurrency)
+        # Verification codes get slots of their own: a bulk holding every request slot of the
+        # account (a slow gateway) must not hold back a code the express lane claimed.
+        self._codes_gate = asyncio.Semaphore(max(1, config.concurrency // 4))
 
     @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
@@ -92,7 +95,9 @@ class WebhookProvider(Provider):
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         size = self.config.batch_size
         chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
-        return await send_calls(chunks, self._post, lambda chunk: chunk, self._gate)
+        codes = all(m.category == "verification" for m in messages)
+        gate = self._codes_gate if codes else self._gate
+        return await send_calls(chunks, self._post, lambda chunk: chunk, gate)
 
     async def _post(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         """One request carrying ``messages``; raises when the gateway refused it as a whole."""
