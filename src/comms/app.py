@@ -23,10 +23,9 @@ from comms.compliance.endpoints import public as unsubscribe_router
 from comms.compliance.endpoints import router as compliance_router
 from comms.config import Settings
 from comms.dispatch.dispatcher import Dispatcher
-from comms.dispatch.queue import due_stats
+from comms.dispatch.observe import refresh_gauges
 from comms.dispatch.routing import Router
 from comms.errors import ApiError, RateLimited
-from comms.kit.clock import utcnow
 from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
 from comms.kit.logging import quiet_parameter_loggers
@@ -114,17 +113,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
     async def metrics_endpoint(request: Request) -> Response:
         """Prometheus text format."""
         state: AppState = request.app.state.comms
-        try:
-            async with state.db.read() as session:
-                depth, oldest = await due_stats(session, utcnow())
-            metrics.QUEUE_DEPTH.set(depth)
-            metrics.QUEUE_AGE.set(max(0.0, (utcnow() - oldest).total_seconds()) if oldest else 0.0)
-        except Exception:  # the database is down: report what this process knows
-            log.warning("queue metrics unavailable")
-        worker = request.app.state.dispatcher
-        if worker is not None:
-            for account, breaker_state in worker.router.breaker_states().items():
-                metrics.BREAKER.labels(account).set(metrics.BREAKER_VALUES[breaker_state.value])
+        await refresh_gauges(state.db, request.app.state.dispatcher)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

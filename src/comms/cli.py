@@ -102,9 +102,13 @@ def serve(
 @app.command()
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Batches in flight at once.")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve GET /metrics on this port (host: COMMS_HOST).")
+    ] = None,
 ) -> None:
     """Run a dispatcher only (scale-out beside `comms serve --no-dispatcher`)."""
     from comms.dispatch.dispatcher import Dispatcher
+    from comms.dispatch.observe import serve_worker_metrics
     from comms.dispatch.routing import Router
     from comms.kit.db import Database, run_maintenance
     from comms.kit.logging import configure_logging
@@ -129,9 +133,13 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         dispatcher.start()
+        port = metrics_port if metrics_port is not None else settings.worker_metrics_port
+        exporter = await serve_worker_metrics(db, dispatcher, settings.host, port) if port else None
         maintenance = asyncio.create_task(run_maintenance(db, stop))
         await stop.wait()
         await dispatcher.stop()
+        if exporter is not None:
+            await exporter.cleanup()
         await maintenance
         await router.close()
         await limiter.close()

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     # An API process without a dispatcher still sends the verification codes it accepts (the
     # express lane); false leaves all sending to `comms worker` processes.
     express_lane: bool = True
+    # `comms worker` serves GET /metrics on this port (on COMMS_HOST) when set.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
     dispatch_concurrency: int = Field(default=4, ge=1, le=256)
     lease_seconds: float = Field(default=60.0, gt=0)
