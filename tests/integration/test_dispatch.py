@@ -537,3 +537,50 @@ async def test_scheduled_rows_stay_out_of_the_claim_and_tell_when_work_is_next_d
     async with service.db.begin() as session:
         tomorrow = await claim_due(session, "w", 500, send_at + timedelta(seconds=1), timedelta(seconds=30))
     assert len(tomorrow) == 500 and {c.batch_id for c in tomorrow} == {later["batch_id"]}
+
+
+async def test_unknown_rows_are_asked_about_again_and_settled_by_what_the_provider_knows(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """CONTRACT.md: `unknown` is resolved by reconciliation with the provider. Two rows whose
+    second attempt also got no answer: the outbox has one of them (-> `sent`), not the other
+    (stays `unknown`, asked again later)."""
+    from comms.dispatch.dispatcher import Dispatcher
+    from comms.dispatch.routing import Router
+    from comms.kit.secretbox import SecretBox
+
+    created = await send(
+        service,
+        tenant,
+        {
+            "channel": "sms",
+            "category": "transactional",
+            "content": "x",
+            "recipients": ["13800138000", "13800138001"],
+        },
+    )
+    there, missing = (item["id"] for item in created["items"])
+    a_while_ago = utcnow() - timedelta(minutes=2)
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.batch_id == created["batch_id"])
+            .values(status="unknown", provider="outbox", possible_duplicate=True, updated_at=a_while_ago)
+        )
+    written = service.outbox / "sms" / f"{there}.json"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text("{}")
+    settings = service.settings
+    secrets = SecretBox(settings.resolved_secret_key)
+    router = Router(settings.resolved_outbox_dir, service.db, secrets, settings.resolved_public_url)
+    try:
+        worker = Dispatcher(service.db, settings, secrets, router)
+        assert await worker.recheck_unknown() == 1
+        assert await worker.recheck_unknown() == 0  # the other was just asked: not again at once
+    finally:
+        await router.close()
+    async with service.db.read() as session:
+        settled, open_ = await session.get(Message, there), await session.get(Message, missing)
+    assert settled is not None and settled.status == "sent" and settled.sent_at is not None
+    assert settled.response is not None and settled.response.startswith("reconciled with outbox")
+    assert open_ is not None and open_.status == "unknown" and open_.updated_at > a_while_ago

@@ -41,6 +41,8 @@ from comms.dispatch.queue import (
     outcome_time,
     release_claims,
     release_expired_leases,
+    settle_unknown,
+    unknown_to_recheck,
 )
 from comms.dispatch.routing import Route, Router
 from comms.dispatch.wakeup import WakeListener
@@ -66,7 +68,11 @@ DEFAULT_DEFERRAL = 60.0  # seconds, when a provider defers a message without say
 YIELD_EVERY = 64
 COMPLETE_RETRIES = (0.2, 1.0, 3.0)  # seconds before each retry of a failed completion
 # A verification code the provider holds back longer than this would arrive stale: fail it.
-VERIFICATION_MAX_DEFERRAL = 300.0  # messages composed between two turns of the event loop
+VERIFICATION_MAX_DEFERRAL = 300.0
+UNKNOWN_WINDOW = timedelta(days=1)  # how long unknown rows are asked about again
+UNKNOWN_RECHECK = timedelta(
+    minutes=1
+)  # between two questions about the same row  # messages composed between two turns of the event loop
 
 
 class Dispatcher:
@@ -171,6 +177,53 @@ class Dispatcher:
                     await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
         log.info("dispatcher stopped", extra={"worker": self.worker_id})
 
+    async def recheck_unknown(self) -> int:
+        """``unknown`` rows (no answer twice) are asked about again at the provider that carried
+        them, where it can be asked (CONTRACT.md): what it knows moves them to ``sent`` or
+        ``failed``; otherwise they are looked at again after UNKNOWN_RECHECK, for a day."""
+        now = utcnow()
+        try:
+            async with self.db.read() as session:
+                waiting = await unknown_to_recheck(session, now, UNKNOWN_WINDOW, UNKNOWN_RECHECK)
+                contexts = {b: await self._cache.get(session, b) for b in {c.batch_id for c, _ in waiting}}
+            outcomes: list[dict[str, Any]] = []
+            for c, account_id in waiting:
+                route = await self.router.route_of(c.provider, account_id)
+                outcomes.append(await self._recheck_one(c, route, contexts[c.batch_id], now))
+            async with self.db.begin() as session:
+                await settle_unknown(session, now, outcomes)
+        except Exception:
+            log.warning("re-checking unknown messages failed", exc_info=True)
+            return 0
+        settled = sum(1 for o in outcomes if o.get("status"))
+        if settled:
+            metrics.RECONCILED.labels("unknown").inc(settled)
+        return settled
+
+    async def _recheck_one(
+        self, c: ClaimedMessage, route: Route | None, context: BatchContext, now: datetime
+    ) -> dict[str, Any]:
+        if route is None or not route.provider.can_reconcile:
+            return {"id": c.id}  # nobody to ask: looked at again later, for a day
+        try:
+            message = compose(c, context, self._cache, self._decorator).message
+            answer = (await route.provider.reconcile([message]))[0]
+        except Exception as exc:
+            log.warning("reconcile failed", extra={"provider": route.name, "error": str(exc)})
+            return {"id": c.id}
+        if answer.outcome is Outcome.SENT:
+            return {
+                "id": c.id,
+                "status": "sent",
+                "sent_at": now,
+                "provider_message_id": answer.provider_message_id,
+                "response": f"reconciled with {route.name}: {answer.response or 'accepted'}"[:RESPONSE_LIMIT],
+                "error": None,
+            }
+        if answer.outcome is Outcome.FAILED:
+            return {"id": c.id, "status": "failed", "error": f"reconciled with {route.name}: {answer.error}"}
+        return {"id": c.id}
+
     async def retry_unmatched_receipts(self) -> int:
         """Receipts that arrived before their send was recorded (receipts/service.py)."""
         try:
@@ -235,6 +288,7 @@ class Dispatcher:
             log.warning("re-queued messages whose lease expired", extra={"count": reaped})
             self._wake.set()
         await self.retry_unmatched_receipts()
+        await self.recheck_unknown()
         if loop_now - self._last_purge >= PURGE_INTERVAL:
             self._last_purge = loop_now
             async with self.db.begin() as session:

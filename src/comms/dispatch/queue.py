@@ -290,3 +290,34 @@ async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, 
         )
         .execution_options(synchronize_session=False)
     )
+
+
+async def unknown_to_recheck(
+    session: AsyncSession, now: datetime, window: timedelta, every: timedelta, limit: int = 100
+) -> list[tuple[ClaimedMessage, str | None]]:
+    """``unknown`` rows of the last ``window`` not looked at for ``every``: with the account that
+    carried them, for a reconciliation with that provider."""
+    rows = (
+        await session.execute(
+            select(*_RETURNING)
+            .where(
+                Message.status == "unknown",
+                Message.updated_at >= now - window,
+                Message.updated_at < now - every,
+            )
+            .order_by(Message.updated_at)
+            .limit(limit)
+        )
+    ).all()
+    return [(ClaimedMessage(**row._asdict()), row.provider_account_id) for row in rows]
+
+
+async def settle_unknown(session: AsyncSession, now: datetime, outcomes: Sequence[dict[str, Any]]) -> None:
+    """Apply what the providers said of ``unknown`` rows (guarded: only rows still unknown)."""
+    for outcome in outcomes:
+        await session.execute(
+            update(Message)
+            .where(Message.id == outcome["id"], Message.status == "unknown")
+            .values(**{k: v for k, v in outcome.items() if k != "id"}, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )

@@ -100,6 +100,18 @@ class Router:
         self._cache[key] = _Cached(now, routes)
         return routes
 
+    async def route_of(self, provider: str | None, account_id: str | None) -> Route | None:
+        """The route that carried a message earlier (its account, or the outbox), if it still exists."""
+        if account_id is None:
+            return self._outbox if provider == self._outbox.name else None
+        if self._db is None:
+            return None
+        async with self._db.read() as session:
+            row = await session.get(ProviderAccount, account_id)
+        if row is None:
+            return None
+        return Route(self.provider_for(row), row.id, row.rate_per_second)
+
     def provider_for(self, row: ProviderAccount) -> Provider:
         """The provider instance of an account, built once per version of its config."""
         assert self._secrets is not None
