@@ -821,13 +821,13 @@ async def test_a_send_whose_answer_was_lost_is_reconciled_not_sent_again(
     """Aliyun took the message but its answer never came (UNKNOWN): the dispatcher asks
     QuerySendDetails by OutId = our log id before any re-send, finds it, and records ``sent``."""
     account = await add_aliyun_account(live_service, live_tenant, live_vendor)
-    update = {"config": {"timeout_seconds": 0.3}}
+    update = {"config": {"timeout_seconds": 1.0}}
     changed = await live_service.client.put(
         f"/communication/providers/{account['id']}", json=update, headers=live_tenant.headers()
     )
     assert changed.status_code == 200, changed.text
     await add_template(live_service, live_tenant, "verify_code", "verification", "Your code is {{ code }}")
-    live_vendor.lose_next_answer, live_vendor.hang_seconds = True, 1.0
+    live_vendor.lose_next_answer, live_vendor.hang_seconds = True, 3.0
     answer = await live_service.client.post(
         "/communication/bulk",
         json={
