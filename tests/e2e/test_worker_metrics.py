@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from bench._server import free_port
 
 from comms.config import Settings
 from tests.conftest import Service, TenantKeys, make_tenant, need_postgres, statuses, wait_until
 
 COMMS = Path(sys.executable).parent / "comms"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.slow

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.parser import BytesParser
@@ -12,10 +14,25 @@ from typing import Any
 
 from sqlalchemy import update
 
+from comms.dispatch.dispatcher import Dispatcher
 from comms.dispatch.queue import claim_due, release_expired_leases
+from comms.dispatch.routing import Router
 from comms.kit.clock import set_clock, utcnow
+from comms.kit.secretbox import SecretBox
 from comms.models import Message
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
+
+
+@contextlib.asynccontextmanager
+async def standalone_dispatcher(service: Service) -> AsyncIterator[Dispatcher]:
+    """A dispatcher beside `service` (which has none), as another worker process would be."""
+    settings = service.settings
+    secrets = SecretBox(settings.resolved_secret_key)
+    router = Router(settings.resolved_outbox_dir, service.db, secrets, settings.resolved_public_url)
+    try:
+        yield Dispatcher(service.db, settings, secrets, router)
+    finally:
+        await router.close()
 
 
 async def send(service: Service, tenant: TenantKeys, body: dict[str, Any]) -> dict[str, Any]:
@@ -242,10 +259,6 @@ async def test_a_possible_duplicate_is_reconciled_before_any_resend(
 ) -> None:
     """A worker died after the provider took the message: the next worker asks the provider
     (here the outbox, which can be asked) and records ``sent`` without sending it again."""
-    from comms.dispatch.dispatcher import Dispatcher
-    from comms.dispatch.routing import Router
-    from comms.kit.secretbox import SecretBox
-
     created = await send(
         service,
         tenant,
@@ -266,20 +279,16 @@ async def test_a_possible_duplicate_is_reconciled_before_any_resend(
     written.write_text('{"written": "by the worker that died"}')
     async with service.db.begin() as session:
         assert await release_expired_leases(session, now + timedelta(seconds=5)) == 2
-    settings = service.settings
-    secrets = SecretBox(settings.resolved_secret_key)
-    router = Router(settings.resolved_outbox_dir, service.db, secrets, settings.resolved_public_url)
-    worker = Dispatcher(service.db, settings, secrets, router)
-    worker.start()
-    try:
+    async with standalone_dispatcher(service) as worker:
+        worker.start()
+        try:
 
-        async def settled() -> bool:
-            return await statuses(service, created["batch_id"]) == {"sent": 2}
+            async def settled() -> bool:
+                return await statuses(service, created["batch_id"]) == {"sent": 2}
 
-        await wait_until(settled)
-    finally:
-        await worker.stop()
-        await router.close()
+            await wait_until(settled)
+        finally:
+            await worker.stop()
     async with service.db.read() as session:
         first, second = await session.get(Message, taken), await session.get(Message, lost)
     assert first is not None and second is not None
@@ -545,10 +554,6 @@ async def test_unknown_rows_are_asked_about_again_and_settled_by_what_the_provid
     """CONTRACT.md: `unknown` is resolved by reconciliation with the provider. Two rows whose
     second attempt also got no answer: the outbox has one of them (-> `sent`), not the other
     (stays `unknown`, asked again later)."""
-    from comms.dispatch.dispatcher import Dispatcher
-    from comms.dispatch.routing import Router
-    from comms.kit.secretbox import SecretBox
-
     created = await send(
         service,
         tenant,
@@ -570,15 +575,9 @@ async def test_unknown_rows_are_asked_about_again_and_settled_by_what_the_provid
     written = service.outbox / "sms" / f"{there}.json"
     written.parent.mkdir(parents=True, exist_ok=True)
     written.write_text("{}")
-    settings = service.settings
-    secrets = SecretBox(settings.resolved_secret_key)
-    router = Router(settings.resolved_outbox_dir, service.db, secrets, settings.resolved_public_url)
-    try:
-        worker = Dispatcher(service.db, settings, secrets, router)
+    async with standalone_dispatcher(service) as worker:
         assert await worker.recheck_unknown() == 1
         assert await worker.recheck_unknown() == 0  # the other was just asked: not again at once
-    finally:
-        await router.close()
     async with service.db.read() as session:
         settled, open_ = await session.get(Message, there), await session.get(Message, missing)
     assert settled is not None and settled.status == "sent" and settled.sent_at is not None

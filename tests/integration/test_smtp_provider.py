@@ -20,7 +20,6 @@ import email
 import email.policy
 import ipaddress
 import re
-import socket
 import ssl
 from collections import Counter
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import dkim
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from bench._server import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -127,12 +127,6 @@ class RecordingSMTP(SMTP):
 class RecordingController(Controller):
     def factory(self) -> SMTP:
         return RecordingSMTP(self.handler, **self.SMTP_kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:  # aiosmtpd's readiness check needs a real port, not 0
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -336,7 +336,7 @@ async def test_a_text_too_long_for_the_primary_goes_to_a_route_that_takes_it(
             "no provider can carry it: twilio takes at most 1600 characters, the text has 1700"
         )
         await add_account(live_service, live_tenant, sink.url, name="long-texts", priority=2)
-        live_service.app.state.dispatcher.router._cache.clear()  # see the new account now, not in 5 s
+        live_service.app.state.dispatcher.router.refresh()  # see the new account now, not in 5 s
         both = await live_service.client.post(
             "/communication/bulk",
             json={**sms_bulk(2, variables={}), "content": long_text, "recipients": ["13800138000"]},

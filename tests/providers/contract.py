@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import aiohttp
 import pytest
@@ -90,6 +90,13 @@ class FakeVendor:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
 
 
 @dataclass(frozen=True)
@@ -172,14 +179,8 @@ class ProviderContract:
 
     @pytest.fixture
     async def vendor(self) -> AsyncIterator[FakeVendor]:
-        server = await self.make_vendor().start()
-        yield server
-        await server.stop()
-
-    @pytest.fixture
-    async def http(self) -> AsyncIterator[aiohttp.ClientSession]:
-        async with aiohttp.ClientSession() as session:
-            yield session
+        async with self.make_vendor() as server:
+            yield server
 
     @pytest.fixture
     async def provider(

@@ -335,16 +335,8 @@ class TestAliyunContract(ProviderContract):
 
 @pytest.fixture
 async def vendor() -> AsyncIterator[AliyunVendor]:
-    server = AliyunVendor()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    async with AliyunVendor() as server:
+        yield server
 
 
 @pytest.fixture
@@ -688,10 +680,8 @@ def test_callbacks_need_the_accounts_token() -> None:
 
 @pytest.fixture
 async def live_vendor() -> AsyncIterator[AliyunVendor]:
-    server = AliyunVendor()
-    await server.start()
-    yield server
-    await server.stop()
+    async with AliyunVendor() as server:
+        yield server
 
 
 async def add_aliyun_account(service: Service, tenant: TenantKeys, vendor: AliyunVendor) -> dict[str, Any]:
@@ -920,7 +910,7 @@ async def test_a_message_without_an_aliyun_template_goes_to_a_route_that_needs_n
             "/communication/providers", json=second, headers=live_tenant.headers()
         )
         assert created.status_code == 201, created.text
-        live_service.app.state.dispatcher.router._cache.clear()  # see the new account now, not in 5 s
+        live_service.app.state.dispatcher.router.refresh()  # see the new account now, not in 5 s
         routed = await live_service.client.post(
             "/communication/bulk", json={**body, "recipients": ["13800100001"]}, headers=live_tenant.headers()
         )

@@ -225,16 +225,8 @@ class TestKannelContract(ProviderContract):
 
 @pytest.fixture
 async def vendor() -> AsyncIterator[KannelVendor]:
-    server = KannelVendor()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    async with KannelVendor() as server:
+        yield server
 
 
 def provider_for(

@@ -257,10 +257,8 @@ class TestSendGridContract(ProviderContract):
 
 @pytest.fixture
 async def vendor() -> AsyncIterator[SendGridVendor]:
-    server = SendGridVendor()
-    await server.start()
-    yield server
-    await server.stop()
+    async with SendGridVendor() as server:
+        yield server
 
 
 @pytest.fixture
@@ -489,10 +487,8 @@ def test_config_checks_the_verification_key() -> None:
 
 @pytest.fixture
 async def live_vendor() -> AsyncIterator[SendGridVendor]:
-    server = SendGridVendor()
-    await server.start()
-    yield server
-    await server.stop()
+    async with SendGridVendor() as server:
+        yield server
 
 
 async def test_bulk_through_sendgrid_then_bounce_complaint_and_delivery_receipts(

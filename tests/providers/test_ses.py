@@ -473,10 +473,8 @@ def fresh_certificates() -> None:
 
 @pytest.fixture
 async def vendor() -> AsyncIterator[SesVendor]:
-    server = SesVendor()
-    await server.start()
-    yield server
-    await server.stop()
+    async with SesVendor() as server:
+        yield server
 
 
 @pytest.fixture
@@ -736,10 +734,8 @@ def test_documented_ses_events_map_to_statuses(sample: dict[str, Any]) -> None:
 
 @pytest.fixture
 async def live_vendor() -> AsyncIterator[SesVendor]:
-    server = SesVendor()
-    await server.start()
-    yield server
-    await server.stop()
+    async with SesVendor() as server:
+        yield server
 
 
 async def test_bulk_through_ses_then_sns_receipts_bounce_complain_and_deliver(

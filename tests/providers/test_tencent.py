@@ -257,16 +257,8 @@ class TestTencentContract(ProviderContract):
 
 @pytest.fixture
 async def vendor() -> AsyncIterator[TencentVendor]:
-    server = TencentVendor()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    async with TencentVendor() as server:
+        yield server
 
 
 def make(

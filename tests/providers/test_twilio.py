@@ -253,16 +253,8 @@ class TestTwilioContract(ProviderContract):
 
 @pytest.fixture
 async def vendor() -> AsyncIterator[TwilioVendor]:
-    server = TwilioVendor()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    async with TwilioVendor() as server:
+        yield server
 
 
 def make(

@@ -301,7 +301,7 @@ async def unknown_to_recheck(
         await session.execute(
             select(*_RETURNING)
             .where(
-                Message.status == "unknown",
+                text("status = 'unknown'"),  # as written in ix_messages_unknown (see CLAIMABLE_SQL)
                 Message.updated_at >= now - window,
                 Message.updated_at < now - every,
             )

@@ -81,6 +81,10 @@ class Router:
         # Every breaker open: try them anyway in order rather than fail without trying.
         return usable or configured
 
+    def refresh(self) -> None:
+        """Read the accounts again at the next lookup instead of within ACCOUNTS_TTL."""
+        self._cache.clear()
+
     async def all_routes(self, tenant_id: str, channel: str) -> list[Route]:
         """Every configured route, open breaker or not (what could carry a message at all)."""
         return await self._configured(tenant_id, channel) or [self._outbox]

@@ -19,6 +19,7 @@ SENDING_SQL = text("status = 'sending'")
 _CLAIMABLE_SQL = CLAIMABLE_SQL
 _SENDING_SQL = SENDING_SQL
 _HAS_PROVIDER_ID = text("provider_message_id IS NOT NULL")
+_UNKNOWN_SQL = text("status = 'unknown'")
 
 
 class Message(Base):
@@ -41,6 +42,8 @@ class Message(Base):
             sqlite_where=_CLAIMABLE_SQL,
         ),
         Index("ix_messages_lease", "lease_until", postgresql_where=_SENDING_SQL, sqlite_where=_SENDING_SQL),
+        # Dispatcher.recheck_unknown looks for these every reaper round: never a table scan.
+        Index("ix_messages_unknown", "updated_at", postgresql_where=_UNKNOWN_SQL, sqlite_where=_UNKNOWN_SQL),
         Index(
             "ix_messages_provider_message_id",
             "provider_account_id",
