@@ -47,7 +47,7 @@ Flags (defaults):
   --skip-latency, --skip-scaling  leave out phase 4 / the 2-worker phase
   --steps                       one more 1-worker dispatch with timers around the dispatcher's steps
   --profile [--py-spy PATH]     one more 1-worker dispatch sampled by py-spy (PATH, or on PATH),
-                                else under cProfile
+                                else under cProfile; --profile-out FILE keeps py-spy's stacks
   --history (100000)            sent rows in the table before each timed bulk
   --analyze-after-accept        experiment: ANALYZE messages right after each 202 (comms does not)
   --sink-delay-ms (0)           the sink answers every POST this much later (a slow provider)
@@ -274,6 +274,17 @@ def timed_worker_main() -> None:
 
     Database.begin = begin  # type: ignore[method-assign]
     original_start = dispatcher.Dispatcher.start
+    import gc
+
+    collecting: list[float] = []
+
+    def gc_timer(phase: str, info: dict[str, Any]) -> None:  # the collector's pauses, per generation
+        if phase == "start":
+            collecting.append(time.perf_counter())
+        elif collecting:
+            steps[f"gc pause, generation {info['generation']}"].append(time.perf_counter() - collecting.pop())
+
+    gc.callbacks.append(gc_timer)
 
     def start(self: Any) -> None:
         async def probe() -> None:  # how late a 5 ms sleep wakes: time the loop was busy
@@ -306,6 +317,14 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def _queued_seconds(pid: int) -> float:
+    """Seconds the process's main thread was ready to run but waited for a core (schedstat)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _postgres_processes() -> dict[int, float]:
     """CPU seconds of every process named postgres, by pid."""
     found: dict[int, float] = {}
@@ -329,6 +348,8 @@ class CpuMeter:
         self._named: dict[str, float] = {}
         self._pg: dict[int, float] = {}
         self.used: dict[str, float] = {}
+        self._queued: dict[str, float] = {}
+        self.queued: dict[str, float] = {}  # seconds each named process waited for a core
 
     async def _ours(self) -> set[int]:
         rows = await self.db.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
@@ -336,10 +357,15 @@ class CpuMeter:
 
     async def start(self) -> None:
         self._named = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._queued = {name: _queued_seconds(pid) for name, pid in self.pids.items()}
         self._pg = _postgres_processes()
 
     async def stop(self) -> None:
         named = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.queued = {
+            name: max(0.0, _queued_seconds(pid) - self._queued.get(name, 0.0))
+            for name, pid in self.pids.items()
+        }
         pg = _postgres_processes()
         ours = await self._ours()
         self.used = {k: max(0.0, named[k] - self._named.get(k, 0.0)) for k in named}
@@ -349,7 +375,9 @@ class CpuMeter:
 
     def describe(self, wall: float) -> str:
         parts = [f"{k} {v / wall:.2f}" for k, v in self.used.items() if v / wall >= 0.005]
-        return "cores: " + ", ".join(parts) + f" (total {sum(self.used.values()) / wall:.2f})"
+        waits = [f"{k} {v / wall:.0%}" for k, v in self.queued.items() if v / wall >= 0.01]
+        waited = f"; waited for a core: {', '.join(waits)} of the time" if waits else ""
+        return "cores: " + ", ".join(parts) + f" (total {sum(self.used.values()) / wall:.2f}){waited}"
 
 
 # ---- 1. the bare loop ----------------------------------------------------------------------------
@@ -850,7 +878,19 @@ async def profile_worker(bench: Bench, n: int) -> None:
         await bench.warm_up()
         out = bench.server.data_dir / "worker.pyspy"
         recorder = subprocess.Popen(
-            [spy, "record", "-p", str(worker.pid), "-r", "250", "--format", "raw", "-o", str(out)],
+            [
+                spy,
+                "record",
+                "-p",
+                str(worker.pid),
+                "-r",
+                "250",
+                "--format",
+                "raw",
+                "-o",
+                str(out),
+                *(["--idle"] if os.environ.get("BENCH_SPY_IDLE") else []),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -861,6 +901,8 @@ async def profile_worker(bench: Bench, n: int) -> None:
         bench.stop_worker(worker)
         print(f"\nprofile: py-spy on 1 worker, {n:,} messages in {seconds:.2f} s; {meter.describe(seconds)}")
         summarize_py_spy(out)
+        if bench.args.profile_out:
+            shutil.copyfile(out, bench.args.profile_out)
         return
     import pstats
 
@@ -984,6 +1026,9 @@ def main() -> None:
     parser.add_argument("--steps", action="store_true", help="end with a step-timed 1-worker dispatch")
     parser.add_argument(
         "--py-spy", default=None, help="py-spy binary for --profile (else PATH, else cProfile)"
+    )
+    parser.add_argument(
+        "--profile-out", default=None, help="also keep py-spy's collapsed stacks (--profile) in this file"
     )
     parser.add_argument("--history", type=int, default=100_000, help="sent rows in the table")
     parser.add_argument(

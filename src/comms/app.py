@@ -29,6 +29,7 @@ from comms.errors import ApiError, RateLimited
 from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
 from comms.kit.logging import quiet_parameter_loggers
+from comms.kit.memory import freeze_startup_heap
 from comms.kit.ratelimit import make_limiter
 from comms.kit.requestlog import RequestLogMiddleware, request_id_var
 from comms.kit.secretbox import SecretBox
@@ -41,7 +42,11 @@ from comms.templates.endpoints import router as templates_router
 log = logging.getLogger("comms.api")
 
 
-def create_app(settings: Settings | None = None, *, dispatcher: bool | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, dispatcher: bool | None = None, freeze_heap: bool = False
+) -> FastAPI:
+    """``freeze_heap``: a server process (``comms serve``) hides its start-up objects from the
+    garbage collector once started (see comms.kit.memory); tests that build many apps do not."""
     settings = settings or Settings()
     run_dispatcher = settings.dispatcher_enabled if dispatcher is None else dispatcher
 
@@ -62,6 +67,8 @@ def create_app(settings: Settings | None = None, *, dispatcher: bool | None = No
         app.state.dispatcher = worker
         stop_maintenance = asyncio.Event()
         maintenance = asyncio.create_task(run_maintenance(db, stop_maintenance))
+        if freeze_heap:
+            freeze_startup_heap()
         try:
             yield
         finally:

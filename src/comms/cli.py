@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from comms.config import Settings
-from comms.kit.memory import limit_malloc_arenas
+from comms.kit.memory import freeze_startup_heap, limit_malloc_arenas
 
 app = typer.Typer(help="comms: bulk SMS and email with per-recipient logs.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
@@ -82,7 +82,7 @@ def serve(
             f"Messages go to the outbox folder: {settings.resolved_outbox_dir}\n",
             err=True,
         )
-    app_ = create_app(settings, dispatcher=not no_dispatcher)
+    app_ = create_app(settings, dispatcher=not no_dispatcher, freeze_heap=True)
     # uvicorn drains on SIGTERM, then restores the handler it found and re-raises the signal
     # (cooperative signal handling, uvicorn >= 0.29). With the default handler that killed the
     # process after a clean drain (exit -15 / 143); with this one a drained stop exits 0.
@@ -133,6 +133,7 @@ def worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         dispatcher.start()
+        freeze_startup_heap()
         port = metrics_port if metrics_port is not None else settings.worker_metrics_port
         exporter = await serve_worker_metrics(db, dispatcher, settings.host, port) if port else None
         maintenance = asyncio.create_task(run_maintenance(db, stop))

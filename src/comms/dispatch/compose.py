@@ -37,6 +37,32 @@ class BatchContext:
     secret_names: frozenset[str]
     loaded_at: float = field(default_factory=time.monotonic)
     _shared_render: tuple[str, str | None, str | None, str] | None = field(default=None)
+    # Plain copies of the batch's columns read per message (an ORM attribute read costs more).
+    sender: str | None = field(init=False)
+    provider_templates: dict[str, Any] | None = field(init=False)
+    # SMS text as decorated for one (text, shown, category, region): a bulk with shared content
+    # decorates and counts segments once per region instead of once per recipient.
+    _sms: dict[tuple[str, str, str, str | None], tuple[str, str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sender = self.batch.sender
+        self.provider_templates = self.batch.provider_templates or None
+
+    def sms_text(
+        self, text: str, shown: str, category: str, region: str | None, decorator: MessageDecorator
+    ) -> tuple[str, str, int]:
+        """(text, shown text, segments) with the signature and opt-out text the rules require."""
+        key = (text, shown, category, region)
+        found = self._sms.get(key)
+        if found is not None:
+            return found
+        settings = self.settings
+        text = decorator.sms_text(text, category=category, region=region, settings=settings)
+        shown = decorator.sms_text(shown, category=category, region=region, settings=settings)
+        found = (text, shown, count_segments(text).segments)
+        if len(self._sms) < SMS_CACHE_SIZE:  # per-recipient variables: most entries are one-offs
+            self._sms[key] = found
+        return found
 
     def render(self, own: dict[str, str] | None) -> tuple[str, str | None, str | None, str]:
         """(text, subject, html, text with secrets redacted) for one recipient."""
@@ -61,6 +87,7 @@ class BatchContext:
 # Batches are immutable, but the tenant's settings (quiet hours, signature, postal address) are
 # not: a cached context is reloaded after this many seconds so a PUT /settings reaches sends soon.
 SETTINGS_TTL = 30.0
+SMS_CACHE_SIZE = 256
 
 
 class BatchCache:
@@ -116,7 +143,6 @@ def compose(
         # Sent once already, after which its secret values were wiped: never send "******".
         raise TemplateError("its secret variables were erased after an earlier send; send a new message")
     text, subject, html, shown = context.render(own)
-    batch = context.batch
     settings = context.settings
     headers: tuple[tuple[str, str], ...] = ()
     segments = None
@@ -133,14 +159,12 @@ def compose(
         text, shown = text + extras.text_footer, shown + extras.text_footer
         if html is not None:
             html = with_html_footer(html, extras.html_footer)
-        sender = batch.sender or next(iter(settings.email_senders()), None)
+        sender = context.sender or next(iter(settings.email_senders()), None)
         sender_name = context.tenant_name
     else:
         region = region_of_phone(claimed.recipient)
-        text = decorator.sms_text(text, category=claimed.category, region=region, settings=settings)
-        shown = decorator.sms_text(shown, category=claimed.category, region=region, settings=settings)
-        sender = batch.sender or next(iter(settings.sms_senders()), None)
-        segments = count_segments(text).segments
+        text, shown, segments = context.sms_text(text, shown, claimed.category, region, decorator)
+        sender = context.sender or next(iter(settings.sms_senders()), None)
     message = OutboundMessage(
         id=claimed.id,
         tenant_id=claimed.tenant_id,
@@ -153,8 +177,8 @@ def compose(
         subject=subject,
         html=html,
         headers=headers,
-        variables={**context.shared, **(own or {})},
-        provider_template=batch.provider_templates or None,
+        variables={**context.shared, **own} if own else context.shared,
+        provider_template=context.provider_templates,
         segments=segments,
         possible_duplicate=claimed.possible_duplicate,
     )

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -334,9 +334,12 @@ class Dispatcher:
             ]
         await self._complete(rows)
         by_id = {c.id: c for c in claimed}
-        for row in rows:
-            c = by_id[row["id"]]
-            metrics.FINISHED.labels(c.tenant_id, c.channel, row["provider"] or "none", row["status"]).inc()
+        finished = Counter(
+            (by_id[row["id"]].tenant_id, by_id[row["id"]].channel, row["provider"] or "none", row["status"])
+            for row in rows
+        )
+        for labels, count in finished.items():  # one labelled child per group, not per message
+            metrics.FINISHED.labels(*labels).inc(count)
 
     async def _complete(self, rows: list[dict[str, Any]]) -> None:
         """Record the outcomes; a database hiccup is retried, because rows left ``sending`` would

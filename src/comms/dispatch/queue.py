@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -40,7 +41,7 @@ class ClaimedMessage:
     provider_account_id: str | None = None
 
 
-_RETURNING = (
+_RETURNING = (  # ClaimedMessage's fields, in its order
     Message.id,
     Message.tenant_id,
     Message.batch_id,
@@ -102,8 +103,9 @@ async def claim_due(
             .returning(*_RETURNING)
             .execution_options(synchronize_session=False)
         )
-        rows = (await session.execute(stmt)).all()
-        claimed.extend(ClaimedMessage(**row._asdict()) for row in rows)
+        # _RETURNING lists the fields in ClaimedMessage's order: a row is its positional arguments.
+        rows: Sequence[tuple[Any, ...]] = (await session.execute(stmt)).all()
+        claimed.extend(ClaimedMessage(*row) for row in rows)
     # Codes first within the batch too, so they ride in the first provider call.
     claimed.sort(key=lambda m: (CATEGORY_PRIORITY.get(m.category, 9), m.id))  # type: ignore[call-overload]
     return claimed
@@ -209,6 +211,7 @@ async def complete(
         await session.execute(_COMPLETE[(pg, True)], params)
 
 
+@lru_cache(maxsize=64)  # a batch's rows share one `now`: formatted once, not once per row
 def outcome_time(value: datetime | None, sqlite: bool) -> str | None:
     """A timestamp as the outcome payload carries it (SQLite's stored text form, or ISO 8601)."""
     if value is None:

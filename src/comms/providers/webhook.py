@@ -22,7 +22,6 @@ Answer: any 2xx accepts every message; a JSON body ``{"results": [{"id": "log_..
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
@@ -43,7 +42,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import send_calls
+from comms.providers.calls import RequestPool, send_calls
 
 _encode = msgspec.json.Encoder().encode
 _STATUS = {"accepted": Outcome.SENT, "sent": Outcome.SENT, "retry": Outcome.RETRY, "rejected": Outcome.FAILED}
@@ -82,10 +81,11 @@ class WebhookProvider(Provider):
         self.http = http
         # Shared by every batch in flight: the account's requests in flight in this process stay
         # at ``concurrency`` while one batch's last requests overlap the next batch's first.
-        self._gate = asyncio.Semaphore(config.concurrency)
+        self._pool = RequestPool(config.concurrency)
         # Verification codes get slots of their own: a bulk holding every request slot of the
         # account (a slow gateway) must not hold back a code the express lane claimed.
-        self._codes_gate = asyncio.Semaphore(max(1, config.concurrency // 4))
+        self._codes_pool = RequestPool(max(1, config.concurrency // 4))
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
 
     @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
@@ -96,8 +96,8 @@ class WebhookProvider(Provider):
         size = self.config.batch_size
         chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
         codes = all(m.category == "verification" for m in messages)
-        gate = self._codes_gate if codes else self._gate
-        return await send_calls(chunks, self._post, lambda chunk: chunk, gate)
+        pool = self._codes_pool if codes else self._pool
+        return await send_calls(chunks, self._post, lambda chunk: chunk, pool)
 
     async def _post(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         """One request carrying ``messages``; raises when the gateway refused it as a whole."""
@@ -108,11 +108,12 @@ class WebhookProvider(Provider):
             "X-Comms-Timestamp": timestamp,
             "X-Comms-Signature": signature(self.config.secret, timestamp, body),
         }
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
         if self.http is None:
             raise TransientProviderError("no HTTP session: this instance only parses callbacks")
         try:
-            async with self.http.post(self.config.url, data=body, headers=headers, timeout=timeout) as answer:
+            async with self.http.post(
+                self.config.url, data=body, headers=headers, timeout=self._timeout
+            ) as answer:
                 status = answer.status
                 text = await answer.read()
                 retry_after = _retry_after(answer.headers.get("Retry-After"))

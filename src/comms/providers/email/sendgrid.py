@@ -49,7 +49,6 @@ timestamp more than 10 minutes away is a replay. Event mapping: :data:`EVENTS`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import re
@@ -486,8 +485,9 @@ class SendGridProvider(Provider):
             else:
                 results[m.id] = SendResult(m.id, Outcome.FAILED, error=problem)
         requests = plan_requests(sendable)
-        gate = asyncio.Semaphore(CONCURRENT_REQUESTS)
-        for result in await send_calls(requests, self._send_request, lambda r: r.messages, gate):
+        for result in await send_calls(
+            requests, self._send_request, lambda r: r.messages, CONCURRENT_REQUESTS
+        ):
             results[result.message_id] = result
         return [results[m.id] for m in messages]
 

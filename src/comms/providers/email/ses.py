@@ -38,7 +38,6 @@ SubscribeURL (same host rules as the certificate). Notification payloads map thr
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import re
@@ -224,8 +223,9 @@ class SesProvider(Provider):
                 chunk = members[start : start + MAX_BULK_ENTRIES]
                 body = self._send_bulk_email(sender, sender_name, template, chunk)
                 calls.append(_Call(chunk, "/v2/email/outbound-bulk-emails", body))
-        gate = asyncio.Semaphore(self.config.max_concurrency)
-        for result in await send_calls(calls, self._execute, lambda c: c.messages, gate):
+        for result in await send_calls(
+            calls, self._execute, lambda c: c.messages, self.config.max_concurrency
+        ):
             results[result.message_id] = result
         return [results[m.id] for m in messages]
 

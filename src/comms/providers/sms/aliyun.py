@@ -39,7 +39,6 @@ signature: the URL registered in the Aliyun console holds a per-account secret t
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -67,6 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
+from comms.providers.calls import bounded_map
 
 API_VERSION = "2017-05-25"
 SEND_SMS_MAX_NUMBERS = 1000
@@ -338,7 +338,6 @@ class AliyunProvider(Provider):
         sent). Only when no call reached Aliyun at all does the refusal propagate, so the
         dispatcher can offer the whole chunk to the next account without sending anything twice.
         """
-        gate = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         stopped: list[ProviderError | _NoAnswer] = []
         refused: list[ProviderError] = []
         reached = False
@@ -346,37 +345,36 @@ class AliyunProvider(Provider):
 
         async def run(call: _Call) -> None:
             nonlocal reached
-            async with gate:
-                if stopped:
-                    reason = stopped[0]
-                    error = f"not sent: an earlier call failed ({_reason(reason)})"
-                    retry_after = reason.retry_after if isinstance(reason, ProviderError) else None
-                    for p in call.members:
-                        results[p.message.id] = SendResult(
-                            p.message.id, Outcome.RETRY, error=error, retry_after=retry_after
-                        )
-                    return
-                try:
-                    payload = await self._call(call.action, call.params)
-                except ProviderError as exc:
-                    stopped.append(exc)
-                    refused.append(exc)
-                    outcome = Outcome.FAILED if isinstance(exc, PermanentProviderError) else Outcome.RETRY
-                    for p in call.members:
-                        results[p.message.id] = SendResult(
-                            p.message.id, outcome, error=f"aliyun: {exc.message}", retry_after=exc.retry_after
-                        )
-                    return
-                except _NoAnswer as exc:
-                    stopped.append(exc)
-                    reached = True
-                    for p in call.members:
-                        results[p.message.id] = SendResult(p.message.id, Outcome.UNKNOWN, error=str(exc))
-                    return
+            if stopped:
+                reason = stopped[0]
+                error = f"not sent: an earlier call failed ({_reason(reason)})"
+                retry_after = reason.retry_after if isinstance(reason, ProviderError) else None
+                for p in call.members:
+                    results[p.message.id] = SendResult(
+                        p.message.id, Outcome.RETRY, error=error, retry_after=retry_after
+                    )
+                return
+            try:
+                payload = await self._call(call.action, call.params)
+            except ProviderError as exc:
+                stopped.append(exc)
+                refused.append(exc)
+                outcome = Outcome.FAILED if isinstance(exc, PermanentProviderError) else Outcome.RETRY
+                for p in call.members:
+                    results[p.message.id] = SendResult(
+                        p.message.id, outcome, error=f"aliyun: {exc.message}", retry_after=exc.retry_after
+                    )
+                return
+            except _NoAnswer as exc:
+                stopped.append(exc)
                 reached = True
-                results.update((r.message_id, r) for r in _call_results(call, payload))
+                for p in call.members:
+                    results[p.message.id] = SendResult(p.message.id, Outcome.UNKNOWN, error=str(exc))
+                return
+            reached = True
+            results.update((r.message_id, r) for r in _call_results(call, payload))
 
-        await asyncio.gather(*(run(call) for call in calls))
+        await bounded_map(calls, run, MAX_CONCURRENT_CALLS)
         if not reached and refused:
             permanent = [e for e in refused if isinstance(e, PermanentProviderError)]
             raise (permanent or refused)[0]
@@ -447,13 +445,7 @@ class AliyunProvider(Provider):
         """Ask QuerySendDetails (per number, today and yesterday in Beijing) for a record whose
         ``OutId`` names the message: SendStatus 3 delivered and 1 waiting are SENT, 2 FAILED;
         no record is UNKNOWN (it may then be sent once more, flagged)."""
-        gate = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
-
-        async def one(message: OutboundMessage) -> SendResult:
-            async with gate:
-                return await self._reconcile_one(message)
-
-        return list(await asyncio.gather(*(one(m) for m in messages)))
+        return await bounded_map(messages, self._reconcile_one, MAX_CONCURRENT_CALLS)
 
     async def _reconcile_one(self, message: OutboundMessage) -> SendResult:
         number = aliyun_number(message.to)

@@ -46,7 +46,6 @@ with ``&from=%p&to=%P&text=%a&id=%I&ts=%t`` appended, and ``max-messages = 0``, 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -67,6 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
+from comms.providers.calls import bounded_map
 from comms.providers.sms.segments import count_segments
 
 # Kannel's delivery report types (the ``%d`` of a dlr-url; gw/dlr.h): what each one means and
@@ -198,21 +198,19 @@ class KannelProvider(Provider):
         if self.http is None:
             raise TransientProviderError("no HTTP session: this instance only parses callbacks")
         http = self.http
-        gate = asyncio.Semaphore(self.config.concurrency)
         stop: list[_Refused] = []  # once Kannel refuses the call, the rest are not sent at all
 
         async def one(message: OutboundMessage) -> SendResult | _Refused:
-            async with gate:
-                if stop:
-                    first = stop[0]
-                    reason = f"not attempted: {first.reason}"
-                    return _Refused(message.id, reason, first.permanent, first.retry_after, attempted=False)
-                result = await self._send_one(http, message)
-                if isinstance(result, _Refused):
-                    stop.append(result)
-                return result
+            if stop:
+                first = stop[0]
+                reason = f"not attempted: {first.reason}"
+                return _Refused(message.id, reason, first.permanent, first.retry_after, attempted=False)
+            result = await self._send_one(http, message)
+            if isinstance(result, _Refused):
+                stop.append(result)
+            return result
 
-        outcomes = await asyncio.gather(*(one(m) for m in messages))
+        outcomes = await bounded_map(messages, one, self.config.concurrency)
         refused = [o for o in outcomes if isinstance(o, _Refused)]
         if refused and len(refused) == len(outcomes):  # nothing reached Kannel: fail over
             permanent = next((r for r in stop if r.permanent), None)

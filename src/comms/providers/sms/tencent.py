@@ -33,7 +33,6 @@ A token in the URL proves who knows the URL, not the body's integrity (TLS cover
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
@@ -57,6 +56,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
+from comms.providers.calls import bounded_map
 
 ACTION = "SendSms"
 VERSION = "2021-01-11"
@@ -242,19 +242,17 @@ class TencentProvider(Provider):
             for (template, sign, _, params), members in groups.items()
             for chunk in _chunks(members, [messages[i].to for i in members])
         ]
-        gate = asyncio.Semaphore(self.config.concurrency)
         stop: list[_Answer] = []
 
         async def one(call: _Call) -> _Answer:
-            async with gate:
-                if stop:
-                    return _Answer("skipped", reason=f"not attempted: {stop[0].reason}")
-                answer = await self._send_call(call)
-                if answer.kind in ("refused", "transient"):
-                    stop.append(answer)
-                return answer
+            if stop:
+                return _Answer("skipped", reason=f"not attempted: {stop[0].reason}")
+            answer = await self._send_call(call)
+            if answer.kind in ("refused", "transient"):
+                stop.append(answer)
+            return answer
 
-        answers = await asyncio.gather(*(one(c) for c in calls))
+        answers = await bounded_map(calls, one, self.config.concurrency)
         return _settle(messages, results, calls, answers)
 
     async def _send_call(self, call: _Call) -> _Answer:

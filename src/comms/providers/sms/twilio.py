@@ -30,7 +30,6 @@ not match; two identical bodies to one number on one day are indistinguishable.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -56,6 +55,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
+from comms.providers.calls import bounded_map
 
 API_VERSION = "2010-04-01"
 
@@ -187,19 +187,17 @@ class TwilioProvider(Provider):
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         if self.http is None:
             raise TransientProviderError("no HTTP session: this instance only parses callbacks")
-        gate = asyncio.Semaphore(self.config.concurrency)
         stop: list[_Answer] = []  # once the account is refused or throttled, start no more calls
 
         async def one(message: OutboundMessage) -> _Answer:
-            async with gate:
-                if stop:
-                    return _Answer("skipped", reason=f"not attempted: {stop[0].reason}")
-                answer = await self._create(message)
-                if answer.kind == "refused" or answer.halts:
-                    stop.append(answer)
-                return answer
+            if stop:
+                return _Answer("skipped", reason=f"not attempted: {stop[0].reason}")
+            answer = await self._create(message)
+            if answer.kind == "refused" or answer.halts:
+                stop.append(answer)
+            return answer
 
-        answers = await asyncio.gather(*(one(m) for m in messages))
+        answers = await bounded_map(messages, one, self.config.concurrency)
         return _settle(messages, answers)
 
     async def _create(self, message: OutboundMessage) -> _Answer:
@@ -293,13 +291,7 @@ class TwilioProvider(Provider):
     async def reconcile(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         if self.http is None:
             return [SendResult(m.id, Outcome.UNKNOWN, error="no HTTP session") for m in messages]
-        gate = asyncio.Semaphore(self.config.concurrency)
-
-        async def one(message: OutboundMessage) -> SendResult:
-            async with gate:
-                return await self._find(message)
-
-        return list(await asyncio.gather(*(one(m) for m in messages)))
+        return await bounded_map(messages, self._find, self.config.concurrency)
 
     async def _find(self, message: OutboundMessage) -> SendResult:
         """List the messages to ``message.to`` sent since our log item's day; match the body."""
