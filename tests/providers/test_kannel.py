@@ -421,6 +421,18 @@ async def test_a_batch_goes_concurrently_within_the_bound(
     assert vendor.most_in_flight == 4 and len(vendor.delivered) == 20
 
 
+async def test_batches_in_flight_share_the_accounts_bound(
+    vendor: KannelVendor, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The dispatcher keeps several batches in flight; together they keep the account's bound."""
+    vendor.latency = 0.02
+    provider = provider_for(vendor, http, tmp_path, concurrency=3)
+    batches = [[sms(200 + b * 10 + i) for i in range(5)] for b in range(4)]
+    answers = await asyncio.gather(*(provider.send(batch) for batch in batches))
+    assert all(r.outcome is Outcome.SENT for results in answers for r in results)
+    assert vendor.most_in_flight == 3 and len(vendor.delivered) == 20
+
+
 async def test_a_callback_only_instance_cannot_send(vendor: KannelVendor, tmp_path: Path) -> None:
     with pytest.raises(TransientProviderError):
         await provider_for(vendor, None, tmp_path).send([sms(1)])

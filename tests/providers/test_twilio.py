@@ -392,6 +392,18 @@ async def test_calls_run_concurrently_within_the_bound(
     assert len({r.provider_message_id for r in results}) == 16
 
 
+async def test_batches_in_flight_share_the_accounts_bound(
+    vendor: TwilioVendor, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The dispatcher keeps several batches in flight; together they keep the account's bound."""
+    vendor.latency = 0.05
+    provider = make(vendor, http, tmp_path, concurrency=3)
+    batches = [[sms(b * 10 + i) for i in range(6)] for b in range(4)]
+    answers = await asyncio.gather(*(provider.send(batch) for batch in batches))
+    assert all(r.outcome is Outcome.SENT for results in answers for r in results)
+    assert vendor.max_in_flight == 3
+
+
 async def test_receipts_from_the_documented_callbacks(tmp_path: Path) -> None:
     provider = TwilioProvider.from_config(
         TwilioConfig(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, from_number=FROM),

@@ -66,7 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import bounded_map
+from comms.providers.calls import RequestPool, bounded_map
 
 API_VERSION = "2017-05-25"
 SEND_SMS_MAX_NUMBERS = 1000
@@ -289,6 +289,8 @@ class AliyunProvider(Provider):
         self.config = config
         self.http = http
         self.clock = clock or (lambda: datetime.now(UTC))
+        # The account's calls in flight in this process, shared by every batch being sent.
+        self._pool = RequestPool(MAX_CONCURRENT_CALLS)
 
     @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
@@ -374,7 +376,7 @@ class AliyunProvider(Provider):
             reached = True
             results.update((r.message_id, r) for r in _call_results(call, payload))
 
-        await bounded_map(calls, run, MAX_CONCURRENT_CALLS)
+        await self._pool.map(calls, run)
         if not reached and refused:
             permanent = [e for e in refused if isinstance(e, PermanentProviderError)]
             raise (permanent or refused)[0]

@@ -66,7 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import bounded_map
+from comms.providers.calls import RequestPool
 from comms.providers.sms.segments import count_segments
 
 # Kannel's delivery report types (the ``%d`` of a dlr-url; gw/dlr.h): what each one means and
@@ -126,7 +126,9 @@ class KannelConfig(BaseModel):
         description="A random string the dlr-url and get-url carry back; callbacks without it are refused.",
     )
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    concurrency: int = Field(default=10, ge=1, le=100, description="Requests in flight per batch.")
+    concurrency: int = Field(
+        default=10, ge=1, le=100, description="Requests in flight for this account, per process."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,8 @@ class KannelProvider(Provider):
 
     def __init__(self, config: KannelConfig, context: ProviderContext) -> None:
         self.config = config
+        # The account's requests in flight in this process, shared by every batch being sent.
+        self._pool = RequestPool(config.concurrency)
         self.http = context.http
         self.status_url = context.status_url
 
@@ -210,7 +214,7 @@ class KannelProvider(Provider):
                 stop.append(result)
             return result
 
-        outcomes = await bounded_map(messages, one, self.config.concurrency)
+        outcomes = await self._pool.map(messages, one)
         refused = [o for o in outcomes if isinstance(o, _Refused)]
         if refused and len(refused) == len(outcomes):  # nothing reached Kannel: fail over
             permanent = next((r for r in stop if r.permanent), None)

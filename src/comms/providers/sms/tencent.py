@@ -56,7 +56,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import bounded_map
+from comms.providers.calls import RequestPool
 
 ACTION = "SendSms"
 VERSION = "2021-01-11"
@@ -142,7 +142,9 @@ class TencentConfig(BaseModel):
         "?token=<this value>.",
     )
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    concurrency: int = Field(default=5, ge=1, le=50, description="SendSms calls in flight at once.")
+    concurrency: int = Field(
+        default=5, ge=1, le=50, description="SendSms calls in flight for this account, per process."
+    )
 
 
 # ---- TC3-HMAC-SHA256, as published (cloud.tencent.com/document/api/382/52072) -------------------
@@ -216,6 +218,8 @@ class TencentProvider(Provider):
 
     def __init__(self, config: TencentConfig, http: aiohttp.ClientSession | None) -> None:
         self.config = config
+        # The account's requests in flight in this process, shared by every batch being sent.
+        self._pool = RequestPool(config.concurrency)
         self.http = http
         self.host = urlsplit(config.endpoint).netloc
 
@@ -252,7 +256,7 @@ class TencentProvider(Provider):
                 stop.append(answer)
             return answer
 
-        answers = await bounded_map(calls, one, self.config.concurrency)
+        answers = await self._pool.map(calls, one)
         return _settle(messages, results, calls, answers)
 
     async def _send_call(self, call: _Call) -> _Answer:

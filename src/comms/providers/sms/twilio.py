@@ -55,7 +55,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import bounded_map
+from comms.providers.calls import RequestPool, bounded_map
 
 API_VERSION = "2010-04-01"
 
@@ -132,7 +132,9 @@ class TwilioConfig(BaseModel):
     messaging_service_sid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
     endpoint: str = Field(default="https://api.twilio.com", pattern=r"^https?://")
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    concurrency: int = Field(default=10, ge=1, le=100, description="Create calls in flight at once.")
+    concurrency: int = Field(
+        default=10, ge=1, le=100, description="Create calls in flight for this account, per process."
+    )
 
     @model_validator(mode="after")
     def _one_sender(self) -> TwilioConfig:
@@ -171,6 +173,8 @@ class TwilioProvider(Provider):
 
     def __init__(self, config: TwilioConfig, context: ProviderContext) -> None:
         self.config = config
+        # The account's requests in flight in this process, shared by every batch being sent.
+        self._pool = RequestPool(config.concurrency)
         self.http = context.http
         self.status_url = context.status_url
         self.base = f"{config.endpoint.rstrip('/')}/{API_VERSION}/Accounts/{config.account_sid}"
@@ -197,7 +201,7 @@ class TwilioProvider(Provider):
                 stop.append(answer)
             return answer
 
-        answers = await bounded_map(messages, one, self.config.concurrency)
+        answers = await self._pool.map(messages, one)
         return _settle(messages, answers)
 
     async def _create(self, message: OutboundMessage) -> _Answer:
