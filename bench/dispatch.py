@@ -14,8 +14,9 @@ Prints figures (no assertions), per run and as medians:
             worker); p50/p99 (targets p50 <= 50 ms, p99 <= 200 ms).
 
 Each phase also prints the cores it kept busy per process (CPU seconds from /proc over the phase's
-wall time): on a small machine the sink, PostgreSQL and the workers share the cores, and this shows
-who had them. "pg" is the backends of the bench's database, "pg-other" every other postgres
+wall time) and the share of the time each waited for a core (run-queue time from
+/proc/<pid>/schedstat): on a small machine the sink, PostgreSQL and the workers share the cores,
+and this shows who had them. "pg" is the backends of the bench's database, "pg-other" every other postgres
 process (WAL writer, checkpointer, autovacuum, and other users' backends on a shared machine).
 
 Topology: ``comms serve --no-dispatcher`` (the API, bench/_server.py), ``comms worker`` process(es),
@@ -46,6 +47,7 @@ Flags (defaults):
   --latency-samples (40)        verification SMS sent during it; --idle-samples (10) before it
   --skip-latency, --skip-scaling  leave out phase 4 / the 2-worker phase
   --steps                       one more 1-worker dispatch with timers around the dispatcher's steps
+                                and the garbage collector's pauses
   --profile [--py-spy PATH]     one more 1-worker dispatch sampled by py-spy (PATH, or on PATH),
                                 else under cProfile; --profile-out FILE keeps py-spy's stacks
   --history (100000)            sent rows in the table before each timed bulk
