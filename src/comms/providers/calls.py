@@ -123,6 +123,21 @@ class RequestPool:
             self._lanes -= 1
 
 
+class AccountPools:
+    """An account's requests in flight in one process: ``concurrency`` lanes for bulk, and a
+    quarter as many of their own for verification codes, so a code the express lane claimed
+    never queues behind a bulk's thousands of requests (a slow vendor, a big batch in flight)."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.bulk = RequestPool(concurrency)
+        self.codes = RequestPool(max(1, concurrency // 4))
+
+    def pool_for(self, messages: Sequence[OutboundMessage]) -> RequestPool:
+        if messages and all(m.category == "verification" for m in messages):
+            return self.codes
+        return self.bulk
+
+
 async def send_calls(
     calls: Sequence[Item],
     execute: Callable[[Item], Awaitable[list[SendResult]]],
@@ -157,4 +172,4 @@ async def send_calls(
     return [result for answer in (first, *rest) for result in answer]
 
 
-__all__ = ["RequestPool", "bounded_map", "send_calls"]
+__all__ = ["AccountPools", "RequestPool", "bounded_map", "send_calls"]

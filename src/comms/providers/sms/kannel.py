@@ -66,7 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import RequestPool
+from comms.providers.calls import AccountPools
 from comms.providers.sms.segments import count_segments
 
 # Kannel's delivery report types (the ``%d`` of a dlr-url; gw/dlr.h): what each one means and
@@ -153,8 +153,9 @@ class KannelProvider(Provider):
 
     def __init__(self, config: KannelConfig, context: ProviderContext) -> None:
         self.config = config
-        # The account's requests in flight in this process, shared by every batch being sent.
-        self._pool = RequestPool(config.concurrency)
+        # The account's requests in flight in this process, shared by every batch being sent
+        # (verification codes have lanes of their own).
+        self._pools = AccountPools(config.concurrency)
         self.http = context.http
         self.status_url = context.status_url
 
@@ -214,7 +215,7 @@ class KannelProvider(Provider):
                 stop.append(result)
             return result
 
-        outcomes = await self._pool.map(messages, one)
+        outcomes = await self._pools.pool_for(messages).map(messages, one)
         refused = [o for o in outcomes if isinstance(o, _Refused)]
         if refused and len(refused) == len(outcomes):  # nothing reached Kannel: fail over
             permanent = next((r for r in stop if r.permanent), None)

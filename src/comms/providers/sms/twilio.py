@@ -55,7 +55,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import RequestPool, bounded_map
+from comms.providers.calls import AccountPools, bounded_map
 
 API_VERSION = "2010-04-01"
 
@@ -173,8 +173,9 @@ class TwilioProvider(Provider):
 
     def __init__(self, config: TwilioConfig, context: ProviderContext) -> None:
         self.config = config
-        # The account's requests in flight in this process, shared by every batch being sent.
-        self._pool = RequestPool(config.concurrency)
+        # The account's requests in flight in this process, shared by every batch being sent
+        # (verification codes have lanes of their own).
+        self._pools = AccountPools(config.concurrency)
         self.http = context.http
         self.status_url = context.status_url
         self.base = f"{config.endpoint.rstrip('/')}/{API_VERSION}/Accounts/{config.account_sid}"
@@ -201,7 +202,7 @@ class TwilioProvider(Provider):
                 stop.append(answer)
             return answer
 
-        answers = await self._pool.map(messages, one)
+        answers = await self._pools.pool_for(messages).map(messages, one)
         return _settle(messages, answers)
 
     async def _create(self, message: OutboundMessage) -> _Answer:
