@@ -235,6 +235,50 @@ async def test_no_answer_is_resent_once_flagged_possible_duplicate(
     assert row is not None and row.possible_duplicate is True
 
 
+async def test_a_fault_of_ours_mid_call_is_never_offered_to_the_next_route(
+    live_service: Service, live_tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request reached the primary, then our own code failed reading the answer (a bug, not
+    a vendor refusal): the message may have been taken, so it is not failed over to the secondary;
+    it is re-sent once to the primary, flagged as a possible duplicate."""
+    import comms.providers.webhook as webhook
+
+    primary = await WebhookSink(SECRET).start()
+    secondary = await WebhookSink(SECRET).start()
+    faults = {"left": 1}
+    parse = webhook._results
+
+    def faulty_results(messages: Any, raw: bytes, status: int) -> Any:
+        if faults["left"]:
+            faults["left"] -= 1
+            raise RuntimeError("a bug while reading the answer")
+        return parse(messages, raw, status)
+
+    monkeypatch.setattr(webhook, "_results", faulty_results)
+    try:
+        await add_account(live_service, live_tenant, primary.url, name="primary", priority=1)
+        await add_account(live_service, live_tenant, secondary.url, name="secondary", priority=2)
+        answer = await live_service.client.post(
+            "/communication/bulk", json=sms_bulk(1), headers=live_tenant.headers()
+        )
+        log_id = answer.json()["items"][0]["id"]
+
+        async def settled() -> bool:
+            async with live_service.db.read() as session:
+                row = await session.get(Message, log_id)
+            return row is not None and row.status == "sent"
+
+        await wait_until(settled)
+        async with live_service.db.read() as session:
+            row = await session.get(Message, log_id)
+        assert row is not None and row.possible_duplicate is True
+        assert not secondary.received  # never offered to a second provider
+        assert list(primary.received.values()) == [2] and log_id in primary.flagged  # once more, flagged
+    finally:
+        await primary.stop()
+        await secondary.stop()
+
+
 async def test_heartbeat_keeps_a_slow_send_from_being_reaped(
     live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
 ) -> None:

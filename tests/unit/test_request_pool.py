@@ -1,4 +1,5 @@
-"""bounded_map and RequestPool: bounded concurrency, results in order, batches served in order."""
+"""bounded_map and RequestPool: bounded concurrency, results in order, batches served in order,
+verification codes first, failures and cancellations settled without hanging anybody."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ async def settle() -> None:
 
 
 class Probe:
-    """Records how many runs overlap and in which order they start."""
+    """Records how many runs overlap and in which order they start. Every run suspends at
+    least once, as a real request does; items named "bad..." raise ValueError."""
 
     def __init__(self) -> None:
         self.running = 0
@@ -29,12 +31,17 @@ class Probe:
         self.peak = max(self.peak, self.running)
         self.started.append(item)
         try:
+            await asyncio.sleep(0)
             await self.release.wait()
             if item.startswith("bad"):
                 raise ValueError(item)
             return item.upper()
         finally:
             self.running -= 1
+
+
+def code(item: str) -> bool:
+    return item.startswith("code")
 
 
 async def test_bounded_map_keeps_the_limit_and_the_order() -> None:
@@ -54,12 +61,13 @@ async def test_bounded_map_of_nothing_runs_nothing() -> None:
     assert probe.started == []
 
 
-async def test_bounded_map_raises_after_the_other_lanes_finish() -> None:
+async def test_bounded_map_starts_nothing_after_a_failure_and_raises_once_the_rest_finished() -> None:
     probe = Probe()
     probe.release.set()
     with pytest.raises(ValueError, match="bad"):
-        await bounded_map(["a", "bad", "c", "d"], probe.run, 2)
-    assert set(probe.started) == {"a", "bad", "c", "d"}
+        await bounded_map(["a", "bad", "c", "d", "e", "f"], probe.run, 2)
+    assert probe.running == 0  # nothing left running behind the raise
+    assert probe.started == ["a", "bad", "c"]  # "c" was already in flight; "d".."f" never started
 
 
 async def test_a_pool_serves_batches_first_come_first_served_within_its_limit() -> None:
@@ -78,19 +86,52 @@ async def test_a_pool_serves_batches_first_come_first_served_within_its_limit() 
     # of both finishing together, as a round-robin share of the slots would have them.
     assert probe.started == [f"a{i}" for i in range(6)] + [f"b{i}" for i in range(6)]
     await settle()
-    assert pool._lanes == 0  # lanes end when the queue is empty
+    assert not pool._lanes  # lanes end when the queue is empty
 
 
-async def test_a_failing_item_fails_its_own_batch_only() -> None:
-    pool = RequestPool(2)
+async def test_batches_arriving_one_by_one_each_get_a_lane_up_to_the_limit() -> None:
+    """One request per batch (a 500-message webhook call): four batches, four in flight."""
+    pool = RequestPool(8, reserved=0)
+    probe = Probe()
+    tasks = []
+    for name in "abcd":
+        tasks.append(asyncio.create_task(pool.map([name], probe.run)))
+        await settle()
+    assert probe.running == 4
+    probe.release.set()
+    assert [await t for t in tasks] == [["A"], ["B"], ["C"], ["D"]]
+
+
+async def test_codes_go_ahead_of_queued_bulk_and_have_lanes_kept_for_them() -> None:
+    pool = RequestPool(8)  # one lane of eight kept for codes
+    probe = Probe()
+    bulk = asyncio.create_task(pool.map([f"b{i}" for i in range(20)], probe.run, code))
+    await settle()
+    assert probe.running == 7  # bulk never takes the kept lane
+    codes = asyncio.create_task(pool.map(["code1", "code2"], probe.run, code))
+    await settle()
+    assert probe.running == 8 and probe.started[-1] == "code1"  # at once, on the kept lane
+    probe.release.set()
+    assert await codes == ["CODE1", "CODE2"]
+    await bulk
+    # code2 waited only for the first lane to free up, not behind the 13 queued bulk items.
+    assert probe.started.index("code2") <= 9
+    assert probe.peak == 8
+
+
+async def test_a_failing_item_stops_its_own_batch_only() -> None:
+    pool = RequestPool(2, reserved=0)
     probe = Probe()
     probe.release.set()
-    failing = asyncio.create_task(pool.map(["x", "bad", "y"], probe.run))
+    failing = asyncio.create_task(pool.map(["x", "bad", "y", "z"], probe.run))
     fine = asyncio.create_task(pool.map(["p", "q"], probe.run))
     with pytest.raises(ValueError, match="bad"):
         await failing
     assert await fine == ["P", "Q"]
-    assert set(probe.started) == {"x", "bad", "y", "p", "q"}  # the failure stopped no other item
+    # Once "bad" failed its batch's queued items were not started (their results would be
+    # thrown away with the error; "y" was already in flight); the other batch went on.
+    assert "z" not in probe.started
+    assert {"p", "q"} <= set(probe.started)
 
 
 async def test_a_cancelled_batch_starts_no_more_items() -> None:
@@ -108,14 +149,41 @@ async def test_a_cancelled_batch_starts_no_more_items() -> None:
     assert probe.started == ["a", "z"]  # b and c were never started
 
 
-async def test_batches_arriving_one_by_one_each_get_a_lane_up_to_the_limit() -> None:
-    """One request per batch (a 500-message webhook call): four batches, four in flight."""
-    pool = RequestPool(8)
+async def test_an_item_that_raises_a_cancellation_settles_its_batch_instead_of_hanging_it() -> None:
+    pool = RequestPool(2)
+
+    async def run(item: str) -> str:
+        await asyncio.sleep(0)
+        if item == "boom":
+            raise asyncio.CancelledError  # e.g. it awaited a future somebody else cancelled
+        return item
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(pool.map(["ok", "boom", "ok2"], run), timeout=2)
+    await settle()
+    assert await asyncio.wait_for(pool.map(["next"], run), timeout=2) == ["next"]  # still serves
+
+
+async def test_lanes_cancelled_before_they_start_are_not_counted_any_more() -> None:
+    pool = RequestPool(2)
     probe = Probe()
-    tasks = []
-    for name in "abcd":
-        tasks.append(asyncio.create_task(pool.map([name], probe.run)))
-        await settle()
-    assert probe.running == 4
+    task = asyncio.create_task(pool.map(["a", "b"], probe.run))
+    await asyncio.sleep(0)  # map() created its lanes; they have not run yet
+    for lane in list(pool._lanes):
+        lane.cancel()
+    task.cancel()
+    await settle()
+    assert not pool._lanes
     probe.release.set()
-    assert [await t for t in tasks] == [["A"], ["B"], ["C"], ["D"]]
+    assert await asyncio.wait_for(pool.map(["c"], probe.run), timeout=2) == ["C"]
+
+
+async def test_a_batch_right_after_another_gets_every_lane() -> None:
+    """Lanes of the batch that just finished must not count as busy for the next one."""
+    pool = RequestPool(4, reserved=0)
+    probe = Probe()
+    probe.release.set()
+    await pool.map(["a", "b", "c", "d"], probe.run)
+    probe.peak = 0
+    await pool.map([f"n{i}" for i in range(8)], probe.run)
+    assert probe.peak == 4

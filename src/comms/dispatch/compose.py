@@ -40,8 +40,10 @@ class BatchContext:
     # Plain copies of the batch's columns read per message (an ORM attribute read costs more).
     sender: str | None = field(init=False)
     provider_templates: dict[str, Any] | None = field(init=False)
-    # SMS text as decorated for one (text, shown, category, region): a bulk with shared content
-    # decorates and counts segments once per region instead of once per recipient.
+    # SMS text as decorated for one (text, shown, category, region) of the batch's shared
+    # rendering: a bulk with shared content decorates and counts segments once per region
+    # instead of once per recipient. Texts with a recipient's own variables are never kept
+    # (one-offs, and they may hold a code in plain text).
     _sms: dict[tuple[str, str, str, str | None], tuple[str, str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -49,18 +51,25 @@ class BatchContext:
         self.provider_templates = self.batch.provider_templates or None
 
     def sms_text(
-        self, text: str, shown: str, category: str, region: str | None, decorator: MessageDecorator
+        self,
+        text: str,
+        shown: str,
+        category: str,
+        region: str | None,
+        decorator: MessageDecorator,
+        shared: bool,
     ) -> tuple[str, str, int]:
-        """(text, shown text, segments) with the signature and opt-out text the rules require."""
+        """(text, shown text, segments) with the signature and opt-out text the rules require;
+        ``shared``: the text is the batch's shared rendering (no variables of the recipient's own)."""
         key = (text, shown, category, region)
-        found = self._sms.get(key)
+        found = self._sms.get(key) if shared else None
         if found is not None:
             return found
         settings = self.settings
         text = decorator.sms_text(text, category=category, region=region, settings=settings)
         shown = decorator.sms_text(shown, category=category, region=region, settings=settings)
         found = (text, shown, count_segments(text).segments)
-        if len(self._sms) < SMS_CACHE_SIZE:  # per-recipient variables: most entries are one-offs
+        if shared and len(self._sms) < SMS_CACHE_SIZE:  # one entry per region the bulk reaches
             self._sms[key] = found
         return found
 
@@ -163,7 +172,9 @@ def compose(
         sender_name = context.tenant_name
     else:
         region = region_of_phone(claimed.recipient)
-        text, shown, segments = context.sms_text(text, shown, claimed.category, region, decorator)
+        text, shown, segments = context.sms_text(
+            text, shown, claimed.category, region, decorator, shared=not own
+        )
         sender = context.sender or next(iter(settings.sms_senders()), None)
     message = OutboundMessage(
         id=claimed.id,

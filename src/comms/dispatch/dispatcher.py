@@ -478,9 +478,11 @@ class Dispatcher:
     ) -> list[tuple[SendResult, Route | None]]:
         """Send through the first route; what a route refuses as a whole call goes to the next.
 
-        Only the calls that raised move on: messages of calls that returned results are never
-        offered to a second provider. (A provider returns UNKNOWN, rather than raising, for a
-        request that may have reached the vendor.)
+        Only the calls refused with a ProviderError move on: messages of calls that returned
+        results are never offered to a second provider. (A provider returns UNKNOWN, rather than
+        raising, for a request that may have reached the vendor.) Any other exception is a fault
+        of ours in the middle of a call, after which some of its requests may have left: its
+        messages are UNKNOWN (looked up or re-sent once, flagged), never offered to the next route.
         """
         done: dict[str, tuple[SendResult, Route | None]] = {}
         pending = messages
@@ -525,10 +527,11 @@ class Dispatcher:
                     retry_after = exc.retry_after
                     self.router.report(route, ok=False)
                 except Exception as exc:
-                    refused.extend(chunk)
-                    last_error, permanent = f"{route.name}: {type(exc).__name__}: {exc}", False
+                    error = f"{route.name} failed mid-call: {type(exc).__name__}: {exc}"
+                    for m in chunk:
+                        done[m.id] = (SendResult(m.id, Outcome.UNKNOWN, error=error), route)
                     self.router.report(route, ok=False)
-                    log.warning("provider call failed", extra={"provider": route.name})
+                    log.exception("provider call failed unexpectedly", extra={"provider": route.name})
             pending = refused
             if not pending:
                 break

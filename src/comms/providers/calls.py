@@ -5,11 +5,11 @@ item as they finish one: a task per item waiting on a semaphore costs more CPU t
 request itself when a 500-message batch goes out one request per message.
 
 ``RequestPool`` is the same for every send of one account in a process: its lanes serve the
-batches in flight first come, first served. A semaphore shared by the batches' own lanes would
-serve them round-robin instead, so they would all finish together and leave the connections
-idle while each records its outcomes and the next ones are claimed (measured: ~20% of a
-worker's time with a fast gateway). In arrival order, one batch finishes while the next ones
-keep the lanes busy.
+batches in flight first come, first served, verification codes first. A semaphore shared by
+the batches' own lanes would serve them round-robin instead, so they would all finish together
+and leave the connections idle while each records its outcomes and the next ones are claimed
+(measured: ~20% of a worker's time with a fast gateway). In arrival order, one batch finishes
+while the next ones keep the lanes busy.
 
 ``send_calls``: the first request goes alone. If the vendor refuses it as a whole (bad
 credentials, an outage), the error is raised and nothing else was tried, so the dispatcher can
@@ -35,107 +35,140 @@ Result = TypeVar("Result")
 async def bounded_map(
     items: Sequence[Item], run: Callable[[Item], Awaitable[Result]], limit: int
 ) -> list[Result]:
-    """``run`` over ``items``, at most ``limit`` at a time; results in the items' order. An
-    exception stops its own lane only (the others finish their items), then propagates."""
+    """``run`` over ``items``, at most ``limit`` at a time; results in the items' order. After an
+    exception no further item starts; those in flight finish; then the first exception is raised."""
     results: list[Result | None] = [None] * len(items)
+    errors: list[Exception] = []
     queue = iter(enumerate(items))
 
     async def lane() -> None:
         for index, item in queue:
-            results[index] = await run(item)
+            if errors:
+                return
+            try:
+                results[index] = await run(item)
+            except Exception as exc:
+                errors.append(exc)
 
     lanes = min(max(1, limit), len(items))
     if lanes == 1:
         await lane()
     elif lanes > 1:
         await asyncio.gather(*(lane() for _ in range(lanes)))
-    return results  # type: ignore[return-value]  # every slot was filled, or we raised
+    if errors:
+        raise errors[0]
+    return results  # type: ignore[return-value]  # every slot was filled
+
+
+def is_code(message: OutboundMessage) -> bool:
+    """A verification code: it goes ahead of bulk in an account's RequestPool."""
+    return message.category == "verification"
+
+
+def carries_code(messages: Sequence[OutboundMessage]) -> bool:
+    """A vendor call with a code in it (the dispatcher puts a batch's codes in its first call)."""
+    return any(m.category == "verification" for m in messages)
 
 
 class _Job(Generic[Item, Result]):
-    __slots__ = ("done", "error", "items", "next", "pending", "results", "run")
+    """One ``map`` call: its items, their results, and the caller's future."""
+
+    __slots__ = ("done", "error", "items", "pending", "results", "run")
 
     def __init__(self, items: Sequence[Item], run: Callable[[Item], Awaitable[Result]]) -> None:
         self.items = items
         self.run = run
         self.results: list[Result | None] = [None] * len(items)
-        self.next = 0  # the first item no lane has taken yet
-        self.pending = len(items)  # items not finished yet
+        self.pending = len(items)  # items not settled yet (finished, or skipped)
         self.error: BaseException | None = None
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    @property
+    def stopped(self) -> bool:
+        """One of its items failed, or its caller gave up: start none of the others."""
+        return self.error is not None or self.done.done()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+
+    def settle_one(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and not self.done.done():
+            self.done.set_result(None)
+
 
 class RequestPool:
-    """At most ``limit`` requests in flight for everything sent through it, served in the order
-    the ``map`` calls arrived. Lanes are tasks that live while there is work queued."""
+    """At most ``limit`` requests in flight for everything an account sends in this process.
 
-    def __init__(self, limit: int) -> None:
+    Items run in the order their ``map`` calls arrived, except urgent ones (verification codes),
+    which go first; and ``reserved`` lanes (``limit // 8`` by default) are kept for them: bulk
+    uses at most ``limit - reserved``, so a code has a free lane at once even while a slow vendor
+    holds every bulk request. Lanes are tasks that live while there is work they may take.
+    """
+
+    def __init__(self, limit: int, reserved: int | None = None) -> None:
         self.limit = max(1, limit)
-        self._jobs: deque[_Job[Any, Any]] = deque()
-        self._lanes = 0
-        self._running: set[asyncio.Task[None]] = set()
+        self.reserved = min(self.limit - 1, self.limit // 8 if reserved is None else max(0, reserved))
+        self._urgent: deque[tuple[_Job[Any, Any], int]] = deque()
+        self._normal: deque[tuple[_Job[Any, Any], int]] = deque()
+        self._lanes: set[asyncio.Task[None]] = set()  # also keeps them referenced (the loop does not)
+        self._normal_busy = 0
 
-    async def map(self, items: Sequence[Item], run: Callable[[Item], Awaitable[Result]]) -> list[Result]:
-        """``run`` over ``items``; results in the items' order. The first exception of one of
-        them is raised once all of them finished."""
+    async def map(
+        self,
+        items: Sequence[Item],
+        run: Callable[[Item], Awaitable[Result]],
+        urgent: Callable[[Item], bool] | None = None,
+    ) -> list[Result]:
+        """``run`` over ``items``; results in the items' order. After an exception none of the
+        job's other items starts; those in flight finish; then the first exception is raised."""
         if not items:
             return []
         job: _Job[Item, Result] = _Job(items, run)
-        self._jobs.append(job)
-        # A lane lives only while it has an item: every lane is busy, so each queued item needs a
-        # new one (a lane that finds the queue already drained when it starts just ends).
-        for _ in range(min(self.limit - self._lanes, self._queued())):
-            self._lanes += 1
-            lane = asyncio.get_running_loop().create_task(self._lane())
-            self._running.add(lane)  # the loop keeps only weak references to tasks
-            lane.add_done_callback(self._running.discard)
-        try:
-            await job.done
-        except asyncio.CancelledError:
-            # The caller gave up (a stop past its drain time): start none of its items any more.
-            if job in self._jobs:
-                self._jobs.remove(job)
-            raise
+        for index, item in enumerate(items):
+            (self._urgent if urgent is not None and urgent(item) else self._normal).append((job, index))
+        # Every lane is busy with an item, so each queued item may need a new one; a lane that
+        # finds nothing it may take when it starts just ends.
+        loop = asyncio.get_running_loop()
+        # (A lane that has just ended stays in the set until its done-callback runs: not counted.)
+        alive = sum(1 for lane in self._lanes if not lane.done())
+        for _ in range(min(self.limit - alive, len(self._urgent) + len(self._normal))):
+            lane = loop.create_task(self._lane())
+            self._lanes.add(lane)
+            lane.add_done_callback(self._lanes.discard)
+        await job.done  # cancelled (the caller gave up): its queued items are skipped, not started
         if job.error is not None:
             raise job.error
         return job.results  # type: ignore[return-value]  # every slot was filled
 
-    def _queued(self) -> int:
-        return sum(len(job.items) - job.next for job in self._jobs)
+    def _take(self) -> tuple[_Job[Any, Any], int, bool] | None:
+        """The next item this lane may run: (job, index, is it bulk), or None."""
+        while self._urgent:
+            job, index = self._urgent.popleft()
+            if not job.stopped:
+                return job, index, False
+            job.settle_one()
+        while self._normal and self._normal_busy < self.limit - self.reserved:
+            job, index = self._normal.popleft()
+            if not job.stopped:
+                return job, index, True
+            job.settle_one()
+        return None
 
     async def _lane(self) -> None:
-        try:
-            while self._jobs:
-                job = self._jobs[0]
-                index = job.next
-                job.next += 1
-                if job.next == len(job.items):
-                    self._jobs.popleft()
-                try:
-                    job.results[index] = await job.run(job.items[index])
-                except Exception as exc:  # kept for the caller; this lane goes on with the next
-                    if job.error is None:
-                        job.error = exc
-                job.pending -= 1
-                if job.pending == 0 and not job.done.done():
-                    job.done.set_result(None)
-        finally:
-            self._lanes -= 1
-
-
-class AccountPools:
-    """An account's requests in flight in one process: ``concurrency`` lanes for bulk, and a
-    quarter as many of their own for verification codes, so a code the express lane claimed
-    never queues behind a bulk's thousands of requests (a slow vendor, a big batch in flight)."""
-
-    def __init__(self, concurrency: int) -> None:
-        self.bulk = RequestPool(concurrency)
-        self.codes = RequestPool(max(1, concurrency // 4))
-
-    def pool_for(self, messages: Sequence[OutboundMessage]) -> RequestPool:
-        if messages and all(m.category == "verification" for m in messages):
-            return self.codes
-        return self.bulk
+        while (taken := self._take()) is not None:
+            job, index, bulk = taken
+            self._normal_busy += bulk
+            try:
+                job.results[index] = await job.run(job.items[index])
+            except BaseException as exc:  # kept for its caller
+                job.fail(exc)
+                if not isinstance(exc, Exception):
+                    raise  # this lane is cancelled (the loop is closing): end it
+            finally:
+                self._normal_busy -= bulk
+                job.settle_one()
 
 
 async def send_calls(
@@ -145,11 +178,15 @@ async def send_calls(
     limit: int | RequestPool,
 ) -> list[SendResult]:
     """Results of every call's messages (in call order): at most ``limit`` calls in flight, or
-    through a ``RequestPool`` shared with the account's other sends."""
+    through the account's ``RequestPool`` (calls carrying a code go first)."""
     if not calls:
         return []
+
+    def urgent(call: Item) -> bool:
+        return carries_code(messages_of(call))
+
     if isinstance(limit, RequestPool):
-        first = (await limit.map(calls[:1], execute))[0]
+        first = (await limit.map(calls[:1], execute, urgent))[0]
     else:
         first = await execute(calls[0])
 
@@ -166,10 +203,10 @@ async def send_calls(
             return [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in messages_of(call)]
 
     if isinstance(limit, RequestPool):
-        rest = await limit.map(calls[1:], later)
+        rest = await limit.map(calls[1:], later, urgent)
     else:
         rest = await bounded_map(calls[1:], later, limit)
     return [result for answer in (first, *rest) for result in answer]
 
 
-__all__ = ["AccountPools", "RequestPool", "bounded_map", "send_calls"]
+__all__ = ["RequestPool", "bounded_map", "carries_code", "is_code", "send_calls"]

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from comms.errors import TransientProviderError
 from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext, SendResult
 from comms.providers.email.outbound import email_bytes
 
@@ -77,7 +78,10 @@ class OutboxProvider(Provider):
         for message in messages:
             path = self.path_for(message)
             if path.parent not in made:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # nothing of this call was written: a transient refusal
+                    raise TransientProviderError(f"outbox folder unusable: {exc}") from exc
                 made.add(path.parent)
             try:
                 if path.exists():

@@ -42,7 +42,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import AccountPools, send_calls
+from comms.providers.calls import RequestPool, send_calls
 
 _encode = msgspec.json.Encoder().encode
 _STATUS = {"accepted": Outcome.SENT, "sent": Outcome.SENT, "retry": Outcome.RETRY, "rejected": Outcome.FAILED}
@@ -81,9 +81,9 @@ class WebhookProvider(Provider):
         self.http = http
         # Shared by every batch in flight: the account's requests in flight in this process stay
         # at ``concurrency`` while one batch's last requests overlap the next batch's first.
-        # Verification codes get lanes of their own: a bulk holding every request slot of the
-        # account (a slow gateway) must not hold back a code the express lane claimed.
-        self._pools = AccountPools(config.concurrency)
+        # Verification codes go first, with lanes kept for them: a bulk holding every request slot
+        # of the account (a slow gateway) must not hold back a code the express lane claimed.
+        self._pool = RequestPool(config.concurrency)
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
 
     @classmethod
@@ -94,7 +94,7 @@ class WebhookProvider(Provider):
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         size = self.config.batch_size
         chunks = [messages[i : i + size] for i in range(0, len(messages), size)]
-        return await send_calls(chunks, self._post, lambda chunk: chunk, self._pools.pool_for(messages))
+        return await send_calls(chunks, self._post, lambda chunk: chunk, self._pool)
 
     async def _post(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         """One request carrying ``messages``; raises when the gateway refused it as a whole."""

@@ -75,7 +75,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import AccountPools, send_calls
+from comms.providers.calls import RequestPool, send_calls
 
 MAX_PERSONALIZATIONS = 1000  # personalizations (and recipients) per request
 MAX_SUBSTITUTION_BYTES = 10_000  # per personalization, tags and values together
@@ -467,8 +467,8 @@ class SendGridProvider(Provider):
     def __init__(self, config: SendGridConfig, http: aiohttp.ClientSession | None) -> None:
         self.config = config
         # The account's requests in flight in this process, shared by every batch being sent
-        # (verification codes have lanes of their own).
-        self._pools = AccountPools(CONCURRENT_REQUESTS)
+        # (verification codes go first, with lanes kept for them).
+        self._pool = RequestPool(CONCURRENT_REQUESTS)
         self.http = http
         self.url = config.endpoint.rstrip("/") + "/v3/mail/send"
         self._key = load_public_key(config.webhook_public_key) if config.webhook_public_key else None
@@ -488,9 +488,7 @@ class SendGridProvider(Provider):
             else:
                 results[m.id] = SendResult(m.id, Outcome.FAILED, error=problem)
         requests = plan_requests(sendable)
-        for result in await send_calls(
-            requests, self._send_request, lambda r: r.messages, self._pools.pool_for(messages)
-        ):
+        for result in await send_calls(requests, self._send_request, lambda r: r.messages, self._pool):
             results[result.message_id] = result
         return [results[m.id] for m in messages]
 

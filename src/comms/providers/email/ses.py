@@ -65,7 +65,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import AccountPools, send_calls
+from comms.providers.calls import RequestPool, send_calls
 from comms.providers.email import sns
 from comms.providers.email.outbound import email_bytes
 
@@ -190,8 +190,8 @@ class SesProvider(Provider):
     def __init__(self, config: SesConfig, http: aiohttp.ClientSession | None) -> None:
         self.config = config
         # The account's requests in flight in this process, shared by every batch being sent
-        # (verification codes have lanes of their own).
-        self._pools = AccountPools(config.max_concurrency)
+        # (verification codes go first, with lanes kept for them).
+        self._pool = RequestPool(config.max_concurrency)
         self.http = http
         self.endpoint = (config.endpoint or f"https://email.{config.region}.amazonaws.com").rstrip("/")
         self._signer = SigV4Auth(
@@ -226,9 +226,7 @@ class SesProvider(Provider):
                 chunk = members[start : start + MAX_BULK_ENTRIES]
                 body = self._send_bulk_email(sender, sender_name, template, chunk)
                 calls.append(_Call(chunk, "/v2/email/outbound-bulk-emails", body))
-        for result in await send_calls(
-            calls, self._execute, lambda c: c.messages, self._pools.pool_for(messages)
-        ):
+        for result in await send_calls(calls, self._execute, lambda c: c.messages, self._pool):
             results[result.message_id] = result
         return [results[m.id] for m in messages]
 

@@ -66,7 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import AccountPools, RequestPool, bounded_map
+from comms.providers.calls import RequestPool, bounded_map, carries_code
 
 API_VERSION = "2017-05-25"
 SEND_SMS_MAX_NUMBERS = 1000
@@ -290,8 +290,8 @@ class AliyunProvider(Provider):
         self.http = http
         self.clock = clock or (lambda: datetime.now(UTC))
         # The account's calls in flight in this process, shared by every batch being sent
-        # (verification codes have lanes of their own).
-        self._pools = AccountPools(MAX_CONCURRENT_CALLS)
+        # (verification codes go first, with lanes kept for them).
+        self._pool = RequestPool(MAX_CONCURRENT_CALLS)
 
     @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
@@ -311,7 +311,7 @@ class AliyunProvider(Provider):
                 prepared.append(item)
         calls = plan_calls(prepared)
         if calls:
-            results.update(await self._run(calls, self._pools.pool_for(messages)))
+            results.update(await self._run(calls))
         return [results[m.id] for m in messages]
 
     def _prepare(self, message: OutboundMessage) -> _Prepared | SendResult:
@@ -334,8 +334,8 @@ class AliyunProvider(Provider):
         )
         return _Prepared(message, number, message.to.startswith("+86"), template_code, sign_name, params)
 
-    async def _run(self, calls: list[_Call], pool: RequestPool) -> dict[str, SendResult]:
-        """Make the calls through ``pool`` (the account's, at most MAX_CONCURRENT_CALLS at a time).
+    async def _run(self, calls: list[_Call]) -> dict[str, SendResult]:
+        """Make the calls through the account's pool (at most MAX_CONCURRENT_CALLS at a time).
 
         Once a call is refused or unanswered no new call starts (their messages are RETRY: never
         sent). Only when no call reached Aliyun at all does the refusal propagate, so the
@@ -377,7 +377,7 @@ class AliyunProvider(Provider):
             reached = True
             results.update((r.message_id, r) for r in _call_results(call, payload))
 
-        await pool.map(calls, run)
+        await self._pool.map(calls, run, lambda call: carries_code([p.message for p in call.members]))
         if not reached and refused:
             permanent = [e for e in refused if isinstance(e, PermanentProviderError)]
             raise (permanent or refused)[0]

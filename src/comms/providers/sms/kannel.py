@@ -66,7 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import AccountPools
+from comms.providers.calls import RequestPool, is_code
 from comms.providers.sms.segments import count_segments
 
 # Kannel's delivery report types (the ``%d`` of a dlr-url; gw/dlr.h): what each one means and
@@ -154,8 +154,8 @@ class KannelProvider(Provider):
     def __init__(self, config: KannelConfig, context: ProviderContext) -> None:
         self.config = config
         # The account's requests in flight in this process, shared by every batch being sent
-        # (verification codes have lanes of their own).
-        self._pools = AccountPools(config.concurrency)
+        # (verification codes go first, with lanes kept for them).
+        self._pool = RequestPool(config.concurrency)
         self.http = context.http
         self.status_url = context.status_url
 
@@ -215,7 +215,7 @@ class KannelProvider(Provider):
                 stop.append(result)
             return result
 
-        outcomes = await self._pools.pool_for(messages).map(messages, one)
+        outcomes = await self._pool.map(messages, one, is_code)
         refused = [o for o in outcomes if isinstance(o, _Refused)]
         if refused and len(refused) == len(outcomes):  # nothing reached Kannel: fail over
             permanent = next((r for r in stop if r.permanent), None)

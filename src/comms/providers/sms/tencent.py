@@ -56,7 +56,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import AccountPools
+from comms.providers.calls import RequestPool, carries_code
 
 ACTION = "SendSms"
 VERSION = "2021-01-11"
@@ -219,8 +219,8 @@ class TencentProvider(Provider):
     def __init__(self, config: TencentConfig, http: aiohttp.ClientSession | None) -> None:
         self.config = config
         # The account's requests in flight in this process, shared by every batch being sent
-        # (verification codes have lanes of their own).
-        self._pools = AccountPools(config.concurrency)
+        # (verification codes go first, with lanes kept for them).
+        self._pool = RequestPool(config.concurrency)
         self.http = http
         self.host = urlsplit(config.endpoint).netloc
 
@@ -257,7 +257,7 @@ class TencentProvider(Provider):
                 stop.append(answer)
             return answer
 
-        answers = await self._pools.pool_for(messages).map(calls, one)
+        answers = await self._pool.map(calls, one, lambda call: carries_code(call.messages))
         return _settle(messages, results, calls, answers)
 
     async def _send_call(self, call: _Call) -> _Answer:

@@ -55,7 +55,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import AccountPools, bounded_map
+from comms.providers.calls import RequestPool, bounded_map, is_code
 
 API_VERSION = "2010-04-01"
 
@@ -174,8 +174,8 @@ class TwilioProvider(Provider):
     def __init__(self, config: TwilioConfig, context: ProviderContext) -> None:
         self.config = config
         # The account's requests in flight in this process, shared by every batch being sent
-        # (verification codes have lanes of their own).
-        self._pools = AccountPools(config.concurrency)
+        # (verification codes go first, with lanes kept for them).
+        self._pool = RequestPool(config.concurrency)
         self.http = context.http
         self.status_url = context.status_url
         self.base = f"{config.endpoint.rstrip('/')}/{API_VERSION}/Accounts/{config.account_sid}"
@@ -202,7 +202,7 @@ class TwilioProvider(Provider):
                 stop.append(answer)
             return answer
 
-        answers = await self._pools.pool_for(messages).map(messages, one)
+        answers = await self._pool.map(messages, one, is_code)
         return _settle(messages, answers)
 
     async def _create(self, message: OutboundMessage) -> _Answer:
