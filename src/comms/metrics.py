@@ -30,6 +30,10 @@ RECONCILED = Counter(
     ["provider"],
 )
 CLAIMED = Counter("comms_messages_claimed_total", "Messages claimed by this process's dispatcher.")
+RATE_LIMIT_FALLBACKS = Counter(
+    "comms_rate_limit_fallbacks_total",
+    "Rate-limit checks answered in-process because Redis could not be reached.",
+)
 QUEUE_DEPTH = Gauge("comms_queue_due_messages", "Messages due now and waiting to be sent.")
 QUEUE_AGE = Gauge("comms_queue_oldest_due_seconds", "How long the oldest due message has waited.")
 BREAKER = Gauge(

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from bench._server import free_port
 from sqlalchemy import select
 
 from comms.config import Settings
@@ -72,6 +73,32 @@ async def test_redis_limiter_is_shared_between_processes() -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_with_redis_away_limits_hold_per_process_and_nothing_fails(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Redis unreachable (nothing listens on its port): the API keeps answering, and the tenant's
+    limit is still enforced, by this process alone, until Redis answers again."""
+    limiter = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0")
+    state = service.app.state.comms
+    shared, state.limiter = state.limiter, limiter
+    service.settings.rate_limit_per_second = 1
+    service.settings.rate_limit_burst = 3
+    try:
+        codes = [
+            (await service.client.get("/communication/logs", headers=tenant.headers())).status_code
+            for _ in range(4)
+        ]
+        assert codes == [200, 200, 200, 429]
+        sent = await service.client.post("/communication/bulk", json=verification(), headers=tenant.headers())
+        assert sent.status_code == 429  # still limited, not a 500
+        scraped = (await service.client.get("/metrics")).text
+        assert "comms_rate_limit_fallbacks_total" in scraped
+        assert "comms_rate_limit_fallbacks_total 0.0" not in scraped
+    finally:
+        state.limiter = shared
+        await limiter.close()
 
 
 async def test_metrics_expose_counts_queue_and_breakers(service: Service, tenant: TenantKeys) -> None:

@@ -504,9 +504,15 @@ class Dispatcher:
             size = max(1, route.provider.max_batch)
             for start in range(0, len(fitting), size):
                 chunk = fitting[start : start + size]
-                started = time.perf_counter()
                 try:
                     await self._throttle(route, len(chunk))
+                except Exception as exc:  # nothing was sent: the chunk waits for a later attempt
+                    log.exception("send rate check failed", extra={"provider": route.name})
+                    refused.extend(chunk)
+                    last_error, permanent = f"{route.name}: send rate check failed: {exc}", False
+                    continue
+                started = time.perf_counter()
+                try:
                     for result in await route.provider.send(chunk):
                         done[result.message_id] = (result, route)
                     self.router.report(route, ok=True)

@@ -8,14 +8,27 @@ time, pushed by ``cost / rate``, is not more than ``burst / rate`` ahead of now.
 :class:`RedisLimiter` keeps it in Redis with an atomic Lua script, so every API and worker
 process on every machine shares one limit per key. Both answer the same question: how long to
 wait before this request would be allowed (0.0: allowed now, and counted).
+
+When Redis cannot be reached, :class:`RedisLimiter` answers from an in-process limiter instead
+of failing: the API keeps answering and workers keep sending, with each process enforcing the
+limits on its own (N processes allow up to N times a limit) until Redis answers again. A rate
+limit is a guard rail, not a reason to stop the service.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from comms import metrics
+
+log = logging.getLogger("comms.ratelimit")
+REDIS_TIMEOUT = 0.5  # seconds: connect or answer, before a request falls back to local limits
+WARN_EVERY = 30.0  # seconds between two warnings while Redis stays away
 
 
 class RateLimiter(Protocol):
@@ -65,12 +78,30 @@ return '0'
 
 class RedisLimiter:
     def __init__(self, url: str, prefix: str = "comms:rl:") -> None:
-        self._redis: Any = aioredis.from_url(url)
+        self._redis: Any = aioredis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+        )
         self._script = self._redis.register_script(_GCRA)
         self._prefix = prefix
+        self._fallback = LocalLimiter()
+        self._warned_at: float | None = None
 
     async def acquire(self, key: str, rate: float, burst: float, cost: float = 1.0) -> float:
-        answer = await self._script(keys=[self._prefix + key], args=[rate, burst, cost])
+        try:
+            answer = await self._script(keys=[self._prefix + key], args=[rate, burst, cost])
+        except (RedisError, OSError, TimeoutError) as exc:
+            metrics.RATE_LIMIT_FALLBACKS.inc()
+            now = time.monotonic()
+            if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+                self._warned_at = now
+                log.warning(
+                    "Redis unreachable: rate limits are enforced per process until it answers",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
+            return await self._fallback.acquire(key, rate, burst, cost)
+        if self._warned_at is not None:
+            self._warned_at = None
+            log.info("Redis answers again: rate limits are shared again")
         return float(answer)
 
     async def close(self) -> None:
