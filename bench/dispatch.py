@@ -55,9 +55,8 @@ Flags (defaults):
   --sink-delay-ms (0)           the sink answers every POST this much later (a slow provider)
   --batch-size B (500)          messages per HTTP request: the webhook account's batch_size, and
                                 the bare loop's; 1 is the shape of per-message vendor APIs
-  --request-concurrency K (16)  bulk requests in flight per process (the webhook account's
-                                `concurrency` is set so that K of its lanes serve bulk; the rest
-                                are kept for codes); with B < 500 the bare loop keeps K in flight too
+  --request-concurrency K (16)  the account's bulk requests in flight per process (webhook
+                                `concurrency`); with B < 500 the bare loop keeps K in flight too
   --database (comms_bench_dispatch)  --pg (postgresql://root@127.0.0.1:5432)
 """
 
@@ -386,16 +385,6 @@ class CpuMeter:
 # ---- 1. the bare loop ----------------------------------------------------------------------------
 
 
-def account_concurrency(bulk_lanes: int) -> int:
-    """The account `concurrency` whose bulk share is ``bulk_lanes``: comms keeps concurrency // 8
-    of an account's lanes for verification codes (comms.providers.calls.RequestPool), and the
-    comparison is with the same number of bulk requests in flight as the bare loop."""
-    concurrency = bulk_lanes
-    while concurrency - concurrency // 8 < bulk_lanes:
-        concurrency += 1
-    return concurrency
-
-
 def _signature(secret: str, timestamp: str, body: bytes) -> str:
     return "v1=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
@@ -519,7 +508,7 @@ class Bench:
                 "url": self.sink.url,
                 "secret": SINK_SECRET,
                 "batch_size": self.args.batch_size,
-                "concurrency": account_concurrency(self.args.request_concurrency),
+                "concurrency": self.args.request_concurrency,
             },
         }
         answer = await self.api.post("/communication/providers", json=body)

@@ -248,3 +248,29 @@ async def test_database_outage_is_503_then_recovers_without_losing_anything(
         return sorted(rows) == ["sent", "sent"]
 
     await wait_until(all_sent, timeout=15)
+
+
+async def test_a_hung_redis_costs_one_timeout_then_is_left_alone_for_a_while() -> None:
+    """Redis accepts connections but never answers: the first check waits for its timeout, then
+    the limiter answers locally without asking Redis again (no new connection) for a while,
+    instead of paying the timeout on every request."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    limiter = RedisLimiter(f"redis://127.0.0.1:{port}/0")
+    try:
+        assert await limiter.acquire("hung", rate=10, burst=2) == 0.0  # after the timeout
+        assert len(held) == 1
+        assert await limiter.acquire("hung", rate=10, burst=2) == 0.0
+        assert await limiter.acquire("hung", rate=10, burst=2) > 0  # the local limit holds
+        assert len(held) == 1  # Redis was not asked again
+    finally:
+        await limiter.close()
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

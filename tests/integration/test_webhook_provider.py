@@ -279,6 +279,42 @@ async def test_a_fault_of_ours_mid_call_is_never_offered_to_the_next_route(
         await secondary.stop()
 
 
+async def test_a_failing_send_rate_check_sends_nothing_and_retries(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    """The rate check itself fails (before any request): nothing left, so the message is retried
+    later as a plain transient failure, not taken for a possible duplicate."""
+
+    class BrokenLimiter:
+        async def acquire(self, key: str, rate: float, burst: float, cost: float = 1.0) -> float:
+            raise RuntimeError("limiter broken")
+
+        async def close(self) -> None:
+            return None
+
+    dispatcher = live_service.app.state.dispatcher
+    working, dispatcher.limiter = dispatcher.limiter, BrokenLimiter()
+    try:
+        await add_account(live_service, live_tenant, sink.url, rate_per_second=100)
+        answer = await live_service.client.post(
+            "/communication/bulk", json=sms_bulk(1), headers=live_tenant.headers()
+        )
+        log_id = answer.json()["items"][0]["id"]
+
+        async def retrying() -> bool:
+            async with live_service.db.read() as session:
+                row = await session.get(Message, log_id)
+            return row is not None and row.attempts >= 1 and row.status == "queued"
+
+        await wait_until(retrying)
+        async with live_service.db.read() as session:
+            row = await session.get(Message, log_id)
+        assert row is not None and "send rate check failed" in (row.error or "")
+        assert row.possible_duplicate is False and not sink.received
+    finally:
+        dispatcher.limiter = working
+
+
 async def test_heartbeat_keeps_a_slow_send_from_being_reaped(
     live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
 ) -> None:

@@ -421,10 +421,32 @@ async def test_a_batch_goes_concurrently_within_the_bound(
     assert all(r.outcome is Outcome.SENT for r in results)
     assert [r.message_id for r in results] == [sms(i).id for i in range(100, 120)]
     assert vendor.most_in_flight == 4 and len(vendor.delivered) == 20
-    # Verification codes have the same bound (they go first when bulk is queued).
+    # A batch of codes alone keeps to the bound too (the extra lanes are for codes beside bulk).
     vendor.most_in_flight = 0
     await provider.send([sms(i) for i in range(300, 308)])
     assert vendor.most_in_flight == 4
+
+
+async def test_a_fault_of_ours_in_one_request_makes_only_that_message_unknown(
+    vendor: KannelVendor, http: aiohttp.ClientSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in one request (not a refusal by Kannel) leaves the others' results intact: they
+    were sent and stay SENT; that one may have left, so it is UNKNOWN, never re-sent blindly."""
+    provider = provider_for(vendor, http, tmp_path, concurrency=2)
+    send_one = type(provider)._send_one
+    faulty = sms(402, category="transactional")
+
+    async def sometimes_faulty(self: Any, session: Any, message: OutboundMessage) -> Any:
+        if message.id == faulty.id:
+            raise KeyError("a bug")
+        return await send_one(self, session, message)
+
+    monkeypatch.setattr(type(provider), "_send_one", sometimes_faulty)
+    messages = [sms(400, category="transactional"), sms(401, category="transactional"), faulty]
+    results = await provider.send(messages)
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT, Outcome.UNKNOWN]
+    assert "KeyError" in (results[2].error or "")
+    assert len(vendor.delivered) == 2
 
 
 async def test_batches_in_flight_share_the_accounts_bound(

@@ -607,6 +607,19 @@ async def test_an_unbuildable_message_fails_alone(vendor: SesVendor, provider: S
     assert results[1].outcome is Outcome.SENT and dict(vendor.delivered) == {"user1@example.com": 1}
 
 
+async def test_a_sender_address_ses_cannot_carry_fails_alone_in_a_templated_batch(
+    vendor: SesVendor, provider: SesProvider
+) -> None:
+    template = {"ses": {"template_name": "welcome"}}
+    messages = [
+        mail(0, provider_template=template, sender="nöws@acme.example"),
+        mail(1, provider_template=template),
+    ]
+    results = await provider.send(messages)
+    assert results[0].outcome is Outcome.FAILED and "ASCII" in (results[0].error or "")
+    assert results[1].outcome is Outcome.SENT and dict(vendor.delivered) == {"user1@example.com": 1}
+
+
 # ---- SNS -------------------------------------------------------------------------------------------
 
 

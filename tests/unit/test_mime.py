@@ -515,7 +515,7 @@ def test_random_messages_round_trip(
 @settings(max_examples=100, deadline=None)
 @given(name=st.from_regex(r"[!-9;-~]{1,54}", fullmatch=True), value=header_text)
 def test_random_extra_headers_round_trip(name: str, value: str) -> None:
-    if name.lower() in mime._GENERATED_FIELDS:
+    if name.lower() in mime._GENERATED_FIELDS | mime._ADDRESS_FIELDS:
         with pytest.raises(ValueError):
             build_email(content(extra_headers=((name, value),)))
         return
@@ -524,3 +524,9 @@ def test_random_extra_headers_round_trip(name: str, value: str) -> None:
 
 
 # Speed is measured by bench/mime.py (figures in docs/benchmarks.md), not asserted here.
+
+
+@pytest.mark.parametrize("name", ["Cc", "BCC", "Sender", "Resent-To"])
+def test_address_headers_are_not_accepted_as_extras(name: str) -> None:
+    with pytest.raises(ValueError, match="address header"):
+        build_email(content(extra_headers=((name, "someone@example.com"),)))

@@ -506,7 +506,7 @@ class Dispatcher:
                 chunk = fitting[start : start + size]
                 try:
                     await self._throttle(route, len(chunk))
-                except Exception as exc:  # nothing was sent: the chunk waits for a later attempt
+                except Exception as exc:  # nothing was sent: like a refusal, the next route or a retry
                     log.exception("send rate check failed", extra={"provider": route.name})
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: send rate check failed: {exc}", False

@@ -9,10 +9,11 @@ time, pushed by ``cost / rate``, is not more than ``burst / rate`` ahead of now.
 process on every machine shares one limit per key. Both answer the same question: how long to
 wait before this request would be allowed (0.0: allowed now, and counted).
 
-When Redis cannot be reached, :class:`RedisLimiter` answers from an in-process limiter instead
-of failing: the API keeps answering and workers keep sending, with each process enforcing the
-limits on its own (N processes allow up to N times a limit) until Redis answers again. A rate
-limit is a guard rail, not a reason to stop the service.
+When Redis cannot be reached (or fails), :class:`RedisLimiter` answers from an in-process
+limiter instead of failing, and asks Redis again after REDIS_RETRY seconds: the API keeps
+answering and workers keep sending, with each process enforcing the limits on its own (N
+processes allow up to N times a limit) until Redis answers again. A rate limit is a guard rail,
+not a reason to stop the service.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from comms import metrics
 
 log = logging.getLogger("comms.ratelimit")
 REDIS_TIMEOUT = 0.5  # seconds: connect or answer, before a request falls back to local limits
+REDIS_RETRY = 5.0  # seconds after a failure during which Redis is not asked (a hung one costs 0.5 s)
 WARN_EVERY = 30.0  # seconds between two warnings while Redis stays away
 
 
@@ -85,17 +87,23 @@ class RedisLimiter:
         self._prefix = prefix
         self._fallback = LocalLimiter()
         self._warned_at: float | None = None
+        self._retry_at = 0.0  # monotonic time before which Redis is not asked again
 
     async def acquire(self, key: str, rate: float, burst: float, cost: float = 1.0) -> float:
+        now = time.monotonic()
+        if now < self._retry_at:
+            metrics.RATE_LIMIT_FALLBACKS.inc()
+            return await self._fallback.acquire(key, rate, burst, cost)
         try:
             answer = await self._script(keys=[self._prefix + key], args=[rate, burst, cost])
         except (RedisError, OSError, TimeoutError) as exc:
             metrics.RATE_LIMIT_FALLBACKS.inc()
             now = time.monotonic()
+            self._retry_at = now + REDIS_RETRY
             if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
                 self._warned_at = now
                 log.warning(
-                    "Redis unreachable: rate limits are enforced per process until it answers",
+                    "Redis failed: rate limits are enforced per process until it answers again",
                     extra={"error": f"{type(exc).__name__}: {exc}"},
                 )
             return await self._fallback.acquire(key, rate, burst, cost)

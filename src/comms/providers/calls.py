@@ -60,6 +60,12 @@ async def bounded_map(
     return results  # type: ignore[return-value]  # every slot was filled
 
 
+def fault(exc: Exception) -> str:
+    """The error of a message whose request met a fault of ours mid-call (it may have left, so
+    it is UNKNOWN: looked up or re-sent once, flagged; never offered to another account)."""
+    return f"request failed unexpectedly: {type(exc).__name__}: {exc}"
+
+
 def is_code(message: OutboundMessage) -> bool:
     """A verification code: it goes ahead of bulk in an account's RequestPool."""
     return message.category == "verification"
@@ -99,21 +105,23 @@ class _Job(Generic[Item, Result]):
 
 
 class RequestPool:
-    """At most ``limit`` requests in flight for everything an account sends in this process.
+    """At most ``limit`` bulk requests in flight for everything an account sends in this process.
 
     Items run in the order their ``map`` calls arrived, except urgent ones (verification codes),
-    which go first; and ``reserved`` lanes (``limit // 8`` by default) are kept for them: bulk
-    uses at most ``limit - reserved``, so a code has a free lane at once even while a slow vendor
-    holds every bulk request. Lanes are tasks that live while there is work they may take.
+    which go first; and while bulk holds every one of the ``limit`` lanes, up to ``extra`` codes
+    (``limit // 8``, at least one) may run beside it: a code starts at once even while a slow
+    vendor holds every bulk request, at the cost of up to ``limit + extra`` requests in flight
+    while that lasts. Lanes are tasks that live while there is work they may take.
     """
 
-    def __init__(self, limit: int, reserved: int | None = None) -> None:
+    def __init__(self, limit: int, extra: int | None = None) -> None:
         self.limit = max(1, limit)
-        self.reserved = min(self.limit - 1, self.limit // 8 if reserved is None else max(0, reserved))
+        self.extra = max(1, self.limit // 8) if extra is None else max(0, extra)
         self._urgent: deque[tuple[_Job[Any, Any], int]] = deque()
         self._normal: deque[tuple[_Job[Any, Any], int]] = deque()
         self._lanes: set[asyncio.Task[None]] = set()  # also keeps them referenced (the loop does not)
         self._normal_busy = 0
+        self._urgent_busy = 0
 
     async def map(
         self,
@@ -133,7 +141,7 @@ class RequestPool:
         loop = asyncio.get_running_loop()
         # (A lane that has just ended stays in the set until its done-callback runs: not counted.)
         alive = sum(1 for lane in self._lanes if not lane.done())
-        for _ in range(min(self.limit - alive, len(self._urgent) + len(self._normal))):
+        for _ in range(min(self.limit + self.extra - alive, len(self._urgent) + len(self._normal))):
             lane = loop.create_task(self._lane())
             self._lanes.add(lane)
             lane.add_done_callback(self._lanes.discard)
@@ -144,12 +152,15 @@ class RequestPool:
 
     def _take(self) -> tuple[_Job[Any, Any], int, bool] | None:
         """The next item this lane may run: (job, index, is it bulk), or None."""
-        while self._urgent:
+        busy = self._normal_busy + self._urgent_busy
+        while self._urgent and (
+            busy < self.limit or (self._normal_busy > 0 and busy < self.limit + self.extra)
+        ):
             job, index = self._urgent.popleft()
             if not job.stopped:
                 return job, index, False
             job.settle_one()
-        while self._normal and self._normal_busy < self.limit - self.reserved:
+        while self._normal and self._normal_busy < self.limit:
             job, index = self._normal.popleft()
             if not job.stopped:
                 return job, index, True
@@ -160,14 +171,25 @@ class RequestPool:
         while (taken := self._take()) is not None:
             job, index, bulk = taken
             self._normal_busy += bulk
+            self._urgent_busy += not bulk
             try:
                 job.results[index] = await job.run(job.items[index])
-            except BaseException as exc:  # kept for its caller
+            except asyncio.CancelledError:
+                lane = asyncio.current_task()
+                if lane is not None and lane.cancelling():
+                    job.fail(RuntimeError("the request's lane was stopped (the process is stopping)"))
+                    raise  # this lane itself is cancelled (the loop is closing): end it
+                # The request awaited something that was cancelled elsewhere: its failure, not the
+                # lane's, and not a cancellation of the caller (who would then give up the batch).
+                job.fail(RuntimeError("the request was cancelled unexpectedly"))
+            except Exception as exc:  # kept for its caller
                 job.fail(exc)
-                if not isinstance(exc, Exception):
-                    raise  # this lane is cancelled (the loop is closing): end it
+            except BaseException as exc:  # the process is exiting
+                job.fail(exc)
+                raise
             finally:
                 self._normal_busy -= bulk
+                self._urgent_busy -= not bulk
                 job.settle_one()
 
 
@@ -199,8 +221,7 @@ async def send_calls(
                 for m in messages_of(call)
             ]
         except Exception as exc:  # a fault of ours mid-call: it may have left, never re-send blindly
-            error = f"request failed unexpectedly: {type(exc).__name__}: {exc}"
-            return [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in messages_of(call)]
+            return [SendResult(m.id, Outcome.UNKNOWN, error=fault(exc)) for m in messages_of(call)]
 
     if isinstance(limit, RequestPool):
         rest = await limit.map(calls[1:], later, urgent)
@@ -209,4 +230,4 @@ async def send_calls(
     return [result for answer in (first, *rest) for result in answer]
 
 
-__all__ = ["RequestPool", "bounded_map", "carries_code", "is_code", "send_calls"]
+__all__ = ["RequestPool", "bounded_map", "carries_code", "fault", "is_code", "send_calls"]

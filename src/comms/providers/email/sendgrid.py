@@ -81,7 +81,7 @@ MAX_PERSONALIZATIONS = 1000  # personalizations (and recipients) per request
 MAX_SUBSTITUTION_BYTES = 10_000  # per personalization, tags and values together
 MAX_SUBSTITUTIONS = 100  # tags per personalization
 CALLBACK_MAX_AGE = 600  # seconds a signed Event Webhook post stays valid
-CONCURRENT_REQUESTS = 4  # the account's requests in flight per process (codes have their own)
+CONCURRENT_REQUESTS = 4  # the account's bulk requests in flight per process (codes: one more lane)
 # Headers SendGrid does not let a request set (its v3 reference, "headers").
 RESERVED_HEADERS = frozenset(
     {

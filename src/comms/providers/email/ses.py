@@ -215,7 +215,9 @@ class SesProvider(Provider):
                 if not m.sender:
                     raise ValueError("no sender address")
                 if template is not None:
-                    _headers(m)  # checked now, so one bad message does not sink its entry group
+                    # Checked now, so one bad message does not sink its entry group.
+                    _headers(m)
+                    _from_address(m.sender, m.sender_name)
                     bulk.setdefault((m.sender, m.sender_name, template), []).append(m)
                 else:
                     calls.append(_Call([m], "/v2/email/outbound-emails", self._send_email(m)))
@@ -265,7 +267,7 @@ class SesProvider(Provider):
                 entry["ReplacementHeaders"] = headers
             entries.append(entry)
         return {
-            "FromEmailAddress": formataddr((sender_name, sender), "utf-8") if sender_name else sender,
+            "FromEmailAddress": _from_address(sender, sender_name),
             "DefaultContent": {"Template": {"TemplateName": template, "TemplateData": "{}"}},
             "BulkEmailEntries": entries,
             **self._common(),
@@ -563,6 +565,14 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+def _from_address(sender: str, sender_name: str | None) -> str:
+    """``"Name" <address>`` (RFC 2047 for a non-ASCII name); raises ValueError for an address
+    that is not ASCII (SES wants an IDNA/punycode domain and an ASCII local part)."""
+    if not sender.isascii():
+        raise ValueError(f"the sender address must be ASCII for SES: {sender!r}")
+    return formataddr((sender_name, sender), "utf-8") if sender_name else sender
 
 
 __all__ = ["BULK_STATUSES", "ERRORS", "EVENTS", "SesConfig", "SesProvider", "events_of"]

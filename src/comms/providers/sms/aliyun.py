@@ -66,7 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import RequestPool, bounded_map, carries_code
+from comms.providers.calls import RequestPool, bounded_map, carries_code, fault
 
 API_VERSION = "2017-05-25"
 SEND_SMS_MAX_NUMBERS = 1000
@@ -359,6 +359,7 @@ class AliyunProvider(Provider):
                 return
             try:
                 payload = await self._call(call.action, call.params)
+                answered = _call_results(call, payload)
             except ProviderError as exc:
                 stopped.append(exc)
                 refused.append(exc)
@@ -374,8 +375,13 @@ class AliyunProvider(Provider):
                 for p in call.members:
                     results[p.message.id] = SendResult(p.message.id, Outcome.UNKNOWN, error=str(exc))
                 return
+            except Exception as exc:  # a fault of ours mid-call: this call's messages, UNKNOWN
+                reached = True
+                for p in call.members:
+                    results[p.message.id] = SendResult(p.message.id, Outcome.UNKNOWN, error=fault(exc))
+                return
             reached = True
-            results.update((r.message_id, r) for r in _call_results(call, payload))
+            results.update((r.message_id, r) for r in answered)
 
         await self._pool.map(calls, run, lambda call: carries_code([p.message for p in call.members]))
         if not reached and refused:

@@ -66,7 +66,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import RequestPool, is_code
+from comms.providers.calls import RequestPool, fault, is_code
 from comms.providers.sms.segments import count_segments
 
 # Kannel's delivery report types (the ``%d`` of a dlr-url; gw/dlr.h): what each one means and
@@ -210,7 +210,10 @@ class KannelProvider(Provider):
                 first = stop[0]
                 reason = f"not attempted: {first.reason}"
                 return _Refused(message.id, reason, first.permanent, first.retry_after, attempted=False)
-            result = await self._send_one(http, message)
+            try:
+                result = await self._send_one(http, message)
+            except Exception as exc:  # a fault of ours mid-call: this message only, UNKNOWN
+                return SendResult(message.id, Outcome.UNKNOWN, error=fault(exc))
             if isinstance(result, _Refused):
                 stop.append(result)
             return result

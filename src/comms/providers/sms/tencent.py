@@ -56,7 +56,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import RequestPool, carries_code
+from comms.providers.calls import RequestPool, carries_code, fault
 
 ACTION = "SendSms"
 VERSION = "2021-01-11"
@@ -252,7 +252,13 @@ class TencentProvider(Provider):
         async def one(call: _Call) -> _Answer:
             if stop:
                 return _Answer("skipped", reason=f"not attempted: {stop[0].reason}")
-            answer = await self._send_call(call)
+            try:
+                answer = await self._send_call(call)
+            except Exception as exc:  # a fault of ours mid-call: this call's messages, UNKNOWN
+                error = fault(exc)
+                return _Answer(
+                    "results", [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in call.messages]
+                )
             if answer.kind in ("refused", "transient"):
                 stop.append(answer)
             return answer

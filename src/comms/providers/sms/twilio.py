@@ -55,7 +55,7 @@ from comms.providers.base import (
     ProviderContext,
     SendResult,
 )
-from comms.providers.calls import RequestPool, bounded_map, is_code
+from comms.providers.calls import RequestPool, bounded_map, fault, is_code
 
 API_VERSION = "2010-04-01"
 
@@ -197,7 +197,10 @@ class TwilioProvider(Provider):
         async def one(message: OutboundMessage) -> _Answer:
             if stop:
                 return _Answer("skipped", reason=f"not attempted: {stop[0].reason}")
-            answer = await self._create(message)
+            try:
+                answer = await self._create(message)
+            except Exception as exc:  # a fault of ours mid-call: this message only, UNKNOWN
+                return _Answer("result", SendResult(message.id, Outcome.UNKNOWN, error=fault(exc)))
             if answer.kind == "refused" or answer.halts:
                 stop.append(answer)
             return answer
