@@ -81,7 +81,7 @@ class WebhookProvider(Provider):
         self.http = http
         # Shared by every batch in flight: the account's requests in flight in this process stay
         # at ``concurrency`` while one batch's last requests overlap the next batch's first.
-        # Verification codes go first, with lanes kept for them: a bulk holding every request slot
+        # Verification codes go first and may run beside it: a bulk holding every request slot
         # of the account (a slow gateway) must not hold back a code the express lane claimed.
         self._pool = RequestPool(config.concurrency)
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)

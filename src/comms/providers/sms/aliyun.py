@@ -290,7 +290,7 @@ class AliyunProvider(Provider):
         self.http = http
         self.clock = clock or (lambda: datetime.now(UTC))
         # The account's calls in flight in this process, shared by every batch being sent
-        # (verification codes go first, with lanes kept for them).
+        # (verification codes go first, and may run beside a bulk that holds every lane).
         self._pool = RequestPool(MAX_CONCURRENT_CALLS)
 
     @classmethod
