@@ -69,6 +69,18 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "v1=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+class _Signer:
+    """``signature`` with the key schedule done once per account (hmac.copy) instead of per request."""
+
+    def __init__(self, secret: str) -> None:
+        self._keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+
+    def __call__(self, timestamp: str, body: bytes) -> str:
+        mac = self._keyed.copy()
+        mac.update(timestamp.encode() + b"." + body)
+        return "v1=" + mac.hexdigest()
+
+
 class WebhookProvider(Provider):
     name: ClassVar[str] = "webhook"
     channels: ClassVar[frozenset[str]] = frozenset({"sms", "email"})
@@ -85,6 +97,7 @@ class WebhookProvider(Provider):
         # of the account (a slow gateway) must not hold back a code the express lane claimed.
         self._pool = RequestPool(config.concurrency)
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
+        self._sign = _Signer(config.secret)
 
     @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
@@ -98,12 +111,12 @@ class WebhookProvider(Provider):
 
     async def _post(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         """One request carrying ``messages``; raises when the gateway refused it as a whole."""
-        body = _encode({"messages": [_wire(m) for m in messages]})
+        body = _encode(_Batch([_wire(m) for m in messages]))
         timestamp = str(int(time.time()))
         headers = {
             "Content-Type": "application/json",
             "X-Comms-Timestamp": timestamp,
-            "X-Comms-Signature": signature(self.config.secret, timestamp, body),
+            "X-Comms-Signature": self._sign(timestamp, body),
         }
         if self.http is None:
             raise TransientProviderError("no HTTP session: this instance only parses callbacks")
@@ -186,21 +199,42 @@ class _InboundBody(msgspec.Struct):
     messages: list[_Inbound]
 
 
-def _wire(m: OutboundMessage) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "channel": m.channel,
-        "category": m.category,
-        "to": m.to,
-        "from": m.sender,
-        "from_name": m.sender_name,
-        "subject": m.subject,
-        "text": m.text,
-        "html": m.html,
-        "headers": [list(h) for h in m.headers],
-        "segments": m.segments,
-        "possible_duplicate": m.possible_duplicate,
-    }
+class _Wire(msgspec.Struct, rename={"sender": "from"}):
+    """One message as the gateway receives it (a Struct encodes faster than a dict)."""
+
+    id: str
+    channel: str
+    category: str
+    to: str
+    sender: str | None
+    from_name: str | None
+    subject: str | None
+    text: str
+    html: str | None
+    headers: list[tuple[str, str]]
+    segments: int | None
+    possible_duplicate: bool
+
+
+class _Batch(msgspec.Struct):
+    messages: list[_Wire]
+
+
+def _wire(m: OutboundMessage) -> _Wire:
+    return _Wire(
+        m.id,
+        m.channel,
+        m.category,
+        m.to,
+        m.sender,
+        m.sender_name,
+        m.subject,
+        m.text,
+        m.html,
+        list(m.headers),
+        m.segments,
+        m.possible_duplicate,
+    )
 
 
 def _retry_after(value: str | None) -> float | None:
