@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -239,3 +239,19 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
         if loop.time() > deadline:
             raise AssertionError("condition not met within timeout")
         await asyncio.sleep(interval)
+
+
+async def wait_for_message(service: Service, log_id: str, condition: Callable[[Any], bool]) -> Any:
+    """Wait until the log item ``log_id`` meets ``condition``; return it (a ``Message`` row)."""
+    from comms.models import Message
+
+    async def row() -> Any:
+        async with service.db.read() as session:
+            return await session.get(Message, log_id)
+
+    async def met() -> bool:
+        found = await row()
+        return found is not None and condition(found)
+
+    await wait_until(met)
+    return await row()

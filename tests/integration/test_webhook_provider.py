@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from comms.models import Message, ProviderAccount
-from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
+from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_for_message, wait_until
 from tests.webhook_sink import WebhookSink
 
 SECRET = "s3cret-s3cret-s3cret"
@@ -262,16 +262,8 @@ async def test_a_fault_of_ours_mid_call_is_never_offered_to_the_next_route(
             "/communication/bulk", json=sms_bulk(1), headers=live_tenant.headers()
         )
         log_id = answer.json()["items"][0]["id"]
-
-        async def settled() -> bool:
-            async with live_service.db.read() as session:
-                row = await session.get(Message, log_id)
-            return row is not None and row.status == "sent"
-
-        await wait_until(settled)
-        async with live_service.db.read() as session:
-            row = await session.get(Message, log_id)
-        assert row is not None and row.possible_duplicate is True
+        row = await wait_for_message(live_service, log_id, lambda m: m.status == "sent")
+        assert row.possible_duplicate is True
         assert not secondary.received  # never offered to a second provider
         assert list(primary.received.values()) == [2] and log_id in primary.flagged  # once more, flagged
     finally:
@@ -300,16 +292,8 @@ async def test_a_failing_send_rate_check_sends_nothing_and_retries(
             "/communication/bulk", json=sms_bulk(1), headers=live_tenant.headers()
         )
         log_id = answer.json()["items"][0]["id"]
-
-        async def retrying() -> bool:
-            async with live_service.db.read() as session:
-                row = await session.get(Message, log_id)
-            return row is not None and row.attempts >= 1 and row.status == "queued"
-
-        await wait_until(retrying)
-        async with live_service.db.read() as session:
-            row = await session.get(Message, log_id)
-        assert row is not None and "send rate check failed" in (row.error or "")
+        row = await wait_for_message(live_service, log_id, lambda m: m.attempts >= 1 and m.status == "queued")
+        assert "send rate check failed" in (row.error or "")
         assert row.possible_duplicate is False and not sink.received
     finally:
         dispatcher.limiter = working
