@@ -34,6 +34,16 @@ async def add_account(service: Service, tenant: TenantKeys, url: str, **extra: A
     return dict(answer.json()["data"])
 
 
+# One verification code, sent while a bulk holds the account.
+CODE: dict[str, Any] = {
+    "channel": "sms",
+    "category": "verification",
+    "content": "Code {{ code }}",
+    "variables": {"code": "4711"},
+    "recipients": ["13900139000"],
+}
+
+
 def sms_bulk(n: int, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "channel": "sms",
@@ -337,13 +347,7 @@ async def test_a_bulk_in_flight_does_not_hold_back_another_tenants_code(
     other = await make_tenant(live_service.db, name="Beta")
     code = await live_service.client.post(
         "/communication/bulk",
-        json={
-            "channel": "sms",
-            "category": "verification",
-            "content": "Code {{ code }}",
-            "variables": {"code": "4711"},
-            "recipients": ["13900139000"],
-        },
+        json=CODE,
         headers=other.headers(),
     )
     code_batch = code.json()["batch_id"]
@@ -443,13 +447,7 @@ async def test_a_code_of_the_same_tenant_passes_a_bulk_that_holds_every_gateway_
     await wait_until(slots_full)
     code = await live_service.client.post(
         "/communication/bulk",
-        json={
-            "channel": "sms",
-            "category": "verification",
-            "content": "Code {{ code }}",
-            "variables": {"code": "4711"},
-            "recipients": ["13900139000"],
-        },
+        json=CODE,
         headers=live_tenant.headers(),
     )
 

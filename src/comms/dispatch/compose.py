@@ -18,7 +18,6 @@ from comms.compliance.content import MessageDecorator, with_html_footer
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.dispatch.queue import ClaimedMessage
 from comms.kit.secretbox import SecretBox
-from comms.messages.recipients import region_of_phone
 from comms.models import Batch, Tenant
 from comms.providers.base import OutboundMessage
 from comms.providers.sms.segments import count_segments
@@ -144,9 +143,14 @@ class Composed:
 
 
 def compose(
-    claimed: ClaimedMessage, context: BatchContext, decrypt: BatchCache, decorator: MessageDecorator
+    claimed: ClaimedMessage,
+    context: BatchContext,
+    decrypt: BatchCache,
+    decorator: MessageDecorator,
+    region: str | None,
 ) -> Composed:
-    """Raises TemplateError when the content cannot be rendered for this recipient."""
+    """Raises TemplateError when the content cannot be rendered for this recipient. ``region``:
+    the recipient's country for an SMS (the caller has it already), else None."""
     own = decrypt.decrypt(claimed.variables) if claimed.variables else None
     if own and any(own.get(name) == REDACTED for name in context.secret_names):
         # Sent once already, after which its secret values were wiped: never send "******".
@@ -171,7 +175,6 @@ def compose(
         sender = context.sender or next(iter(settings.email_senders()), None)
         sender_name = context.tenant_name
     else:
-        region = region_of_phone(claimed.recipient)
         text, shown, segments = context.sms_text(
             text, shown, claimed.category, region, decorator, shared=not own
         )

@@ -206,7 +206,7 @@ class Dispatcher:
         if route is None or not route.provider.can_reconcile:
             return {"id": c.id}  # nobody to ask: looked at again later, for a day
         try:
-            message = compose(c, context, self._cache, self._decorator).message
+            message = compose(c, context, self._cache, self._decorator, _region(c)).message
             answer = (await route.provider.reconcile([message]))[0]
         except Exception as exc:
             log.warning("reconcile failed", extra={"provider": route.name, "error": str(exc)})
@@ -393,7 +393,8 @@ class Dispatcher:
                 # Composing 500 messages is ~20 ms of CPU: let the express lane's I/O in between.
                 await asyncio.sleep(0)
             gate = gates[(c.tenant_id, c.channel, c.category)]
-            verdict = gate.check(c.recipient_key, _region(c) if gate.needs_region else None)
+            region = _region(c)  # once per message: the gate, quiet hours and composing need it
+            verdict = gate.check(c.recipient_key, region if gate.needs_region else None)
             if verdict is not None:
                 rows.append(self._row(c, now, status=verdict[0], error=verdict[1]))
                 continue
@@ -404,13 +405,13 @@ class Dispatcher:
                 continue
             if quiet_hours.applies(c.channel, c.category):
                 # Accepted in the window, but the window may have closed while it waited in the queue.
-                wait = quiet_hours.deferral(now, c.recipient, _region(c), contexts[c.batch_id].settings)
+                wait = quiet_hours.deferral(now, c.recipient, region, contexts[c.batch_id].settings)
                 if wait is not None:
                     error = f"quiet hours: deferred until {isoformat(wait)}"
                     rows.append(self._row(c, now, status="deferred", error=error, due_at=wait))
                     continue
             try:
-                composed = compose(c, contexts[c.batch_id], self._cache, self._decorator)
+                composed = compose(c, contexts[c.batch_id], self._cache, self._decorator, region)
             except TemplateError as exc:
                 rows.append(self._row(c, now, status="failed", error=str(exc)))
                 continue

@@ -197,20 +197,17 @@ async def send_calls(
     calls: Sequence[Item],
     execute: Callable[[Item], Awaitable[list[SendResult]]],
     messages_of: Callable[[Item], Sequence[OutboundMessage]],
-    limit: int | RequestPool,
+    pool: RequestPool,
 ) -> list[SendResult]:
-    """Results of every call's messages (in call order): at most ``limit`` calls in flight, or
-    through the account's ``RequestPool`` (calls carrying a code go first)."""
+    """Results of every call's messages (in call order), through the account's ``pool`` (calls
+    carrying a code go first)."""
     if not calls:
         return []
 
     def urgent(call: Item) -> bool:
         return carries_code(messages_of(call))
 
-    if isinstance(limit, RequestPool):
-        first = (await limit.map(calls[:1], execute, urgent))[0]
-    else:
-        first = await execute(calls[0])
+    first = (await pool.map(calls[:1], execute, urgent))[0]
 
     async def later(call: Item) -> list[SendResult]:
         try:
@@ -223,10 +220,7 @@ async def send_calls(
         except Exception as exc:  # a fault of ours mid-call: it may have left, never re-send blindly
             return [SendResult(m.id, Outcome.UNKNOWN, error=fault(exc)) for m in messages_of(call)]
 
-    if isinstance(limit, RequestPool):
-        rest = await limit.map(calls[1:], later, urgent)
-    else:
-        rest = await bounded_map(calls[1:], later, limit)
+    rest = await pool.map(calls[1:], later, urgent)
     return [result for answer in (first, *rest) for result in answer]
 
 

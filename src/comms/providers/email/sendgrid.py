@@ -466,8 +466,7 @@ class SendGridProvider(Provider):
 
     def __init__(self, config: SendGridConfig, http: aiohttp.ClientSession | None) -> None:
         self.config = config
-        # The account's requests in flight in this process, shared by every batch being sent
-        # (verification codes go first, and may run beside a bulk that holds every lane).
+        # The account's requests in flight in this process (see RequestPool).
         self._pool = RequestPool(CONCURRENT_REQUESTS)
         self.http = http
         self.url = config.endpoint.rstrip("/") + "/v3/mail/send"

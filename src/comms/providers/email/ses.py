@@ -189,8 +189,7 @@ class SesProvider(Provider):
 
     def __init__(self, config: SesConfig, http: aiohttp.ClientSession | None) -> None:
         self.config = config
-        # The account's requests in flight in this process, shared by every batch being sent
-        # (verification codes go first, and may run beside a bulk that holds every lane).
+        # The account's requests in flight in this process (see RequestPool).
         self._pool = RequestPool(config.max_concurrency)
         self.http = http
         self.endpoint = (config.endpoint or f"https://email.{config.region}.amazonaws.com").rstrip("/")

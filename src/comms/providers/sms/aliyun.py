@@ -289,8 +289,7 @@ class AliyunProvider(Provider):
         self.config = config
         self.http = http
         self.clock = clock or (lambda: datetime.now(UTC))
-        # The account's calls in flight in this process, shared by every batch being sent
-        # (verification codes go first, and may run beside a bulk that holds every lane).
+        # The account's requests in flight in this process (see RequestPool).
         self._pool = RequestPool(MAX_CONCURRENT_CALLS)
 
     @classmethod

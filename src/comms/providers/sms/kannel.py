@@ -153,8 +153,7 @@ class KannelProvider(Provider):
 
     def __init__(self, config: KannelConfig, context: ProviderContext) -> None:
         self.config = config
-        # The account's requests in flight in this process, shared by every batch being sent
-        # (verification codes go first, and may run beside a bulk that holds every lane).
+        # The account's requests in flight in this process (see RequestPool).
         self._pool = RequestPool(config.concurrency)
         self.http = context.http
         self.status_url = context.status_url

@@ -218,8 +218,7 @@ class TencentProvider(Provider):
 
     def __init__(self, config: TencentConfig, http: aiohttp.ClientSession | None) -> None:
         self.config = config
-        # The account's requests in flight in this process, shared by every batch being sent
-        # (verification codes go first, and may run beside a bulk that holds every lane).
+        # The account's requests in flight in this process (see RequestPool).
         self._pool = RequestPool(config.concurrency)
         self.http = http
         self.host = urlsplit(config.endpoint).netloc
