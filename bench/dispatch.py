@@ -604,10 +604,20 @@ class Bench:
         await self.db.execute(
             "ALTER TABLE messages SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
         )
+        columns = [
+            r["column_name"]
+            for r in await self.db.fetch(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = 'messages' ORDER BY ordinal_position"
+            )
+        ]
+        # Column by column rather than through a jsonb record per row: 100k rows in ~2 s, not ~45 s.
+        values = ", ".join(
+            "'log_hist' || lpad(g::text, 28, '0')" if c == "id" else f'm."{c}"' for c in columns
+        )
         await self.db.execute(
-            """INSERT INTO messages
-               SELECT (jsonb_populate_record(NULL::messages, to_jsonb(m)
-                       || jsonb_build_object('id', 'log_hist' || lpad(g::text, 28, '0')))).*
+            f"""INSERT INTO messages ({", ".join(f'"{c}"' for c in columns)})
+               SELECT {values}
                FROM (SELECT * FROM messages WHERE status = 'sent' LIMIT 1) AS m, generate_series(1, $1) AS g""",
             rows,
         )
