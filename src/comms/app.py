@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -30,6 +30,7 @@ from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
 from comms.kit.logging import quiet_parameter_loggers
 from comms.kit.memory import freeze_startup_heap
+from comms.kit.nul import refuse_nul_characters
 from comms.kit.ratelimit import make_limiter
 from comms.kit.requestlog import RequestLogMiddleware, request_id_var
 from comms.kit.secretbox import SecretBox
@@ -86,6 +87,7 @@ def create_app(
         description="Bulk SMS and email with per-recipient logs and built-in compliance "
         "(ePrivacy Directive 2002/58/EC, CAN-SPAM Act).",
         lifespan=lifespan,
+        dependencies=[Depends(refuse_nul_characters)],
     )
     _install_error_handlers(app)
     app.add_middleware(
@@ -143,6 +145,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            return reply(400, "malformed JSON")  # CONTRACT.md: 400, as the bulk endpoint answers
         errors = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]

@@ -8,7 +8,7 @@ import base64
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -174,10 +174,15 @@ async def test_02_unsubscribe_between_acceptance_and_dispatch_wins(
 # ---- 3 ------------------------------------------------------------------------------------------
 
 
-async def test_03_marketing_blocked_without_consent_basis(service: Service) -> None:
-    always = "00:00-24:00"  # no quiet hours here: test 8 covers them
+async def test_03_marketing_blocked_without_consent_basis(
+    service: Service, frozen_clock: list[datetime]
+) -> None:
+    # No quiet hours in the way here (test 8 covers them): 09:00 in Shanghai, the evening before
+    # in San Francisco, and the countries without a legal window open all day.
+    frozen_clock[0] = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
+    always = "00:00-24:00"
     tenant = await make_tenant(
-        service.db, "Acme", quiet_hours={"CN": always, "US": always, "DE": always, "FR": always}
+        service.db, "Acme", quiet_hours={"DE": always, "FR": always, "PR": always, "GU": always}
     )
     body = {
         "channel": "sms",
@@ -215,6 +220,13 @@ async def test_03_marketing_blocked_without_consent_basis(service: Service) -> N
     await opt_in(service, tenant, "sms", "+14155552671", basis="written")
     again = await bulk(service, tenant, **{**body, "recipients": ["+14155552671"]})
     assert again["items"][0]["status"] == "queued"
+    # S1 names every +1 number: Puerto Rico and Guam share the plan, and an opt-in that was not
+    # written does not carry a marketing text there either.
+    await opt_in(service, tenant, "sms", "+17872345678")
+    territories = await bulk(service, tenant, **{**body, "recipients": ["+17872345678", "+16715551234"]})
+    assert [(i["status"], i["error"]) for i in territories["items"]] == [
+        ("rejected", "no prior express written consent")
+    ] * 2
 
 
 # ---- 4, 9 ---------------------------------------------------------------------------------------
@@ -391,13 +403,11 @@ async def test_06_start_resubscribes_after_stop_only(service: Service, tenant: T
 # ---- 7 ------------------------------------------------------------------------------------------
 
 
-async def test_07_marketing_sms_carries_signature_and_opt_out(live_service: Service) -> None:
-    tenant = await make_tenant(
-        live_service.db,
-        "Acme",
-        sms_signature="阿克米",
-        quiet_hours={"CN": "00:00-24:00", "US": "00:00-24:00"},
-    )
+async def test_07_marketing_sms_carries_signature_and_opt_out(
+    live_service: Service, frozen_clock: list[datetime]
+) -> None:
+    frozen_clock[0] = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)  # inside the CN and US windows
+    tenant = await make_tenant(live_service.db, "Acme", sms_signature="阿克米")
     await opt_in(live_service, tenant, "sms", "13800138000")
     await opt_in(live_service, tenant, "sms", "+14155552671", basis="written")
     created = await bulk(
@@ -576,6 +586,46 @@ async def test_13_erased_address_reimported_without_consent_stays_suppressed(
         "suppressed",
         "recipient erased their data",
     )
+
+
+async def test_13_erasure_reaches_raw_callbacks_in_the_vendors_spelling(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Vendors quote a number form-encoded (Twilio, Kannel) or in national form (Aliyun,
+    Tencent): the stored raw callbacks go in every spelling. `_` and `%` in an address are
+    literal characters, not wildcards that reach other people's callbacks."""
+    from comms.models import ReceiptEvent
+
+    now = utcnow()
+    payloads = {
+        "twilio": "From=%2B8613800138000&Body=STOP",
+        "aliyun": '[{"phone_number":"13800138000","content":"TD"}]',
+        "other-number": "From=%2B8613900139000&Body=STOP",
+        "ann_b": '{"email":"ann_b@example.com"}',
+        "annxb": '{"email":"annxb@example.com"}',
+    }
+    async with service.db.begin() as session:
+        for key, payload in payloads.items():
+            session.add(
+                ReceiptEvent(
+                    id=f"evt_{key}",
+                    tenant_id=tenant.tenant_id,
+                    account_id="acc_x",
+                    provider="test",
+                    kind="inbound",
+                    event_key=key,
+                    payload=payload,
+                    received_at=now,
+                )
+            )
+    for channel, address in (("sms", "+8613800138000"), ("email", "ann_b@example.com")):
+        erased = await service.client.post(
+            "/communication/erasures", json={"channel": channel, "address": address}, headers=tenant.headers()
+        )
+        assert erased.status_code == 200, erased.text
+    async with service.db.read() as session:
+        left = set((await session.scalars(select(ReceiptEvent.event_key))).all())
+    assert left == {"other-number", "annxb"}
 
 
 async def test_14_consent_evidence_and_append_only_audit(service: Service, tenant: TenantKeys) -> None:
@@ -1146,6 +1196,50 @@ async def test_08_unknown_time_zone_uses_the_strictest_window_of_the_country(
     assert refused[1]["error"].startswith("quiet hours: no time is inside 09:00-12:00 in all 11 time zones")
     narrow_settings = TenantSettings(quiet_hours={"US": "09:00-12:00"})
     assert quiet_hours.deferral(utcnow(), toll_free, "US", narrow_settings) == utcnow() + timedelta(days=1)
+
+
+async def test_08_a_tenant_may_narrow_the_legal_windows_but_not_widen_them(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """US 08:00-21:00 (TCPA) and CN 08:00-20:00 (carriers) are floors: the API refuses a wider
+    window, and a wider one stored before this rule is held to the legal window anyway."""
+    for window in ("00:00-24:00", "07:00-21:00", "22:00-06:00"):
+        answer = await service.client.put(
+            "/communication/settings", json={"quiet_hours": {"us": window}}, headers=tenant.headers()
+        )
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == "quiet_hours.US"
+    wider_cn = await service.client.put(
+        "/communication/settings", json={"quiet_hours": {"CN": "08:00-22:00"}}, headers=tenant.headers()
+    )
+    assert wider_cn.status_code == 422
+    narrower = await service.client.put(
+        "/communication/settings",
+        json={"quiet_hours": {"US": "09:00-20:00", "DE": "00:00-24:00"}},
+        headers=tenant.headers(),
+    )
+    assert narrower.status_code == 200, narrower.text
+    stored = TenantSettings(quiet_hours={"US": "00:00-24:00", "CN": "06:00-23:00", "DE": "00:00-24:00"})
+    assert quiet_hours.window_for(stored, "US") == (time(8, 0), time(21, 0))
+    assert quiet_hours.window_for(stored, "CN") == (time(8, 0), time(20, 0))
+    assert quiet_hours.window_for(stored, "DE") == (time(0, 0), time(23, 59, 59))
+
+
+async def test_08_a_number_of_no_country_cannot_get_quiet_hours_sms(
+    service: Service, frozen_clock: list[datetime]
+) -> None:
+    """A satellite phone (+881) has no time zone at all: the strictest window across every zone on
+    earth has no moment in it, so a promotional SMS is refused at once instead of sent at any hour."""
+    tenant = await make_tenant(service.db, "Acme", "US")
+    iridium = "+881612345678"
+    await opt_in(service, tenant, "sms", iridium)
+    frozen_clock[0] = datetime(2026, 11, 26, 3, 0, tzinfo=UTC)
+    items = (
+        await bulk(service, tenant, channel="sms", category="marketing", content="Sale", recipients=[iridium])
+    )["items"]
+    assert items[0]["status"] == "rejected"
+    assert items[0]["error"].startswith("quiet hours: this number's time zone is unknown")
+    assert quiet_hours.deferral(utcnow(), iridium, None, TenantSettings()) == utcnow() + timedelta(days=1)
 
 
 # ---- S9: the daily limit of notification and promotional SMS --------------------------------------

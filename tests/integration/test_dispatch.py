@@ -583,3 +583,162 @@ async def test_unknown_rows_are_asked_about_again_and_settled_by_what_the_provid
     assert settled is not None and settled.status == "sent" and settled.sent_at is not None
     assert settled.response is not None and settled.response.startswith("reconciled with outbox")
     assert open_ is not None and open_.status == "unknown" and open_.updated_at > a_while_ago
+
+
+async def test_rows_in_flight_when_their_batch_is_cancelled_are_not_sent(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Cancel only touches rows still waiting; rows a worker had already claimed come back to a
+    dispatcher (a retry, a deferral, a dead worker) and must end `cancelled`, not go out. One
+    that may already have reached the provider is left `unknown` for the re-check, not guessed."""
+    created = await send(
+        service,
+        tenant,
+        {
+            "channel": "sms",
+            "category": "transactional",
+            "content": "x",
+            "recipients": ["13800138000", "13800138001"],
+        },
+    )
+    plain, flagged = (item["id"] for item in created["items"])
+    async with standalone_dispatcher(service) as worker:
+        async with service.db.begin() as session:
+            await session.execute(
+                update(Message).where(Message.id == flagged).values(possible_duplicate=True)
+            )
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, worker.worker_id, 10, utcnow(), timedelta(seconds=30))
+        assert len(claimed) == 2
+        answer = await service.client.post(
+            f"/communication/batches/{created['batch_id']}/cancel", headers=tenant.headers()
+        )
+        assert answer.status_code == 200, answer.text
+        assert await statuses(service, created["batch_id"]) == {"sending": 2}  # in flight: untouched
+        await worker._process(claimed)
+    async with service.db.read() as session:
+        first, second = await session.get(Message, plain), await session.get(Message, flagged)
+    assert first is not None and first.status == "cancelled" and first.error == "cancelled by request"
+    assert second is not None and second.status == "unknown" and second.error is not None
+    assert "may have reached the provider" in second.error
+    assert not (service.outbox / "sms").exists() or not any((service.outbox / "sms").iterdir())
+
+
+async def test_a_worker_stopping_mid_send_never_causes_a_third_send(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """release_claims (a stop past the drain timeout) follows the reaper's rule: a row already
+    re-sent once as a possible duplicate ends `unknown` instead of going back to the queue."""
+    from comms.dispatch.queue import release_claims
+
+    created = await send(
+        service,
+        tenant,
+        {
+            "channel": "sms",
+            "category": "transactional",
+            "content": "x",
+            "recipients": ["13800138000", "13800138001"],
+        },
+    )
+    fresh, resent = (item["id"] for item in created["items"])
+    async with service.db.begin() as session:
+        await session.execute(update(Message).where(Message.id == resent).values(possible_duplicate=True))
+    now = utcnow()
+    async with service.db.begin() as session:
+        assert len(await claim_due(session, "w", 10, now, timedelta(seconds=30))) == 2
+    async with service.db.begin() as session:
+        await release_claims(session, [fresh, resent], "w", now)
+    async with service.db.read() as session:
+        first, second = await session.get(Message, fresh), await session.get(Message, resent)
+    assert first is not None and (first.status, first.possible_duplicate) == ("queued", True)
+    assert second is not None and second.status == "unknown" and second.lease_owner is None
+
+
+async def test_stop_is_bounded_even_with_every_slot_taken_and_gives_claims_back(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """The claim loop may wait for a free slot while every batch in flight is stuck on a slow
+    provider: stop() still returns after its timeout, with the stuck claims given back (flagged)
+    rather than left `sending` for the reaper."""
+    created = await send(
+        service,
+        tenant,
+        {"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
+    )
+    stuck = asyncio.Event()
+
+    async def never_answers(*_: Any, **__: Any) -> Any:
+        stuck.set()
+        await asyncio.Event().wait()
+
+    async with standalone_dispatcher(service) as worker:
+        worker._slots = asyncio.Semaphore(1)
+        worker._send_with_failover = never_answers  # type: ignore[method-assign]
+        worker.start()
+        await asyncio.wait_for(stuck.wait(), timeout=10)
+        await asyncio.wait_for(worker.stop(timeout=0.2), timeout=10)
+        assert worker._loop_task is not None and worker._loop_task.done()
+    async with service.db.read() as session:
+        row = await session.get(Message, created["items"][0]["id"])
+    assert row is not None and row.status == "queued" and row.possible_duplicate is True
+
+
+async def test_a_batch_retry_sends_again_instead_of_reconciling_the_earlier_attempt(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A retry the user asked for is a new attempt: an earlier attempt's possible-duplicate flag
+    is cleared, so the provider's record of that attempt is not taken for this one's outcome."""
+    created = await send(
+        service,
+        tenant,
+        {"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
+    )
+    log_id = created["items"][0]["id"]
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == log_id)
+            .values(status="undelivered", provider="outbox", possible_duplicate=True, error="bounced")
+        )
+    answer = await service.client.post(
+        f"/communication/batches/{created['batch_id']}/retry", headers=tenant.headers()
+    )
+    assert answer.status_code == 200, answer.text
+    async with service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and row.status == "queued" and row.possible_duplicate is False
+
+
+async def test_unknown_rows_are_asked_about_for_a_day_from_when_they_became_unknown(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Each look bumps `updated_at`; the window is anchored on `due_at`, set once when the row
+    became unknown, so a row nobody can settle stops being asked about after a day."""
+    created = await send(
+        service,
+        tenant,
+        {"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
+    )
+    log_id = created["items"][0]["id"]
+    now = utcnow()
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == log_id)
+            .values(
+                status="unknown",
+                provider="outbox",
+                possible_duplicate=True,
+                due_at=now - timedelta(days=2),
+                updated_at=now - timedelta(minutes=2),
+            )
+        )
+    written = service.outbox / "sms" / f"{log_id}.json"
+    written.parent.mkdir(parents=True, exist_ok=True)
+    written.write_text("{}")
+    async with standalone_dispatcher(service) as worker:
+        assert await worker.recheck_unknown() == 0
+    async with service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and row.status == "unknown"

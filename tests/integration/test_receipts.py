@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+from comms.messages.fairness import rank_of
 from comms.models import Message, ReceiptEvent, Suppression
 from comms.providers.webhook import signature
 from tests.conftest import Service, TenantKeys, wait_until
@@ -256,6 +258,31 @@ async def test_a_stop_holds_even_when_its_confirmation_cannot_be_sent(
     assert confirmations == []  # no reply could be sent, and nothing half-written
 
 
+async def test_one_unreadable_sender_does_not_undo_the_other_stops_of_its_callback(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    """Vendors batch replies: a STOP from a number that is no phone number is recorded as ignored,
+    and the valid STOP beside it still suppresses (a 4xx would make the vendor retry forever)."""
+    body, headers = signed(
+        {
+            "messages": [
+                {"event_id": "in-ok", "from": "+8613800138000", "text": "\uff34\uff24"},
+                {"event_id": "in-bad", "from": "not-a-number", "text": "T"},
+            ]
+        }
+    )
+    answer = await live_service.client.post(
+        f"/webhooks/webhook/{account}/inbound", content=body, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    async with live_service.db.read() as session:
+        suppressions = (await session.scalars(select(Suppression))).all()
+        outcomes = dict((await session.execute(select(ReceiptEvent.event_key, ReceiptEvent.outcome))).all())
+    assert [s.reason for s in suppressions] == ["stop"]
+    assert outcomes["inbound:in-ok"].startswith("stop")
+    assert outcomes["inbound:in-bad"].startswith("ignored")
+
+
 async def test_a_receipt_that_overtakes_the_send_answer_is_kept(
     live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
 ) -> None:
@@ -296,3 +323,34 @@ async def test_a_receipt_that_overtakes_the_send_answer_is_kept(
         and row.provider == "webhook"
         and row.lease_owner is None
     )
+
+
+async def test_a_receipt_for_an_attempt_that_got_no_answer_settles_the_waiting_resend(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    """An attempt whose answer was lost is re-queued flagged for one re-send. Its receipt proves
+    that attempt reached the provider: the item becomes `delivered` and is not sent again. A row
+    waiting for an ordinary retry (not flagged) is not moved by a stray receipt."""
+    from sqlalchemy import update
+
+    log_id = await sent_message(live_service, live_tenant)
+    other = await sent_message(live_service, live_tenant, to="13800138001")
+    far = datetime(2999, 1, 1, tzinfo=UTC)  # keep both out of the dispatcher's reach
+    async with live_service.db.begin() as session:
+        for row_id, flagged in ((log_id, True), (other, False)):
+            await session.execute(
+                update(Message)
+                .where(Message.id == row_id)
+                .values(status="queued", possible_duplicate=flagged, due_at=far, queue_rank=rank_of(far))
+            )
+    answer = await post_receipt(
+        live_service,
+        account,
+        [
+            {"event_id": "late-1", "id": log_id, "status": "delivered"},
+            {"event_id": "late-2", "id": other, "status": "delivered"},
+        ],
+    )
+    assert answer.status_code == 200
+    assert await status_of(live_service, log_id) == "delivered"
+    assert await status_of(live_service, other) == "queued"

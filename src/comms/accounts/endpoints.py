@@ -150,7 +150,7 @@ async def update_account(
             merged = service.merge_for_update(cls, row.config, changes.pop("config"), state.secrets)
             row.config = service.seal(cls, service.validate_config(cls, merged), state.secrets)
         for field, value in changes.items():
-            if value is None and field in ("name", "priority", "enabled"):
+            if value is None and field in ("name", "priority", "enabled", "config"):
                 raise ValidationFailed.single(field, "cannot be null")
             setattr(row, field, value)
         row.updated_at = utcnow()

@@ -24,6 +24,7 @@ from comms.compliance.dns_auth import (
     make_resolver,
     valid_selector,
 )
+from comms.compliance.quiet_hours import widens_legal_window
 from comms.compliance.repository import ConsentStore, SuppressionStore
 from comms.compliance.schemas import (
     ConsentCreate,
@@ -38,7 +39,7 @@ from comms.errors import BadRequest, FieldError, NotFound, Unavailable, Validati
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import reply
 from comms.kit.masking import mask_recipient
-from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
+from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Page
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
@@ -53,7 +54,7 @@ public = APIRouter(tags=["Unsubscribe (public)"])
 AdminPrincipal = Annotated[Principal, Depends(require(Scope.ADMIN))]
 SuppressionsWritePrincipal = Annotated[Principal, Depends(require(Scope.SUPPRESSIONS_WRITE))]
 LogsPrincipal = Annotated[Principal, Depends(require(Scope.LOGS_READ))]
-PageQuery = Annotated[int, Query(ge=1)]
+PageQuery = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 PageSizeQuery = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 
 
@@ -78,7 +79,7 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     """Merge the fields given into the tenant's settings (unknown fields are a 422)."""
     try:
         changes = await request.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise BadRequest("malformed JSON") from None
     if not isinstance(changes, dict) or not changes:
         raise ValidationFailed.single("body", "expected an object with the settings to change")
@@ -86,6 +87,12 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     for name, how in READ_ONLY_FIELDS.items():
         if name in changes and changes[name] != merged.get(name):
             raise ValidationFailed.single(name, f"read-only: {how}")
+    hours = changes.get("quiet_hours")
+    if isinstance(hours, dict):
+        for region, window in hours.items():
+            why = widens_legal_window(str(region), window) if isinstance(window, str) else None
+            if why is not None:
+                raise ValidationFailed.single(f"quiet_hours.{str(region).upper()}", why)
     merged.update(changes)
     try:
         validated = TenantSettings.model_validate(merged)
@@ -248,7 +255,7 @@ def _mailto_request(content_type: str, raw: bytes) -> tuple[str | None, str | No
         return recipient, (senders[0] if senders else None)
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise BadRequest("malformed JSON (or send the message itself as message/rfc822)") from None
     try:
         body = MailtoUnsubscribe.model_validate(data)

@@ -215,7 +215,7 @@ class AcceptanceGate:
         consent = self._consents.get(digest)
         if (
             self.channel == "sms"
-            and region == "US"
+            and key.startswith("+1")  # S1 names every +1 number: US territories share the plan
             and not (consent is not None and consent.status == "opted_in" and consent.written)
         ):
             return "rejected", NO_WRITTEN_CONSENT

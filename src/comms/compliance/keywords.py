@@ -6,12 +6,16 @@
 * HELP, INFO: brand, support, frequency, "Msg&data rates may apply" and how to stop.
 * START, UNSTOP, YES: lift an SMS-keyword opt-out (never a bounce or complaint) and confirm.
 
-Matching is case-insensitive on the trimmed message, which must be the keyword alone.
+Matching is case-insensitive on the trimmed message, which must be the keyword alone, after
+Unicode compatibility folding (NFKC: the full-width letters a Chinese input method types are read as
+STOP or TD), with trailing full stops and exclamation marks of either width (and the ideographic
+full stop) dropped and hyphens read as spaces (OPT-OUT).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -36,7 +40,9 @@ _SPACES = re.compile(r"\s+")
 
 
 def classify(text: str) -> Keyword | None:
-    word = _SPACES.sub(" ", text.strip().strip(".!").upper())
+    # NFKC folds the full-width exclamation mark to "!", but not the ideographic full stop.
+    folded = unicodedata.normalize("NFKC", text).replace("-", " ")
+    word = _SPACES.sub(" ", folded.strip().strip(".!\u3002").strip().upper())
     if word in _STOP or word in _STOP_CN:
         return Keyword.STOP
     if word in _HELP:

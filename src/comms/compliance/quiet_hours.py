@@ -2,7 +2,8 @@
 
 * US: 08:00-21:00 recipient-local (47 CFR 64.1200(c)(1); texts count as calls);
 * China: promotional SMS only 08:00-20:00 Asia/Shanghai (carrier rule, Aliyun);
-* elsewhere 08:00-20:00 by default; a tenant sets its own per country.
+* elsewhere 08:00-20:00 by default; a tenant sets its own per country (for the US and China
+  only within the legal window: a wider setting is refused by the API and held to it here).
 
 The number's time zones come from phonenumbers' prefix data (US numbers: by area code). Where a
 number may be in several zones, or its zone is unknown, the message waits until it is inside the
@@ -11,7 +12,9 @@ window in EVERY zone it may be in: the strictest window across them (COMPLIANCE.
 * an ambiguous number (a toll-free +1 800 number is listed in every NANP zone from Guam to
   Samoa) is held to the zones of its own country among those (the 11 US ones);
 * a number with no known zone is held to every zone of its country (the tz database's
-  ``zone.tab``; without it, every zone of its calling code);
+  ``zone.tab``; without it, every zone of its calling code); one with no country at all (+881
+  satellite phones, +882/+883 international networks) is held to every zone on earth, which
+  share no moment of any window: it cannot get quiet-hours SMS;
 * when those zones share no moment inside the window at all (a tenant's narrow window in a wide
   country), acceptance rejects the message and a queued one waits a day at a time, re-checked:
   it is never sent outside the window somewhere.
@@ -42,7 +45,33 @@ def applies(channel: str, category: str) -> bool:
 
 
 def window_for(settings: TenantSettings, region: str | None) -> tuple[time, time]:
-    text = settings.quiet_hours.get(region or "") or DEFAULT_WINDOWS.get(region or "", DEFAULT_WINDOW)
+    """The window for a number of ``region``: the tenant's, held inside the legal one where the
+    law or the carriers set it (US, CN: DEFAULT_WINDOWS), which a tenant may narrow, never widen."""
+    legal = DEFAULT_WINDOWS.get(region or "")
+    start, end = _window(settings.quiet_hours.get(region or "") or legal or DEFAULT_WINDOW)
+    if legal is None:
+        return start, end
+    legal_start, legal_end = _window(legal)
+    start, end = max(start, legal_start), min(end, legal_end)
+    # A window across midnight, or one with no time left inside the legal one, cannot narrow it.
+    return (start, end) if start < end else (legal_start, legal_end)
+
+
+def widens_legal_window(region: str, window: str) -> str | None:
+    """Why a tenant's ``quiet_hours[region]`` would reach outside the legal window, or None."""
+    legal = DEFAULT_WINDOWS.get(region.upper())
+    if legal is None:
+        return None
+    try:
+        (start, end), (legal_start, legal_end) = _window(window), _window(legal)
+    except ValueError:
+        return None  # not HH:MM-HH:MM: the settings' own validation says so
+    if start < end and legal_start <= start and end <= legal_end:
+        return None
+    return f"{region.upper()}: the legal window is {legal}; a tenant may narrow it, not widen it"
+
+
+def _window(text: str) -> tuple[time, time]:
     start, end = text.split("-")
     return _parse(start), _parse(end)
 
@@ -128,8 +157,12 @@ class NoCommonWindow(Exception):
 def next_allowed(moment: datetime, zones: Sequence[ZoneInfo], start: time, end: time) -> datetime | None:
     """None when ``moment`` is inside the window in every zone; else the first moment that is.
 
-    Raises :class:`NoCommonWindow` when no such moment comes within three days."""
-    if not zones or all(_inside(moment, z, start, end) for z in zones):
+    Raises :class:`NoCommonWindow` when no such moment comes within three days, and when no zone
+    is known at all (a non-geographic number such as +881 satellite phones): the strictest
+    window across every zone on earth has no moment in it."""
+    if not zones:
+        raise NoCommonWindow
+    if all(_inside(moment, z, start, end) for z in zones):
         return None
     candidates = []
     for zone in zones:
@@ -160,6 +193,11 @@ def no_window_error(e164: str, region: str | None, settings: TenantSettings) -> 
     """Why a number cannot be sent quiet-hours SMS at all (see :class:`NoCommonWindow`)."""
     start, end = window_for(settings, region)
     zones = zones_for(e164)
+    if not zones:
+        return (
+            "quiet hours: this number's time zone is unknown (a non-geographic number), so no time "
+            "is known to be inside the window; send it as a non-promotional category"
+        )
     return (
         f"quiet hours: no time is inside {start:%H:%M}-{end:%H:%M} in all {len(zones)} time zones "
         f"this number may be in ({region or 'unknown region'}); widen quiet_hours or send it as a "

@@ -6,10 +6,13 @@ same person however their address was written, and survives erasure of the addre
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import quote
 
-from sqlalchemy import delete
+import phonenumbers
+from sqlalchemy import delete, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import audit
@@ -170,6 +173,16 @@ async def record_consent(
     return row
 
 
+def _spellings(who: Contact) -> set[str]:
+    """How a vendor's raw callback may write the address: as given, form-encoded, and for phone
+    numbers the national digits (which every spelling of the number contains)."""
+    spellings = {who.address, quote(who.address, safe="")}
+    if who.channel == "sms":
+        with contextlib.suppress(phonenumbers.NumberParseException):
+            spellings.add(str(phonenumbers.parse(who.address).national_number))
+    return spellings
+
+
 async def erase(
     session: AsyncSession, tenant: Tenant, who: Contact, *, actor: str | None, ip: str | None
 ) -> int:
@@ -184,10 +197,14 @@ async def erase(
         .execution_options(synchronize_session=False)
     )
     await ConsentStore(session, tenant.id).forget_addresses(who.channel, who.digest)
-    # Raw provider callbacks (inbound replies, receipts) may quote the address.
+    # Raw provider callbacks (inbound replies, receipts) may quote the address, in the vendor's
+    # own spelling: form-encoded (Twilio, Kannel) or national (Aliyun, Tencent).
     await session.execute(
         delete(ReceiptEvent)
-        .where(ReceiptEvent.tenant_id == tenant.id, ReceiptEvent.payload.contains(who.address))
+        .where(
+            ReceiptEvent.tenant_id == tenant.id,
+            or_(*(ReceiptEvent.payload.contains(s, autoescape=True) for s in _spellings(who))),
+        )
         .execution_options(synchronize_session=False)
     )
     store = SuppressionStore(session, tenant.id)

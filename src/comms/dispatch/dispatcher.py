@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
+
 from comms import metrics
 from comms.compliance import quiet_hours
 from comms.compliance.content import MessageDecorator
@@ -54,7 +56,7 @@ from comms.kit.ratelimit import LocalLimiter, RateLimiter
 from comms.kit.secretbox import SecretBox
 from comms.messages.fairness import rank_of
 from comms.messages.recipients import region_of_phone
-from comms.models import Tenant
+from comms.models import Batch, Tenant
 from comms.providers.base import OutboundMessage, Outcome, SendResult
 from comms.receipts.service import retry_unmatched
 from comms.templates.rendering import TemplateError
@@ -70,9 +72,10 @@ COMPLETE_RETRIES = (0.2, 1.0, 3.0)  # seconds before each retry of a failed comp
 # A verification code the provider holds back longer than this would arrive stale: fail it.
 VERIFICATION_MAX_DEFERRAL = 300.0
 UNKNOWN_WINDOW = timedelta(days=1)  # how long unknown rows are asked about again
-UNKNOWN_RECHECK = timedelta(
-    minutes=1
-)  # between two questions about the same row  # messages composed between two turns of the event loop
+UNKNOWN_RECHECK = timedelta(minutes=1)  # between two questions about the same row
+RECHECK_BUDGET = 20.0  # seconds one re-check round may spend asking providers
+FINAL_COMPLETE_TIMEOUT = 5.0  # seconds a stopping worker still gives to recording known outcomes
+BATCH_CANCELLED = "cancelled by request"
 
 
 class Dispatcher:
@@ -100,6 +103,7 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(settings.dispatch_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self._last_reap = 0.0
         self._listener: WakeListener | None = None
         self._last_purge = 0.0
@@ -129,30 +133,37 @@ class Dispatcher:
         self._express_wake.set()
 
     async def stop(self, timeout: float = 30.0) -> None:
-        """Stop claiming, let in-flight batches finish (drain), then return."""
+        """Stop claiming, let in-flight batches finish (drain) for up to ``timeout`` seconds in
+        all, then cancel what is left: its claims are given back (flagged) before this returns."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self._stopping.set()
         self._wake.set()
+        self._express_wake.set()
         if self._listener is not None:
             await self._listener.stop()
             self._listener = None
-        self._express_wake.set()
-        for loop_task in (self._loop_task, self._express_task):
-            if loop_task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop_task
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        # The claim loop exits at its next check of _stopping (a claim in progress ends first);
+        # the express lane may be sending a round of codes: both drain like the batches.
+        running = {t for t in (self._loop_task, self._express_task, self._maintenance) if t is not None}
+        if running:
+            await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
         if self._tasks:
-            _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
+        left = [t for t in (*running, *self._tasks) if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:  # let the cancelled batches give their claims back before the database closes
+            await asyncio.wait(left, timeout=FINAL_COMPLETE_TIMEOUT + 5.0)
 
     async def run(self) -> None:
         log.info("dispatcher started", extra={"worker": self.worker_id})
         while not self._stopping.is_set():
             try:
                 await self._reap_if_due()
-                await self._slots.acquire()
-                if self._stopping.is_set():
-                    self._slots.release()
+                if not await self._take_slot():
                     break
                 self._wake.clear()
                 started = time.perf_counter()
@@ -177,6 +188,23 @@ class Dispatcher:
                     await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
         log.info("dispatcher stopped", extra={"worker": self.worker_id})
 
+    async def _take_slot(self) -> bool:
+        """Wait for a free batch slot; False (holding none) once the dispatcher is stopping."""
+        if self._stopping.is_set():
+            return False
+        slot = asyncio.ensure_future(self._slots.acquire())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({slot, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            slot.cancel()
+        if slot.done() and not slot.cancelled():
+            if not self._stopping.is_set():
+                return True
+            self._slots.release()
+        return False
+
     async def recheck_unknown(self) -> int:
         """``unknown`` rows (no answer twice) are asked about again at the provider that carried
         them, where it can be asked (CONTRACT.md): what it knows moves them to ``sent`` or
@@ -187,7 +215,10 @@ class Dispatcher:
                 waiting = await unknown_to_recheck(session, now, UNKNOWN_WINDOW, UNKNOWN_RECHECK)
                 contexts = {b: await self._cache.get(session, b) for b in {c.batch_id for c, _ in waiting}}
             outcomes: list[dict[str, Any]] = []
+            started = time.monotonic()
             for c, account_id in waiting:
+                if time.monotonic() - started > RECHECK_BUDGET:
+                    break  # slow providers: the rest waits for the next round
                 route = await self.router.route_of(c.provider, account_id)
                 outcomes.append(await self._recheck_one(c, route, contexts[c.batch_id], now))
             async with self.db.begin() as session:
@@ -287,14 +318,24 @@ class Dispatcher:
         if reaped:
             log.warning("re-queued messages whose lease expired", extra={"count": reaped})
             self._wake.set()
-        await self.retry_unmatched_receipts()
-        await self.recheck_unknown()
-        if loop_now - self._last_purge >= PURGE_INTERVAL:
-            self._last_purge = loop_now
-            async with self.db.begin() as session:
-                purged = await purge_expired_content(session, utcnow())
-            if purged:
-                log.info("purged content past its retention period", extra={"count": purged})
+        if self._maintenance is None or self._maintenance.done():
+            # Beside the claim loop, not in it: asking providers about unknown rows takes
+            # network round trips that must not hold up claiming.
+            self._maintenance = asyncio.create_task(self._maintain(), name="comms-maintenance")
+
+    async def _maintain(self) -> None:
+        try:
+            await self.retry_unmatched_receipts()
+            await self.recheck_unknown()
+            loop_now = asyncio.get_running_loop().time()
+            if loop_now - self._last_purge >= PURGE_INTERVAL:
+                self._last_purge = loop_now
+                async with self.db.begin() as session:
+                    purged = await purge_expired_content(session, utcnow())
+                if purged:
+                    log.info("purged content past its retention period", extra={"count": purged})
+        except Exception:
+            log.warning("maintenance round failed", exc_info=True)
 
     # ---- one claimed batch ---------------------------------------------------------------------
 
@@ -332,7 +373,15 @@ class Dispatcher:
             rows = [
                 self._retry_or_fail(c, now, f"dispatch error: {type(exc).__name__}: {exc}") for c in claimed
             ]
-        await self._complete(rows)
+        try:
+            await self._complete(rows)
+        except asyncio.CancelledError:
+            # Stopped while recording: the sends happened, so record them once more before going
+            # (left `sending`, the reaper would take them for interrupted sends).
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(FINAL_COMPLETE_TIMEOUT), self.db.begin() as session:
+                    await complete(session, self.worker_id, utcnow(), rows)
+            raise
         by_id = {c.id: c for c in claimed}
         finished = Counter(
             (by_id[row["id"]].tenant_id, by_id[row["id"]].channel, row["provider"] or "none", row["status"])
@@ -362,8 +411,19 @@ class Dispatcher:
         gates: dict[tuple[str, str, str], AcceptanceGate] = {}
         paused: set[str] = set()
         async with self.db.read() as session:
-            for batch_id in {c.batch_id for c in claimed}:
+            batch_ids = {c.batch_id for c in claimed}
+            for batch_id in batch_ids:
                 contexts[batch_id] = await self._cache.get(session, batch_id)
+            # Read fresh, not from the cache: rows in flight when their batch was cancelled come
+            # back here after a retry, a deferral or a dead worker, and must not go out.
+            cancelled = set(
+                await session.scalars(
+                    select(Batch.id).where(Batch.id.in_(batch_ids), Batch.cancelled_at.is_not(None))
+                )
+            )
+            if cancelled:
+                rows.extend(self._cancelled_row(c, now) for c in claimed if c.batch_id in cancelled)
+                claimed = [c for c in claimed if c.batch_id not in cancelled]
             groups: dict[tuple[str, str, str], list[ClaimedMessage]] = defaultdict(list)
             for c in claimed:
                 groups[(c.tenant_id, c.channel, c.category)].append(c)
@@ -600,6 +660,12 @@ class Dispatcher:
             **{**changes, "content": None},
         )
 
+    def _cancelled_row(self, c: ClaimedMessage, now: datetime) -> dict[str, Any]:
+        if c.possible_duplicate:  # an earlier request may have reached the provider: ask, do not guess
+            error = f"{BATCH_CANCELLED}; an earlier attempt may have reached the provider"
+            return self._row(c, now, status="unknown", error=error, due_at=now)
+        return self._row(c, now, status="cancelled", error=BATCH_CANCELLED)
+
     def _row(self, c: ClaimedMessage, now: datetime, **changes: Any) -> dict[str, Any]:
         row: dict[str, Any] = {
             "id": c.id,
@@ -674,8 +740,8 @@ class Dispatcher:
                 possible_duplicate=True,
                 **{**common, "content": None},
             )
-        if result.outcome is Outcome.UNKNOWN:
-            return self._row(c, now, status="unknown", error=result.error, **common)
+        if result.outcome is Outcome.UNKNOWN:  # due_at: when it became unknown (see unknown_to_recheck)
+            return self._row(c, now, status="unknown", error=result.error, due_at=now, **common)
         # Failed: the encrypted variables stay, so a batch retry can still send the real code.
         return self._row(c, now, status="failed", error=result.error or "failed", **common)
 

@@ -254,6 +254,7 @@ async def release_expired_leases(session: AsyncSession, now: datetime, limit: in
             lease_owner=None,
             lease_until=None,
             error="outcome unknown: interrupted twice while sending",
+            due_at=now,  # when it became unknown: the re-check asks about it for UNKNOWN_WINDOW from here
             updated_at=now,
         )
         .execution_options(synchronize_session=False)
@@ -276,17 +277,33 @@ async def extend_leases(
 
 async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, now: datetime) -> None:
     """Give back rows this worker claimed and is abandoning (stopped mid-send). A request may have
-    left, so they are flagged ``possible_duplicate``, as the reaper would flag them."""
+    left, so they are handled as the reaper handles them: flagged ``possible_duplicate`` and
+    re-queued the first time, ``unknown`` when they were already re-sent once (never a third send)."""
     if not ids:
         return
+    held = (Message.id.in_(ids), Message.lease_owner == owner, Message.status == "sending")
     await session.execute(
         update(Message)
-        .where(Message.id.in_(ids), Message.lease_owner == owner, Message.status == "sending")
+        .where(*held, Message.possible_duplicate.is_(True))
+        .values(
+            status="unknown",
+            lease_owner=None,
+            lease_until=None,
+            error="outcome unknown: interrupted twice while sending",
+            due_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        update(Message)
+        .where(*held)
         .values(
             status="queued",
             lease_owner=None,
             lease_until=None,
             possible_duplicate=True,
+            error="a worker stopped mid-send; re-sent once, may be a duplicate",
             due_at=now,
             queue_rank=rank_of(now),
             updated_at=now,
@@ -298,15 +315,17 @@ async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, 
 async def unknown_to_recheck(
     session: AsyncSession, now: datetime, window: timedelta, every: timedelta, limit: int = 100
 ) -> list[tuple[ClaimedMessage, str | None]]:
-    """``unknown`` rows of the last ``window`` not looked at for ``every``: with the account that
-    carried them, for a reconciliation with that provider."""
+    """``unknown`` rows that became unknown within the last ``window`` (their ``due_at``) and were
+    not looked at for ``every`` (their ``updated_at``, bumped at each look): with the account that
+    carried them, for a reconciliation with that provider. After ``window`` they stay unknown."""
     rows = (
         await session.execute(
             select(*_RETURNING)
             .where(
                 text("status = 'unknown'"),  # as written in ix_messages_unknown (see CLAIMABLE_SQL)
-                Message.updated_at >= now - window,
+                Message.updated_at >= now - window,  # bounds the index range
                 Message.updated_at < now - every,
+                Message.due_at >= now - window,
             )
             .order_by(Message.updated_at)
             .limit(limit)

@@ -7,6 +7,9 @@ from typing import Any
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 200
+# Beyond any real listing, and far inside the 64-bit OFFSET the databases take (a larger page
+# number overflowed into a 500).
+MAX_PAGE = 10_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import FastJSONResponse, encode_json, envelope, reply
 from comms.kit.ids import new_id
 from comms.kit.memory import release_free_memory
-from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
+from comms.kit.nul import refuse_in_body
+from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Page
 from comms.messages import idempotency
 from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
 from comms.messages.repository import BatchRepository, LogFilters, MessageRepository
@@ -43,7 +44,7 @@ router = APIRouter(prefix="/communication", tags=["Communication Service"])
 FINAL_STATUSES = frozenset(s.value for s in FINAL)
 BULK_PAGE_SIZE = 100
 LARGE_BULK = 10_000  # recipients; after such a request, hand freed memory back to the system
-PageQuery = Annotated[int, Query(ge=1, description="1-based page number")]
+PageQuery = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
 PageSizeQuery = Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)]
 UnmaskQuery = Annotated[bool, Query(description="Show raw recipients (needs the pii:read scope).")]
 
@@ -73,6 +74,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _decode_bulk(raw: bytes) -> Any:
+    refuse_in_body(raw)
     try:
         return bulk_body_decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -174,9 +176,9 @@ def _parse_time(name: str, value: str | None) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):  # OverflowError: past year 9999 or before year 1 in UTC
         raise ValidationFailed.single(name, "must be an RFC 3339 timestamp") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 async def _audit_reveal(request: Request, principal: Principal, what: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.kit.db import is_sqlite, raw_datetime
 from comms.messages.fairness import FAIR_SLICE, FAIR_STEP_MS, MAX_SLICES, rank_of
-from comms.messages.status import RETRYABLE, Status, allowed_sources
+from comms.messages.status import PENDING, RETRYABLE
 from comms.models import Batch, Message
 
 _json_encode = msgspec.json.Encoder().encode
@@ -239,7 +239,9 @@ class MessageRepository:
             .where(
                 Message.batch_id == batch_id,
                 Message.tenant_id == self.tenant_id,
-                Message.status.in_(sorted(allowed_sources(Status.CANCELLED))),
+                # Waiting rows only: a claimed row may be on its way to the provider; the
+                # dispatcher cancels it if it comes back unsent (Dispatcher._deliver).
+                Message.status.in_(sorted(PENDING)),
             )
             .values(status="cancelled", error="cancelled by request", due_at=None, updated_at=now)
             .execution_options(synchronize_session=False)
@@ -262,6 +264,9 @@ class MessageRepository:
                 updated_at=now,
                 delivered_at=None,
                 attempts=0,
+                # A new attempt asked for by the user: not a re-send of ours, and an earlier
+                # attempt's record at the provider must not be taken for this one's outcome.
+                possible_duplicate=False,
             )
             .execution_options(synchronize_session=False)
         )

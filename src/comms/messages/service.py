@@ -294,13 +294,14 @@ def _parse_send_at(value: str | None, errors: list[FieldError]) -> datetime | No
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is not None:
+            parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: past year 9999 or before year 1 in UTC
         errors.append(FieldError("send_at", "must be an RFC 3339 timestamp, e.g. 2026-04-15T10:00:00Z"))
         return None
     if parsed.tzinfo is None:
         errors.append(FieldError("send_at", "must include a time zone offset or Z"))
         return None
-    parsed = parsed.astimezone(UTC)
     if parsed <= utcnow():
         errors.append(FieldError("send_at", "must be in the future"))
         return None

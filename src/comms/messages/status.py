@@ -5,9 +5,13 @@
     scheduled | queued | deferred -> cancelled
     queued -> deferred -> queued          (quiet hours, provider flow limits)
     sending -> unknown -> sent | failed | queued (reconciled, or re-sent once as a possible duplicate)
+    queued | deferred -> delivered | undelivered   (only a possible duplicate: the receipt of the
+                                          earlier attempt arrived before the re-send)
     suppressed, rejected                  (final at acceptance)
 
-The dispatcher moves rows with guarded SQL (``WHERE status = 'sending' AND lease_owner = ...``);
+The dispatcher moves rows with guarded SQL (``WHERE status = 'sending' AND lease_owner = ...``),
+including one move no API action may make: a claimed row whose batch was cancelled before its
+request left ends ``cancelled`` (``unknown`` if an earlier attempt may have reached the provider);
 receipts and API actions ask :func:`can_transition` so that terminal states never regress: a
 late or duplicate receipt cannot move ``delivered`` back to ``sent``, nor ``failed`` to ``delivered``.
 """

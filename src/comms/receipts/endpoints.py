@@ -18,6 +18,7 @@ from fastapi.responses import Response
 
 from comms.accounts import service as accounts
 from comms.dispatch.wakeup import notify_work
+from comms.errors import ValidationFailed
 from comms.kit.http import reply
 from comms.messages.schemas import BulkSendBody
 from comms.messages.service import SubmitOptions, submit_bulk
@@ -131,7 +132,11 @@ async def inbound(request: Request, provider: str, account_id: str) -> Response:
             )
             if event_id is None:
                 continue
-            outcome, text = await service.apply_inbound(session, tenant, message)
+            try:
+                outcome, text = await service.apply_inbound(session, tenant, message)
+            except ValidationFailed as exc:  # a sender that is no phone number: before any write
+                # One unreadable sender must not roll back (and 4xx) the other STOPs of the batch.
+                outcome, text = f"ignored: {exc}", None
             await service.mark(session, event_id, outcome)
             if text is not None:
                 replies.append((message.from_number, text))

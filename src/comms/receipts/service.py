@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, text, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -106,14 +106,19 @@ async def apply_receipt(
     values: dict[str, object] = {"status": target.value, "updated_at": now}
     if target is Status.DELIVERED:
         values["delivered_at"] = now
+        values["error"] = None  # a possible duplicate's "no answer, re-sending" no longer holds
     else:
         values["error"] = event.error or "undelivered"
     if event.provider_message_id and not message.provider_message_id:
         values["provider_message_id"] = event.provider_message_id
     # Guarded in SQL too: a late "sent" or a second receipt racing this one cannot regress it.
+    may_move = Message.status.in_(sorted(allowed_sources(target)))
+    # A possible duplicate waiting for its re-send: this receipt is the earlier attempt's, so that
+    # attempt did reach the provider, and the re-send is not needed.
+    awaiting_resend = and_(Message.status.in_(("queued", "deferred")), Message.possible_duplicate.is_(True))
     result = await session.execute(
         update(Message)
-        .where(Message.id == message.id, Message.status.in_(sorted(allowed_sources(target))))
+        .where(Message.id == message.id, or_(may_move, awaiting_resend))
         .values(**values)
         .execution_options(synchronize_session=False)
     )

@@ -11,7 +11,7 @@ from comms.errors import Conflict, NotFound, ValidationFailed
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import reply
 from comms.kit.ids import new_id
-from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Page
+from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Page
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import Template
 from comms.state import app_state
@@ -52,7 +52,7 @@ def template_data(t: Template) -> dict[str, Any]:
 async def list_templates(
     request: Request,
     principal: AnyPrincipal,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1,
     page_size: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     channel: Channel | None = None,
 ) -> Any:

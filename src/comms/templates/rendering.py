@@ -23,6 +23,10 @@ from jinja2.sandbox import SandboxedEnvironment
 REDACTED = "******"
 # No message needs more; a template that renders beyond it is refused rather than sent.
 MAX_RENDERED_LENGTH = 1_000_000
+# A template's own text (content, subject or HTML part). Gmail clips HTML mail past ~100 KB; this
+# leaves room and keeps a tenant from parking megabytes in every log item and in the cache below.
+MAX_TEMPLATE_LENGTH = 256 * 1024
+_CACHED_UP_TO = 16 * 1024  # longer sources are compiled uncached (their batch keeps its own copy)
 DEFAULT_SECRET_VARIABLES = ("code", "otp", "password")
 
 
@@ -126,16 +130,29 @@ class CompiledTemplate:
         return rendered
 
 
-@lru_cache(maxsize=1024)
 def compile_template(source: str, html: bool = False) -> CompiledTemplate:
+    """The checked, compiled template; :class:`TemplateError` says why a source cannot be one."""
+    if len(source) > MAX_TEMPLATE_LENGTH:
+        raise TemplateError(f"template is longer than {MAX_TEMPLATE_LENGTH} characters")
+    return _compile_cached(source, html) if len(source) <= _CACHED_UP_TO else _compile(source, html)
+
+
+@lru_cache(maxsize=1024)
+def _compile_cached(source: str, html: bool) -> CompiledTemplate:
+    return _compile(source, html)
+
+
+def _compile(source: str, html: bool) -> CompiledTemplate:
     env = _html_env if html else _text_env
     try:
         ast = env.parse(source)
         _check_allowed(ast)
         template = env.from_string(ast)
+        variables = frozenset(meta.find_undeclared_variables(ast))
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
-    variables = frozenset(meta.find_undeclared_variables(ast))
+    except RecursionError:  # blocks or parentheses nested deeper than the parser can follow
+        raise TemplateError("template is nested too deeply") from None
     static = _is_static(ast)
     static_text = "".join(node.data for node in ast.find_all(nodes.TemplateData)) if static else ""
     return CompiledTemplate(

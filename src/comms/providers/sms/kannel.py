@@ -294,9 +294,12 @@ class KannelProvider(Provider):
         if status == "undelivered":
             answer = query.get("answer", "").strip()
             error = f"kannel DLR {kind} ({label})" + (f": {answer[:300]}" if answer else "")
+        # The report's time tells a batch retry's report (same log id, same type) from a repeat
+        # of the first; a repeat carries the same time and is still recognized as one.
+        when = query.get("ts", "").strip()
         return [
             DeliveryEvent(
-                event_key=f"{message_id}:{kind}",
+                event_key=f"{message_id}:{kind}" + (f":{when}" if when else ""),
                 message_id=message_id,
                 provider_message_id=None,
                 status=status,
