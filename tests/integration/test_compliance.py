@@ -216,7 +216,7 @@ async def test_03_marketing_blocked_without_consent_basis(
         "no prior express written consent",
     )
     assert items["151****5678"]["status"] == "queued"
-    assert items["612**5678"]["error"] == "no marketing consent"
+    assert items["61*****78"]["error"] == "no marketing consent"
     await opt_in(service, tenant, "sms", "+14155552671", basis="written")
     again = await bulk(service, tenant, **{**body, "recipients": ["+14155552671"]})
     assert again["items"][0]["status"] == "queued"

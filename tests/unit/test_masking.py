@@ -17,9 +17,9 @@ from comms.kit.masking import mask_recipient, split_calling_code
         ("+8613800138000", "138****8000"),  # the API's documented example
         ("+14155552671", "415***2671"),
         ("+447400123456", "740***3456"),
-        ("+4930123456", "301*3456"),  # 8 digits: first 3, last 4
+        ("+4930123456", "30****56"),  # 8 digits: first 2, last 2 (3 + 4 would hide one digit)
         ("+3721234567", "12***67"),  # 7 digits: first 2, last 2
-        ("+35312345", "12*45"),  # 5 digits
+        ("+35312345", "1***5"),  # 5 digits: first 1, last 1
         ("+2901234", "***"),  # 4 digits: nothing can be shown
         ("+390612345678", "061***5678"),  # Italian leading zero is part of the national number
     ],
@@ -86,7 +86,8 @@ def test_phone_mask_hides_the_middle_of_real_numbers() -> None:
             continue
         assert len(masked) == len(nsn)
         assert "*" in masked
-        keep = (3, 4) if len(nsn) >= 8 else (2, 2)
+        keep = (3, 4) if len(nsn) >= 10 else (2, 2) if len(nsn) >= 7 else (1, 1)
+        assert len(nsn) - sum(keep) >= 3  # never fewer than three digits hidden
         assert masked == nsn[: keep[0]] + "*" * (len(nsn) - sum(keep)) + nsn[-keep[1] :]
 
 

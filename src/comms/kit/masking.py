@@ -44,18 +44,18 @@ def split_calling_code(e164: str) -> tuple[int, str] | None:
 def mask_phone(e164: str) -> str:
     """``+8613800138000`` -> ``138****8000``; ``+14155552671`` -> ``415***2671``.
 
-    The national number keeps its first 3 and last 4 digits when it has at least 8; shorter ones
-    keep 2 and 2 (at least one digit is always hidden, so under 5 digits nothing is shown).
+    At least three digits stay hidden (one or two hidden digits leave a number anyone can try):
+    the national number keeps its first 3 and last 4 digits from 10 digits up, 2 and 2 from 7, 1
+    and 1 from 5; under 5 digits nothing is shown.
     """
     split = split_calling_code(e164)
     if split is None:
         return MASK
     national = split[1]
     size = len(national)
-    if size >= 8:
-        return national[:3] + "*" * (size - 7) + national[-4:]
-    if size >= 5:
-        return national[:2] + "*" * (size - 4) + national[-2:]
+    for minimum, head, tail in ((10, 3, 4), (7, 2, 2), (5, 1, 1)):
+        if size >= minimum:
+            return national[:head] + "*" * (size - head - tail) + national[-tail:]
     return MASK
 
 
