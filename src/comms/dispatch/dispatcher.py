@@ -318,7 +318,7 @@ class Dispatcher:
         if reaped:
             log.warning("re-queued messages whose lease expired", extra={"count": reaped})
             self._wake.set()
-        if self._maintenance is None or self._maintenance.done():
+        if not self._stopping.is_set() and (self._maintenance is None or self._maintenance.done()):
             # Beside the claim loop, not in it: asking providers about unknown rows takes
             # network round trips that must not hold up claiming.
             self._maintenance = asyncio.create_task(self._maintain(), name="comms-maintenance")
