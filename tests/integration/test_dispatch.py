@@ -41,6 +41,12 @@ async def send(service: Service, tenant: TenantKeys, body: dict[str, Any]) -> di
     return dict(answer.json())
 
 
+async def send_sms(service: Service, tenant: TenantKeys, *recipients: str) -> dict[str, Any]:
+    """A transactional SMS with the text "x" to ``recipients``."""
+    body = {"channel": "sms", "category": "transactional", "content": "x", "recipients": list(recipients)}
+    return await send(service, tenant, body)
+
+
 async def test_sms_and_email_reach_the_outbox(live_service: Service, live_tenant: TenantKeys) -> None:
     sms = await send(
         live_service,
@@ -152,16 +158,7 @@ async def test_scheduled_send_waits_until_due(live_service: Service, live_tenant
 
 
 async def test_cancelled_items_are_never_sent(service: Service, tenant: TenantKeys) -> None:
-    created = await send(
-        service,
-        tenant,
-        {
-            "channel": "sms",
-            "category": "transactional",
-            "content": "x",
-            "recipients": ["13800138000", "13900139000"],
-        },
-    )
+    created = await send_sms(service, tenant, "13800138000", "13900139000")
     await service.client.post(
         f"/communication/batches/{created['batch_id']}/cancel", headers=tenant.headers()
     )
@@ -228,11 +225,7 @@ async def test_retries_exhausted_fail_with_reason(live_service: Service, live_te
 
 
 async def test_expired_lease_is_requeued_once_and_flagged(service: Service, tenant: TenantKeys) -> None:
-    created = await send(
-        service,
-        tenant,
-        {"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
-    )
+    created = await send_sms(service, tenant, "13800138000")
     log_id = created["items"][0]["id"]
     now = utcnow()
     async with service.db.begin() as session:
@@ -259,16 +252,7 @@ async def test_a_possible_duplicate_is_reconciled_before_any_resend(
 ) -> None:
     """A worker died after the provider took the message: the next worker asks the provider
     (here the outbox, which can be asked) and records ``sent`` without sending it again."""
-    created = await send(
-        service,
-        tenant,
-        {
-            "channel": "sms",
-            "category": "transactional",
-            "content": "x",
-            "recipients": ["13800138000", "13800138001"],
-        },
-    )
+    created = await send_sms(service, tenant, "13800138000", "13800138001")
     taken, lost = (item["id"] for item in created["items"])
     now = utcnow()
     async with service.db.begin() as session:
@@ -342,11 +326,7 @@ async def test_a_later_batch_interleaves_with_a_big_bulk_of_the_same_priority(
 async def test_completion_requires_holding_the_lease(service: Service, tenant: TenantKeys) -> None:
     from comms.dispatch.queue import complete, outcome_time
 
-    created = await send(
-        service,
-        tenant,
-        {"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
-    )
+    created = await send_sms(service, tenant, "13800138000")
     log_id = created["items"][0]["id"]
     async with service.db.begin() as session:
         await claim_due(session, "w-a", 10, utcnow(), timedelta(seconds=30))
@@ -554,16 +534,7 @@ async def test_unknown_rows_are_asked_about_again_and_settled_by_what_the_provid
     """CONTRACT.md: `unknown` is resolved by reconciliation with the provider. Two rows whose
     second attempt also got no answer: the outbox has one of them (-> `sent`), not the other
     (stays `unknown`, asked again later)."""
-    created = await send(
-        service,
-        tenant,
-        {
-            "channel": "sms",
-            "category": "transactional",
-            "content": "x",
-            "recipients": ["13800138000", "13800138001"],
-        },
-    )
+    created = await send_sms(service, tenant, "13800138000", "13800138001")
     there, missing = (item["id"] for item in created["items"])
     a_while_ago = utcnow() - timedelta(minutes=2)
     async with service.db.begin() as session:
@@ -591,16 +562,7 @@ async def test_rows_in_flight_when_their_batch_is_cancelled_are_not_sent(
     """Cancel only touches rows still waiting; rows a worker had already claimed come back to a
     dispatcher (a retry, a deferral, a dead worker) and must end `cancelled`, not go out. One
     that may already have reached the provider is left `unknown` for the re-check, not guessed."""
-    created = await send(
-        service,
-        tenant,
-        {
-            "channel": "sms",
-            "category": "transactional",
-            "content": "x",
-            "recipients": ["13800138000", "13800138001"],
-        },
-    )
+    created = await send_sms(service, tenant, "13800138000", "13800138001")
     plain, flagged = (item["id"] for item in created["items"])
     async with standalone_dispatcher(service) as worker:
         async with service.db.begin() as session:
@@ -631,16 +593,7 @@ async def test_a_worker_stopping_mid_send_never_causes_a_third_send(
     re-sent once as a possible duplicate ends `unknown` instead of going back to the queue."""
     from comms.dispatch.queue import release_claims
 
-    created = await send(
-        service,
-        tenant,
-        {
-            "channel": "sms",
-            "category": "transactional",
-            "content": "x",
-            "recipients": ["13800138000", "13800138001"],
-        },
-    )
+    created = await send_sms(service, tenant, "13800138000", "13800138001")
     fresh, resent = (item["id"] for item in created["items"])
     async with service.db.begin() as session:
         await session.execute(update(Message).where(Message.id == resent).values(possible_duplicate=True))
@@ -661,11 +614,7 @@ async def test_stop_is_bounded_even_with_every_slot_taken_and_gives_claims_back(
     """The claim loop may wait for a free slot while every batch in flight is stuck on a slow
     provider: stop() still returns after its timeout, with the stuck claims given back (flagged)
     rather than left `sending` for the reaper."""
-    created = await send(
-        service,
-        tenant,
-        {"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
-    )
+    created = await send_sms(service, tenant, "13800138000")
     stuck = asyncio.Event()
 
     async def never_answers(*_: Any, **__: Any) -> Any:
@@ -689,11 +638,7 @@ async def test_a_batch_retry_sends_again_instead_of_reconciling_the_earlier_atte
 ) -> None:
     """A retry the user asked for is a new attempt: an earlier attempt's possible-duplicate flag
     is cleared, so the provider's record of that attempt is not taken for this one's outcome."""
-    created = await send(
-        service,
-        tenant,
-        {"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
-    )
+    created = await send_sms(service, tenant, "13800138000")
     log_id = created["items"][0]["id"]
     async with service.db.begin() as session:
         await session.execute(
@@ -715,11 +660,7 @@ async def test_unknown_rows_are_asked_about_for_a_day_from_when_they_became_unkn
 ) -> None:
     """Each look bumps `updated_at`; the window is anchored on `due_at`, set once when the row
     became unknown, so a row nobody can settle stops being asked about after a day."""
-    created = await send(
-        service,
-        tenant,
-        {"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
-    )
+    created = await send_sms(service, tenant, "13800138000")
     log_id = created["items"][0]["id"]
     now = utcnow()
     async with service.db.begin() as session:
