@@ -17,6 +17,8 @@ then hold every provider to the same behaviour the dispatcher relies on:
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -41,7 +43,8 @@ class FakeVendor:
 
     ``mode`` switches behaviour at run time: ``"ok"``; ``"fail"`` (the vendor is down or
     throttling: answer as the vendor does then, e.g. HTTP 500/503); ``"hang"`` (read the request,
-    then answer nothing for ``hang_seconds``); ``"reject"`` (the vendor's permanent refusal for
+    then answer nothing for ``hang_seconds``); ``"reset"`` (read the request, then reset the
+    connection); ``"reject"`` (the vendor's permanent refusal for
     the messages, e.g. an invalid number or an unapproved template).
     """
 
@@ -70,10 +73,18 @@ class FakeVendor:
         """Record a request the real vendor would refuse (tests assert there are none)."""
         self.problems.append(problem)
 
-    async def pause_if_hanging(self) -> None:
+    async def pause_if_hanging(self, request: web.Request) -> None:
+        """Called once the request is read: "hang" answers late, "reset" answers with a TCP reset."""
         self.requests += 1
         if self.mode == "hang":
             await asyncio.sleep(self.hang_seconds)
+        if self.mode == "reset":
+            transport = request.transport
+            assert transport is not None
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            transport.abort()
+            raise ConnectionResetError("the vendor reset the connection after reading the request")
 
     async def start(self) -> FakeVendor:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -240,6 +251,17 @@ class ProviderContract:
         results = await provider.send(messages)
         assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.UNKNOWN]
         assert all(r.error for r in results)
+
+    async def test_a_reset_after_the_request_is_unknown_never_raised(
+        self, vendor: FakeVendor, provider: Provider
+    ) -> None:
+        """The vendor read the request, then the connection was reset: it may have taken the
+        messages, so they are UNKNOWN (reconciled or re-sent once, flagged), never offered to the
+        next account as unsent."""
+        vendor.mode = "reset"
+        results = await provider.send(self.outbound(2))
+        assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.UNKNOWN]
+        assert vendor.requests >= 1
 
     async def test_a_permanent_refusal_fails_with_the_reason(
         self, vendor: FakeVendor, provider: Provider

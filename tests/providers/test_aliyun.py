@@ -113,7 +113,7 @@ class AliyunVendor(FakeVendor):
     async def handle(self, request: web.Request) -> web.Response:
         form = await request.post()
         params = {**request.query, **{k: str(v) for k, v in form.items()}}
-        await self.pause_if_hanging()
+        await self.pause_if_hanging(request)
         if self.mode == "fail":
             return self.answer("ServiceUnavailable")
         for name in (
@@ -589,6 +589,19 @@ async def test_reconcile_asks_query_send_details_by_out_id(
     today = datetime.now(BEIJING).strftime("%Y%m%d")
     assert {q["SendDate"] for q in queries} >= {today} and all(q["PageSize"] == "50" for q in queries)
     assert vendor.problems == []
+
+
+async def test_a_call_whose_range_spans_a_lost_message_does_not_settle_it(
+    vendor: AliyunVendor, provider: AliyunProvider
+) -> None:
+    """Two of our messages to one number: the first rode in a several-number call whose OutId
+    range spans the second's id, and the second never reached Aliyun. The range record is not
+    the second's (other values), so it stays UNKNOWN: sent once more, flagged, never lost."""
+    rode, other, lost = sms(1), sms(3), sms(2, to=sms(1).to, variables={"parcel": "PX-2"})
+    await provider.send([rode, other])  # one SendSms, OutId = rode.id..other.id, spanning lost.id
+    [found, unsure] = await provider.reconcile([rode, lost])
+    assert found.outcome is Outcome.SENT
+    assert unsure.outcome is Outcome.UNKNOWN and unsure.error == "aliyun has no record of it"
 
 
 async def test_reconcile_pages_through_many_records(vendor: AliyunVendor, provider: AliyunProvider) -> None:

@@ -100,7 +100,7 @@ class KannelVendor(FakeVendor):
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)  # the vendor's own response time
-            await self.pause_if_hanging()
+            await self.pause_if_hanging(request)
             if request.method == "GET":
                 query = kannel_query(request.rel_url.raw_query_string)
             elif request.method == "POST":

@@ -93,7 +93,7 @@ class SendGridVendor(FakeVendor):
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
-        await self.pause_if_hanging()
+        await self.pause_if_hanging(request)
         if request.headers.get("Authorization") != f"Bearer {API_KEY}":
             self.bad_signatures += 1
             return web.json_response(

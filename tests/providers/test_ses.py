@@ -185,7 +185,7 @@ class SesVendor(FakeVendor):
 
     async def preamble(self, request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
         body = await request.read()
-        await self.pause_if_hanging()
+        await self.pause_if_hanging(request)
         problem = self.check_signature(request, body)
         if problem is not None:
             self.bad_signatures += 1

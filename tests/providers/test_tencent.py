@@ -195,7 +195,7 @@ class TencentVendor(FakeVendor):
                     "IsoCode": "CN" if number.startswith("+86") else "US",
                 }
             )
-        await self.pause_if_hanging()  # "hang": sent, but the answer never comes in time
+        await self.pause_if_hanging(request)  # "hang": sent, but the answer never comes in time
         return web.json_response({"Response": {"SendStatusSet": answers, "RequestId": str(uuid.uuid4())}})
 
 

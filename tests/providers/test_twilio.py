@@ -131,7 +131,7 @@ class TwilioVendor(FakeVendor):
             return self.error(code, status, **extra)
         resource = self.record(params)
         self.accept(to)
-        await self.pause_if_hanging()  # "hang": created, but the answer never comes in time
+        await self.pause_if_hanging(request)  # "hang": created, but the answer never comes in time
         return web.json_response(resource, status=201)
 
     def record(self, params: dict[str, str]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ class WebhookVendor(FakeVendor):
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        await self.pause_if_hanging()
+        await self.pause_if_hanging(request)
         timestamp = request.headers.get("X-Comms-Timestamp", "")
         expected = (
             "v1=" + hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()

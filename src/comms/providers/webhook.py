@@ -130,7 +130,12 @@ class WebhookProvider(Provider):
                 retry_after = _retry_after(answer.headers.get("Retry-After"))
         except aiohttp.ClientConnectorError as exc:  # never connected: certainly not delivered
             raise TransientProviderError(f"cannot connect: {exc.os_error or exc}") from exc
-        except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        except (
+            TimeoutError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientOSError,  # connected, then the socket failed (a reset): it may have arrived
+        ) as exc:
             # The request may have arrived: unknown, never blindly re-sent as new.
             reason = (
                 "no answer within the timeout" if isinstance(exc, TimeoutError) else f"connection lost: {exc}"

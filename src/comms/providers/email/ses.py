@@ -319,7 +319,12 @@ class SesProvider(Provider):
                 return answer.status, {k.lower(): v for k, v in answer.headers.items()}, raw
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise TransientProviderError(f"cannot connect to SES: {exc}") from exc
-        except (TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError):
+        except (
+            TimeoutError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientOSError,  # connected, then the socket failed (a reset): it may have arrived
+        ):
             return None
         except aiohttp.ClientError as exc:
             raise TransientProviderError(f"request to SES failed: {exc}") from exc

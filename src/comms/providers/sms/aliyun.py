@@ -414,6 +414,8 @@ class AliyunProvider(Provider):
             raise _NoAnswer("no answer from aliyun within the timeout") from exc
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
             raise _NoAnswer(f"connection to aliyun lost: {exc}") from exc
+        except aiohttp.ClientOSError as exc:  # connected, then the socket failed: it may have arrived
+            raise _NoAnswer(f"connection to aliyun failed mid-call: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise TransientProviderError(f"request failed: {exc}") from exc
         payload = _decode(raw)
@@ -452,7 +454,14 @@ class AliyunProvider(Provider):
     async def reconcile(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         """Ask QuerySendDetails (per number, today and yesterday in Beijing) for a record whose
         ``OutId`` names the message: SendStatus 3 delivered and 1 waiting are SENT, 2 FAILED;
-        no record is UNKNOWN (it may then be sent once more, flagged)."""
+        no record is UNKNOWN (it may then be sent once more, flagged).
+
+        A record of a several-number call (``OutId`` ``first..last``) spans ids of other messages
+        too, and another of ours to the same number may have ridden in that call while this one
+        never left. Such a record counts only when its template is the message's and its text
+        carries every variable value of the message; two such records are ambiguous (UNKNOWN).
+        What is left is one case: the same template with the same values to the same number, in
+        two messages whose ids fall in one call's range."""
         return await bounded_map(messages, self._reconcile_one, MAX_CONCURRENT_CALLS)
 
     async def _reconcile_one(self, message: OutboundMessage) -> SendResult:
@@ -462,14 +471,15 @@ class AliyunProvider(Provider):
         today = self.clock().astimezone(CHINA_TIME).date()
         try:
             for day in (today, today - timedelta(days=1)):
-                record = await self._find(number, day.strftime("%Y%m%d"), message.id)
+                record = await self._find(number, day.strftime("%Y%m%d"), message)
                 if record is not None:
                     return _reconciled(message, record)
         except (ProviderError, _NoAnswer) as exc:
             return SendResult(message.id, Outcome.UNKNOWN, error=f"aliyun could not be asked: {_reason(exc)}")
         return SendResult(message.id, Outcome.UNKNOWN, error="aliyun has no record of it")
 
-    async def _find(self, number: str, send_date: str, log_id: str) -> dict[str, Any] | None:
+    async def _find(self, number: str, send_date: str, message: OutboundMessage) -> dict[str, Any] | None:
+        spanning: list[dict[str, Any]] = []
         for page in range(1, QUERY_MAX_PAGES + 1):
             params = {
                 "PhoneNumber": number,
@@ -484,11 +494,14 @@ class AliyunProvider(Provider):
             listed = dtos.get("SmsSendDetailDTO") if isinstance(dtos, dict) else None
             records: list[dict[str, Any]] = [r for r in listed or [] if isinstance(r, dict)]
             for record in records:
-                if out_id_covers(record.get("OutId"), log_id):
+                out_id = record.get("OutId")
+                if out_id == message.id:
                     return record
+                if out_id_covers(out_id, message.id) and _could_be(record, message):
+                    spanning.append(record)
             if len(records) < QUERY_PAGE_SIZE or page * QUERY_PAGE_SIZE >= _int(payload.get("TotalCount")):
-                return None
-        return None
+                break
+        return spanning[0] if len(spanning) == 1 else None
 
     # ---- callbacks ------------------------------------------------------------------------------
 
@@ -658,6 +671,17 @@ def _call_results(call: _Call, payload: Mapping[str, Any]) -> list[SendResult]:
         )
         for p in call.members
     ]
+
+
+def _could_be(record: Mapping[str, Any], message: OutboundMessage) -> bool:
+    """Whether a record of a several-number call may be ``message``'s: same template, and its
+    text carries each of the message's variable values (where Aliyun reports them)."""
+    entry = (message.provider_template or {}).get(AliyunProvider.name)
+    template_code = str(entry.get("template_code") or "") if isinstance(entry, Mapping) else ""
+    if record.get("TemplateCode") and template_code and record["TemplateCode"] != template_code:
+        return False
+    content = record.get("Content")
+    return not isinstance(content, str) or all(str(v) in content for v in message.variables.values())
 
 
 def _reconciled(message: OutboundMessage, record: Mapping[str, Any]) -> SendResult:
