@@ -683,3 +683,65 @@ async def test_unknown_rows_are_asked_about_for_a_day_from_when_they_became_unkn
     async with service.db.read() as session:
         row = await session.get(Message, log_id)
     assert row is not None and row.status == "unknown"
+
+
+async def test_a_reconciled_record_that_another_message_holds_proves_nothing(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Twilio is matched by number and text: a lost message can be matched with the record of a
+    later message of ours with the same text. A provider id already recorded for another message
+    of the account, or named for two messages at once, does not settle a possible duplicate."""
+    from comms.dispatch.routing import Route
+    from comms.providers.base import SendResult
+    from comms.providers.outbox import OutboxProvider
+
+    created = await send_sms(service, tenant, "13800138000", "13800138001", "13800138002")
+    holder, asked, twin = (item["id"] for item in created["items"])
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == holder)
+            .values(provider_account_id="acc_twilio", provider_message_id="SM-held")
+        )
+    async with standalone_dispatcher(service) as worker:
+        route = Route(OutboxProvider(service.outbox), "acc_twilio")
+        held = await worker._ids_held_elsewhere(
+            route,
+            [
+                SendResult.sent(asked, "SM-held", "found"),
+                SendResult.sent(asked, "SM-fresh", "found"),
+                SendResult.sent(twin, "SM-twice", "found"),
+                SendResult.sent(asked, "SM-twice", "found"),
+            ],
+        )
+        # The holder's own id, asked about for the holder itself, would not count against it.
+        own = await worker._ids_held_elsewhere(route, [SendResult.sent(holder, "SM-held", "found")])
+    assert held == {"SM-held", "SM-twice"}
+    assert own == set()
+
+
+async def test_an_internationalized_domain_goes_out_in_its_ascii_form(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    """Mail servers without SMTPUTF8, SES and SendGrid take only ASCII domains: the address goes
+    out with the punycode domain, while the log keeps (and masks) what the user gave."""
+    created = await send(
+        live_service,
+        live_tenant,
+        {
+            "channel": "email",
+            "category": "transactional",
+            "subject": "Hallo",
+            "content": "Guten Tag",
+            "recipients": ["anna@bücher.example"],
+        },
+    )
+
+    async def sent() -> bool:
+        return await statuses(live_service, created["batch_id"]) == {"sent": 1}
+
+    await wait_until(sent)
+    eml = (live_service.outbox / "email" / f"{created['items'][0]['id']}.eml").read_bytes()
+    parsed = BytesParser(policy=policy.default).parsebytes(eml)
+    assert parsed["To"] == "anna@xn--bcher-kva.example"
+    assert eml.isascii()

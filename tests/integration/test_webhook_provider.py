@@ -213,6 +213,42 @@ async def test_failover_to_the_secondary_sends_each_message_once(
         await secondary.stop()
 
 
+async def test_a_primary_that_never_answers_opens_its_breaker(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    """Calls that time out return UNKNOWN rather than raise; a chunk with nothing but UNKNOWN
+    counts as a failure, so after a few the breaker opens and the rest goes to the secondary
+    (the unanswered ones are sent there once more, flagged)."""
+    primary = await WebhookSink(SECRET).start()
+    primary.hang_seconds = 1.0  # far past the account's 0.2 s timeout
+    secondary = await WebhookSink(SECRET).start()
+    live_service.settings.dispatch_batch_size = 1  # one call per message
+    try:
+        first = await add_account(
+            live_service,
+            live_tenant,
+            primary.url,
+            name="primary",
+            priority=1,
+            config={"url": primary.url, "secret": SECRET, "timeout_seconds": 0.2},
+        )
+        await add_account(live_service, live_tenant, secondary.url, name="secondary", priority=2)
+        created = await live_service.client.post(
+            "/communication/bulk", json=sms_bulk(12), headers=live_tenant.headers()
+        )
+
+        async def all_sent() -> bool:
+            return await statuses(live_service, created.json()["batch_id"]) == {"sent": 12}
+
+        await wait_until(all_sent)
+        assert live_service.app.state.dispatcher.router.breaker_states()[first["id"]] != "closed"
+        assert primary.requests < 12  # not every message was tried on the silent primary
+        assert len(secondary.received) == 12 and set(secondary.received.values()) == {1}
+    finally:
+        await primary.stop()
+        await secondary.stop()
+
+
 async def test_no_answer_is_resent_once_flagged_possible_duplicate(
     live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
 ) -> None:

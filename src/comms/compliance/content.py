@@ -14,6 +14,8 @@ SMS:
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 
 from comms.compliance.settings import TenantSettings
@@ -83,14 +85,24 @@ def with_html_footer(html: str, footer: str) -> str:
     """Put the footer before ``</body>`` when there is one, else at the end."""
     if not footer:
         return html
-    lower = html.lower()
-    at = lower.rfind("</body>")
-    return html + footer if at < 0 else html[:at] + footer + html[at:]
+    # Matched on the original text: lower() changes the length of some strings ("İ" becomes two
+    # characters), so an index found in html.lower() can point into the middle of a tag.
+    closing = list(_BODY_END.finditer(html))
+    if not closing:
+        return html + footer
+    at = closing[-1].start()
+    return html[:at] + footer + html[at:]
+
+
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 
 
 def _list_label(name: str) -> str:
-    cleaned = "".join(ch for ch in name if ch.isalnum() or ch in " -_.")
-    return f'"{cleaned.strip() or "comms"}"'
+    """The List-Id phrase: ASCII only, so the header stays a plain structured field (RFC 2919); a
+    non-ASCII phrase would make the whole header an encoded-word that hides the list id."""
+    folded = unicodedata.normalize("NFKD", name)  # "Café" -> "Cafe" + a combining accent, dropped below
+    cleaned = "".join(ch for ch in folded if ch.isascii() and (ch.isalnum() or ch in " -_."))
+    return f'"{" ".join(cleaned.split()) or "comms"}"'
 
 
 def _escape(text: str) -> str:

@@ -18,6 +18,7 @@ from comms.compliance.content import MessageDecorator, with_html_footer
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.dispatch.queue import ClaimedMessage
 from comms.kit.secretbox import SecretBox
+from comms.messages.recipients import wire_address
 from comms.models import Batch, Tenant
 from comms.providers.base import OutboundMessage
 from comms.providers.sms.segments import count_segments
@@ -184,7 +185,7 @@ def compose(
         tenant_id=claimed.tenant_id,
         channel=claimed.channel,
         category=claimed.category,
-        to=claimed.recipient,
+        to=wire_address(claimed.recipient) if claimed.channel == "email" else claimed.recipient,
         text=text,
         sender=sender,
         sender_name=sender_name,

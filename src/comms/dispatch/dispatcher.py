@@ -33,6 +33,7 @@ from comms.compliance.retention import purge_expired_content
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.config import Settings
 from comms.dispatch.backoff import retry_delay
+from comms.dispatch.breaker import BreakerState
 from comms.dispatch.compose import BatchCache, BatchContext, Composed, compose
 from comms.dispatch.queue import (
     ClaimedMessage,
@@ -56,7 +57,7 @@ from comms.kit.ratelimit import LocalLimiter, RateLimiter
 from comms.kit.secretbox import SecretBox
 from comms.messages.fairness import rank_of
 from comms.messages.recipients import region_of_phone
-from comms.models import Batch, Tenant
+from comms.models import Batch, Message, Tenant
 from comms.providers.base import OutboundMessage, Outcome, SendResult
 from comms.receipts.service import retry_unmatched
 from comms.templates.rendering import TemplateError
@@ -518,7 +519,12 @@ class Dispatcher:
             except Exception as exc:  # cannot ask now: fall back to sending once more, flagged
                 log.warning("reconcile failed", extra={"provider": route.name, "error": str(exc)})
                 continue
+            claimed_elsewhere = await self._ids_held_elsewhere(route, answers)
             for answer in answers:
+                if answer.provider_message_id in claimed_elsewhere:
+                    # The provider's record belongs to another of our messages (same number and
+                    # text, say): it says nothing of this one, which is sent once more, flagged.
+                    continue
                 if answer.outcome is Outcome.SENT:
                     reply = f"reconciled with {route.name}: {answer.response or 'accepted earlier'}"
                     known[answer.message_id] = (
@@ -533,6 +539,23 @@ class Dispatcher:
             zip((m.id for m in to_send), await self._send_with_failover(routes, every, to_send), strict=True)
         )
         return [known.get(m.id) or sent[m.id] for m in messages]
+
+    async def _ids_held_elsewhere(self, route: Route, answers: Sequence[SendResult]) -> set[str]:
+        """Provider ids in ``answers`` that another message already holds (recorded for the same
+        account, or named for two messages of this round): a match that proves nothing."""
+        ids = Counter(a.provider_message_id for a in answers if a.provider_message_id)
+        held = {pmid for pmid, times in ids.items() if times > 1}
+        if ids and route.account_id is not None:
+            asked = {a.message_id for a in answers}
+            async with self.db.read() as session:
+                rows = await session.execute(
+                    select(Message.id, Message.provider_message_id).where(
+                        Message.provider_account_id == route.account_id,
+                        Message.provider_message_id.in_(list(ids)),
+                    )
+                )
+                held |= {pmid for message_id, pmid in rows if message_id not in asked and pmid is not None}
+        return held
 
     async def _send_with_failover(
         self, routes: Sequence[Route], every: Sequence[Route], messages: list[OutboundMessage]
@@ -565,6 +588,11 @@ class Dispatcher:
             size = max(1, route.provider.max_batch)
             for start in range(0, len(fitting), size):
                 chunk = fitting[start : start + size]
+                if start and self.router.breaker(route).state() is BreakerState.OPEN:
+                    # An earlier chunk of this batch opened the breaker: the rest goes elsewhere.
+                    refused.extend(fitting[start:])
+                    last_error, permanent = f"{route.name}: circuit open after repeated failures", False
+                    break
                 try:
                     await self._throttle(route, len(chunk))
                 except Exception as exc:  # nothing was sent: like a refusal, the next route or a retry
@@ -574,9 +602,11 @@ class Dispatcher:
                     continue
                 started = time.perf_counter()
                 try:
-                    for result in await route.provider.send(chunk):
+                    results = await route.provider.send(chunk)
+                    for result in results:
                         done[result.message_id] = (result, route)
-                    self.router.report(route, ok=True)
+                    # A vendor that answers nothing at all is failing, though nothing was raised.
+                    self.router.report(route, ok=not all(r.outcome is Outcome.UNKNOWN for r in results))
                     metrics.PROVIDER_LATENCY.labels(route.name, "ok").observe(time.perf_counter() - started)
                 except PermanentProviderError as exc:
                     metrics.PROVIDER_LATENCY.labels(route.name, "error").observe(

@@ -65,6 +65,7 @@ import re
 from typing import Any, Final
 
 import email_validator
+import idna
 import phonenumbers
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, SUPPORTED_REGIONS, PhoneMetadata
@@ -416,6 +417,19 @@ def normalize_email(raw: str) -> str:
     text = raw.strip()
     fast = _fast_email(text)
     return fast if fast is not None else _library_email(text)
+
+
+def wire_address(address: str) -> str:
+    """An address as it goes to a mail server or an email API: an internationalized domain in
+    its ASCII (punycode) form, which every server and vendor takes; the local part as it is (a
+    non-ASCII one still needs SMTPUTF8). The stored, shown form keeps the Unicode domain."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return address  # left to the provider, which refuses what it cannot carry
 
 
 # ---- keys ------------------------------------------------------------------------------------------
