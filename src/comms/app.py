@@ -25,7 +25,7 @@ from comms.config import Settings
 from comms.dispatch.dispatcher import Dispatcher
 from comms.dispatch.observe import refresh_gauges
 from comms.dispatch.routing import Router
-from comms.errors import ApiError, RateLimited
+from comms.errors import ApiError, RateLimited, pydantic_message
 from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
 from comms.kit.logging import quiet_parameter_loggers
@@ -150,7 +150,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = []
         for err in exc.errors():
             loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-            errors.append({"field": ".".join(loc) or "request", "message": str(err.get("msg", "invalid"))})
+            errors.append({"field": ".".join(loc) or "request", "message": pydantic_message(err)})
         message = f"{errors[0]['field']}: {errors[0]['message']}" if len(errors) == 1 else "invalid request"
         return reply(422, message, errors=errors)
 

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from comms.config import Settings
+from comms.errors import pydantic_message
 from comms.kit.memory import freeze_startup_heap, limit_malloc_arenas
 
 app = typer.Typer(help="comms: bulk SMS and email with per-recipient logs.", no_args_is_help=True)
@@ -182,7 +184,17 @@ def tenant_create(
 
     try:
         tenant_id = asyncio.run(_run())
-    except ValueError as exc:  # pydantic's ValidationError is one
+    except ValidationError as exc:
+        fields = {"default_region": "--region", "sender_identities": "--sender"}
+        for error in exc.errors():
+            where = (
+                fields.get(str(error["loc"][0]), ".".join(str(p) for p in error["loc"]))
+                if error["loc"]
+                else ""
+            )
+            typer.echo(f"error: {where}: {pydantic_message(error)}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps({"id": tenant_id}) if as_json else tenant_id)
@@ -259,7 +271,6 @@ def send(
 ) -> None:
     """Bulk-send to the recipients in a file through the API, with a progress bar until done."""
     import httpx
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if not token:
         typer.echo("error: --token (or COMMS_TOKEN) is required", err=True)
@@ -283,9 +294,27 @@ def send(
     if variables:
         body["variables"] = variables
     headers = {"Authorization": f"Bearer {token}"}
+    try:
+        _send_and_follow(url, headers, body, wait)
+    except httpx.TransportError as exc:
+        typer.echo(f"error: cannot reach the service at {url}: {exc or type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _send_and_follow(url: str, headers: dict[str, str], body: dict[str, Any], wait: bool) -> None:
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
         answer = client.post("/communication/bulk", json=body)
-        payload = answer.json()
+        try:
+            payload = answer.json()
+        except ValueError:
+            typer.echo(
+                f"error: HTTP {answer.status_code} from {url}, not the comms API: {answer.text[:200]}",
+                err=True,
+            )
+            raise typer.Exit(1) from None
         if answer.status_code != 202:
             typer.echo(json.dumps(payload, indent=2, ensure_ascii=False), err=True)
             raise typer.Exit(1)
@@ -305,6 +334,25 @@ def send(
                     break
                 time.sleep(0.5)
         typer.echo(json.dumps(data["counts"]))
+        _explain_unsent(client, batch_id, data["counts"])
+
+
+UNSENT_STATUSES = ("rejected", "suppressed", "failed", "undelivered", "unknown")
+
+
+def _explain_unsent(client: Any, batch_id: str, counts: dict[str, int]) -> None:
+    """Which recipients did not go out, and why (masked, up to 20 per status)."""
+    for status in UNSENT_STATUSES:
+        if not counts.get(status):
+            continue
+        listed = client.get(
+            "/communication/logs", params={"batch_id": batch_id, "status": status, "page_size": 20}
+        ).json()
+        for item in listed.get("items", []):
+            typer.echo(f"  {status}: {item['recipient']}: {item.get('error') or ''}")
+        more = counts[status] - len(listed.get("items", []))
+        if more > 0:
+            typer.echo(f"  ... {more} more: GET /communication/logs?batch_id={batch_id}&status={status}")
 
 
 def main() -> None:

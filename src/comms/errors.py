@@ -18,7 +18,9 @@ CommsError
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +99,9 @@ class TransientProviderError(ProviderError):
 
 class PermanentProviderError(ProviderError):
     pass
+
+
+def pydantic_message(error: Mapping[str, Any]) -> str:
+    """A pydantic error's text for the envelope, without pydantic's "Value error, " prefix (our
+    validators' messages are complete sentences of their own)."""
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")

@@ -338,6 +338,45 @@ def test_cli_send_csv_until_all_sent(server: Server, client: httpx.Client, tmp_p
         assert body_text(message) == f"Hello {name}, thanks for reading.\n"
 
 
+def test_cli_send_says_which_recipients_did_not_go_and_why(server: Server, tmp_path: Path) -> None:
+    recipients_file = tmp_path / "mixed.txt"
+    recipients_file.write_text("ok1@c1.example.org\nnot-an-address\nok2@c2.example.org\n", encoding="utf-8")
+    args = [
+        str(BIN / "comms"),
+        "send",
+        "--channel",
+        "email",
+        "--recipients-file",
+        str(recipients_file),
+        "--subject",
+        "Hi",
+        "--content",
+        "Hello.",
+        "--category",
+        "transactional",
+        "--token",
+        server.token,
+    ]
+    run = subprocess.run(
+        [*args, "--url", server.url], env=server.env, cwd=tmp_path, capture_output=True, text=True, timeout=25
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert '{"rejected": 1, "sent": 2}' in run.stdout
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("  rejected: ")]
+    assert line == "  rejected: ***: invalid email address: An email address must have an @-sign.", line
+    # A wrong URL is one line on stderr, not a traceback.
+    gone = subprocess.run(
+        [*args, "--url", f"http://127.0.0.1:{free_port()}"],
+        env=server.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=25,
+    )
+    assert gone.returncode == 1 and gone.stderr.startswith("error: cannot reach the service at ")
+    assert "Traceback" not in gone.stderr and len(gone.stderr.splitlines()) == 1
+
+
 # -------------------------------------------------------------------------------------------------
 # first start on an empty data dir; SIGTERM drains and exits 0
 
@@ -456,3 +495,20 @@ def test_first_start_prints_demo_key_and_sigterm_drains(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_cli_tenant_create_names_the_bad_option(server: Server) -> None:
+    for region, why in (
+        ("XX", "XX is not a region with a phone numbering plan"),
+        ("USA", "must be a two-letter ISO 3166 region code"),
+    ):
+        run = subprocess.run(
+            [str(BIN / "comms"), "tenant", "create", "--name", "Bad", "--region", region],
+            env=server.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 2 and run.stdout == ""
+        assert run.stderr.startswith(f"error: --region: {why}"), run.stderr
+        assert len(run.stderr.splitlines()) == 1, run.stderr

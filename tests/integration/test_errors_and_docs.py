@@ -132,6 +132,7 @@ async def test_edge_inputs_are_enveloped_errors_that_change_nothing(
             "content",
         ),
         ("GET", "/communication/logs?recipient=%00", None, 422, "recipient"),
+        ("GET", "/communication/logs?status=sendt", None, 422, "status"),
     ]
     before = await _counts(service)
     for method, path, body, status, field in cases:
@@ -168,3 +169,24 @@ async def test_a_provider_account_config_cannot_be_set_to_null(service: Service,
     assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "config"
     again = await service.client.get(f"/communication/providers/{account['id']}", headers=tenant.headers())
     assert again.json()["data"]["config"] == account["config"]
+
+
+async def test_validation_messages_read_as_sentences(service: Service, tenant: TenantKeys) -> None:
+    """Our validators' messages reach the caller as written, without pydantic's "Value error, "."""
+    answer = await service.client.post(
+        "/communication/templates",
+        json={"code": "shout", "channel": "sms", "content": "Hi {{ name|shout }}"},
+        headers=tenant.headers(),
+    )
+    assert answer.status_code == 422
+    assert answer.json()["message"] == "content: filter 'shout' is not allowed in templates"
+    region = await service.client.put(
+        "/communication/settings", json={"default_region": "XX"}, headers=tenant.headers()
+    )
+    assert region.status_code == 422
+    assert region.json()["errors"] == [
+        {
+            "field": "default_region",
+            "message": "XX is not a region with a phone numbering plan (e.g. CN, US, DE)",
+        }
+    ]

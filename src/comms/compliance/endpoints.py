@@ -35,7 +35,7 @@ from comms.compliance.schemas import (
 )
 from comms.compliance.settings import READ_ONLY_FIELDS, TenantSettings, load_settings, normalize_domain
 from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_token_of
-from comms.errors import BadRequest, FieldError, NotFound, Unavailable, ValidationFailed
+from comms.errors import BadRequest, FieldError, NotFound, Unavailable, ValidationFailed, pydantic_message
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import reply
 from comms.kit.masking import mask_recipient
@@ -98,7 +98,8 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
         validated = TenantSettings.model_validate(merged)
     except ValidationError as exc:
         errors = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in exc.errors()
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": pydantic_message(e)}
+            for e in exc.errors()
         ]
         raise ValidationFailed(
             errors[0]["message"], [FieldError(e["field"], e["message"]) for e in errors]
@@ -262,7 +263,7 @@ def _mailto_request(content_type: str, raw: bytes) -> tuple[str | None, str | No
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ValidationFailed.single(field, first["msg"]) from None
+        raise ValidationFailed.single(field, pydantic_message(first)) from None
     return body.recipient, body.sender
 
 

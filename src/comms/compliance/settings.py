@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ConsentPolicy = Literal["opt_in", "soft_opt_in", "none"]
@@ -136,6 +137,8 @@ class TenantSettings(BaseModel):
         value = value.upper()
         if not re.fullmatch(r"[A-Z]{2}", value):
             raise ValueError("must be a two-letter ISO 3166 region code")
+        if value not in phonenumbers.SUPPORTED_REGIONS:  # national numbers are read in this region
+            raise ValueError(f"{value} is not a region with a phone numbering plan (e.g. CN, US, DE)")
         return value
 
     @field_validator("quiet_hours")

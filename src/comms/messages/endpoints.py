@@ -31,7 +31,7 @@ from comms.messages.schemas import (
     bulk_body_decoder,
 )
 from comms.messages.service import SubmitOptions, submit_bulk
-from comms.messages.status import FINAL
+from comms.messages.status import FINAL, Status
 from comms.messages.views import BatchDisplay, message_item
 from comms.models import AuditEvent, Batch
 from comms.state import app_state
@@ -203,7 +203,7 @@ async def list_logs(
     page: PageQuery = 1,
     page_size: PageSizeQuery = DEFAULT_PAGE_SIZE,
     channel: Channel | None = None,
-    status: str | None = None,
+    status: Status | None = None,
     recipient: str | None = None,
     user_id: str | None = None,
     batch_id: str | None = None,
@@ -219,7 +219,7 @@ async def list_logs(
         key = _recipient_filter_key(principal, recipient, channel)
     filters = LogFilters(
         channel=channel.value if channel else None,
-        status=status,
+        status=status.value if status else None,
         recipient_key=key,
         user_id=user_id,
         batch_id=batch_id,

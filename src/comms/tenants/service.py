@@ -72,7 +72,9 @@ async def create_api_key(
     chosen = sorted(set(scopes) if scopes else DEFAULT_SCOPES)
     unknown = set(chosen) - set(ALL_SCOPES)
     if unknown:
-        raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}")
+        raise ValueError(
+            f"unknown scope(s): {', '.join(sorted(unknown))}; the scopes are: {', '.join(ALL_SCOPES)}"
+        )
     if await TenantRepository(session).get(tenant_id) is None:
         raise LookupError(f"no tenant {tenant_id}")
     secret = secrets.token_urlsafe(32)
