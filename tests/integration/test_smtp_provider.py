@@ -733,6 +733,13 @@ def test_config_names_and_checks() -> None:
         SmtpConfig(host="h", username="u")
     with pytest.raises(ValueError, match="together"):
         SmtpConfig(host="h", dkim_domain="acme.example")
+    # d= and s= must be DNS names receivers can look up: checked when the account is saved.
+    with pytest.raises(ValueError, match="not a domain name"):
+        SmtpConfig(host="h", dkim_domain="acme example")
+    with pytest.raises(ValueError, match="not a DKIM selector"):
+        SmtpConfig(host="h", dkim_selector="s1;h=from")
+    with pytest.raises(ValueError, match="together"):  # a good selector passes its own check
+        SmtpConfig(host="h", dkim_selector="2026-11.mail")
 
 
 async def test_messages_that_cannot_be_built_fail_alone() -> None:

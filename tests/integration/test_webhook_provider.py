@@ -493,3 +493,44 @@ async def test_a_code_of_the_same_tenant_passes_a_bulk_that_holds_every_gateway_
     await wait_until(code_sent)
     assert "sent" not in await statuses(live_service, bulk.json()["batch_id"])  # all still hanging
     sink.hang_seconds = 0
+
+
+async def test_an_instance_replaced_by_a_new_config_is_closed_after_a_grace_period(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each config version of an account gets its own provider instance (with its pooled
+    connections). A replaced one is closed once batches in flight had time to finish with it,
+    so the cache does not grow and connections do not stay open for ever."""
+    from comms.dispatch import routing
+
+    monkeypatch.setattr(routing, "RETIRE_AFTER", 0.0)
+    router = live_service.app.state.dispatcher.router
+    account = await add_account(live_service, live_tenant, sink.url)
+
+    async def instance() -> Any:
+        async with live_service.db.read() as session:
+            row = await session.get(ProviderAccount, account["id"])
+        assert row is not None
+        return router.provider_for(row)
+
+    old = await instance()
+    closed: list[bool] = []
+    original_close = old.close
+
+    async def recording_close() -> None:
+        closed.append(True)
+        await original_close()
+
+    old.close = recording_close
+    changed = await live_service.client.put(
+        f"/communication/providers/{account['id']}", json={"priority": 7}, headers=live_tenant.headers()
+    )
+    assert changed.status_code == 200, changed.text
+    new = await instance()
+    assert new is not old and old not in router._instances.values()
+
+    async def retired() -> bool:
+        return closed == [True] and old not in router._retiring
+
+    await wait_until(retired)
+    assert await instance() is new  # the current one stays

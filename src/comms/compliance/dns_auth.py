@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import re
 from datetime import datetime
 
 import dns.asyncresolver
@@ -32,7 +31,6 @@ from comms.kit.clock import isoformat
 
 LOOKUP_SECONDS = 5.0
 _MAX_TREE_WALK = 8
-_SELECTOR = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*$")
 DMARC_POLICIES = frozenset({"none", "quarantine", "reject"})
 
 # Mailbox providers' own domains: their DMARC policies make mail "from" them sent through anyone
@@ -57,10 +55,6 @@ def impersonated_provider(domain: str) -> str | None:
         if candidate in MAILBOX_PROVIDER_DOMAINS:
             return candidate
     return None
-
-
-def valid_selector(selector: str) -> bool:
-    return bool(_SELECTOR.match(selector)) and len(selector) <= 200
 
 
 def parse_nameserver(value: str) -> tuple[str, int]:

@@ -22,7 +22,6 @@ from comms.compliance.dns_auth import (
     authenticate_domain,
     impersonated_provider,
     make_resolver,
-    valid_selector,
 )
 from comms.compliance.quiet_hours import widens_legal_window
 from comms.compliance.repository import ConsentStore, SuppressionStore
@@ -33,10 +32,11 @@ from comms.compliance.schemas import (
     MailtoUnsubscribe,
     SuppressionCreate,
 )
-from comms.compliance.settings import READ_ONLY_FIELDS, TenantSettings, load_settings, normalize_domain
+from comms.compliance.settings import READ_ONLY_FIELDS, TenantSettings, load_settings
 from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_token_of
 from comms.errors import BadRequest, FieldError, NotFound, Unavailable, ValidationFailed, pydantic_message
 from comms.kit.clock import isoformat, utcnow
+from comms.kit.domains import normalize_domain, valid_selector
 from comms.kit.http import reply
 from comms.kit.masking import mask_recipient
 from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Page

@@ -8,12 +8,12 @@ from typing import Any, Literal
 import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from comms.kit.domains import normalize_domain
+
 ConsentPolicy = Literal["opt_in", "soft_opt_in", "none"]
 Stream = Literal["verification", "transactional", "announcement", "marketing"]
 ALL_STREAMS: tuple[Stream, ...] = ("verification", "transactional", "announcement", "marketing")
 _HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
-_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_DOMAIN = re.compile(rf"^(?:{_LABEL}\.)+[a-z][a-z0-9-]{{0,62}}(?<!-)$")
 
 
 class OtpLimits(BaseModel):
@@ -186,18 +186,6 @@ class TenantSettings(BaseModel):
             if ("@" in a) == email and a.lower() == wanted:
                 return streams
         return None
-
-
-def normalize_domain(value: str) -> str:
-    """A DNS domain name, lower case, without a trailing dot; ValueError when it is not one."""
-    domain = value.strip().rstrip(".").lower()
-    try:
-        domain = domain.encode("idna").decode("ascii")
-    except UnicodeError:
-        raise ValueError(f"{value!r} is not a domain name") from None
-    if len(domain) > 253 or not _DOMAIN.match(domain):
-        raise ValueError(f"{value!r} is not a domain name (e.g. mail.example.com)")
-    return domain
 
 
 def _region_key(key: str, *, allow_groups: bool) -> str:

@@ -8,6 +8,9 @@ API reaches running dispatchers without a restart.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,10 @@ from comms.providers.base import Provider, ProviderContext
 from comms.providers.outbox import OutboxProvider
 
 ACCOUNTS_TTL = 5.0
+# An instance replaced by a newer config of its account is closed this long after (a batch in
+# flight may still be sending through it; its pooled connections must not stay open for ever).
+RETIRE_AFTER = 600.0
+log = logging.getLogger("comms.dispatch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,8 @@ class Router:
         self._outbox = Route(OutboxProvider(outbox_dir), None)
         self._cache: dict[tuple[str, str], _Cached] = {}
         self._instances: dict[tuple[str, float], Provider] = {}
+        self._retiring: set[Provider] = set()
+        self._closing: set[asyncio.Task[None]] = set()
         self.breakers: dict[str, Breaker] = {}
 
     def _context(self, provider: str, account_id: str) -> ProviderContext:
@@ -126,7 +135,31 @@ class Router:
             config = accounts.unseal(cls, row.config, self._secrets)
             provider = cls.from_config(config, self._context(row.provider, row.id))
             self._instances[instance_key] = provider
+            self._retire_older(row.id, instance_key)
         return provider
+
+    def _retire_older(self, account_id: str, current: tuple[str, float]) -> None:
+        older = [key for key in self._instances if key[0] == account_id and key != current]
+        for key in older:
+            provider = self._instances.pop(key)
+            self._retiring.add(provider)
+            with contextlib.suppress(RuntimeError):  # no running loop: closed by close()
+                asyncio.get_running_loop().call_later(RETIRE_AFTER, self._close_retired, provider)
+
+    def _close_retired(self, provider: Provider) -> None:
+        if provider not in self._retiring:
+            return  # the router closed it already
+        self._retiring.discard(provider)
+        task = asyncio.ensure_future(self._close_quietly(provider))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_quietly(provider: Provider) -> None:
+        try:
+            await provider.close()
+        except Exception:
+            log.warning("closing a replaced provider instance failed", exc_info=True)
 
     def breaker(self, route: Route) -> Breaker:
         if route.account_id is None:
@@ -144,7 +177,10 @@ class Router:
         return {account: b.state() for account, b in self.breakers.items()}
 
     async def close(self) -> None:
-        for provider in {*self._instances.values(), self._outbox.provider}:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        retiring, self._retiring = self._retiring, set()
+        for provider in {*self._instances.values(), *retiring, self._outbox.provider}:
             await provider.close()
         if self._http is not None:
             await self._http.close()

@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from comms.errors import PermanentProviderError, ProviderError, TransientProviderError
+from comms.kit.domains import normalize_domain, valid_selector
 from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext, SendResult
 from comms.providers.email.dkim_signing import DkimSigner
 from comms.providers.email.mime import message_id_for
@@ -122,6 +123,19 @@ class SmtpConfig(BaseModel):
                 ssl.create_default_context(cadata=value)
             except (ssl.SSLError, ValueError) as exc:
                 raise ValueError(f"not a PEM certificate: {exc}") from None
+        return value
+
+    @field_validator("dkim_domain")
+    @classmethod
+    def _dkim_domain(cls, value: str | None) -> str | None:
+        # The d= of every signature, in ASCII: receivers look up <selector>._domainkey.<domain>.
+        return None if value is None else normalize_domain(value)
+
+    @field_validator("dkim_selector")
+    @classmethod
+    def _dkim_selector(cls, value: str | None) -> str | None:
+        if value is not None and not valid_selector(value):
+            raise ValueError(f"{value!r} is not a DKIM selector (letters, digits, - and _, dot-separated)")
         return value
 
     @field_validator("dkim_private_key")
