@@ -305,3 +305,63 @@ async def test_submission_is_audited_with_counts(service: Service, tenant: Tenan
         event = await session.scalar(select(AuditEvent).where(AuditEvent.action == "bulk.submitted"))
     assert event is not None and event.details["counts"] == {"queued": 2}
     assert event.actor is not None and event.actor.startswith("key_")
+
+
+async def test_an_idempotency_key_lives_a_day(service: Service, tenant: TenantKeys) -> None:
+    """The stored answer holds recipients and content: after KEY_TTL it is deleted by the hourly
+    maintenance, and the key may be used again for a new request."""
+    from sqlalchemy import update
+
+    from comms.kit.clock import utcnow
+    from comms.messages import idempotency
+
+    headers = {**tenant.headers(), "Idempotency-Key": "order-7"}
+    first = await service.client.post("/communication/bulk", json=sms(), headers=headers)
+    async with service.db.begin() as session:
+        await session.execute(
+            update(IdempotencyKey).values(created_at=utcnow() - idempotency.KEY_TTL - timedelta(minutes=1))
+        )
+    later = await service.client.post(
+        "/communication/bulk", json=sms(content="new {{ code }}"), headers=headers
+    )
+    assert later.status_code == 202, later.text  # not a 409: the old key is gone
+    assert later.json()["batch_id"] != first.json()["batch_id"]
+    async with service.db.begin() as session:
+        await session.execute(
+            update(IdempotencyKey).values(created_at=utcnow() - idempotency.KEY_TTL - timedelta(minutes=1))
+        )
+        assert await idempotency.forget_expired(session, utcnow()) == 1
+        assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 0
+
+
+async def test_reveals_by_replay_are_audited_and_a_dry_run_writes_nothing(
+    service: Service, tenant: TenantKeys
+) -> None:
+    headers = {**tenant.headers(tenant.pii_token), "Idempotency-Key": "reveal-1"}
+    for _ in range(2):
+        answer = await service.client.post("/communication/bulk?unmask=true", json=sms(), headers=headers)
+        assert answer.status_code == 202 and answer.json()["items"][0]["recipient"] == "+8613800138000"
+    dry = await service.client.post(
+        "/communication/bulk?unmask=true", json=sms(dry_run=True), headers=tenant.headers(tenant.pii_token)
+    )
+    assert dry.status_code == 200
+    async with service.db.read() as session:
+        reveals = (
+            await session.scalars(select(AuditEvent.details).where(AuditEvent.action == "pii.revealed"))
+        ).all()
+    assert len(reveals) == 2 and [r.get("replay") for r in reveals].count(True) == 1
+
+
+async def test_a_very_long_invalid_recipient_is_a_rejected_item(service: Service, tenant: TenantKeys) -> None:
+    """Its shown form and key are cut to the column's 320 characters (PostgreSQL enforces them)."""
+    for channel, good in (("sms", "13800138000"), ("email", "ann@example.com")):
+        body = {
+            "channel": channel,
+            "category": "transactional",
+            "subject": "Hi",
+            "content": "Hello",
+            "recipients": [good, "x" * 400],
+        }
+        answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+        assert answer.status_code == 202, answer.text
+        assert [i["status"] for i in answer.json()["items"]] == ["queued", "rejected"]

@@ -745,3 +745,49 @@ async def test_an_internationalized_domain_goes_out_in_its_ascii_form(
     parsed = BytesParser(policy=policy.default).parsebytes(eml)
     assert parsed["To"] == "anna@xn--bcher-kva.example"
     assert eml.isascii()
+
+
+async def test_a_value_that_looks_sealed_is_only_text_unless_its_variable_is_secret(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    """Only secret variables were encrypted at acceptance: a sender's value that merely starts
+    like a sealed one is sent as written, and one batch's bad secret fails only its own messages."""
+    from comms.models import Batch
+
+    plain = await send(
+        live_service,
+        live_tenant,
+        {
+            "channel": "sms",
+            "category": "transactional",
+            "content": "Hi {{ name }}",
+            "variables": {"name": "enc:v1:not-a-token"},
+            "recipients": ["13800138000"],
+        },
+    )
+    other = await make_tenant(live_service.db, "Other")
+    broken = await send(
+        live_service,
+        other,
+        {
+            "channel": "sms",
+            "category": "verification",
+            "content": "Code {{ code }}",
+            "variables": {"code": "123456"},
+            "recipients": ["13800138001"],
+            "send_at": (datetime.now(UTC) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    )
+    async with live_service.db.begin() as session:  # a sealed value this deployment cannot open
+        await session.execute(
+            update(Batch).where(Batch.id == broken["batch_id"]).values(variables={"code": "enc:v1:garbage"})
+        )
+
+    async def settled() -> bool:
+        return await statuses(live_service, plain["batch_id"]) == {"sent": 1} and await statuses(
+            live_service, broken["batch_id"]
+        ) == {"failed": 1}
+
+    await wait_until(settled)
+    written = json.loads((live_service.outbox / "sms" / f"{plain['items'][0]['id']}.json").read_text())
+    assert written["content"].startswith("Hi enc:v1:not-a-token")

@@ -36,6 +36,9 @@ class BatchContext:
     shared: dict[str, str]
     secret_names: frozenset[str]
     loaded_at: float = field(default_factory=time.monotonic)
+    # Why no message of this batch can be composed (its stored content no longer compiles, a
+    # shared secret cannot be decrypted): each of its messages fails with it, and only those.
+    broken: str | None = None
     _shared_render: tuple[str, str | None, str | None, str] | None = field(default=None)
     # Plain copies of the batch's columns read per message (an ORM attribute read costs more).
     sender: str | None = field(init=False)
@@ -117,23 +120,47 @@ class BatchCache:
         if batch is None or tenant is None:
             raise LookupError(f"batch {batch_id} is gone")
         secret_names = frozenset(batch.secret_variables or ())
+        empty = compile_template("")
+        try:
+            compiled = (
+                compile_template(batch.content),
+                compile_template(batch.subject) if batch.subject else None,
+                compile_template(batch.html, True) if batch.html else None,
+            )
+            shared, broken = self.decrypt(batch.variables or {}, secret_names), None
+        except TemplateError as exc:
+            compiled, shared, broken = (empty, None, None), {}, str(exc)
         context = BatchContext(
             batch=batch,
             tenant_name=tenant.name,
             settings=load_settings(tenant.settings),
-            content=compile_template(batch.content),
-            subject=compile_template(batch.subject) if batch.subject else None,
-            html=compile_template(batch.html, True) if batch.html else None,
-            shared=self.decrypt(batch.variables or {}),
+            content=compiled[0],
+            subject=compiled[1],
+            html=compiled[2],
+            shared=shared,
             secret_names=secret_names,
+            broken=broken,
         )
         self._items[batch_id] = context
         if len(self._items) > self._size:
             self._items.popitem(last=False)
         return context
 
-    def decrypt(self, values: dict[str, str]) -> dict[str, str]:
-        return {k: self._secrets.decrypt(v) if SecretBox.is_encrypted(v) else v for k, v in values.items()}
+    def decrypt(self, values: dict[str, str], secret_names: frozenset[str]) -> dict[str, str]:
+        """The values with the secret ones decrypted. Only names the batch declared secret were
+        encrypted at acceptance: any other value is the sender's own text, whatever it looks like
+        (a value that merely starts like a sealed one is not ours to open)."""
+        if secret_names.isdisjoint(values):
+            return values
+        opened = dict(values)
+        for name in secret_names.intersection(values):
+            value = values[name]
+            if SecretBox.is_encrypted(value):
+                try:
+                    opened[name] = self._secrets.decrypt(value)
+                except ValueError:
+                    raise TemplateError(f"the secret variable {name!r} could not be decrypted") from None
+        return opened
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +179,9 @@ def compose(
 ) -> Composed:
     """Raises TemplateError when the content cannot be rendered for this recipient. ``region``:
     the recipient's country for an SMS (the caller has it already), else None."""
-    own = decrypt.decrypt(claimed.variables) if claimed.variables else None
+    if context.broken is not None:
+        raise TemplateError(context.broken)
+    own = decrypt.decrypt(claimed.variables, context.secret_names) if claimed.variables else None
     if own and any(own.get(name) == REDACTED for name in context.secret_names):
         # Sent once already, after which its secret values were wiped: never send "******".
         raise TemplateError("its secret variables were erased after an earlier send; send a new message")

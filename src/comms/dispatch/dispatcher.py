@@ -55,6 +55,7 @@ from comms.kit.db import Database
 from comms.kit.ids import new_id
 from comms.kit.ratelimit import LocalLimiter, RateLimiter
 from comms.kit.secretbox import SecretBox
+from comms.messages import idempotency
 from comms.messages.fairness import rank_of
 from comms.messages.recipients import region_of_phone
 from comms.models import Batch, Message, Tenant
@@ -333,6 +334,7 @@ class Dispatcher:
                 self._last_purge = loop_now
                 async with self.db.begin() as session:
                     purged = await purge_expired_content(session, utcnow())
+                    await idempotency.forget_expired(session, utcnow())
                 if purged:
                     log.info("purged content past its retention period", extra={"count": purged})
         except Exception:

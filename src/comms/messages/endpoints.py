@@ -126,9 +126,11 @@ async def send_bulk(
         async with state.db.read() as session:
             previous = await idempotency.find_previous(session, principal.tenant_id, key, fingerprint)
         if previous is not None:
-            return FastJSONResponse(msgspec.json.decode(previous[1]), status_code=previous[0])
+            return await _replay(request, principal, previous, options.unmask)
     try:
         async with state.db.begin() as session:
+            if key is not None:
+                await idempotency.forget_expired(session, utcnow(), principal.tenant_id, key)
             result = await submit_bulk(session, principal, body, state.secrets, options)
             code = 200 if body.dry_run else 202
             payload = envelope(
@@ -154,8 +156,8 @@ async def send_bulk(
             previous = await idempotency.find_previous(session, principal.tenant_id, key, fingerprint)
         if previous is None:
             raise
-        return FastJSONResponse(msgspec.json.decode(previous[1]), status_code=previous[0])
-    if options.unmask and result.items:
+        return await _replay(request, principal, previous, options.unmask)
+    if options.unmask and result.items and not body.dry_run:  # a dry run shows only what was sent
         await _audit_reveal(
             request, principal, {"route": "bulk", "ids": [i["id"] for i in result.items if i["id"]]}
         )
@@ -179,6 +181,17 @@ def _parse_time(name: str, value: str | None) -> datetime | None:
         return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     except (ValueError, OverflowError):  # OverflowError: past year 9999 or before year 1 in UTC
         raise ValidationFailed.single(name, "must be an RFC 3339 timestamp") from None
+
+
+async def _replay(
+    request: Request, principal: Principal, previous: tuple[int, bytes], unmask: bool
+) -> FastJSONResponse:
+    """The stored answer to a repeated request; raw recipients shown again are audited again."""
+    payload = msgspec.json.decode(previous[1])
+    if unmask and payload.get("items"):
+        ids = [i["id"] for i in payload["items"] if i.get("id")]
+        await _audit_reveal(request, principal, {"route": "bulk", "ids": ids, "replay": True})
+    return FastJSONResponse(payload, status_code=previous[0])
 
 
 async def _audit_reveal(request: Request, principal: Principal, what: dict[str, Any]) -> None:

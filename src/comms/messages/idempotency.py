@@ -3,12 +3,18 @@
 The key row is written in the same transaction as the batch, so a crash cannot leave a batch
 without its key or a key without its batch; two racing requests with one key collide on the
 primary key and the loser answers from the winner's row.
+
+A key is kept for KEY_TTL (24 hours, as Stripe and most payment APIs keep theirs): the stored
+response holds recipients and content, which must not outlive the retention rules, so the
+dispatcher's hourly maintenance deletes older keys, and an older key is free to be used again.
 """
 
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta
 
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.errors import Conflict, ValidationFailed
@@ -16,6 +22,7 @@ from comms.kit.clock import utcnow
 from comms.models import IdempotencyKey
 
 MAX_KEY_LENGTH = 255
+KEY_TTL = timedelta(hours=24)
 
 
 def request_fingerprint(path: str, body: bytes) -> str:
@@ -33,11 +40,22 @@ async def find_previous(
     session: AsyncSession, tenant_id: str, key: str, fingerprint: str
 ) -> tuple[int, bytes] | None:
     row = await session.get(IdempotencyKey, (tenant_id, key))
-    if row is None:
+    if row is None or row.created_at < utcnow() - KEY_TTL:
         return None
     if row.request_hash != fingerprint:
         raise Conflict("Idempotency-Key was already used with a different request body")
     return row.status_code, row.response_body.encode()
+
+
+async def forget_expired(
+    session: AsyncSession, now: datetime, tenant_id: str | None = None, key: str | None = None
+) -> int:
+    """Delete keys older than KEY_TTL (all of them, or the one about to be used again)."""
+    stmt = delete(IdempotencyKey).where(IdempotencyKey.created_at < now - KEY_TTL)
+    if tenant_id is not None and key is not None:
+        stmt = stmt.where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)
+    result = await session.execute(stmt.execution_options(synchronize_session=False))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def remember(

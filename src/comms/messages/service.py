@@ -437,7 +437,8 @@ class _Normalizer:
             try:
                 normalized = normalize_phone(raw, region) if is_sms else normalize_email(raw)
             except InvalidRecipient as exc:
-                shown = raw.strip()[:320] or "(empty)"
+                # 319: its key "!" + shown must fit recipient_key's 320 (PostgreSQL enforces it).
+                shown = raw.strip()[:319] or "(empty)"
                 if ("!" + shown) not in seen:
                     seen.add("!" + shown)
                     append(make(next(ids), shown, "!" + shown, "rejected", exc.reason, own))
