@@ -134,10 +134,11 @@ def worker(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        dispatcher.start()
-        freeze_startup_heap()
+        # The exporter first: a port that is taken stops the worker before it claims anything.
         port = metrics_port if metrics_port is not None else settings.worker_metrics_port
         exporter = await serve_worker_metrics(db, dispatcher, settings.host, port) if port else None
+        dispatcher.start()
+        freeze_startup_heap()
         maintenance = asyncio.create_task(run_maintenance(db, stop))
         await stop.wait()
         await dispatcher.stop()

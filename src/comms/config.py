@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -70,17 +71,7 @@ class Settings(BaseSettings):
         """
         if self.secret_key:
             return self.secret_key
-        path = self.data_dir / "secret.key"
-        if path.exists():
-            return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        # Created with mode 0600 from the start (no moment where others may read it). Several
-        # machines must share one COMMS_SECRET_KEY instead: see docs/deploy.md.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key)
-        return key
+        return _data_dir_key(self.data_dir / "secret.key")
 
     @cached_property
     def resolved_public_url(self) -> str:
@@ -92,3 +83,34 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
+
+
+def _data_dir_key(path: Path) -> str:
+    """The key in ``path``, written there first if there is none. Processes started together
+    race here: the key is written to a private temporary file and linked into place, so a reader
+    never sees a half-written (or empty) key, and the process that loses the race takes the
+    winner's key."""
+    for _ in range(50):
+        try:
+            key = path.read_text().strip()
+        except FileNotFoundError:
+            key = None
+        if key:
+            return key
+        if key is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Mode 0600 from the start (no moment where others may read it). Several machines must
+            # share one COMMS_SECRET_KEY instead: see docs/deploy.md.
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+            try:
+                os.link(temporary, path)  # fails if another process linked its key first
+            except FileExistsError:
+                pass
+            finally:
+                temporary.unlink()
+            continue
+        time.sleep(0.01)  # an empty file: written by an older version right now
+    raise RuntimeError(f"{path} stays empty: remove it, or set COMMS_SECRET_KEY")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from tests.conftest import Service, TenantKeys
 
 
@@ -133,6 +137,8 @@ async def test_edge_inputs_are_enveloped_errors_that_change_nothing(
         ),
         ("GET", "/communication/logs?recipient=%00", None, 422, "recipient"),
         ("GET", "/communication/logs?status=sendt", None, 422, "status"),
+        ("GET", "/communication/logs/log_%00", None, 422, "path"),
+        ("POST", "/webhooks/twilio/acc%00/status", b"{}", 422, "path"),
     ]
     before = await _counts(service)
     for method, path, body, status, field in cases:
@@ -190,3 +196,25 @@ async def test_validation_messages_read_as_sentences(service: Service, tenant: T
             "message": "XX is not a region with a phone numbering plan (e.g. CN, US, DE)",
         }
     ]
+
+
+async def test_the_request_id_is_echoed_and_quoted_in_a_500(
+    service: Service, tenant: TenantKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    """X-Request-ID comes back on every answer; an unhandled error's 500 quotes the same id in its
+    body, its header and its log line, so a caller's report finds the traceback."""
+
+    async def boom() -> None:
+        raise RuntimeError("a bug of ours")
+
+    service.app.add_api_route("/boom-for-test", boom)
+    ok = await service.client.get("/healthz", headers={"X-Request-ID": "client-rid-1"})
+    assert ok.headers["x-request-id"] == "client-rid-1"
+    with caplog.at_level(logging.ERROR, logger="comms.access"):
+        failed = await service.client.get("/boom-for-test", headers={"X-Request-ID": "client-rid-2"})
+    assert failed.status_code == 500 and failed.headers["x-request-id"] == "client-rid-2"
+    assert failed.json()["message"] == "internal error (request id client-rid-2)"
+    [record] = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert getattr(record, "request_id", None) == "client-rid-2" and record.exc_info is not None
+    generated = await service.client.get("/boom-for-test")
+    assert generated.headers["x-request-id"] in generated.json()["message"]

@@ -144,13 +144,16 @@ async def test_notify_wakes_a_worker_in_another_process_at_once(service: Service
 
 
 class Proxy:
-    """A TCP proxy in front of PostgreSQL that a test can cut and restore."""
+    """A TCP proxy in front of PostgreSQL that a test can cut and restore, or freeze: bytes stop
+    flowing both ways while every connection stays open (a NAT timeout, a failover without reset)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.server: asyncio.Server | None = None
         self.port = 0
         self.links: set[asyncio.StreamWriter] = set()
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -176,6 +179,7 @@ class Proxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
+                    await self.flowing.wait()
                     dst.write(data)
                     await dst.drain()
             with contextlib.suppress(Exception):
@@ -274,3 +278,50 @@ async def test_a_hung_redis_costs_one_timeout_then_is_left_alone_for_a_while() -
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_the_wake_listener_connects_as_the_engine_does_and_notices_a_silent_drop(
+    request: pytest.FixtureRequest,
+) -> None:
+    """The listener opens its connection with the URL's query options read as the engine reads
+    them (asyncpg would take them for server settings), and a connection that stops carrying
+    bytes without closing is found by the probe and replaced; NOTIFY works again after."""
+    need_postgres()
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from comms.dispatch.wakeup import CHANNEL, WakeListener
+
+    url = make_url(request.getfixturevalue("postgres_database"))
+    proxy = Proxy(url.port or 5432)
+    await proxy.start()
+    proxied = url.set(
+        host="127.0.0.1",
+        port=proxy.port,
+        query={"prepared_statement_cache_size": "100", "command_timeout": "30"},
+    ).render_as_string(hide_password=False)
+    woken: list[int] = []
+    listener = WakeListener(proxied, lambda: woken.append(1), retry_seconds=0.05, probe_seconds=0.3)
+    listener.start()
+    direct = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    try:
+        await asyncio.wait_for(listener.connected.wait(), timeout=10)
+        proxy.flowing.clear()
+
+        async def dropped() -> bool:
+            return not listener.connected.is_set()
+
+        await wait_until(dropped)
+        proxy.flowing.set()
+        await asyncio.wait_for(listener.connected.wait(), timeout=10)
+        before = len(woken)
+        await direct.execute(f"NOTIFY {CHANNEL}")
+
+        async def woke() -> bool:
+            return len(woken) > before
+
+        await wait_until(woke)
+    finally:
+        await direct.close()
+        await listener.stop()
+        await proxy.cut()

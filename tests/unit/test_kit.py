@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -333,3 +334,22 @@ def test_set_clock_moves_utcnow_and_none_restores_it(restore_clock: None) -> Non
     assert now != fixed
     assert now.tzinfo is not None
     assert now.utcoffset() == timedelta(0)
+
+
+def _read_or_make_key(directory: str) -> str:
+    from comms.config import _data_dir_key
+
+    return _data_dir_key(Path(directory) / "secret.key")
+
+
+def test_processes_started_together_share_one_generated_key(tmp_path: Path) -> None:
+    """Without COMMS_SECRET_KEY each process reads the data dir's key or writes one: started
+    together, all of them end with the same complete key, in one private file."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(6) as pool:
+        keys = set(pool.map(_read_or_make_key, [str(tmp_path)] * 12))
+    assert len(keys) == 1 and len(keys.pop()) >= 64
+    assert os.listdir(tmp_path) == ["secret.key"]
+    assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600

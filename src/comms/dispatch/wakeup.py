@@ -14,10 +14,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from comms.kit.db import is_sqlite
 
@@ -31,15 +30,23 @@ async def notify_work(session: AsyncSession) -> None:
         await session.execute(text(f"NOTIFY {CHANNEL}"))
 
 
-def asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class WakeListener:
-    def __init__(self, database_url: str, on_notify: Callable[[], None], retry_seconds: float = 1.0) -> None:
-        self._dsn = asyncpg_dsn(database_url)
+    """LISTENs on a connection of its own, opened exactly as the engine opens its connections
+    (the URL's query options, ``ssl=require`` among them, read by SQLAlchemy's asyncpg dialect),
+    and probed every ``probe_seconds``: a connection dropped without a word (a NAT timeout, a
+    failover without a reset) delivers nothing and would never report itself lost."""
+
+    def __init__(
+        self,
+        database_url: str,
+        on_notify: Callable[[], None],
+        retry_seconds: float = 1.0,
+        probe_seconds: float = 30.0,
+    ) -> None:
+        self._url = database_url
         self._on_notify = on_notify
         self._retry = retry_seconds
+        self._probe = probe_seconds
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -53,23 +60,43 @@ class WakeListener:
                 await self._task
 
     async def _run(self) -> None:
-        while True:
-            connection: Any = None
-            try:
-                connection = await asyncpg.connect(self._dsn)
-                lost = asyncio.Event()
-                connection.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await connection.add_listener(CHANNEL, lambda *_args: self._on_notify())
-                self.connected.set()
-                self._on_notify()  # anything committed while we were not listening
-                await lost.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("wake-up listener disconnected; polling until it is back: %s", type(exc).__name__)
-            finally:
-                self.connected.clear()
-                if connection is not None and not connection.is_closed():
-                    with contextlib.suppress(Exception):
-                        await connection.close(timeout=2)
-            await asyncio.sleep(self._retry)
+        engine = create_async_engine(self._url, poolclass=NullPool)
+        try:
+            while True:
+                try:
+                    await self._listen(engine)
+                    log.warning("wake-up listener lost its connection; polling until it is back")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning(
+                        "wake-up listener disconnected; polling until it is back: %s", type(exc).__name__
+                    )
+                await asyncio.sleep(self._retry)
+        finally:
+            await engine.dispose()
+
+    async def _listen(self, engine: AsyncEngine) -> None:
+        """Listen until the connection is lost (returns) or fails (raises)."""
+        connection: AsyncConnection | None = None
+        raw: Any = None
+        try:
+            connection = await engine.connect()
+            raw = (await connection.get_raw_connection()).driver_connection
+            lost = asyncio.Event()
+            raw.add_termination_listener(lambda _conn: lost.set())
+            await raw.add_listener(CHANNEL, lambda *_args: self._on_notify())
+            self.connected.set()
+            self._on_notify()  # anything committed while we were not listening
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), self._probe)
+                if not lost.is_set():
+                    await raw.execute("SELECT 1", timeout=min(5.0, self._probe))
+        finally:
+            self.connected.clear()
+            if raw is not None and not raw.is_closed():
+                raw.terminate()  # no goodbye over a connection that may be dead
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await connection.invalidate()

@@ -55,8 +55,10 @@ def refuse_in_body(raw: bytes) -> None:
 
 
 async def refuse_nul_characters(request: Request) -> None:
-    """App-wide dependency: the query string, and JSON bodies of the endpoints that let the
-    framework read them."""
+    """App-wide dependency: the path, the query string, and JSON bodies of the endpoints that let
+    the framework read them."""
+    if "\x00" in request.url.path:  # an id in the path, say: PostgreSQL could not compare it
+        raise ValidationFailed.single("path", MESSAGE)
     for name, value in request.query_params.multi_items():
         if "\x00" in value or "\x00" in name:
             raise ValidationFailed.single(name.replace("\x00", ""), MESSAGE)

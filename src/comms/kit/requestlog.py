@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from typing import Any
+
+from comms.kit.http import reply
 
 log = logging.getLogger("comms.access")
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 Scope = dict[str, Any]
-Message = dict[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[Message], Any]
 
@@ -38,15 +40,26 @@ class RequestLogMiddleware:
         started = time.perf_counter()
         status = 500
 
+        started_response = False
+
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            # Answered here, inside the request's id, rather than by the server's last-resort
+            # handler outside this middleware (which knew neither the id nor the header).
+            log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+            if started_response:
+                raise
+            status = 500
+            await reply(500, f"internal error (request id {request_id})")(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
