@@ -716,18 +716,35 @@ async def test_content_is_purged_after_retention(live_service: Service, live_ten
         content="Parcel {{ p }}",
         recipients=[{"to": "13800138000", "variables": {"p": "PX-9"}}],
     )
+    static = await bulk(
+        live_service,
+        live_tenant,
+        channel="sms",
+        category="transactional",
+        content="Ann Lee: your test result is ready",
+        recipients=["13800138001"],
+    )
 
     async def sent() -> bool:
-        return await statuses(live_service, created["batch_id"]) == {"sent": 1}
+        return await statuses(live_service, created["batch_id"]) == {"sent": 1} and await statuses(
+            live_service, static["batch_id"]
+        ) == {"sent": 1}
 
     await wait_until(sent)
     async with live_service.db.begin() as session:
         assert await purge_expired_content(session, utcnow() + timedelta(days=29)) == 0
     async with live_service.db.begin() as session:
-        assert await purge_expired_content(session, utcnow() + timedelta(days=31)) == 1
+        assert await purge_expired_content(session, utcnow() + timedelta(days=31)) == 2
     async with live_service.db.read() as session:
         row = await session.get(Message, created["items"][0]["id"])
     assert row is not None and row.content is None and row.variables is None and row.status == "sent"
+    # The log shows no content either: a body without variables is not rendered again from the
+    # batch, whose own text is kept.
+    for item in (created["items"][0], static["items"][0]):
+        shown = await live_service.client.get(
+            f"/communication/logs/{item['id']}", headers=live_tenant.headers()
+        )
+        assert shown.json()["data"]["content"] is None, shown.json()
 
 
 async def test_unsubscribe_end_to_end_from_the_eml(live_service: Service, live_tenant: TenantKeys) -> None:
@@ -1142,6 +1159,11 @@ async def test_09_dns_record_rules(service: Service, dns_server: DnsServer) -> N
     assert "2 SPF records" in twice["spf"]["detail"]
     assert not (twice["spf"]["ok"] or twice["dkim"]["ok"] or twice["dmarc"]["ok"])
     assert twice["dmarc"]["detail"].startswith("no DMARC record")
+    # RFC 7489: v=DMARC1 must come first, exactly; receivers discard any other record.
+    records["late.example"] = ["v=spf1 -all"]
+    records["_dmarc.late.example"] = ["p=reject; v=DMARC1"]
+    late = await check("late.example")
+    assert late["dmarc"]["ok"] is False and late["dmarc"]["detail"].startswith("no DMARC record")
 
 
 # ---- S2: a number whose time zone is not known to one zone -----------------------------------------

@@ -138,6 +138,30 @@ async def test_edge_inputs_are_enveloped_errors_that_change_nothing(
         ("GET", "/communication/logs?recipient=%00", None, 422, "recipient"),
         ("GET", "/communication/logs?status=sendt", None, 422, "status"),
         ("GET", "/communication/logs/log_%00", None, 422, "path"),
+        # Templates whose compilation would hold the event loop for seconds: refused before parsing.
+        ("POST", "/communication/bulk", {**sms, "content": "{{a}}" * 52_428}, 422, "content"),
+        ("POST", "/communication/bulk", {**sms, "content": "{{ a" + "|e" * 200 + " }}"}, 422, "content"),
+        (
+            "POST",
+            "/communication/bulk",
+            {**sms, "content": "{{ " + "~".join(["a"] * 4000) + " }}"},
+            422,
+            "content",
+        ),
+        (
+            "POST",
+            "/communication/templates",
+            {"code": "nots", "channel": "sms", "content": "{{ " + "not " * 200 + "a }}"},
+            422,
+            "content",
+        ),
+        (
+            "POST",
+            "/communication/bulk",
+            {**sms, "content": "hi", "send_at": "2099-01-01T00:00:00Z"},
+            422,
+            "send_at",
+        ),
         ("POST", "/webhooks/twilio/acc%00/status", b"{}", 422, "path"),
     ]
     before = await _counts(service)
@@ -218,3 +242,33 @@ async def test_the_request_id_is_echoed_and_quoted_in_a_500(
     assert getattr(record, "request_id", None) == "client-rid-2" and record.exc_info is not None
     generated = await service.client.get("/boom-for-test")
     assert generated.headers["x-request-id"] in generated.json()["message"]
+
+
+async def test_an_unsubscribe_token_of_foreign_characters_is_not_valid(service: Service) -> None:
+    for method in ("GET", "POST"):
+        answer = await service.client.request(method, "/u/log_0193aaaaaaaa00000000000000000001.%C3%A9")
+        assert answer.status_code == 404, answer.text
+
+
+async def test_a_code_under_any_name_is_never_shown(service: Service, tenant: TenantKeys) -> None:
+    """COMPLIANCE.md P3: a verification message that names its code "pin" (or "Code") shows and
+    stores it as ******, like one that calls it "code"."""
+    from comms.models import Batch
+
+    for name in ("pin", "Code"):
+        answer = await service.client.post(
+            "/communication/bulk",
+            json={
+                "channel": "sms",
+                "category": "verification",
+                "content": f"Your login code is {{{{ {name} }}}}",
+                "variables": {name: "482913"},
+                "recipients": ["13800138000"],
+            },
+            headers=tenant.headers(),
+        )
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["items"][0]["content"] == "Your login code is ******"
+        async with service.db.read() as session:
+            batch = await session.get(Batch, answer.json()["batch_id"])
+        assert batch is not None and "482913" not in str(batch.variables) and name in batch.secret_variables

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 from datetime import datetime
 
 import dns.asyncresolver
@@ -175,12 +176,17 @@ def _is_base64(value: str) -> bool:
     return True
 
 
+# RFC 7489 6.3: "v=DMARC1" must be the first tag, exactly; receivers discard anything else (a
+# record that begins "p=none; v=DMARC1" is no DMARC record at all).
+_DMARC_VERSION = re.compile(r"\s*v\s*=\s*DMARC1\s*(;|$)")
+
+
 async def check_dmarc(resolver: dns.asyncresolver.Resolver, domain: str) -> RecordCheck:
     labels = domain.split(".")
     for start in range(min(len(labels) - 1, _MAX_TREE_WALK)):
         at = ".".join(labels[start:])
         name = f"_dmarc.{at}"
-        found = [r for r in await txt_records(resolver, name) if _tags(r).get("v", "").upper() == "DMARC1"]
+        found = [r for r in await txt_records(resolver, name) if _DMARC_VERSION.match(r)]
         if not found:
             continue
         if len(found) > 1:

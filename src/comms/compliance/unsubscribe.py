@@ -48,8 +48,8 @@ class UnsubscribeSigner:
     def verify(self, token: str, now: datetime) -> str | None:
         """The log id when the token is genuine and not older than TOKEN_LIFETIME, else None."""
         log_id, sep, signature = token.partition(".")
-        if not sep or not id_has_prefix(log_id, "log"):
-            return None
+        if not sep or not id_has_prefix(log_id, "log") or not signature.isascii():
+            return None  # compare_digest takes ASCII strings only: anything else is forged
         if not hmac.compare_digest(signature, self._sign(log_id)):
             return None
         return log_id if _fresh(log_id, now) else None
@@ -57,7 +57,7 @@ class UnsubscribeSigner:
     def verify_mailto(self, token: str, now: datetime) -> str | None:
         """As :meth:`verify`, for the token of a ``mailto:`` address (case-insensitive)."""
         log_id, sep, signature = token.lower().partition(".")
-        if not sep or not id_has_prefix(log_id, "log"):
+        if not sep or not id_has_prefix(log_id, "log") or not signature.isascii():
             return None
         if not hmac.compare_digest(signature, self._sign_mailto(log_id)):
             return None

@@ -9,9 +9,9 @@ caller's transaction. Nothing is sent here: the dispatcher picks the rows up aft
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,12 +38,20 @@ from comms.messages.schemas import CATEGORY_PRIORITY, BulkSendBody, Category, Ch
 from comms.messages.views import BatchDisplay, log_item, secret_names_of
 from comms.models import AuditEvent, Batch, Template
 from comms.providers.sms.segments import count_segments
-from comms.templates.rendering import CompiledTemplate, TemplateError, compile_template, redacted
+from comms.templates.rendering import (
+    DEFAULT_SECRET_VARIABLES,
+    CompiledTemplate,
+    TemplateError,
+    compile_template,
+    redacted,
+)
 from comms.templates.repository import TemplateRepository
 from comms.tenants.service import Principal
 
 MAX_FIELD_ERRORS = 50
 _DUE = frozenset({"queued", "scheduled"})
+
+MAX_SCHEDULE_AHEAD = timedelta(days=365)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +240,7 @@ async def _resolve(session: AsyncSession, principal: Principal, body: BulkSendBo
     for extra in (compiled["subject"], compiled["html"]):
         if extra is not None:
             required = required | extra.variables
-    secret_names = secret_names_of(template.secret_variables if template else None)
+    secret_names = _secret_names(template, category, required, body.variables)
     return Resolved(
         channel=channel,
         category=category,
@@ -247,6 +255,21 @@ async def _resolve(session: AsyncSession, principal: Principal, body: BulkSendBo
         sender=sender,
         settings=settings,
     )
+
+
+def _secret_names(
+    template: Template | None, category: str, required: frozenset[str], shared: Mapping[str, str] | None
+) -> frozenset[str]:
+    """Whose values are encrypted at rest and shown as ******: the template's declared ones and
+    the default names in any letter case (Code, OTP). A verification message that uses none of
+    those has its code under another name ("pin", "token"): then every variable it uses is
+    secret (COMPLIANCE.md P3: a code is never stored or shown in clear)."""
+    names = set(secret_names_of(template.secret_variables if template else None))
+    used = set(required) | set(shared or ())
+    names |= {name for name in used if name.lower() in DEFAULT_SECRET_VARIABLES}
+    if category == Category.VERIFICATION and names.isdisjoint(used):
+        names |= used
+    return frozenset(names)
 
 
 def _check_marketing_email(
@@ -304,6 +327,11 @@ def _parse_send_at(value: str | None, errors: list[FieldError]) -> datetime | No
         return None
     if parsed <= utcnow():
         errors.append(FieldError("send_at", "must be in the future"))
+        return None
+    if parsed > utcnow() + MAX_SCHEDULE_AHEAD:
+        # Unsubscribe links are checked against the log item's creation time: scheduled further
+        # ahead, a link would die too soon after the mail arrives (COMPLIANCE.md C5: >= 30 days).
+        errors.append(FieldError("send_at", f"must be within {MAX_SCHEDULE_AHEAD.days} days"))
         return None
     return parsed
 

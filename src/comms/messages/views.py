@@ -121,9 +121,16 @@ def log_item(
     }
 
 
+# Items whose content is shown as it will be sent, rendered from the batch: it is stored when
+# sent. A finished item without content has none to show: never sent, or purged after
+# content_retention_days (the batch's own content is not purged, so rendering it again would
+# undo the purge).
+_NOT_SENT_YET = frozenset({"scheduled", "queued", "deferred", "sending"})
+
+
 def message_item(message: Message, display: BatchDisplay | None, unmask: bool) -> dict[str, Any]:
     content = message.content
-    if content is None and display is not None:
+    if content is None and display is not None and message.status in _NOT_SENT_YET:
         content = display.render(message.variables)
     return log_item(
         id=message.id,
