@@ -810,6 +810,23 @@ async def test_11_complaint_rate_breaker_pauses_marketing_email(service: Service
     assert (await bulk(service, tenant, **marketing_email(category="transactional")))["items"][0][
         "status"
     ] == "queued"
+    # Complaints are events: deleting the suppression does not take the complaint back, and a
+    # complaint from an address that had unsubscribed earlier counts too.
+    deleted = await service.client.delete(
+        "/communication/suppressions/email/buyer3@example.com", headers=tenant.headers()
+    )
+    assert deleted.status_code in (200, 204), deleted.text
+    reputation.forget(tenant.tenant_id)
+    await bulk(service, tenant, 422, **marketing_email())
+    for reason in ("unsubscribed", "complaint"):
+        await service.client.post(
+            "/communication/suppressions",
+            json={"channel": "email", "address": "buyer4@example.com", "reason": reason},
+            headers=tenant.headers(),
+        )
+    reputation.forget(tenant.tenant_id)
+    async with service.db.read() as session:
+        assert (await reputation.email_reputation(session, tenant.tenant_id, utcnow())).complaints == 2
 
 
 # ---- M1: the mailto: unsubscribe --------------------------------------------------------------------

@@ -14,8 +14,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms import metrics
+from comms.compliance.service import COMPLAINT_EVENT
 from comms.compliance.settings import TenantSettings
-from comms.models import Message, Suppression
+from comms.models import AuditEvent, Message
 
 WINDOW = timedelta(days=30)
 CACHE_SECONDS = 60.0
@@ -50,14 +51,15 @@ async def email_reputation(session: AsyncSession, tenant_id: str, now: datetime)
             Message.status.in_(("sent", "delivered", "undelivered")),
         )
     )
+    # Complaints as events (compliance.service.suppress), not suppression rows: a row can be
+    # deleted, or already exist from an older unsubscribe, and the complaint still happened.
     complaints = await session.scalar(
         select(func.count())
-        .select_from(Suppression)
+        .select_from(AuditEvent)
         .where(
-            Suppression.tenant_id == tenant_id,
-            Suppression.channel == "email",
-            Suppression.reason == "complaint",
-            Suppression.created_at >= since,
+            AuditEvent.tenant_id == tenant_id,
+            AuditEvent.id >= f"aud_{int(since.timestamp() * 1000):012x}",
+            AuditEvent.action == COMPLAINT_EVENT,
         )
     )
     reputation = Reputation(int(complaints or 0), int(sent or 0))

@@ -31,6 +31,8 @@ SuppressionReason = Literal[
 ]
 Source = Literal["one_click", "link", "mailto", "sms_keyword", "api", "complaint", "bounce", "erasure"]
 
+COMPLAINT_EVENT = "complaint.received"
+
 
 @dataclass(frozen=True, slots=True)
 class Contact:
@@ -72,10 +74,20 @@ async def suppress(
     actor: str | None = None,
     ip: str | None = None,
 ) -> bool:
-    """Add (or widen) a suppression at once; True when something changed. Idempotent."""
+    """Add (or widen) a suppression at once; True when something changed. Idempotent.
+
+    A complaint is also an event of its own (``complaint.received`` in the append-only audit
+    trail), which the complaint-rate breaker counts: every complaint a provider reports, even
+    from an address suppressed already, and one a tenant records when it changes something.
+    Deleting the suppression later does not take the complaint back."""
     store = SuppressionStore(session, tenant.id)
     scope = "all" if reason in SCOPE_ALL_REASONS else "marketing"
     existing = await store.get(who.channel, who.digest)
+    if reason == "complaint" and (source == "complaint" or existing is None or existing.scope != "all"):
+        audit.record(
+            session, tenant.id, COMPLAINT_EVENT, actor=actor, ip=ip,
+            channel=who.channel, address_hash=who.digest, source=source,
+        )  # fmt: skip
     if existing is not None:
         if existing.scope == "all" or scope == existing.scope:
             return False
