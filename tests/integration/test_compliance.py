@@ -1086,6 +1086,7 @@ async def test_09_marketing_email_needs_spf_dkim_and_dmarc(service: Service, dns
     assert (await verify("acme.example", expect=422))["errors"][0]["field"] == "dkim_selectors"
 
     dns_server.records["acme.example"] = ["v=spf1 include:_spf.comms.test -all", "google-site-verification=x"]
+    dns_server.records["_spf.comms.test"] = ["v=spf1 ip4:192.0.2.0/24 -all"]  # what the include names
     first = (await verify("acme.example", {"dkim_selectors": ["s1"]}))["data"]
     assert first["spf"]["ok"] and not first["dkim"]["ok"] and not first["dmarc"]["ok"]
     assert first["verified"] is False and "s1._domainkey.acme.example" in first["dkim"]["detail"]
@@ -1176,6 +1177,25 @@ async def test_09_dns_record_rules(service: Service, dns_server: DnsServer) -> N
     assert "2 SPF records" in twice["spf"]["detail"]
     assert not (twice["spf"]["ok"] or twice["dkim"]["ok"] or twice["dmarc"]["ok"])
     assert twice["dmarc"]["detail"].startswith("no DMARC record")
+    # SPF is followed through redirect= and include: as receivers follow it (RFC 7208).
+    records["open2.example"] = ["v=spf1 redirect=open.example"]  # whose record ends in +all
+    records["loop.example"] = ["v=spf1 include:loop2.example -all"]
+    records["loop2.example"] = ["v=spf1 include:loop.example -all"]
+    records["gone.example"] = ["v=spf1 include:_spf.nowhere.example -all"]
+    records["busy.example"] = [
+        "v=spf1 " + " ".join(f"include:s{i}.busy.example" for i in range(11)) + " -all"
+    ]
+    for i in range(11):
+        records[f"s{i}.busy.example"] = ["v=spf1 ip4:192.0.2.1 -all"]
+    records["fine.example"] = ["v=spf1 include:s1.busy.example mx a ~all"]
+    details = {
+        name: (await check(f"{name}.example"))["spf"] for name in ("open2", "loop", "gone", "busy", "fine")
+    }
+    assert "allows any sender" in details["open2"]["detail"]
+    assert "SPF loop: loop.example -> loop2.example -> loop.example" in details["loop"]["detail"]
+    assert "no SPF record" in details["gone"]["detail"]
+    assert "more than 10 DNS lookups" in details["busy"]["detail"]
+    assert [name for name, d in details.items() if d["ok"]] == ["fine"]
     # RFC 7489: v=DMARC1 must come first, exactly; receivers discard any other record.
     records["late.example"] = ["v=spf1 -all"]
     records["_dmarc.late.example"] = ["p=reject; v=DMARC1"]

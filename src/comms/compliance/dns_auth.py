@@ -125,20 +125,66 @@ def _tags(record: str) -> dict[str, str]:
     return tags
 
 
-async def check_spf(resolver: dns.asyncresolver.Resolver, domain: str) -> RecordCheck:
+async def _spf_record(resolver: dns.asyncresolver.Resolver, domain: str) -> tuple[str | None, str | None]:
+    """(the one SPF record at ``domain``, None) or (None, why there is not exactly one)."""
     found = [
         r
         for r in await txt_records(resolver, domain)
         if r.lower() == "v=spf1" or r.lower().startswith("v=spf1 ")
     ]
     if not found:
-        return RecordCheck(ok=False, detail=f'no SPF record (TXT "v=spf1 ...") at {domain}')
+        return None, f'no SPF record (TXT "v=spf1 ...") at {domain}'
     if len(found) > 1:
-        return RecordCheck(
-            ok=False, detail=f"{len(found)} SPF records at {domain}: exactly one is allowed (RFC 7208)"
-        )
-    record = found[0]
-    if any(term in ("+all", "all") for term in record.lower().split()[1:]):
+        return None, f"{len(found)} SPF records at {domain}: exactly one is allowed (RFC 7208)"
+    return found[0], None
+
+
+SPF_LOOKUP_LIMIT = 10  # RFC 7208 4.6.4: more DNS-querying terms than this is a permerror
+_SPF_LOOKUP_TERMS = frozenset({"include", "a", "mx", "ptr", "exists", "redirect"})
+
+
+def _spf_term_name(term: str) -> str:
+    """``-include:_spf.example`` -> ``include``; ``a/24`` -> ``a``; ``~all`` -> ``all``."""
+    return re.split(r"[:/=]", term.lstrip("+-~?"), maxsplit=1)[0]
+
+
+async def _spf_all(
+    resolver: dns.asyncresolver.Resolver, domain: str, seen: list[str], lookups: list[int]
+) -> tuple[str | None, str | None]:
+    """(the ``all`` that ends the evaluation of ``domain``'s record, following ``redirect=``;
+    None for none) or an error: a record missing behind include/redirect, a loop, or more than
+    SPF_LOOKUP_LIMIT lookups, each of which receivers treat as a permanent error."""
+    if domain in seen:
+        return None, f"SPF loop: {' -> '.join([*seen, domain])}"
+    record, problem = await _spf_record(resolver, domain)
+    if record is None:
+        return None, problem
+    terms = record.lower().split()[1:]
+    lookups[0] += sum(1 for t in terms if _spf_term_name(t) in _SPF_LOOKUP_TERMS)
+    if lookups[0] > SPF_LOOKUP_LIMIT:
+        return None, f"SPF needs more than {SPF_LOOKUP_LIMIT} DNS lookups (RFC 7208 permerror)"
+    for term in terms:
+        if _spf_term_name(term) == "include" and ":" in term:
+            _, included_problem = await _spf_all(resolver, term.split(":", 1)[1], [*seen, domain], lookups)
+            if included_problem is not None:
+                return None, f"include of {domain}: {included_problem}"
+    ending = next((t for t in terms if _spf_term_name(t) == "all"), None)
+    if ending is not None:
+        return ending, None
+    redirect = next((t.split("=", 1)[1] for t in terms if t.startswith("redirect=")), None)
+    if redirect is not None:
+        return await _spf_all(resolver, redirect, [*seen, domain], lookups)
+    return None, None
+
+
+async def check_spf(resolver: dns.asyncresolver.Resolver, domain: str) -> RecordCheck:
+    record, problem = await _spf_record(resolver, domain)
+    if record is None:
+        return RecordCheck(ok=False, detail=problem or f"no SPF record at {domain}")
+    ending, problem = await _spf_all(resolver, domain, [], [0])
+    if problem is not None:
+        return RecordCheck(ok=False, detail=problem, record=record)
+    if ending in ("+all", "all"):
         return RecordCheck(
             ok=False, detail=f"the SPF record of {domain} allows any sender (+all)", record=record
         )
