@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -108,11 +109,14 @@ def create_app(
 
     @app.get("/readyz", tags=["Operations"])
     async def readyz(request: Request) -> Any:
-        """The database answers."""
+        """The database answers, and takes writes (a read-only standby after a failover does not)."""
         state: AppState = request.app.state.comms
         try:
             async with state.db.read() as session:
-                await session.execute(text("SELECT 1"))
+                if state.db.is_sqlite:
+                    await session.execute(text("SELECT 1"))
+                elif await session.scalar(text("SELECT pg_is_in_recovery()")):
+                    return reply(503, "database is a read-only standby")
         except Exception as exc:
             log.warning("readiness check failed: %s", type(exc).__name__)
             return reply(503, "database unreachable")
@@ -168,6 +172,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
         ):
             return await unexpected(request, exc)
+        if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
+            return await unexpected(request, exc)  # a file or a bug of ours, not the database
         log.error("database unavailable: %s", type(exc).__name__)
         return reply(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"})
 

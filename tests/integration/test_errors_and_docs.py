@@ -243,6 +243,14 @@ async def test_the_request_id_is_echoed_and_quoted_in_a_500(
     generated = await service.client.get("/boom-for-test")
     assert generated.headers["x-request-id"] in generated.json()["message"]
 
+    async def file_trouble() -> None:
+        raise PermissionError(13, "Permission denied", "/var/comms/outbox")
+
+    service.app.add_api_route("/file-trouble-for-test", file_trouble)
+    # An OSError that is no lost connection is a bug or a file of ours: a 500, not "database down".
+    denied = await service.client.get("/file-trouble-for-test")
+    assert denied.status_code == 500 and denied.json()["message"].startswith("internal error")
+
 
 async def test_an_unsubscribe_token_of_foreign_characters_is_not_valid(service: Service) -> None:
     for method in ("GET", "POST"):
