@@ -105,6 +105,8 @@ def postgres_database() -> Iterator[str]:
 async def _truncate(url: str) -> None:
     engine = create_async_engine(url)
     async with engine.begin() as conn:
+        # A connection a failed test left in a transaction must fail this one, not hang the run.
+        await conn.execute(text("SET LOCAL lock_timeout = '30s'"))
         await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
     await engine.dispose()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -172,8 +171,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
         ):
             return await unexpected(request, exc)
-        if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError | socket.gaierror):
-            return await unexpected(request, exc)  # a file or a bug of ours, not the database
+        if isinstance(exc, OSError) and (exc.filename is not None or exc.filename2 is not None):
+            return await unexpected(request, exc)  # a file of ours, not the database
         log.error("database unavailable: %s", type(exc).__name__)
         return reply(503, "the database is unavailable; try again shortly", headers={"Retry-After": "5"})
 

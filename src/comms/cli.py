@@ -167,9 +167,14 @@ def tenant_create(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create a tenant and print its id."""
+    from comms.compliance.settings import unplanned_region
     from comms.kit.db import Database
     from comms.tenants.service import create_tenant
 
+    why = unplanned_region(region)
+    if why is not None:
+        typer.echo(f"error: --region: {why}", err=True)
+        raise typer.Exit(2)
     settings = _settings()
     _migrate(settings)
 

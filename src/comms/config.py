@@ -6,6 +6,7 @@ With no environment at all the service runs on embedded defaults: a SQLite file 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -109,6 +110,11 @@ def _data_dir_key(path: Path) -> str:
                 os.link(temporary, path)  # fails if another process linked its key first
             except FileExistsError:
                 pass
+            except OSError:  # a filesystem without hard links: create it in place instead
+                with contextlib.suppress(FileExistsError):
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "w") as handle:  # a reader seeing it empty reads again
+                        handle.write(temporary.read_text())
             finally:
                 temporary.unlink()
             continue

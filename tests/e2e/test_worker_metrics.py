@@ -73,4 +73,8 @@ async def test_a_worker_serves_its_own_metrics(service: Service, settings: Setti
         assert line in scraped and "comms_queue_due_messages" in scraped
     finally:
         worker.terminate()
-        worker.wait(timeout=30)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # never left running to claim in later tests
+            worker.kill()
+            worker.wait()

@@ -134,7 +134,7 @@ async def test_single_send_reaches_provider_quickly(live_service: Service, live_
 
 
 async def test_scheduled_send_waits_until_due(live_service: Service, live_tenant: TenantKeys) -> None:
-    when = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    when = (datetime.now(UTC) + timedelta(seconds=3)).isoformat()  # room for a loaded machine
     created = await send(
         live_service,
         live_tenant,
@@ -775,7 +775,8 @@ async def test_a_value_that_looks_sealed_is_only_text_unless_its_variable_is_sec
             "content": "Code {{ code }}",
             "variables": {"code": "123456"},
             "recipients": ["13800138001"],
-            "send_at": (datetime.now(UTC) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            # Far enough ahead that the UPDATE below lands before it falls due.
+            "send_at": (datetime.now(UTC) + timedelta(seconds=3)).isoformat(),
         },
     )
     async with live_service.db.begin() as session:  # a sealed value this deployment cannot open
@@ -791,3 +792,34 @@ async def test_a_value_that_looks_sealed_is_only_text_unless_its_variable_is_sec
     await wait_until(settled)
     written = json.loads((live_service.outbox / "sms" / f"{plain['items'][0]['id']}.json").read_text())
     assert written["content"].startswith("Hi enc:v1:not-a-token")
+    # A sealed value this process cannot open is a deployment mistake (another COMMS_SECRET_KEY):
+    # retried with backoff like a transient error, failed only once the attempts are used up.
+    async with live_service.db.read() as session:
+        row = await session.get(Message, broken["items"][0]["id"])
+    assert row is not None and row.error is not None and row.error.startswith("retries exhausted")
+    assert "could not be decrypted" in row.error
+
+
+async def test_a_retry_after_a_cancel_sends_what_it_requeues(service: Service, tenant: TenantKeys) -> None:
+    """What the cancel stopped stays cancelled; what failed and is asked for again goes out."""
+    created = await send_sms(service, tenant, "13800138000", "13800138001")
+    failed, waiting = (item["id"] for item in created["items"])
+    async with service.db.begin() as session:
+        await session.execute(update(Message).where(Message.id == failed).values(status="failed", error="x"))
+    headers = tenant.headers()
+    assert (
+        await service.client.post(f"/communication/batches/{created['batch_id']}/cancel", headers=headers)
+    ).status_code == 200
+    retried = await service.client.post(
+        f"/communication/batches/{created['batch_id']}/retry", headers=headers
+    )
+    assert retried.status_code == 200 and retried.json()["message"] == "re-queued 1 item(s)"
+    async with standalone_dispatcher(service) as worker:
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, worker.worker_id, 10, utcnow(), timedelta(seconds=30))
+        assert [c.id for c in claimed] == [failed]
+        await worker._process(claimed)
+    assert await statuses(service, created["batch_id"]) == {"sent": 1, "cancelled": 1}
+    async with service.db.read() as session:
+        row = await session.get(Message, waiting)
+    assert row is not None and row.status == "cancelled"

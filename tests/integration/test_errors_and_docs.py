@@ -280,3 +280,52 @@ async def test_a_code_under_any_name_is_never_shown(service: Service, tenant: Te
         async with service.db.read() as session:
             batch = await session.get(Batch, answer.json()["batch_id"])
         assert batch is not None and "482913" not in str(batch.variables) and name in batch.secret_variables
+
+
+async def test_what_was_stored_before_newer_checks_still_reads(service: Service, tenant: TenantKeys) -> None:
+    """Checks added later apply where a value is set, not where it is read: a tenant whose stored
+    default region predates the numbering-plan check, and a stored template over today's template
+    limits, are still served (the template is listed without its variables)."""
+    from sqlalchemy import update
+
+    from comms.kit.clock import utcnow
+    from comms.models import Template, Tenant
+
+    async with service.db.begin() as session:
+        tenant_row = await session.get(Tenant, tenant.tenant_id)
+        assert tenant_row is not None
+        await session.execute(
+            update(Tenant)
+            .where(Tenant.id == tenant.tenant_id)
+            .values(settings={**(tenant_row.settings or {}), "default_region": "UK"})
+        )
+        session.add(
+            Template(
+                id="tpl_0193aaaaaaaa00000000000000000001",
+                tenant_id=tenant.tenant_id,
+                code="old-big",
+                channel="sms",
+                category="transactional",
+                content="{{a}}" * 301,
+                secret_variables=[],
+                provider_templates={},
+                version=1,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+    assert (await service.client.get("/communication/settings", headers=tenant.headers())).status_code == 200
+    listed = await service.client.get("/communication/templates", headers=tenant.headers())
+    assert listed.status_code == 200, listed.text
+    assert [t["variables"] for t in listed.json()["items"] if t["code"] == "old-big"] == [[]]
+
+
+async def test_a_database_host_out_of_reach_is_a_503(service: Service) -> None:
+    import errno
+
+    async def unreachable() -> None:
+        raise OSError(errno.EHOSTUNREACH, "No route to host")
+
+    service.app.add_api_route("/unreachable-for-test", unreachable)
+    answer = await service.client.get("/unreachable-for-test")
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"

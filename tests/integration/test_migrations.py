@@ -74,6 +74,7 @@ def test_processes_starting_together_all_migrate(tmp_path: Path, backend: str) -
         "COMMS_SECRET_KEY": "k",
     }
     comms = Path(sys.executable).parent / "comms"
+    processes: list[subprocess.Popen[bytes]] = []
     try:
         processes = [
             subprocess.Popen([str(comms), "migrate"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -85,5 +86,9 @@ def test_processes_starting_together_all_migrate(tmp_path: Path, backend: str) -
         assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
         command.check(alembic_config(url))
     finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
         if backend == "postgres":
             asyncio.run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -388,6 +388,8 @@ async def test_smtp_server_down_then_back(
 ) -> None:
     controller, handler = smtp_server
     port = controller.port
+    # Retries a second apart: five attempts outlast a restart on a loaded machine.
+    live_service.settings.retry_base_seconds = live_service.settings.retry_max_seconds = 1.0
     await add_smtp_account(live_service, live_tenant, port)
     controller.stop()  # connection refused: retried, nothing lost
     accepted = await post_bulk(live_service, live_tenant, ["a@example.com"])
@@ -417,6 +419,8 @@ async def test_smtp_server_restarted_in_the_middle_of_a_bulk(
     again with ``possible_duplicate`` set. None is lost."""
     controller, handler = smtp_server
     port = controller.port
+    # Retries a second apart: five attempts outlast the restart below on a loaded machine.
+    live_service.settings.retry_base_seconds = live_service.settings.retry_max_seconds = 1.0
     account = await add_smtp_account(live_service, live_tenant, port)
     handler.drop_after.add("r5@example.com")  # stored, then the connection cut before the answer
     recipients = [f"r{i}@example.com" for i in range(300)]

@@ -348,9 +348,9 @@ async def test_a_failing_send_rate_check_sends_nothing_and_retries(
 async def test_heartbeat_keeps_a_slow_send_from_being_reaped(
     live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
 ) -> None:
-    live_service.settings.lease_seconds = 0.6  # the call below takes longer than a whole lease
+    live_service.settings.lease_seconds = 2.0  # the call below takes longer than a whole lease
     await add_account(live_service, live_tenant, sink.url)
-    sink.hang_seconds = 1.5
+    sink.hang_seconds = 4.0
     answer = await live_service.client.post(
         "/communication/bulk", json=sms_bulk(3), headers=live_tenant.headers()
     )

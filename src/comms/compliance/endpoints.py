@@ -32,7 +32,7 @@ from comms.compliance.schemas import (
     MailtoUnsubscribe,
     SuppressionCreate,
 )
-from comms.compliance.settings import READ_ONLY_FIELDS, TenantSettings, load_settings
+from comms.compliance.settings import READ_ONLY_FIELDS, TenantSettings, load_settings, unplanned_region
 from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_token_of
 from comms.errors import BadRequest, FieldError, NotFound, Unavailable, ValidationFailed, pydantic_message
 from comms.kit.clock import isoformat, utcnow
@@ -87,6 +87,10 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     for name, how in READ_ONLY_FIELDS.items():
         if name in changes and changes[name] != merged.get(name):
             raise ValidationFailed.single(name, f"read-only: {how}")
+    region = changes.get("default_region")
+    why = unplanned_region(region) if isinstance(region, str) else None
+    if why is not None:
+        raise ValidationFailed.single("default_region", why)
     hours = changes.get("quiet_hours")
     if isinstance(hours, dict):
         for region, window in hours.items():

@@ -191,7 +191,9 @@ def _spellings(who: Contact) -> set[str]:
     spellings = {who.address, quote(who.address, safe="")}
     if who.channel == "sms":
         with contextlib.suppress(phonenumbers.NumberParseException):
-            spellings.add(str(phonenumbers.parse(who.address).national_number))
+            national = str(phonenumbers.parse(who.address).national_number)
+            if len(national) >= 9:  # shorter digit runs turn up inside other numbers and times
+                spellings.add(national)
     return spellings
 
 

@@ -137,8 +137,8 @@ class TenantSettings(BaseModel):
         value = value.upper()
         if not re.fullmatch(r"[A-Z]{2}", value):
             raise ValueError("must be a two-letter ISO 3166 region code")
-        if value not in phonenumbers.SUPPORTED_REGIONS:  # national numbers are read in this region
-            raise ValueError(f"{value} is not a region with a phone numbering plan (e.g. CN, US, DE)")
+        # Not whether it has a numbering plan: settings are validated on every use, and a tenant
+        # stored before that check must not be locked out (see unplanned_region).
         return value
 
     @field_validator("quiet_hours")
@@ -195,6 +195,15 @@ def _region_key(key: str, *, allow_groups: bool) -> str:
         return upper
     groups = ", EU (the EEA and UK) or *" if allow_groups else ""
     raise ValueError(f"{key!r} is not a region: use a two-letter ISO 3166 code{groups}")
+
+
+def unplanned_region(value: str) -> str | None:
+    """Why ``value`` cannot be a tenant's default region (national numbers are read in it), or
+    None. Checked where a region is set (PUT /settings, comms tenant create), not on every load."""
+    region = value.strip().upper()
+    if re.fullmatch(r"[A-Z]{2}", region) and region not in phonenumbers.SUPPORTED_REGIONS:
+        return f"{region} is not a region with a phone numbering plan (e.g. CN, US, DE)"
+    return None
 
 
 def load_settings(raw: dict[str, Any] | None) -> TenantSettings:

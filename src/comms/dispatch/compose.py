@@ -36,9 +36,12 @@ class BatchContext:
     shared: dict[str, str]
     secret_names: frozenset[str]
     loaded_at: float = field(default_factory=time.monotonic)
-    # Why no message of this batch can be composed (its stored content no longer compiles, a
-    # shared secret cannot be decrypted): each of its messages fails with it, and only those.
+    # Why no message of this batch can be composed: its stored content no longer compiles (each
+    # of its messages fails with it, and only those), or a shared secret cannot be decrypted
+    # (``locked``: this process has another key than the one that sealed it, a deployment
+    # mistake to be mended, so its messages are retried, not failed).
     broken: str | None = None
+    locked: str | None = None
     _shared_render: tuple[str, str | None, str | None, str] | None = field(default=None)
     # Plain copies of the batch's columns read per message (an ORM attribute read costs more).
     sender: str | None = field(init=False)
@@ -102,6 +105,10 @@ SETTINGS_TTL = 30.0
 SMS_CACHE_SIZE = 256
 
 
+class SecretUnavailable(Exception):
+    """A sealed value this process cannot open (another COMMS_SECRET_KEY): retried, not failed."""
+
+
 class BatchCache:
     """Batch snapshots with their tenant's settings (bounded LRU, refreshed every SETTINGS_TTL)."""
 
@@ -127,9 +134,13 @@ class BatchCache:
                 compile_template(batch.subject) if batch.subject else None,
                 compile_template(batch.html, True) if batch.html else None,
             )
-            shared, broken = self.decrypt(batch.variables or {}, secret_names), None
+            broken = None
         except TemplateError as exc:
-            compiled, shared, broken = (empty, None, None), {}, str(exc)
+            compiled, broken = (empty, None, None), str(exc)
+        try:
+            shared, locked = self.decrypt(batch.variables or {}, secret_names), None
+        except SecretUnavailable as exc:
+            shared, locked = {}, str(exc)
         context = BatchContext(
             batch=batch,
             tenant_name=tenant.name,
@@ -140,6 +151,7 @@ class BatchCache:
             shared=shared,
             secret_names=secret_names,
             broken=broken,
+            locked=locked,
         )
         self._items[batch_id] = context
         if len(self._items) > self._size:
@@ -159,7 +171,10 @@ class BatchCache:
                 try:
                     opened[name] = self._secrets.decrypt(value)
                 except ValueError:
-                    raise TemplateError(f"the secret variable {name!r} could not be decrypted") from None
+                    raise SecretUnavailable(
+                        f"the secret variable {name!r} could not be decrypted: is COMMS_SECRET_KEY the one "
+                        "the accepting process used?"
+                    ) from None
         return opened
 
 
@@ -181,6 +196,8 @@ def compose(
     the recipient's country for an SMS (the caller has it already), else None."""
     if context.broken is not None:
         raise TemplateError(context.broken)
+    if context.locked is not None:
+        raise SecretUnavailable(context.locked)
     own = decrypt.decrypt(claimed.variables, context.secret_names) if claimed.variables else None
     if own and any(own.get(name) == REDACTED for name in context.secret_names):
         # Sent once already, after which its secret values were wiped: never send "******".
@@ -230,4 +247,4 @@ def compose(
     return Composed(message, shown, stored)
 
 
-__all__ = ["BatchCache", "BatchContext", "Composed", "TemplateError", "compose"]
+__all__ = ["BatchCache", "BatchContext", "Composed", "SecretUnavailable", "TemplateError", "compose"]

@@ -34,7 +34,7 @@ from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.config import Settings
 from comms.dispatch.backoff import retry_delay
 from comms.dispatch.breaker import BreakerState
-from comms.dispatch.compose import BatchCache, BatchContext, Composed, compose
+from comms.dispatch.compose import BatchCache, BatchContext, Composed, SecretUnavailable, compose
 from comms.dispatch.queue import (
     ClaimedMessage,
     claim_due,
@@ -477,6 +477,9 @@ class Dispatcher:
                 composed = compose(c, contexts[c.batch_id], self._cache, self._decorator, region)
             except TemplateError as exc:
                 rows.append(self._row(c, now, status="failed", error=str(exc)))
+                continue
+            except SecretUnavailable as exc:
+                rows.append(self._retry_or_fail(c, now, str(exc)))
                 continue
             outgoing[(c.tenant_id, c.channel)].append(composed)
         by_id = {c.id: c for c in claimed}

@@ -337,6 +337,10 @@ async def retry_batch(request: Request, batch_id: str, principal: SendPrincipal)
             raise NotFound(f"no batch {batch_id}")
         messages = MessageRepository(session, principal.tenant_id)
         requeued = await messages.requeue_failed(batch_id, now)
+        if requeued and batch.cancelled_at is not None:
+            # Asked for again after a cancel: what is re-queued goes out (what the cancel stopped
+            # stays cancelled), so the dispatcher must no longer take the batch for cancelled.
+            batch.cancelled_at = None
         counts = await messages.status_counts(batch_id)
         if requeued:
             await notify_work(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -15,7 +16,7 @@ from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Pag
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import Template
 from comms.state import app_state
-from comms.templates.rendering import compile_template
+from comms.templates.rendering import TemplateError, compile_template
 from comms.templates.repository import TemplateRepository
 from comms.templates.schemas import TemplateCreate, TemplateEnvelope, TemplateUpdate
 from comms.tenants.auth import AnyPrincipal, TemplatesWritePrincipal
@@ -24,11 +25,12 @@ router = APIRouter(prefix="/communication/templates", tags=["Templates"])
 
 
 def template_data(t: Template) -> dict[str, Any]:
-    variables: set[str] = set(compile_template(t.content).variables)
-    if t.subject:
-        variables |= compile_template(t.subject).variables
-    if t.html:
-        variables |= compile_template(t.html, True).variables
+    variables: set[str] = set()
+    for source, html in ((t.content, False), (t.subject, False), (t.html, True)):
+        if source:
+            # A template stored before today's limits may no longer compile: still listed.
+            with contextlib.suppress(TemplateError):
+                variables |= compile_template(source, html).variables
     return {
         "id": t.id,
         "code": t.code,

@@ -33,7 +33,7 @@ MAX_TAG_CHARACTERS = 8_000  # their text, together
 _TAG = re.compile(r"\{[{%].*?[}%]\}", re.DOTALL)
 _NOT = re.compile(r"\bnot\b")
 MAX_CHAIN = 16
-MAX_CHAINS_TOTAL = 120
+MAX_CHAINS_TOTAL = 400  # an invoice with a |default on each of 300 fields is fine
 DEFAULT_SECRET_VARIABLES = ("code", "otp", "password")
 
 
