@@ -271,6 +271,26 @@ def test_bootstrap_send_1000_emails_and_sms_bulk(server: Server, client: httpx.C
 # `comms send` with a CSV against the running server
 
 
+def send_email_args(server: Server, recipients_file: Path, subject: str, content: str) -> list[str]:
+    """`comms send` of a transactional email to the file's recipients, with the server's token."""
+    return [
+        str(BIN / "comms"),
+        "send",
+        "--channel",
+        "email",
+        "--recipients-file",
+        str(recipients_file),
+        "--subject",
+        subject,
+        "--content",
+        content,
+        "--category",
+        "transactional",
+        "--token",
+        server.token,
+    ]
+
+
 def test_cli_send_csv_until_all_sent(server: Server, client: httpx.Client, tmp_path: Path) -> None:
     people = [
         (f"reader{i:03d}@c{i:03d}.example.org", NAME_STYLES[i % len(NAME_STYLES)].format(i=i))
@@ -287,20 +307,7 @@ def test_cli_send_csv_until_all_sent(server: Server, client: httpx.Client, tmp_p
 
     started = time.monotonic()
     args = [
-        str(BIN / "comms"),
-        "send",
-        "--channel",
-        "email",
-        "--recipients-file",
-        str(recipients_file),
-        "--subject",
-        "Hi {{ name }}",
-        "--content",
-        "Hello {{ name }}, thanks for reading.",
-        "--category",
-        "transactional",
-        "--token",
-        server.token,
+        *send_email_args(server, recipients_file, "Hi {{ name }}", "Hello {{ name }}, thanks for reading."),
         "--url",
         server.url,
     ]
@@ -341,22 +348,7 @@ def test_cli_send_csv_until_all_sent(server: Server, client: httpx.Client, tmp_p
 def test_cli_send_says_which_recipients_did_not_go_and_why(server: Server, tmp_path: Path) -> None:
     recipients_file = tmp_path / "mixed.txt"
     recipients_file.write_text("ok1@c1.example.org\nnot-an-address\nok2@c2.example.org\n", encoding="utf-8")
-    args = [
-        str(BIN / "comms"),
-        "send",
-        "--channel",
-        "email",
-        "--recipients-file",
-        str(recipients_file),
-        "--subject",
-        "Hi",
-        "--content",
-        "Hello.",
-        "--category",
-        "transactional",
-        "--token",
-        server.token,
-    ]
+    args = send_email_args(server, recipients_file, "Hi", "Hello.")
     run = subprocess.run(
         [*args, "--url", server.url], env=server.env, cwd=tmp_path, capture_output=True, text=True, timeout=25
     )
