@@ -394,6 +394,11 @@ def test_numbers_convert_from_e164_and_back() -> None:
     for form in ("13800138000", "8613800138000", "008613800138000", "+8613800138000"):
         assert e164_of(form) == "+8613800138000"
     assert e164_of("85291234567") == "+85291234567"
+    # +1 numbers come back as 1 + ten digits, the length of a mainland mobile: the one that is a
+    # valid mainland mobile is read as one, the other as the +1 number it is (a STOP from a US
+    # subscriber must suppress that subscriber).
+    assert aliyun_number("+14155550123") == "14155550123" and e164_of("14155550123") == "+14155550123"
+    assert e164_of("14712345678") == "+8614712345678"
 
 
 def test_config_keeps_secrets_write_only_and_checks_the_token() -> None:

@@ -53,6 +53,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import aiohttp
 import msgspec
+import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, ProviderError, TransientProviderError
@@ -219,15 +220,27 @@ def aliyun_number(e164: str) -> str | None:
 
 def e164_of(number: str) -> str:
     """Back from Aliyun's forms (``138...``, ``86138...``, ``0086138...``, ``+86138...``, ``852...``).
-    An 11-digit number starting with 1 is read as mainland China, as Aliyun reads it."""
+    An 11-digit number starting with 1 is a mainland mobile when it is a valid one (13x-19x), else
+    a +1 number with its country code (``1415...``: no mainland mobile starts 141), which Aliyun
+    writes the same way. Digits that are both (+1 347... and the 134 mobile range) stay +86: see
+    docs/architecture.md, "Not built yet"."""
     digits = "".join(ch for ch in number if ch.isdigit())
     if number.strip().startswith("+"):
         return "+" + digits
     if digits.startswith("00"):
         digits = digits[2:]
     if len(digits) == 11 and digits.startswith("1"):
+        if not _valid("+86" + digits) and _valid("+" + digits):
+            return "+" + digits
         return "+86" + digits
     return "+" + digits
+
+
+def _valid(e164: str) -> bool:
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(e164))
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def number_tag(e164: str) -> str:
