@@ -1142,6 +1142,64 @@ async def test_09_marketing_email_needs_spf_dkim_and_dmarc(service: Service, dns
     assert (await verify("acme.example", {"dkim_selectors": ["bad selector"]}, expect=422))["code"] == 422
 
 
+async def test_09_a_published_dkim_key_must_be_the_one_comms_signs_with(
+    service: Service, dns_server: DnsServer
+) -> None:
+    """For a domain an smtp account DKIM-signs for, the key at its selector must be that account's
+    public key: any other key would make every signature fail at the receiver."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    tenant = await make_tenant(service.db, "Acme", require_dns_authentication=True)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = base64.b64encode(
+        key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    ).decode()
+    account = await service.client.post(
+        "/communication/providers",
+        json={
+            "channel": "email",
+            "provider": "smtp",
+            "name": "relay",
+            "config": {
+                "host": "127.0.0.1",
+                "dkim_domain": "acme.example",
+                "dkim_selector": "s1",
+                "dkim_private_key": pem,
+            },
+        },
+        headers=tenant.headers(),
+    )
+    assert account.status_code == 201, account.text
+    records = dns_server.records
+    records["acme.example"] = ["v=spf1 -all"]
+    records["_dmarc.acme.example"] = ["v=DMARC1; p=reject"]
+    records["s1._domainkey.acme.example"] = [DKIM_KEY]  # a well-formed key, but another one
+
+    async def verify() -> dict[str, Any]:
+        answer = await service.client.post(
+            "/communication/settings/domains/acme.example/verify",
+            json={"dkim_selectors": ["s1"]},
+            headers=tenant.headers(),
+        )
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["data"])
+
+    wrong = await verify()
+    assert wrong["verified"] is False
+    assert (
+        wrong["dkim"]["detail"]
+        == "s1._domainkey.acme.example: not the key the smtp account 'relay' signs with"
+    )
+    records["s1._domainkey.acme.example"] = [f"v=DKIM1; k=rsa; p={public[:200]} {public[200:]}"]
+    assert (await verify())["verified"] is True
+
+
 async def test_09_dns_record_rules(service: Service, dns_server: DnsServer) -> None:
     tenant = await make_tenant(service.db, "Acme", require_dns_authentication=True)
 

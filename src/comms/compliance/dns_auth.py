@@ -20,6 +20,7 @@ import asyncio
 import base64
 import binascii
 import re
+from collections.abc import Mapping
 from datetime import datetime
 
 import dns.asyncresolver
@@ -191,7 +192,15 @@ async def check_spf(resolver: dns.asyncresolver.Resolver, domain: str) -> Record
     return RecordCheck(ok=True, detail=f"SPF record at {domain}", record=record)
 
 
-async def check_dkim(resolver: dns.asyncresolver.Resolver, domain: str, selectors: list[str]) -> RecordCheck:
+async def check_dkim(
+    resolver: dns.asyncresolver.Resolver,
+    domain: str,
+    selectors: list[str],
+    signers: Mapping[str, tuple[str, str]] | None = None,
+) -> RecordCheck:
+    """A usable key at one of the selectors. ``signers``: selector -> (who signs, its public key
+    in base64 DER) for the keys comms itself signs with (an ``smtp`` account's): a key published
+    there must be that one, or the signatures would not verify."""
     problems: list[str] = []
     for selector in selectors:
         name = f"{selector}._domainkey.{domain}"
@@ -209,6 +218,8 @@ async def check_dkim(resolver: dns.asyncresolver.Resolver, domain: str, selector
                 problems.append(f"{name}: empty p= (the key is revoked)")
             elif not _is_base64(tags["p"]):
                 problems.append(f"{name}: p= is not base64")
+            elif signers and selector in signers and "".join(tags["p"].split()) != signers[selector][1]:
+                problems.append(f"{name}: not the key {signers[selector][0]} signs with")
             else:
                 return RecordCheck(ok=True, detail=f"DKIM key at {name}", record=record)
     return RecordCheck(ok=False, detail="; ".join(problems) or "no DKIM selector given")
@@ -258,11 +269,17 @@ async def check_dmarc(resolver: dns.asyncresolver.Resolver, domain: str) -> Reco
 
 
 async def authenticate_domain(
-    resolver: dns.asyncresolver.Resolver, domain: str, selectors: list[str], now: datetime
+    resolver: dns.asyncresolver.Resolver,
+    domain: str,
+    selectors: list[str],
+    now: datetime,
+    signers: Mapping[str, tuple[str, str]] | None = None,
 ) -> DomainAuthentication:
     """Look the three records up (concurrently). Raises :class:`DnsUnavailable`."""
     spf, dkim, dmarc = await asyncio.gather(
-        check_spf(resolver, domain), check_dkim(resolver, domain, selectors), check_dmarc(resolver, domain)
+        check_spf(resolver, domain),
+        check_dkim(resolver, domain, selectors, signers),
+        check_dmarc(resolver, domain),
     )
     return DomainAuthentication(
         verified=spf.ok and dkim.ok and dmarc.ok,

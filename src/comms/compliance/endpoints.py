@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 from email import policy
 from email.parser import BytesParser
 from email.utils import getaddresses
@@ -15,7 +16,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.accounts import service as accounts
+from comms.accounts.repository import ProviderAccountRepository
 from comms.compliance import audit, service
 from comms.compliance.dns_auth import (
     DnsUnavailable,
@@ -40,14 +44,17 @@ from comms.kit.domains import normalize_domain, valid_selector
 from comms.kit.http import reply
 from comms.kit.masking import mask_recipient
 from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Page
+from comms.kit.secretbox import SecretBox
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
+from comms.providers.email.smtp import SmtpConfig, SmtpProvider
 from comms.state import app_state
 from comms.tenants.auth import AnyPrincipal, require
 from comms.tenants.scopes import Scope
 from comms.tenants.service import Principal
 
+log = logging.getLogger("comms.compliance")
 router = APIRouter(prefix="/communication", tags=["Compliance"])
 public = APIRouter(tags=["Unsubscribe (public)"])
 
@@ -124,6 +131,28 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     return reply(200, "updated", data=validated.model_dump())
 
 
+async def _dkim_signers(
+    session: AsyncSession, tenant_id: str, domain: str, box: SecretBox
+) -> dict[str, tuple[str, str]]:
+    """selector -> (who, public key) for the tenant's smtp accounts that DKIM-sign for ``domain``:
+    the key published at that selector must be theirs (vendors that sign with keys of their own,
+    SendGrid and SES, publish them through CNAMEs that comms does not compare)."""
+    signers: dict[str, tuple[str, str]] = {}
+    for row in await ProviderAccountRepository(session, tenant_id).list("email"):
+        if row.provider != SmtpProvider.name:
+            continue
+        try:
+            config = accounts.unseal(SmtpProvider, row.config, box)
+        except Exception as exc:  # an account that cannot be read signs nothing
+            log.warning("smtp account unreadable for the DKIM check: %s", type(exc).__name__)
+            continue
+        assert isinstance(config, SmtpConfig)
+        public = config.dkim_public_key()
+        if public and config.dkim_domain == domain and config.dkim_selector:
+            signers[config.dkim_selector] = (f"the smtp account {row.name!r}", public)
+    return signers
+
+
 @router.post("/settings/domains/{domain}/verify", responses=ERROR_RESPONSES)
 async def verify_domain(
     request: Request, domain: str, principal: AdminPrincipal, body: DomainVerify | None = None
@@ -153,9 +182,15 @@ async def verify_domain(
     if bad:
         raise ValidationFailed.single("dkim_selectors", f"not a DKIM selector: {bad[0]!r}")
     state = app_state(request)
+    async with state.db.read() as session:
+        signers = await _dkim_signers(session, principal.tenant_id, name, state.secrets)
     try:
         result = await authenticate_domain(
-            make_resolver(state.settings.dns_nameserver), name, list(dict.fromkeys(selectors)), utcnow()
+            make_resolver(state.settings.dns_nameserver),
+            name,
+            list(dict.fromkeys(selectors)),
+            utcnow(),
+            signers,
         )
     except DnsUnavailable as exc:
         raise Unavailable(f"{exc}; nothing was changed, try again later") from None

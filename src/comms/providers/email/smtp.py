@@ -52,6 +52,7 @@ could be opened, PermanentProviderError when the server refuses the account's se
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import ssl
@@ -149,6 +150,16 @@ class SmtpConfig(BaseModel):
             if not isinstance(key, rsa.RSAPrivateKey):
                 raise ValueError("DKIM signing here takes an RSA key")
         return value
+
+    def dkim_public_key(self) -> str | None:
+        """The public half of the DKIM key, as DNS publishes it (base64 DER, the ``p=`` tag)."""
+        if not self.dkim_private_key:
+            return None
+        key = serialization.load_pem_private_key(self.dkim_private_key.encode(), password=None)
+        der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode("ascii")
 
     @model_validator(mode="after")
     def _together(self) -> SmtpConfig:
