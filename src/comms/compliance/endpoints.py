@@ -48,7 +48,6 @@ from comms.kit.secretbox import SecretBox
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
-from comms.providers.email.smtp import SmtpConfig, SmtpProvider
 from comms.state import app_state
 from comms.tenants.auth import AnyPrincipal, require
 from comms.tenants.scopes import Scope
@@ -134,22 +133,19 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
 async def _dkim_signers(
     session: AsyncSession, tenant_id: str, domain: str, box: SecretBox
 ) -> dict[str, tuple[str, str]]:
-    """selector -> (who, public key) for the tenant's smtp accounts that DKIM-sign for ``domain``:
-    the key published at that selector must be theirs (vendors that sign with keys of their own,
-    SendGrid and SES, publish them through CNAMEs that comms does not compare)."""
+    """selector -> (who, public key) for the tenant's email accounts that DKIM-sign for ``domain``
+    with a key of their own (``Provider.dkim_signer``): the key published at that selector must be
+    theirs, or every signature fails at the receiver."""
     signers: dict[str, tuple[str, str]] = {}
     for row in await ProviderAccountRepository(session, tenant_id).list("email"):
-        if row.provider != SmtpProvider.name:
-            continue
         try:
-            config = accounts.unseal(SmtpProvider, row.config, box)
+            cls = accounts.provider_class(row.provider, row.channel)
+            signer = cls.dkim_signer(accounts.unseal(cls, row.config, box))
         except Exception as exc:  # an account that cannot be read signs nothing
-            log.warning("smtp account unreadable for the DKIM check: %s", type(exc).__name__)
+            log.warning("provider account unreadable for the DKIM check: %s", type(exc).__name__)
             continue
-        assert isinstance(config, SmtpConfig)
-        public = config.dkim_public_key()
-        if public and config.dkim_domain == domain and config.dkim_selector:
-            signers[config.dkim_selector] = (f"the smtp account {row.name!r}", public)
+        if signer is not None and signer[0] == domain:
+            signers[signer[1]] = (f"the {row.provider} account {row.name!r}", signer[2])
     return signers
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from comms import metrics
 from comms.compliance.service import COMPLAINT_EVENT
 from comms.compliance.settings import TenantSettings
+from comms.kit.ids import first_id_at
 from comms.models import AuditEvent, Message
 
 WINDOW = timedelta(days=30)
@@ -40,7 +41,7 @@ async def email_reputation(session: AsyncSession, tenant_id: str, now: datetime)
     since = now - WINDOW
     # Log ids start with their creation time, so "created in the window" is a range on the
     # (tenant_id, id) index instead of a scan of the tenant's whole history.
-    first_id = f"log_{int(since.timestamp() * 1000):012x}"
+    first_id = first_id_at("log", since)
     sent = await session.scalar(
         select(func.count())
         .select_from(Message)
@@ -58,7 +59,7 @@ async def email_reputation(session: AsyncSession, tenant_id: str, now: datetime)
         .select_from(AuditEvent)
         .where(
             AuditEvent.tenant_id == tenant_id,
-            AuditEvent.id >= f"aud_{int(since.timestamp() * 1000):012x}",
+            AuditEvent.id >= first_id_at("aud", since),
             AuditEvent.action == COMPLAINT_EVENT,
         )
     )

@@ -16,9 +16,9 @@ import base64
 import hashlib
 import hmac
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from comms.kit.ids import id_has_prefix
+from comms.kit.ids import id_has_prefix, id_time
 
 TOKEN_LIFETIME = timedelta(days=400)
 _SIGNATURE_BYTES = 16
@@ -65,11 +65,8 @@ class UnsubscribeSigner:
 
 
 def _fresh(log_id: str, now: datetime) -> bool:
-    try:
-        issued = datetime.fromtimestamp(int(log_id[4:16], 16) / 1000, UTC)
-    except ValueError:
-        return False
-    return now - issued <= TOKEN_LIFETIME
+    issued = id_time(log_id, "log")
+    return issued is not None and now - issued <= TOKEN_LIFETIME
 
 
 def mailto_address(token: str, domain: str) -> str:

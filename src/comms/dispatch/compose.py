@@ -127,7 +127,6 @@ class BatchCache:
         if batch is None or tenant is None:
             raise LookupError(f"batch {batch_id} is gone")
         secret_names = frozenset(batch.secret_variables or ())
-        empty = compile_template("")
         try:
             compiled = (
                 compile_template(batch.content),
@@ -136,7 +135,7 @@ class BatchCache:
             )
             broken = None
         except TemplateError as exc:
-            compiled, broken = (empty, None, None), str(exc)
+            compiled, broken = (compile_template(""), None, None), str(exc)
         try:
             shared, locked = self.decrypt(batch.variables or {}, secret_names), None
         except SecretUnavailable as exc:

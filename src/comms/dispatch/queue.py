@@ -231,34 +231,7 @@ async def release_expired_leases(session: AsyncSession, now: datetime, limit: in
     ids = list((await session.scalars(expired)).all())
     if not ids:
         return 0
-    await session.execute(
-        update(Message)
-        .where(Message.id.in_(ids), Message.possible_duplicate.is_(False))
-        .values(
-            status="queued",
-            possible_duplicate=True,
-            due_at=now,
-            queue_rank=rank_of(now),
-            lease_owner=None,
-            lease_until=None,
-            error="a worker stopped mid-send; re-sent once, may be a duplicate",
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    await session.execute(
-        update(Message)
-        .where(Message.id.in_(ids), Message.status == "sending")
-        .values(
-            status="unknown",
-            lease_owner=None,
-            lease_until=None,
-            error="outcome unknown: interrupted twice while sending",
-            due_at=now,  # when it became unknown: the re-check asks about it for UNKNOWN_WINDOW from here
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
+    await _give_back(session, (Message.id.in_(ids), Message.status == "sending"), now)
     return len(ids)
 
 
@@ -282,17 +255,19 @@ async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, 
     if not ids:
         return
     held = (Message.id.in_(ids), Message.lease_owner == owner, Message.status == "sending")
+    await _give_back(session, held, now)
+
+
+async def _give_back(session: AsyncSession, held: tuple[Any, ...], now: datetime) -> None:
+    """The rule for claimed rows whose request may or may not have left (a dead worker, a stop
+    past the drain): re-queued at once, flagged ``possible_duplicate``, the first time; a row that
+    already was a possible duplicate ends ``unknown`` (never a third send)."""
+    released = {"lease_owner": None, "lease_until": None, "due_at": now, "updated_at": now}
     await session.execute(
         update(Message)
         .where(*held, Message.possible_duplicate.is_(True))
-        .values(
-            status="unknown",
-            lease_owner=None,
-            lease_until=None,
-            error="outcome unknown: interrupted twice while sending",
-            due_at=now,
-            updated_at=now,
-        )
+        # due_at: when it became unknown (the re-check asks about it for UNKNOWN_WINDOW from here)
+        .values(status="unknown", error="outcome unknown: interrupted twice while sending", **released)
         .execution_options(synchronize_session=False)
     )
     await session.execute(
@@ -300,13 +275,10 @@ async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, 
         .where(*held)
         .values(
             status="queued",
-            lease_owner=None,
-            lease_until=None,
             possible_duplicate=True,
-            error="a worker stopped mid-send; re-sent once, may be a duplicate",
-            due_at=now,
             queue_rank=rank_of(now),
-            updated_at=now,
+            error="a worker stopped mid-send; re-sent once, may be a duplicate",
+            **released,
         )
         .execution_options(synchronize_session=False)
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from datetime import UTC, datetime
 
 _RANDOM_BITS = 80
 _RANDOM_LIMIT = 1 << _RANDOM_BITS
@@ -30,3 +31,21 @@ def new_ids(prefix: str, count: int) -> list[str]:
 
 def id_has_prefix(value: str, prefix: str) -> bool:
     return value.startswith(prefix + "_") and len(value) == len(prefix) + 33
+
+
+def id_time(value: str, prefix: str) -> datetime | None:
+    """When an id of ``prefix`` was made (its first 12 hex digits are Unix milliseconds), or None
+    when ``value`` is not such an id."""
+    if not id_has_prefix(value, prefix):
+        return None
+    start = len(prefix) + 1
+    try:
+        return datetime.fromtimestamp(int(value[start : start + 12], 16) / 1000, UTC)
+    except ValueError:
+        return None
+
+
+def first_id_at(prefix: str, when: datetime) -> str:
+    """The lowest id of ``prefix`` made at or after ``when``: "created since" becomes a range on an
+    index of ids instead of a condition on another column."""
+    return f"{prefix}_{int(when.timestamp() * 1000):012x}"

@@ -129,6 +129,13 @@ class Provider:
         return {"token": token} if isinstance(token, str) and token else {}
 
     @classmethod
+    def dkim_signer(cls, config: Any) -> tuple[str, str, str] | None:
+        """(domain, selector, public key as DNS publishes it) of the DKIM key this account signs
+        mail with itself, for the sending-domain check to compare; None when it signs nothing, or
+        the vendor signs with keys of its own."""
+        return None
+
+    @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
         """An instance for one account, from its validated (and decrypted) config."""
         raise NotImplementedError

@@ -375,6 +375,14 @@ class SmtpProvider(Provider):
         assert isinstance(config, SmtpConfig)
         return cls(config)
 
+    @classmethod
+    def dkim_signer(cls, config: Any) -> tuple[str, str, str] | None:
+        assert isinstance(config, SmtpConfig)
+        public = config.dkim_public_key()
+        if public is None or config.dkim_domain is None or config.dkim_selector is None:
+            return None
+        return config.dkim_domain, config.dkim_selector, public
+
     def render(self, message: OutboundMessage) -> bytes:
         raw = email_bytes(message)
         return self._signer.sign(raw) if self._signer is not None else raw

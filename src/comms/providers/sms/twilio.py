@@ -45,7 +45,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from comms.errors import PermanentProviderError, TransientProviderError
-from comms.kit.ids import id_has_prefix
+from comms.kit.ids import id_time
 from comms.providers.base import (
     DeliveryEvent,
     InboundSms,
@@ -467,14 +467,8 @@ def _url_variants(url: str) -> list[str]:
 
 
 def created_at(message_id: str) -> datetime | None:
-    """When our log item was created: log ids start with 12 hex digits of Unix milliseconds."""
-    if not id_has_prefix(message_id, "log"):
-        return None
-    try:
-        millis = int(message_id[4:16], 16)
-    except ValueError:
-        return None
-    return datetime.fromtimestamp(millis / 1000, UTC)
+    """When our log item was created."""
+    return id_time(message_id, "log")
 
 
 def _matches(found: _TwilioMessage, message: OutboundMessage, since: datetime | None) -> bool:
