@@ -353,3 +353,29 @@ def test_processes_started_together_share_one_generated_key(tmp_path: Path) -> N
     assert len(keys) == 1 and len(keys.pop()) >= 64
     assert os.listdir(tmp_path) == ["secret.key"]
     assert (tmp_path / "secret.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_json_log_lines_carry_the_request_id() -> None:
+    """COMMS_LOG_JSON: one JSON object per line, with the request id of the request it ran in."""
+    import json
+    import logging
+
+    from comms.kit.logging import JsonFormatter, RequestIdFilter
+    from comms.kit.requestlog import request_id_var
+
+    record = logging.LogRecord("comms.dispatch", logging.WARNING, __file__, 1, "claim failed", None, None)
+    record.batch_id = "bat_1"
+    token = request_id_var.set("rid-42")
+    try:
+        assert RequestIdFilter().filter(record)
+    finally:
+        request_id_var.reset(token)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    event = json.loads(line)
+    assert (
+        event["event"] == "claim failed"
+        and event["level"] == "warning"
+        and event["logger"] == "comms.dispatch"
+    )
+    assert event["request_id"] == "rid-42" and event["batch_id"] == "bat_1"
