@@ -101,6 +101,7 @@ async def measure(db: Database, messages: int, batch: int) -> dict[str, float]:
                 "due_at": None,
                 "rank": None,
                 "possible_duplicate": False,
+                "deferrals": 0,
             }
             for c in claimed
         ]

@@ -348,6 +348,7 @@ async def test_completion_requires_holding_the_lease(service: Service, tenant: T
         "due_at": None,
         "rank": None,
         "possible_duplicate": False,
+        "deferrals": 0,
     }
     async with service.db.begin() as session:
         await complete(session, "w-a", now, [row])

@@ -27,7 +27,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from comms.errors import PermanentProviderError, TransientProviderError
 from comms.models import Message, ReceiptEvent
@@ -886,8 +886,86 @@ async def test_flow_control_makes_the_item_deferred_until_the_retry_time(
     async with live_service.db.read() as session:
         row = await session.get(Message, log_id)
     assert row is not None and row.due_at is not None and row.error is not None
-    assert row.error.startswith("deferred by the provider's flow control: isv.BUSINESS_LIMIT_CONTROL")
+    assert row.error.startswith(
+        "deferred by the provider's flow control (1 of 24): isv.BUSINESS_LIMIT_CONTROL"
+    )
     assert 50 <= (row.due_at - row.updated_at).total_seconds() <= 70  # Aliyun's minute
+    assert row.deferrals == 1 and row.attempts == 0
+
+
+async def test_flow_control_that_goes_on_backs_off_and_gives_up(
+    live_service: Service, live_tenant: TenantKeys, live_vendor: AliyunVendor
+) -> None:
+    """A number the vendor keeps holding back (a daily limit): each deferral waits twice as long
+    as the one before, up to an hour, and the item fails after 24 instead of being tried every
+    minute for ever. A retry of the batch starts the count again."""
+    await add_aliyun_account(live_service, live_tenant, live_vendor)
+    await add_template(live_service, live_tenant, "notice", "transactional", "Parcel {{ p }}")
+    live_vendor.force_code = "isv.BUSINESS_LIMIT_CONTROL"
+    answer = await live_service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "template": "notice",
+            "recipients": [{"to": "13800100001", "variables": {"p": "1"}}],
+        },
+        headers=live_tenant.headers(),
+    )
+    batch_id, log_id = answer.json()["batch_id"], answer.json()["items"][0]["id"]
+    dispatcher = live_service.app.state.dispatcher
+
+    async def deferral(count: int) -> Message:
+        async def reached() -> bool:
+            async with live_service.db.read() as session:
+                row = await session.get(Message, log_id)
+            return row is not None and row.deferrals == count and row.status in ("deferred", "failed")
+
+        await wait_until(reached)
+        async with live_service.db.read() as session:
+            row = await session.get(Message, log_id)
+        assert row is not None
+        return row
+
+    async def due_now(**values: Any) -> None:  # the wait has passed
+        async with live_service.db.begin() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id == log_id)
+                .values(due_at=datetime.now(UTC), queue_rank=0, **values)
+            )
+        dispatcher.wake()
+
+    waits = []
+    for count in (1, 2, 3):
+        row = await deferral(count)
+        assert row.status == "deferred" and row.due_at is not None
+        waits.append((row.due_at - row.updated_at).total_seconds())
+        await due_now()
+    assert [round(w / 60) for w in waits] == [1, 2, 4]
+    await due_now(deferrals=22)  # a long way on: 22 deferrals so far
+    row = await deferral(23)
+    assert (
+        row.status == "deferred" and 3590 <= (row.due_at - row.updated_at).total_seconds() <= 3610
+    )  # at most an hour
+    await due_now()
+    row = await deferral(24)
+    assert row.status == "failed" and row.error is not None
+    assert row.error.startswith(
+        "the provider's flow control held this message back 24 times: isv.BUSINESS_LIMIT_CONTROL"
+    )
+    live_vendor.force_code = None
+    retried = await live_service.client.post(
+        f"/communication/batches/{batch_id}/retry", headers=live_tenant.headers()
+    )
+    assert retried.status_code == 200, retried.text
+
+    async def sent() -> bool:
+        return await statuses(live_service, batch_id) == {"sent": 1}
+
+    await wait_until(sent)
+    async with live_service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and row.deferrals == 0
 
 
 async def test_a_message_without_an_aliyun_template_goes_to_a_route_that_needs_none(

@@ -32,7 +32,7 @@ from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.retention import purge_expired_content
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.config import Settings
-from comms.dispatch.backoff import retry_delay
+from comms.dispatch.backoff import deferral_wait, retry_delay
 from comms.dispatch.breaker import BreakerState
 from comms.dispatch.compose import BatchCache, BatchContext, Composed, SecretUnavailable, compose
 from comms.dispatch.queue import (
@@ -68,7 +68,9 @@ RESPONSE_LIMIT = 1000
 PURGE_INTERVAL = 3600.0  # seconds between retention purges
 PAUSE_RETRY = timedelta(hours=1)  # marketing held back by the complaint-rate breaker
 EXPRESS_BATCH = 50  # verification codes claimed per express round
-DEFAULT_DEFERRAL = 60.0  # seconds, when a provider defers a message without saying for how long
+# A message the provider's flow control keeps holding back (a per-number daily limit) waits twice
+# as long each time (dispatch/backoff.py), and fails after this many deferrals (about 20 hours).
+MAX_PROVIDER_DEFERRALS = 24
 YIELD_EVERY = 64
 COMPLETE_RETRIES = (0.2, 1.0, 3.0)  # seconds before each retry of a failed completion
 # A verification code the provider holds back longer than this would arrive stale: fail it.
@@ -717,6 +719,7 @@ class Dispatcher:
             "due_at": None,
             "rank": None,
             "possible_duplicate": c.possible_duplicate,
+            "deferrals": c.deferrals,
         }
         row.update(changes)
         if row["due_at"] is not None:
@@ -751,18 +754,23 @@ class Dispatcher:
         if result.outcome is Outcome.RETRY:
             return self._retry_or_fail(c, now, result.error or "failed", result.retry_after, **common)
         if result.outcome is Outcome.DEFERRED:
-            wait = result.retry_after if result.retry_after is not None else DEFAULT_DEFERRAL
+            wait = deferral_wait(result.retry_after, c.deferrals)
+            reason = result.error or "flow control"
             if c.category == "verification" and wait > VERIFICATION_MAX_DEFERRAL:
-                error = (
-                    f"the provider holds this number back for {wait:.0f} s: {result.error or 'flow control'}"
-                )
+                error = f"the provider holds this number back for {wait:.0f} s: {reason}"
                 return self._row(c, now, status="failed", error=error, **common)
+            deferrals = c.deferrals + 1
+            progress = f"{deferrals} of {MAX_PROVIDER_DEFERRALS}"
+            if deferrals >= MAX_PROVIDER_DEFERRALS:
+                error = f"the provider's flow control held this message back {deferrals} times: {reason}"
+                return self._row(c, now, status="failed", error=error, deferrals=deferrals, **common)
             return self._row(
                 c,
                 now,
                 status="deferred",
-                error=f"deferred by the provider's flow control: {result.error or 'try later'}",
+                error=f"deferred by the provider's flow control ({progress}): {reason}",
                 due_at=now + timedelta(seconds=wait),
+                deferrals=deferrals,
                 **{**common, "content": None},
             )
         if result.outcome is Outcome.UNKNOWN and not c.possible_duplicate:

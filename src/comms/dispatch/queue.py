@@ -42,6 +42,7 @@ class ClaimedMessage:
     # The route of an earlier attempt, kept so a possible duplicate can be reconciled there.
     provider: str | None = None
     provider_account_id: str | None = None
+    deferrals: int = 0  # by the provider's flow control so far
 
 
 _RETURNING = (  # ClaimedMessage's fields, in its order
@@ -57,6 +58,7 @@ _RETURNING = (  # ClaimedMessage's fields, in its order
     Message.possible_duplicate,
     Message.provider,
     Message.provider_account_id,
+    Message.deferrals,
 )
 
 
@@ -153,17 +155,19 @@ OUTCOME_FIELDS = (
     "due_at",
     "rank",
     "possible_duplicate",
+    "deferrals",
 )
 _SET = """status = {status}, error = {error}, provider = u.provider, provider_account_id = u.account,
     provider_message_id = u.pmid, response = u.response, content = u.content, segments = u.segments,
     variables = {variables}, sent_at = u.sent_at, due_at = u.due_at, queue_rank = u.rank,
-    possible_duplicate = u.possible_duplicate, lease_owner = NULL, lease_until = NULL, updated_at = :now,
+    possible_duplicate = u.possible_duplicate, deferrals = u.deferrals, lease_owner = NULL,
+    lease_until = NULL, updated_at = :now,
     attempts = CASE WHEN {status} = 'deferred' THEN messages.attempts - 1 ELSE messages.attempts END"""
 _SOURCE_SQLITE = f"""(SELECT {", ".join(f"value->>{i} AS {name}" for i, name in enumerate(OUTCOME_FIELDS))}
     FROM json_each(:rows)) AS u"""
 _SOURCE_PG = """json_to_recordset(CAST(:rows AS json)) AS u(id text, status text, error text, provider text,
     account text, pmid text, response text, content text, segments int, variables json,
-    sent_at timestamptz, due_at timestamptz, rank bigint, possible_duplicate boolean)"""
+    sent_at timestamptz, due_at timestamptz, rank bigint, possible_duplicate boolean, deferrals int)"""
 # The usual case, on a plain equality the planner handles well on any table size.
 _WHERE = "WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = '{status}'"
 

@@ -267,6 +267,7 @@ class MessageRepository:
                 # A new attempt asked for by the user: not a re-send of ours, and an earlier
                 # attempt's record at the provider must not be taken for this one's outcome.
                 possible_duplicate=False,
+                deferrals=0,
             )
             .execution_options(synchronize_session=False)
         )

@@ -79,6 +79,9 @@ class Message(Base):
     attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     segments: Mapped[int | None] = mapped_column(Integer)
     possible_duplicate: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Times the provider's flow control held this message back (Outcome.DEFERRED): each deferral
+    # waits twice as long as the one before, and the message fails after MAX_PROVIDER_DEFERRALS.
+    deferrals: Mapped[int] = mapped_column(SmallInteger, server_default="0")
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The claim order within a priority (epoch ms): a batch's rows are spread over virtual time at
     # FAIR_RATE (messages/fairness.py), so a later, smaller batch's rows interleave with a big
