@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
 from comms.errors import PermanentProviderError, TransientProviderError
-from comms.models import Message, ReceiptEvent
+from comms.models import Message, ReceiptEvent, Suppression
 from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext
 from comms.providers.sms.aliyun import (
     MISSING_SIGN_NAME,
@@ -39,6 +39,7 @@ from comms.providers.sms.aliyun import (
     AliyunProvider,
     aliyun_number,
     e164_of,
+    e164_readings,
     number_tag,
     percent_encode,
     signature,
@@ -399,6 +400,24 @@ def test_numbers_convert_from_e164_and_back() -> None:
     # subscriber must suppress that subscriber).
     assert aliyun_number("+14155550123") == "14155550123" and e164_of("14155550123") == "+14155550123"
     assert e164_of("14712345678") == "+8614712345678"
+
+
+def test_digits_that_are_a_mainland_mobile_and_a_plus_one_number_have_both_readings() -> None:
+    assert e164_readings("13475550123") == ("+8613475550123", "+13475550123")  # 134 mobile, 347 area
+    assert e164_readings("14155550123") == ("+14155550123",)
+    assert e164_readings("13800138000") == ("+8613800138000",)
+    assert e164_readings("+13475550123") == ("+13475550123",)  # written with its code: one reading
+    (up,) = callback_provider().parse_inbound(
+        json.dumps([{"phone_number": "13475550123", "content": "TD", "sequence_id": 7}]).encode()
+    )
+    assert up.from_number == "+8613475550123" and up.other_readings == ("+13475550123",)
+    (report,) = callback_provider().parse_receipts(
+        json.dumps(
+            [{"phone_number": "13475550123", "success": True, "biz_id": "b1", "out_id": "log_a..log_b"}]
+        ).encode()
+    )
+    assert report.provider_message_id == f"b1:{number_tag('+8613475550123')}"
+    assert report.other_provider_message_ids == (f"b1:{number_tag('+13475550123')}",)
 
 
 def test_config_keeps_secrets_write_only_and_checks_the_token() -> None:
@@ -966,6 +985,52 @@ async def test_flow_control_that_goes_on_backs_off_and_gives_up(
     async with live_service.db.read() as session:
         row = await session.get(Message, log_id)
     assert row is not None and row.deferrals == 0
+
+
+async def test_a_number_aliyun_writes_ambiguously_is_read_as_the_one_the_tenant_sent_to(
+    live_service: Service, live_tenant: TenantKeys, live_vendor: AliyunVendor
+) -> None:
+    """Aliyun writes +1 347 555 0123 as 13475550123, which is also a mainland 134 mobile. The
+    tenant sent to the +1 number: its report finds that message, and its TD suppresses the +1
+    number, not the mainland one; a number the tenant never sent to is read as mainland."""
+    account = await add_aliyun_account(live_service, live_tenant, live_vendor)
+    await add_template(live_service, live_tenant, "notice", "transactional", "Parcel {{ p }}")
+    answer = await live_service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "template": "notice",
+            "recipients": [{"to": "+13475550123", "variables": {"p": "1"}}],
+        },
+        headers=live_tenant.headers(),
+    )
+    batch, log_id = answer.json()["batch_id"], answer.json()["items"][0]["id"]
+
+    async def sent() -> bool:
+        return await statuses(live_service, batch) == {"sent": 1}
+
+    await wait_until(sent)
+    async with live_service.db.begin() as session:  # as a call covering several numbers records it
+        await session.execute(
+            update(Message)
+            .where(Message.id == log_id)
+            .values(provider_message_id=f"B77:{number_tag('+13475550123')}")
+        )
+    status_path = urlsplit(account["callback_urls"]["status"]).path
+    pushed = await live_service.client.post(
+        f"{status_path}?token={TOKEN}", json=[report("13475550123", "B77", f"{log_id}..{log_id}z", True)]
+    )
+    assert pushed.status_code == 200
+    assert await statuses(live_service, batch) == {"delivered": 1}
+
+    inbound_path = urlsplit(account["callback_urls"]["inbound"]).path
+    for sequence, number in enumerate(("13475550123", "13475550199")):
+        up = [{"phone_number": number, "content": "TD", "sign_name": "Acme", "sequence_id": sequence}]
+        replied = await live_service.client.post(f"{inbound_path}?token={TOKEN}", json=up)
+        assert replied.status_code == 200, replied.text
+    async with live_service.db.read() as session:
+        suppressed = set((await session.scalars(select(Suppression.address))).all())
+    assert suppressed == {"+13475550123", "+8613475550199"}
 
 
 async def test_a_message_without_an_aliyun_template_goes_to_a_route_that_needs_none(

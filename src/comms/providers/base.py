@@ -81,6 +81,9 @@ class DeliveryEvent:
     bounce: str | None = None  # "hard" | "soft" | "complaint": hard and complaint also suppress
     # E.164 or email: tells apart the recipients of one vendor id (Aliyun's BizId covers a call).
     recipient: str | None = None
+    # Where the vendor's form of the number has more than one reading (Aliyun writes +1 and +86
+    # numbers alike): the vendor id under the other readings, tried when the first finds nothing.
+    other_provider_message_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,9 @@ class InboundSms:
     from_number: str
     text: str
     to: str | None = None
+    # Other numbers the vendor's form of the sender can be (Aliyun writes +1 and +86 numbers
+    # alike); the tenant's own messages decide (receipts/service.py sender_of).
+    other_readings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

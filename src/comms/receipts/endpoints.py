@@ -10,6 +10,7 @@ as an ordinary transactional SMS through the tenant's own routes, so it is logge
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -132,6 +133,7 @@ async def inbound(request: Request, provider: str, account_id: str) -> Response:
             )
             if event_id is None:
                 continue
+            message = replace(message, from_number=await service.sender_of(session, tenant, message))
             try:
                 outcome, text = await service.apply_inbound(session, tenant, message)
             except ValidationFailed as exc:  # a sender that is no phone number: before any write

@@ -74,14 +74,18 @@ async def _find_message(
             return found
     if event.provider_message_id is None:
         return None
-    query = select(Message).where(
-        Message.provider_account_id == account.id,
-        Message.provider_message_id == event.provider_message_id,
-        text("provider_message_id IS NOT NULL"),
-    )
-    if key is not None:
-        query = query.where(Message.recipient_key == key)
-    return (await session.scalars(query.limit(1))).first()
+    for vendor_id in (event.provider_message_id, *event.other_provider_message_ids):
+        query = select(Message).where(
+            Message.provider_account_id == account.id,
+            Message.provider_message_id == vendor_id,
+            text("provider_message_id IS NOT NULL"),
+        )
+        if key is not None:
+            query = query.where(Message.recipient_key == key)
+        found = (await session.scalars(query.limit(1))).first()
+        if found is not None:
+            return found
+    return None
 
 
 def _recipient_key(recipient: str | None) -> str | None:
@@ -130,6 +134,22 @@ async def apply_receipt(
         else:
             await compliance.suppress(session, tenant, who, "complaint", "complaint")
     return f"{target.value}" if changed else f"kept {message.status}"
+
+
+async def sender_of(session: AsyncSession, tenant: Tenant, event: InboundSms) -> str:
+    """The sender's number. Where the vendor's form of it has several readings, the one this
+    tenant last sent a message to (a reply answers a message; an opt-out must reach the number
+    that receives the tenant's messages), else the likelier reading."""
+    if not event.other_readings:
+        return event.from_number
+    readings = (event.from_number, *event.other_readings)
+    last = await session.scalar(
+        select(Message.recipient_key)
+        .where(Message.tenant_id == tenant.id, Message.recipient_key.in_(readings))
+        .order_by(Message.created_at.desc())
+        .limit(1)
+    )
+    return last if last is not None else event.from_number
 
 
 async def apply_inbound(session: AsyncSession, tenant: Tenant, event: InboundSms) -> tuple[str, str | None]:

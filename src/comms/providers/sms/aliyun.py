@@ -219,21 +219,28 @@ def aliyun_number(e164: str) -> str | None:
 
 
 def e164_of(number: str) -> str:
-    """Back from Aliyun's forms (``138...``, ``86138...``, ``0086138...``, ``+86138...``, ``852...``).
-    An 11-digit number starting with 1 is a mainland mobile when it is a valid one (13x-19x), else
-    a +1 number with its country code (``1415...``: no mainland mobile starts 141), which Aliyun
-    writes the same way. Digits that are both (+1 347... and the 134 mobile range) stay +86: see
-    docs/architecture.md, "Not built yet"."""
+    """Back from Aliyun's forms (``138...``, ``86138...``, ``0086138...``, ``+86138...``, ``852...``):
+    the likelier of :func:`e164_readings`."""
+    return e164_readings(number)[0]
+
+
+def e164_readings(number: str) -> tuple[str, ...]:
+    """The E.164 numbers Aliyun's form of a number can be, likelier first. An 11-digit number
+    starting with 1 is a mainland mobile when it is a valid one (13x-19x), else a +1 number with
+    its country code (``1415...``: no mainland mobile starts 141), which Aliyun writes the same
+    way. Digits that are both (+1 347... and the 134 mobile range) have two readings, +86 first:
+    the caller decides by what the account sent (receipts/service.py)."""
     digits = "".join(ch for ch in number if ch.isdigit())
     if number.strip().startswith("+"):
-        return "+" + digits
+        return ("+" + digits,)
     if digits.startswith("00"):
         digits = digits[2:]
     if len(digits) == 11 and digits.startswith("1"):
-        if not _valid("+86" + digits) and _valid("+" + digits):
-            return "+" + digits
-        return "+86" + digits
-    return "+" + digits
+        mainland, american = _valid("+86" + digits), _valid("+" + digits)
+        if american and not mainland:
+            return ("+" + digits,)
+        return ("+86" + digits, "+" + digits) if american else ("+86" + digits,)
+    return ("+" + digits,)
 
 
 def _valid(e164: str) -> bool:
@@ -531,7 +538,7 @@ class AliyunProvider(Provider):
         "err_msg", "sms_size", "biz_id", "out_id"}]``."""
         events = []
         for r in msgspec.json.decode(body, type=list[_Report]):
-            e164 = e164_of(r.phone_number)
+            e164, *others = e164_readings(r.phone_number)
             tag = number_tag(e164)
             single = bool(r.out_id) and id_has_prefix(str(r.out_id), "log")
             error = None
@@ -544,21 +551,29 @@ class AliyunProvider(Provider):
                     provider_message_id=r.biz_id if single else f"{r.biz_id}:{tag}",
                     status="delivered" if r.success else "undelivered",
                     error=error,
+                    # The same call's id under the number's other reading (+1 or +86).
+                    other_provider_message_ids=()
+                    if single
+                    else tuple(f"{r.biz_id}:{number_tag(o)}" for o in others),
                 )
             )
         return events
 
     def parse_inbound(self, body: bytes) -> list[InboundSms]:
         """SmsUp: ``[{"phone_number", "send_time", "content", "sign_name", "dest_code", "sequence_id"}]``."""
-        return [
-            InboundSms(
-                event_key=str(m.sequence_id),
-                from_number=e164_of(m.phone_number),
-                text=m.content,
-                to=m.sign_name or m.dest_code,
+        inbound = []
+        for m in msgspec.json.decode(body, type=list[_Up]):
+            number, *others = e164_readings(m.phone_number)
+            inbound.append(
+                InboundSms(
+                    event_key=str(m.sequence_id),
+                    from_number=number,
+                    text=m.content,
+                    to=m.sign_name or m.dest_code,
+                    other_readings=tuple(others),
+                )
             )
-            for m in msgspec.json.decode(body, type=list[_Up])
-        ]
+        return inbound
 
 
 class _Report(msgspec.Struct):
@@ -730,6 +745,7 @@ __all__ = [
     "AliyunProvider",
     "aliyun_number",
     "e164_of",
+    "e164_readings",
     "number_tag",
     "out_id_covers",
     "percent_encode",
