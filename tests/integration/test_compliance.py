@@ -20,15 +20,16 @@ import dns.rdata
 import dns.rdatatype
 import dns.rrset
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from comms.compliance import quiet_hours
+from comms.compliance.addresses import address_hash
 from comms.compliance.keywords import handle_inbound_sms
-from comms.compliance.retention import purge_expired_content
+from comms.compliance.retention import RecipientAnonymizer, purge_expired_content
 from comms.compliance.settings import TenantSettings
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.dispatch.queue import claim_due
-from comms.kit.clock import set_clock, utcnow
+from comms.kit.clock import isoformat, set_clock, utcnow
 from comms.models import AuditEvent, Batch, Message, Suppression, Tenant
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
 
@@ -745,6 +746,81 @@ async def test_content_is_purged_after_retention(live_service: Service, live_ten
             f"/communication/logs/{item['id']}", headers=live_tenant.headers()
         )
         assert shown.json()["data"]["content"] is None, shown.json()
+
+
+async def test_recipients_are_anonymized_after_log_retention(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    """P4, second half: after log_retention_days a finished log item keeps only a masked recipient
+    and a salted hash of it; its content goes, provider text quoting the address is scrubbed. An
+    item not finished yet (scheduled far ahead) keeps its recipient until it is; an erasure still
+    finds the anonymized items."""
+    for bad in (0, 3651, "a year"):
+        refused = await live_service.client.put(
+            "/communication/settings", json={"log_retention_days": bad}, headers=live_tenant.headers()
+        )
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "log_retention_days"
+    changed = await live_service.client.put(
+        "/communication/settings", json={"log_retention_days": 10}, headers=live_tenant.headers()
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["data"]["log_retention_days"] == 10
+    sms = await bulk(
+        live_service, live_tenant, channel="sms", category="transactional", content="Parcel {{ p }}",
+        recipients=[{"to": "13800138000", "variables": {"p": "PX-9"}}],
+    )  # fmt: skip
+    mail = await bulk(live_service, live_tenant, **marketing_email(category="transactional"))
+    later = await bulk(
+        live_service, live_tenant, channel="sms", category="transactional", content="Reminder",
+        recipients=["13900139000"], send_at=isoformat(utcnow() + timedelta(days=60)),
+    )  # fmt: skip
+
+    async def sent() -> bool:
+        return all([await statuses(live_service, b["batch_id"]) == {"sent": 1} for b in (sms, mail)])
+
+    await wait_until(sent)
+    sms_id, mail_id = sms["items"][0]["id"], mail["items"][0]["id"]
+    async with live_service.db.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == sms_id)
+            .values(response="accepted 8613800138000 (13800138000)")
+        )
+        salt = (await session.get(Tenant, live_tenant.tenant_id)).hash_salt  # type: ignore[union-attr]
+    anonymizer = RecipientAnonymizer(live_service.db)
+    assert await anonymizer.run(utcnow() + timedelta(days=9)) == 0
+    assert await anonymizer.run(utcnow() + timedelta(days=11)) == 2
+    async with live_service.db.read() as session:
+        rows = {m.id: m for m in (await session.scalars(select(Message))).all()}
+    texted, mailed, waiting = rows[sms_id], rows[mail_id], rows[later["items"][0]["id"]]
+    assert (texted.recipient, mailed.recipient) == ("138****8000", "a***@example.com")
+    assert texted.recipient_key == "anon:" + address_hash(salt, "sms", "+8613800138000")
+    assert mailed.recipient_key == "anon:" + address_hash(salt, "email", "ann@example.com")
+    assert texted.content is None and mailed.content is None and texted.status == "sent"
+    assert texted.response == "accepted 138****8000 (138****8000)"
+    assert (waiting.recipient, waiting.status) == ("+8613900139000", "scheduled")  # still to be sent
+    for unmask, token in ((False, None), (True, live_tenant.pii_token)):
+        shown = await live_service.client.get(
+            f"/communication/logs/{sms_id}?unmask={str(unmask).lower()}", headers=live_tenant.headers(token)
+        )
+        assert shown.status_code == 200 and shown.json()["data"]["recipient"] == "138****8000"
+    found = await live_service.client.get(
+        "/communication/logs?recipient=13800138000", headers=live_tenant.headers()
+    )
+    assert found.json()["total"] == 0
+    # Once the scheduled item is done, a later round takes it (it starts where that item was).
+    cancelled = await live_service.client.post(
+        f"/communication/batches/{later['batch_id']}/cancel", headers=live_tenant.headers()
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert await anonymizer.run(utcnow() + timedelta(days=11)) == 1
+    assert await anonymizer.run(utcnow() + timedelta(days=11)) == 0
+    erased = await live_service.client.post(
+        "/communication/erasures",
+        json={"channel": "sms", "address": "13800138000"},
+        headers=live_tenant.headers(),
+    )
+    assert erased.status_code == 200 and erased.json()["data"]["deleted_log_items"] == 1
 
 
 async def test_unsubscribe_end_to_end_from_the_eml(live_service: Service, live_tenant: TenantKeys) -> None:

@@ -21,6 +21,7 @@ from comms.compliance.repository import ConsentStore, SuppressionStore
 from comms.errors import ValidationFailed
 from comms.kit.clock import utcnow
 from comms.kit.ids import new_id
+from comms.kit.masking import ANONYMIZED_KEY_PREFIX
 from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
 from comms.models import Consent, Message, ReceiptEvent, Suppression, Tenant
 
@@ -206,7 +207,10 @@ async def erase(
     result = await session.execute(
         delete(Message)
         .where(
-            Message.tenant_id == tenant.id, Message.channel == who.channel, Message.recipient_key == who.key
+            Message.tenant_id == tenant.id,
+            Message.channel == who.channel,
+            # and the items past log retention, which keep only the salted hash
+            Message.recipient_key.in_((who.key, ANONYMIZED_KEY_PREFIX + who.digest)),
         )
         .execution_options(synchronize_session=False)
     )

@@ -102,6 +102,13 @@ class TenantSettings(BaseModel):
     )
     quiet_hours: dict[str, str] = Field(default_factory=dict, description='Country -> "08:00-21:00" local.')
     content_retention_days: int = Field(default=30, ge=1, le=3650)
+    log_retention_days: int = Field(
+        default=365,
+        ge=1,
+        le=3650,
+        description="After this many days a log item keeps only a masked recipient and a salted hash "
+        "of it (its content goes too): the log still says what happened, no longer to whom.",
+    )
     complaint_rate_threshold: float = Field(
         default=0.002, gt=0, le=1, description="Marketing email pauses at this complaint rate (0.002 = 0.2%)."
     )

@@ -29,7 +29,7 @@ from comms.compliance import quiet_hours
 from comms.compliance.content import MessageDecorator
 from comms.compliance.gates import AcceptanceGate
 from comms.compliance.reputation import email_reputation, marketing_paused
-from comms.compliance.retention import purge_expired_content
+from comms.compliance.retention import RecipientAnonymizer, purge_expired_content
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.config import Settings
 from comms.dispatch.backoff import deferral_wait, retry_delay
@@ -111,6 +111,7 @@ class Dispatcher:
         self._last_reap = 0.0
         self._listener: WakeListener | None = None
         self._last_purge = 0.0
+        self._anonymizer = RecipientAnonymizer(db)
         self._salts: dict[str, str] = {}
 
     @property
@@ -339,6 +340,9 @@ class Dispatcher:
                     await idempotency.forget_expired(session, utcnow())
                 if purged:
                     log.info("purged content past its retention period", extra={"count": purged})
+                anonymized = await self._anonymizer.run(utcnow(), RECHECK_BUDGET)
+                if anonymized:
+                    log.info("anonymized recipients past log retention", extra={"count": anonymized})
         except Exception:
             log.warning("maintenance round failed", exc_info=True)
 

@@ -18,6 +18,9 @@ from typing import Final
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 MASK: Final = "***"
+# recipient_key of a log item past the tenant's log_retention_days: this prefix and a salted hash
+# of the key it had (compliance/retention.py); its recipient column holds the masked form.
+ANONYMIZED_KEY_PREFIX: Final = "anon:"
 
 _CALLING_CODES: Final[frozenset[int]] = frozenset(COUNTRY_CODE_TO_REGION_CODE)
 _MAX_CALLING_CODE_DIGITS: Final = 3

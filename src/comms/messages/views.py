@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from comms.kit.clock import isoformat
-from comms.kit.masking import mask_recipient
+from comms.kit.masking import ANONYMIZED_KEY_PREFIX, mask_recipient
 from comms.models import Batch, Message
 from comms.templates.rendering import (
     DEFAULT_SECRET_VARIABLES,
@@ -146,7 +146,8 @@ def message_item(message: Message, display: BatchDisplay | None, unmask: bool) -
         template_id=message.template_id,
         created_at=message.created_at,
         updated_at=message.updated_at,
-        unmask=unmask,
+        # Past log retention the stored recipient is its masked form already: shown as it is.
+        unmask=unmask or message.recipient_key.startswith(ANONYMIZED_KEY_PREFIX),
         metadata=display.metadata if display else None,
         provider=message.provider,
         response=message.response,
