@@ -839,6 +839,105 @@ async def test_unsubscribe_end_to_end_from_the_eml(live_service: Service, live_t
     assert (nxt["items"][0]["status"], nxt["items"][0]["error"]) == ("suppressed", "recipient unsubscribed")
 
 
+def arf(original: bytes, feedback_type: str = "abuse", part: str = "message/rfc822") -> bytes:
+    """A feedback report as a mailbox provider's feedback loop mails it (RFC 5965), the recipient
+    redacted as many providers do."""
+    return (
+        b"From: staff@fbl.mailbox.example\r\nTo: fbl@acme.example\r\nSubject: FW: complaint\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/report; report-type=feedback-report; boundary="arf-b"\r\n\r\n'
+        b"--arf-b\r\nContent-Type: text/plain\r\n\r\nThis is an email abuse report.\r\n"
+        b"--arf-b\r\nContent-Type: message/feedback-report\r\n\r\n"
+        b"Feedback-Type: " + feedback_type.encode() + b"\r\nUser-Agent: FBL/1.0\r\nVersion: 1\r\n"
+        b"Original-Rcpt-To: <redacted@example.com>\r\n\r\n"
+        b"--arf-b\r\nContent-Type: " + part.encode() + b"\r\n\r\n" + original + b"\r\n--arf-b--\r\n"
+    )
+
+
+async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    """M6: an ARF complaint from a mailbox provider, handed to POST /communication/complaints/arf,
+    finds the message by its signed unsubscribe token (marketing) or its Message-ID
+    (transactional: headers only), suppresses the recipient for every category but verification,
+    and counts as a complaint. A not-spam report changes nothing; nor does any bad report."""
+    await opt_in(live_service, live_tenant, "email", "ann@example.com")
+    promo = await bulk(live_service, live_tenant, **marketing_email())
+    receipt = await bulk(
+        live_service, live_tenant, **marketing_email(category="transactional", recipients=["bob@example.com"])
+    )
+
+    async def sent() -> bool:
+        return all([await statuses(live_service, b["batch_id"]) == {"sent": 1} for b in (promo, receipt)])
+
+    await wait_until(sent)
+    promo_id, receipt_id = promo["items"][0]["id"], receipt["items"][0]["id"]
+    promo_eml = (live_service.outbox / "email" / f"{promo_id}.eml").read_bytes()
+    receipt_headers = f"Message-ID: <{receipt_id}@acme.example>\r\nFrom: news@acme.example\r\n".encode()
+    headers = {**live_tenant.headers(), "Content-Type": "message/rfc822"}
+
+    async def send(body: bytes, **extra: str) -> Any:
+        return await live_service.client.post(
+            "/communication/complaints/arf", content=body, headers={**headers, **extra}
+        )
+
+    async def state() -> tuple[list[tuple[str | None, str, str, str]], int]:
+        async with live_service.db.read() as session:
+            rows = (await session.scalars(select(Suppression))).all()
+            complaints = await session.scalar(
+                select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "complaint.received")
+            )
+        return sorted((r.address, r.reason, r.scope, r.source) for r in rows), int(complaints or 0)
+
+    bad = [
+        (await send(arf(promo_eml), **{"Content-Type": "application/json"}), 400),
+        (await send(promo_eml), 422),  # the message itself, not a report about it
+        (await send(arf(promo_eml, "spam!")), 422),
+        (await send(arf(b"Subject: hello\r\n", part="text/rfc822-headers")), 422),  # not one of ours
+        (
+            await send(
+                arf(b"Message-ID: <log_" + b"0" * 32 + b"@acme.example>\r\n", part="text/rfc822-headers")
+            ),
+            404,
+        ),
+    ]
+    assert [(answer.status_code, answer.json()["code"]) for answer, _ in bad] == [
+        (code, code) for _, code in bad
+    ]
+    assert "report-type=feedback-report" in bad[1][0].json()["errors"][0]["message"]
+    assert await state() == ([], 0)
+    not_spam = await send(arf(promo_eml, "not-spam"))
+    assert not_spam.status_code == 200 and not_spam.json()["data"]["complaint"] is False
+    assert await state() == ([], 0)
+
+    by_token = await send(arf(promo_eml))
+    assert by_token.status_code == 200, by_token.text
+    assert by_token.json()["data"] == {
+        "log_id": promo_id, "feedback_type": "abuse", "found_by": "list-unsubscribe",
+        "address": "a***@example.com", "complaint": True,
+    }  # fmt: skip
+    by_id = await send(arf(receipt_headers, part="text/rfc822-headers"))
+    assert by_id.status_code == 200 and by_id.json()["data"]["found_by"] == "message-id"
+    assert await state() == (
+        [
+            ("ann@example.com", "complaint", "all", "feedback_loop"),
+            ("bob@example.com", "complaint", "all", "feedback_loop"),
+        ],
+        2,
+    )
+    again = await send(arf(promo_eml))  # the provider reports it once more: still counted, still one row
+    assert again.status_code == 200 and (await state())[1] == 3
+    other = await make_tenant(live_service.db, "Other")
+    foreign = await live_service.client.post(
+        "/communication/complaints/arf",
+        content=arf(promo_eml),
+        headers={**other.headers(), "Content-Type": "message/rfc822"},
+    )
+    assert foreign.status_code == 404
+    nxt = await bulk(live_service, live_tenant, **marketing_email(category="transactional"))
+    assert nxt["items"][0]["status"] == "suppressed"
+
+
 async def test_03_marketing_email_without_opt_in_needs_an_ad_disclosure(service: Service) -> None:
     # A US tenant: email marketing is opt-out there, so no consent is needed, but then CAN-SPAM
     # wants the message to say it is an advertisement (C3).

@@ -27,6 +27,7 @@ from comms.compliance.dns_auth import (
     impersonated_provider,
     make_resolver,
 )
+from comms.compliance.feedback import COMPLAINT_TYPES, NotAFeedbackReport, parse_feedback_report
 from comms.compliance.quiet_hours import widens_legal_window
 from comms.compliance.repository import ConsentStore, SuppressionStore
 from comms.compliance.schemas import (
@@ -354,6 +355,62 @@ async def mailto_unsubscribe(request: Request, principal: SuppressionsWritePrinc
         "sender_is_recipient": sender_key == who.key,
     }
     return reply(200, "suppressed" if changed else "already suppressed", data=data)
+
+
+# ---- complaint feedback loops (ARF) --------------------------------------------------------------
+
+
+@router.post(
+    "/complaints/arf",
+    responses=ERROR_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"message/rfc822": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def feedback_report(request: Request, principal: SuppressionsWritePrincipal) -> Any:
+    """A mailbox provider's complaint report (ARF, RFC 5965), as the feedback loop mailed it to the
+    tenant: the email itself as ``message/rfc822``. A complaint (``Feedback-Type: abuse`` or
+    ``fraud``) about a message of the caller's tenant suppresses its recipient for every category
+    but verification and counts in the complaint rate (COMPLIANCE.md M6); other types change
+    nothing. The message is found by its signed unsubscribe token, else by its Message-ID."""
+    content_type = request.headers.get("content-type", "").lower()
+    if not content_type.startswith("message/rfc822"):
+        raise BadRequest("send the feedback report email itself, as Content-Type: message/rfc822")
+    state = app_state(request)
+    signer = UnsubscribeSigner(state.settings.resolved_secret_key)
+    try:
+        report = parse_feedback_report(await request.body(), signer, utcnow())
+    except NotAFeedbackReport as exc:
+        raise ValidationFailed.single("body", str(exc)) from None
+    async with state.db.begin() as session:
+        message = await session.get(Message, report.log_id)
+        if message is None or message.tenant_id != principal.tenant_id or message.channel != "email":
+            raise NotFound("the reported message is not an email of this tenant (or its log item was erased)")
+        who = service.contact_of_message(principal.tenant, message)
+        complaint = report.feedback_type in COMPLAINT_TYPES
+        if complaint:
+            await service.suppress(
+                session,
+                principal.tenant,
+                who,
+                "complaint",
+                "feedback_loop",
+                actor=principal.key_id,
+                ip=_ip(request),
+            )
+    data = {
+        "log_id": report.log_id,
+        "feedback_type": report.feedback_type,
+        "found_by": report.found_by,
+        "address": mask_recipient(who.channel, who.address),
+        "complaint": complaint,
+    }
+    return reply(
+        200, "complaint recorded" if complaint else f"not a complaint ({report.feedback_type})", data=data
+    )
 
 
 # ---- consents ------------------------------------------------------------------------------------

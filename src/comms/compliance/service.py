@@ -30,7 +30,11 @@ SCOPE_ALL_REASONS = frozenset({"hard_bounce", "complaint"})
 SuppressionReason = Literal[
     "unsubscribed", "stop", "objection", "hard_bounce", "complaint", "manual", "erasure"
 ]
-Source = Literal["one_click", "link", "mailto", "sms_keyword", "api", "complaint", "bounce", "erasure"]
+Source = Literal[
+    "one_click", "link", "mailto", "sms_keyword", "api", "complaint", "feedback_loop", "bounce", "erasure"
+]
+# Complaints a provider or a mailbox provider reports: each counts in the complaint rate.
+REPORTED_COMPLAINT_SOURCES = frozenset({"complaint", "feedback_loop"})
 
 COMPLAINT_EVENT = "complaint.received"
 
@@ -84,7 +88,9 @@ async def suppress(
     store = SuppressionStore(session, tenant.id)
     scope = "all" if reason in SCOPE_ALL_REASONS else "marketing"
     existing = await store.get(who.channel, who.digest)
-    if reason == "complaint" and (source == "complaint" or existing is None or existing.scope != "all"):
+    if reason == "complaint" and (
+        source in REPORTED_COMPLAINT_SOURCES or existing is None or existing.scope != "all"
+    ):
         audit.record(
             session, tenant.id, COMPLAINT_EVENT, actor=actor, ip=ip,
             channel=who.channel, address_hash=who.digest, source=source,
