@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from comms import metrics, openapi
 from comms.accounts.endpoints import router as accounts_router
+from comms.compliance import wireless
 from comms.compliance.endpoints import public as unsubscribe_router
 from comms.compliance.endpoints import router as compliance_router
 from comms.config import Settings
@@ -54,6 +55,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         quiet_parameter_loggers()
+        wireless.use_list_file(settings.fcc_wireless_domains_file)
         db = Database(settings.resolved_database_url)
         secrets = SecretBox(settings.resolved_secret_key)
         limiter = make_limiter(settings.redis_url)

@@ -109,6 +109,7 @@ def worker(
     ] = None,
 ) -> None:
     """Run a dispatcher only (scale-out beside `comms serve --no-dispatcher`)."""
+    from comms.compliance import wireless
     from comms.dispatch.dispatcher import Dispatcher
     from comms.dispatch.observe import serve_worker_metrics
     from comms.dispatch.routing import Router
@@ -123,6 +124,7 @@ def worker(
     settings = _settings(dispatch_concurrency=concurrency)
     configure_logging(settings.log_level, settings.log_json)
     _migrate(settings)
+    wireless.use_list_file(settings.fcc_wireless_domains_file)
 
     async def _run() -> None:
         db = Database(settings.resolved_database_url)

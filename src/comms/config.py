@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # The DNS server that sending-domain checks (SPF, DKIM, DMARC) ask: "host" or "host:port";
     # unset, the system's resolver (/etc/resolv.conf).
     dns_nameserver: str | None = None
+    # A copy of the FCC's Wireless Domain Names list (one domain per line): marketing email to
+    # them needs express prior authorization (compliance/wireless.py has the major ones built in).
+    fcc_wireless_domains_file: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
 

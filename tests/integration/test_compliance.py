@@ -12,6 +12,7 @@ from datetime import UTC, datetime, time, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
 
 import dns.message
@@ -22,7 +23,7 @@ import dns.rrset
 import pytest
 from sqlalchemy import func, select, update
 
-from comms.compliance import quiet_hours
+from comms.compliance import quiet_hours, wireless
 from comms.compliance.addresses import address_hash
 from comms.compliance.keywords import handle_inbound_sms
 from comms.compliance.retention import RecipientAnonymizer, purge_expired_content
@@ -948,6 +949,56 @@ async def test_03_marketing_email_without_opt_in_needs_an_ad_disclosure(service:
     assert (await bulk(service, plain, **marketing_email()))["items"][0]["status"] == "queued"
     disclosed = await make_tenant(service.db, "Ads", "US", ad_disclosure="This is an advertisement.")
     assert (await bulk(service, disclosed, **marketing_email()))["items"][0]["status"] == "queued"
+
+
+async def test_c10_marketing_to_a_wireless_carrier_domain_needs_express_authorization(
+    service: Service, tmp_path: Path
+) -> None:
+    """47 CFR 64.3100: marketing email to an FCC-listed wireless domain (it reaches a phone) is
+    rejected without an opted_in consent of basis opt_in, even for a US tenant with an ad
+    disclosure, where other addresses need no consent at all. Sub-domains count; parents and
+    other categories do not. The operator's copy of the FCC list adds domains."""
+    tenant = await make_tenant(service.db, "Ads", "US", ad_disclosure="This is an advertisement.")
+    recipients = ["ann@vtext.com", "bob@X.TMOMail.net", "cat@att.net", "dan@example.com"]
+    items = (await bulk(service, tenant, **marketing_email(recipients=recipients)))["items"]
+    assert [(i["status"], (i["error"] or "").split(":")[0]) for i in items] == [
+        ("rejected", "wireless carrier domain"),
+        ("rejected", "wireless carrier domain"),
+        ("queued", ""),
+        ("queued", ""),
+    ]
+    receipt = await bulk(service, tenant, **marketing_email(category="transactional", recipients=recipients))
+    assert {i["status"] for i in receipt["items"]} == {"queued"}
+    await opt_in(
+        service,
+        tenant,
+        "email",
+        "eve@vtext.com",
+        basis="soft_opt_in",
+        source="sale",
+        collected_with_optout=True,
+    )
+    await opt_in(service, tenant, "email", "ann@vtext.com")
+    items = (await bulk(service, tenant, **marketing_email(recipients=["eve@vtext.com", "ann@vtext.com"])))[
+        "items"
+    ]
+    assert [i["status"] for i in items] == ["rejected", "queued"]
+    listed = tmp_path / "fcc-wireless-domains.txt"
+    listed.write_text(
+        "# FCC Wireless Domain Names\nsms.carrier.example\n\nMMS.Carrier.Example.  # with a dot\n"
+    )
+    try:
+        assert wireless.use_list_file(listed) == len(wireless.BUILT_IN) + 2
+        items = (await bulk(service, tenant, **marketing_email(recipients=["fay@mms.carrier.example"])))[
+            "items"
+        ]
+        assert items[0]["status"] == "rejected"
+        listed.write_text("sms.carrier.example\nnot a domain\n")
+        with pytest.raises(ValueError, match=re.escape("fcc-wireless-domains.txt:2: not a domain name")):
+            wireless.use_list_file(listed)
+    finally:
+        wireless.use_list_file(None)
+    assert not wireless.is_wireless_domain("mms.carrier.example")
 
 
 async def test_11_complaint_rate_breaker_pauses_marketing_email(service: Service) -> None:

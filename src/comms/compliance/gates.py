@@ -33,6 +33,7 @@ from comms.compliance.repository import (
     verification_counts,
 )
 from comms.compliance.settings import ConsentPolicy, TenantSettings
+from comms.compliance.wireless import is_wireless_address
 from comms.kit.clock import utcnow
 from comms.models import Consent
 
@@ -55,6 +56,9 @@ NO_CONSENT = "no marketing consent"
 NO_WRITTEN_CONSENT = "no prior express written consent"
 RATE_LIMITED = "rate limited"
 NO_AD_DISCLOSURE = "no ad disclosure: set ad_disclosure in settings to mail recipients who did not opt in"
+NO_WIRELESS_AUTHORIZATION = (
+    "wireless carrier domain: marketing needs express prior authorization (consent basis opt_in)"
+)
 
 
 def consent_policy_for(settings: TenantSettings, region: str | None) -> ConsentPolicy:
@@ -219,17 +223,14 @@ class AcceptanceGate:
             and not (consent is not None and consent.status == "opted_in" and consent.written)
         ):
             return "rejected", NO_WRITTEN_CONSENT
+        authorized = (
+            consent is not None and consent.status == "opted_in" and consent.basis in ("opt_in", "written")
+        )
+        if self.channel == "email" and not authorized and is_wireless_address(key):
+            return "rejected", NO_WIRELESS_AUTHORIZATION  # 47 CFR 64.3100 (C10), whatever the region
         if not _consent_ok(consent, consent_policy_for(self.settings, region)):
             return "rejected", NO_CONSENT
-        if (
-            self.channel == "email"
-            and not self.settings.ad_disclosure
-            and not (
-                consent is not None
-                and consent.status == "opted_in"
-                and consent.basis in ("opt_in", "written")
-            )
-        ):
+        if self.channel == "email" and not self.settings.ad_disclosure and not authorized:
             # CAN-SPAM 7704(a)(5)(A)(i): an ad says it is one, unless the recipient opted in.
             return "rejected", NO_AD_DISCLOSURE
         return None
