@@ -25,6 +25,7 @@ from sqlalchemy import func, select, update
 
 from comms.compliance import quiet_hours, wireless
 from comms.compliance.addresses import address_hash
+from comms.compliance.domain_checks import recheck_verified_domains
 from comms.compliance.keywords import handle_inbound_sms
 from comms.compliance.retention import RecipientAnonymizer, purge_expired_content
 from comms.compliance.settings import TenantSettings
@@ -1366,6 +1367,60 @@ async def test_09_marketing_email_needs_spf_dkim_and_dmarc(service: Service, dns
         "field"
     ] == "domain"
     assert (await verify("acme.example", {"dkim_selectors": ["bad selector"]}, expect=422))["code"] == 422
+
+
+async def test_09_verified_domains_are_looked_up_again_by_themselves(
+    service: Service, dns_server: DnsServer
+) -> None:
+    """A verified domain is checked again once its last check is a day old: passing, it stays
+    verified; a DNS server that cannot be asked changes nothing; a record removed since makes it
+    unverified, audited, and marketing from it stops with the reason."""
+    tenant = await make_tenant(
+        service.db, "Acme", require_dns_authentication=True, sender_identities=["news@acme.example"]
+    )
+    await opt_in(service, tenant, "email", "ann@example.com")
+    dns_server.records["acme.example"] = ["v=spf1 ip4:192.0.2.0/24 -all"]
+    dns_server.records["s1._domainkey.acme.example"] = [DKIM_KEY]
+    dns_server.records["_dmarc.acme.example"] = ["v=DMARC1; p=none"]
+    verified = await service.client.post(
+        "/communication/settings/domains/acme.example/verify",
+        json={"dkim_selectors": ["s1"]},
+        headers=tenant.headers(),
+    )
+    assert verified.json()["data"]["verified"] is True
+    box, nameserver = service.app.state.comms.secrets, service.settings.dns_nameserver
+
+    async def recheck(hours: float) -> int:
+        return await recheck_verified_domains(service.db, box, nameserver, utcnow() + timedelta(hours=hours))
+
+    async def stored() -> dict[str, Any]:
+        answer = await service.client.get("/communication/settings", headers=tenant.headers())
+        return dict(answer.json()["data"]["email_domains"]["acme.example"])
+
+    async def lost_events() -> int:
+        async with service.db.read() as session:
+            count = await session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "domain.verification_lost")
+            )
+        return int(count or 0)
+
+    assert await recheck(23) == 0  # checked less than a day ago
+    assert await recheck(25) == 1
+    still = await stored()
+    assert still["verified"] is True and still["checked_at"] > verified.json()["data"]["checked_at"]
+    assert await recheck(25) == 0  # just checked
+    dns_server.servfail.add("s1._domainkey.acme.example")
+    assert await recheck(50) == 0 and (await stored()) == still
+    dns_server.servfail.clear()
+    del dns_server.records["s1._domainkey.acme.example"]
+    assert await recheck(50) == 1
+    lost = await stored()
+    assert lost["verified"] is False and lost["dkim"]["ok"] is False and await lost_events() == 1
+    refused = await bulk(service, tenant, 422, **marketing_email(sender="news@acme.example"))
+    assert "acme.example is missing DKIM" in refused["errors"][0]["message"]
+    assert await recheck(100) == 0  # no longer verified: the tenant fixes it and verifies again
 
 
 async def test_09_a_published_dkim_key_must_be_the_one_comms_signs_with(

@@ -16,10 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from comms.accounts import service as accounts
-from comms.accounts.repository import ProviderAccountRepository
 from comms.compliance import audit, service
 from comms.compliance.dns_auth import (
     DnsUnavailable,
@@ -27,6 +24,7 @@ from comms.compliance.dns_auth import (
     impersonated_provider,
     make_resolver,
 )
+from comms.compliance.domain_checks import dkim_signers
 from comms.compliance.feedback import COMPLAINT_TYPES, NotAFeedbackReport, parse_feedback_report
 from comms.compliance.quiet_hours import widens_legal_window
 from comms.compliance.repository import ConsentStore, SuppressionStore
@@ -45,7 +43,6 @@ from comms.kit.domains import normalize_domain, valid_selector
 from comms.kit.http import reply
 from comms.kit.masking import mask_recipient
 from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Page
-from comms.kit.secretbox import SecretBox
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
@@ -131,25 +128,6 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     return reply(200, "updated", data=validated.model_dump())
 
 
-async def _dkim_signers(
-    session: AsyncSession, tenant_id: str, domain: str, box: SecretBox
-) -> dict[str, tuple[str, str]]:
-    """selector -> (who, public key) for the tenant's email accounts that DKIM-sign for ``domain``
-    with a key of their own (``Provider.dkim_signer``): the key published at that selector must be
-    theirs, or every signature fails at the receiver."""
-    signers: dict[str, tuple[str, str]] = {}
-    for row in await ProviderAccountRepository(session, tenant_id).list("email"):
-        try:
-            cls = accounts.provider_class(row.provider, row.channel)
-            signer = cls.dkim_signer(accounts.unseal(cls, row.config, box))
-        except Exception as exc:  # an account that cannot be read signs nothing
-            log.warning("provider account unreadable for the DKIM check: %s", type(exc).__name__)
-            continue
-        if signer is not None and signer[0] == domain:
-            signers[signer[1]] = (f"the {row.provider} account {row.name!r}", signer[2])
-    return signers
-
-
 @router.post("/settings/domains/{domain}/verify", responses=ERROR_RESPONSES)
 async def verify_domain(
     request: Request, domain: str, principal: AdminPrincipal, body: DomainVerify | None = None
@@ -180,7 +158,7 @@ async def verify_domain(
         raise ValidationFailed.single("dkim_selectors", f"not a DKIM selector: {bad[0]!r}")
     state = app_state(request)
     async with state.db.read() as session:
-        signers = await _dkim_signers(session, principal.tenant_id, name, state.secrets)
+        signers = await dkim_signers(session, principal.tenant_id, name, state.secrets)
     try:
         result = await authenticate_domain(
             make_resolver(state.settings.dns_nameserver),

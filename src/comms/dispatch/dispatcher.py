@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from sqlalchemy import select
 from comms import metrics
 from comms.compliance import quiet_hours
 from comms.compliance.content import MessageDecorator
+from comms.compliance.domain_checks import recheck_verified_domains
 from comms.compliance.gates import AcceptanceGate
 from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.retention import RecipientAnonymizer, purge_expired_content
@@ -97,6 +98,7 @@ class Dispatcher:
         self.limiter = limiter or LocalLimiter()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('wrk')[-8:]}"
         self._cache = BatchCache(secrets)
+        self._secrets = secrets
         self._decorator = MessageDecorator(
             settings.resolved_public_url, UnsubscribeSigner(settings.resolved_secret_key)
         )
@@ -329,22 +331,42 @@ class Dispatcher:
             self._maintenance = asyncio.create_task(self._maintain(), name="comms-maintenance")
 
     async def _maintain(self) -> None:
-        try:
-            await self.retry_unmatched_receipts()
-            await self.recheck_unknown()
-            loop_now = asyncio.get_running_loop().time()
-            if loop_now - self._last_purge >= PURGE_INTERVAL:
-                self._last_purge = loop_now
-                async with self.db.begin() as session:
-                    purged = await purge_expired_content(session, utcnow())
-                    await idempotency.forget_expired(session, utcnow())
-                if purged:
-                    log.info("purged content past its retention period", extra={"count": purged})
-                anonymized = await self._anonymizer.run(utcnow(), RECHECK_BUDGET)
-                if anonymized:
-                    log.info("anonymized recipients past log retention", extra={"count": anonymized})
-        except Exception:
-            log.warning("maintenance round failed", exc_info=True)
+        """One maintenance round; each step's failure is logged and leaves the others to run."""
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("receipts", self.retry_unmatched_receipts),
+            ("unknown", self.recheck_unknown),
+        ]
+        loop_now = asyncio.get_running_loop().time()
+        if loop_now - self._last_purge >= PURGE_INTERVAL:
+            self._last_purge = loop_now
+            steps += [
+                ("retention", self._purge),
+                ("domains", self._recheck_domains),
+                ("anonymize", self._anonymize),
+            ]
+        for name, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.warning("maintenance step failed", extra={"step": name}, exc_info=True)
+
+    async def _purge(self) -> None:
+        async with self.db.begin() as session:
+            purged = await purge_expired_content(session, utcnow())
+            await idempotency.forget_expired(session, utcnow())
+        if purged:
+            log.info("purged content past its retention period", extra={"count": purged})
+
+    async def _recheck_domains(self) -> None:
+        nameserver = self.settings.dns_nameserver
+        await recheck_verified_domains(
+            self.db, self._secrets, nameserver, utcnow(), budget_seconds=RECHECK_BUDGET
+        )
+
+    async def _anonymize(self) -> None:
+        anonymized = await self._anonymizer.run(utcnow(), RECHECK_BUDGET)
+        if anonymized:
+            log.info("anonymized recipients past log retention", extra={"count": anonymized})
 
     # ---- one claimed batch ---------------------------------------------------------------------
 

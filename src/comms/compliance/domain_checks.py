@@ -1,0 +1,105 @@
+"""Sending domains looked up again by themselves (COMPLIANCE.md M5).
+
+``POST /communication/settings/domains/{domain}/verify`` checks a domain when the tenant asks.
+Records change later (a DNS migration drops the DKIM key, a new provider rewrites SPF), and
+marketing from a domain whose mail now fails authentication is what gets a sender blocked. So the
+dispatcher's hourly maintenance looks up each verified domain again once its last check is a day
+old; a domain that no longer passes loses its verified state (marketing from it is refused at
+acceptance, naming what is missing) and the audit trail says so (``domain.verification_lost``). A
+DNS server that cannot be asked changes nothing: the domain is tried again next round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from comms.accounts import service as accounts
+from comms.accounts.repository import ProviderAccountRepository
+from comms.compliance import audit
+from comms.compliance.dns_auth import DnsUnavailable, authenticate_domain, make_resolver
+from comms.compliance.settings import load_settings
+from comms.kit.db import Database
+from comms.kit.secretbox import SecretBox
+from comms.models import Tenant
+
+log = logging.getLogger("comms.compliance")
+RECHECK_EVERY = timedelta(days=1)
+
+
+async def dkim_signers(
+    session: AsyncSession, tenant_id: str, domain: str, box: SecretBox
+) -> dict[str, tuple[str, str]]:
+    """selector -> (who, public key) for the tenant's email accounts that DKIM-sign for ``domain``
+    with a key of their own (``Provider.dkim_signer``): the key published at that selector must be
+    theirs, or every signature fails at the receiver."""
+    signers: dict[str, tuple[str, str]] = {}
+    for row in await ProviderAccountRepository(session, tenant_id).list("email"):
+        try:
+            cls = accounts.provider_class(row.provider, row.channel)
+            signer = cls.dkim_signer(accounts.unseal(cls, row.config, box))
+        except Exception as exc:  # an account that cannot be read signs nothing
+            log.warning("provider account unreadable for the DKIM check: %s", type(exc).__name__)
+            continue
+        if signer is not None and signer[0] == domain:
+            signers[signer[1]] = (f"the {row.provider} account {row.name!r}", signer[2])
+    return signers
+
+
+async def recheck_verified_domains(
+    db: Database,
+    box: SecretBox,
+    nameserver: str | None,
+    now: datetime,
+    every: timedelta = RECHECK_EVERY,
+    budget_seconds: float = 20.0,
+) -> int:
+    """Look up again the verified domains last checked more than ``every`` ago, for at most about
+    ``budget_seconds``; returns how many were checked."""
+    deadline = time.monotonic() + budget_seconds
+    async with db.read() as session:
+        tenants = (await session.execute(select(Tenant.id, Tenant.settings))).all()
+    checked = 0
+    for tenant_id, raw_settings in tenants:
+        for name, earlier in load_settings(raw_settings).email_domains.items():
+            if not earlier.verified or datetime.fromisoformat(earlier.checked_at) > now - every:
+                continue
+            if time.monotonic() > deadline:
+                return checked
+            async with db.read() as session:
+                signers = await dkim_signers(session, tenant_id, name, box)
+            try:
+                result = await authenticate_domain(
+                    make_resolver(nameserver), name, earlier.dkim_selectors, now, signers
+                )
+            except DnsUnavailable as exc:
+                log.warning("sending domain not re-checked: %s", exc, extra={"domain": name})
+                continue
+            async with db.begin() as session:
+                tenant = await session.get(Tenant, tenant_id)
+                if tenant is None:
+                    continue
+                fresh = load_settings(tenant.settings)
+                if fresh.email_domains.get(name) != earlier:
+                    continue  # checked (or removed) through the API meanwhile: that verdict stands
+                fresh.email_domains[name] = result
+                tenant.settings = fresh.model_dump()
+                tenant.updated_at = now
+                if not result.verified:
+                    audit.record(
+                        session, tenant_id, "domain.verification_lost", actor="comms",
+                        domain=name, missing=result.missing(),
+                    )  # fmt: skip
+                    log.warning(
+                        "sending domain no longer passes authentication",
+                        extra={"tenant": tenant_id, "domain": name, "missing": result.missing()},
+                    )
+            checked += 1
+    return checked
+
+
+__all__ = ["RECHECK_EVERY", "dkim_signers", "recheck_verified_domains"]
