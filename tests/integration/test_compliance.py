@@ -23,7 +23,7 @@ import dns.rrset
 import pytest
 from sqlalchemy import func, select, update
 
-from comms.compliance import quiet_hours, wireless
+from comms.compliance import quiet_hours, retention, wireless
 from comms.compliance.addresses import address_hash
 from comms.compliance.domain_checks import recheck_verified_domains
 from comms.compliance.keywords import handle_inbound_sms
@@ -751,7 +751,7 @@ async def test_content_is_purged_after_retention(live_service: Service, live_ten
 
 
 async def test_recipients_are_anonymized_after_log_retention(
-    live_service: Service, live_tenant: TenantKeys
+    live_service: Service, live_tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """P4, second half: after log_retention_days a finished log item keeps only a masked recipient
     and a salted hash of it; its content goes, provider text quoting the address is scrubbed. An
@@ -789,17 +789,25 @@ async def test_recipients_are_anonymized_after_log_retention(
             .values(response="accepted 8613800138000 (13800138000)")
         )
         salt = (await session.get(Tenant, live_tenant.tenant_id)).hash_salt  # type: ignore[union-attr]
+        await session.execute(update(Message).where(Message.id == sms_id).values(status="failed", error="x"))
+        await session.execute(
+            update(Message).where(Message.id == mail_id).values(response="250 ok for <Ann@Example.COM>")
+        )
     anonymizer = RecipientAnonymizer(live_service.db)
     assert await anonymizer.run(utcnow() + timedelta(days=9)) == 0
-    assert await anonymizer.run(utcnow() + timedelta(days=11)) == 2
+    # One item per chunk, no time: each round does one chunk and the next goes on from there.
+    monkeypatch.setattr(retention, "ANONYMIZE_CHUNK", 1)
+    runs = [await anonymizer.run(utcnow() + timedelta(days=11), budget_seconds=0) for _ in range(3)]
+    assert runs == [1, 1, 0]
     async with live_service.db.read() as session:
         rows = {m.id: m for m in (await session.scalars(select(Message))).all()}
     texted, mailed, waiting = rows[sms_id], rows[mail_id], rows[later["items"][0]["id"]]
     assert (texted.recipient, mailed.recipient) == ("138****8000", "a***@example.com")
     assert texted.recipient_key == "anon:" + address_hash(salt, "sms", "+8613800138000")
     assert mailed.recipient_key == "anon:" + address_hash(salt, "email", "ann@example.com")
-    assert texted.content is None and mailed.content is None and texted.status == "sent"
+    assert texted.content is None and mailed.content is None and texted.status == "failed"
     assert texted.response == "accepted 138****8000 (138****8000)"
+    assert mailed.response == "250 ok for <a***@example.com>"
     assert (waiting.recipient, waiting.status) == ("+8613900139000", "scheduled")  # still to be sent
     for unmask, token in ((False, None), (True, live_tenant.pii_token)):
         shown = await live_service.client.get(
@@ -810,12 +818,27 @@ async def test_recipients_are_anonymized_after_log_retention(
         "/communication/logs?recipient=13800138000", headers=live_tenant.headers()
     )
     assert found.json()["total"] == 0
+    # A retry has no address left to send the failed item to: it stays as it is.
+    await live_service.client.post(
+        f"/communication/batches/{sms['batch_id']}/retry", headers=live_tenant.headers()
+    )
+    assert await statuses(live_service, sms["batch_id"]) == {"failed": 1}
+    # The unsubscribe link of an old message still reaches the person (by the salted hash).
+    token = UnsubscribeSigner(live_service.settings.resolved_secret_key).token(mail_id)
+    unsubscribed = await live_service.client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert unsubscribed.status_code == 200
+    again = await bulk(live_service, live_tenant, **marketing_email(category="announcement"))
+    assert (again["items"][0]["status"], again["items"][0]["error"]) == (
+        "suppressed",
+        "recipient unsubscribed",
+    )
     # Once the scheduled item is done, a later round takes it (it starts where that item was).
     cancelled = await live_service.client.post(
         f"/communication/batches/{later['batch_id']}/cancel", headers=live_tenant.headers()
     )
     assert cancelled.status_code == 200, cancelled.text
-    assert await anonymizer.run(utcnow() + timedelta(days=11)) == 1
+    # (with the suppressed announcement above, which is as old as the others 11 days from now)
+    assert await anonymizer.run(utcnow() + timedelta(days=11)) == 2
     assert await anonymizer.run(utcnow() + timedelta(days=11)) == 0
     erased = await live_service.client.post(
         "/communication/erasures",
@@ -910,13 +933,14 @@ async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
     assert await state() == ([], 0)
     not_spam = await send(arf(promo_eml, "not-spam"))
     assert not_spam.status_code == 200 and not_spam.json()["data"]["complaint"] is False
+    assert not_spam.json()["data"]["duplicate"] is False
     assert await state() == ([], 0)
 
     by_token = await send(arf(promo_eml))
     assert by_token.status_code == 200, by_token.text
     assert by_token.json()["data"] == {
         "log_id": promo_id, "feedback_type": "abuse", "found_by": "list-unsubscribe",
-        "address": "a***@example.com", "complaint": True,
+        "address": "a***@example.com", "complaint": True, "duplicate": False,
     }  # fmt: skip
     by_id = await send(arf(receipt_headers, part="text/rfc822-headers"))
     assert by_id.status_code == 200 and by_id.json()["data"]["found_by"] == "message-id"
@@ -927,8 +951,9 @@ async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
         ],
         2,
     )
-    again = await send(arf(promo_eml))  # the provider reports it once more: still counted, still one row
-    assert again.status_code == 200 and (await state())[1] == 3
+    again = await send(arf(promo_eml))  # the same report delivered twice: counted once
+    assert again.status_code == 200 and again.json()["data"]["duplicate"] is True
+    assert (await state())[1] == 2
     other = await make_tenant(live_service.db, "Other")
     foreign = await live_service.client.post(
         "/communication/complaints/arf",

@@ -906,18 +906,60 @@ async def test_flow_control_makes_the_item_deferred_until_the_retry_time(
         row = await session.get(Message, log_id)
     assert row is not None and row.due_at is not None and row.error is not None
     assert row.error.startswith(
-        "deferred by the provider's flow control (1 of 24): isv.BUSINESS_LIMIT_CONTROL"
+        "deferred by the provider's flow control (1 of 31): isv.BUSINESS_LIMIT_CONTROL"
     )
     assert 50 <= (row.due_at - row.updated_at).total_seconds() <= 70  # Aliyun's minute
     assert row.deferrals == 1 and row.attempts == 0
+
+
+async def test_a_code_held_back_until_it_would_be_stale_fails(
+    live_service: Service, live_tenant: TenantKeys, live_vendor: AliyunVendor
+) -> None:
+    """A verification code is deferred like any message, 1, 2, 4 minutes; the next wait (8) would
+    deliver a stale code, so it fails instead, saying why."""
+    await add_aliyun_account(live_service, live_tenant, live_vendor)
+    await add_template(live_service, live_tenant, "verify_code", "verification", "Your code is {{ code }}")
+    live_vendor.force_code = "isv.BUSINESS_LIMIT_CONTROL"
+    answer = await live_service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "template": "verify_code",
+            "recipients": [{"to": "13800100002", "variables": {"code": "7"}}],
+        },
+        headers=live_tenant.headers(),
+    )
+    log_id = answer.json()["items"][0]["id"]
+    for count in (1, 2, 3, 4):
+
+        async def settled(count: int = count) -> bool:
+            async with live_service.db.read() as session:
+                row = await session.get(Message, log_id)
+            return row is not None and (row.deferrals == count or row.status == "failed")
+
+        await wait_until(settled)
+        async with live_service.db.begin() as session:
+            row = await session.get(Message, log_id)
+            assert row is not None
+            if row.status == "failed":
+                break
+            await session.execute(
+                update(Message).where(Message.id == log_id).values(due_at=datetime.now(UTC), queue_rank=0)
+            )
+        live_service.app.state.dispatcher.wake()
+    assert (row.status, row.deferrals) == ("failed", 3)
+    assert row.error == (
+        "the provider holds this number back (isv.BUSINESS_LIMIT_CONTROL: 触发分钟级流控Permits:1); "
+        "tried again 480 s later, the code would be stale"
+    )
 
 
 async def test_flow_control_that_goes_on_backs_off_and_gives_up(
     live_service: Service, live_tenant: TenantKeys, live_vendor: AliyunVendor
 ) -> None:
     """A number the vendor keeps holding back (a daily limit): each deferral waits twice as long
-    as the one before, up to an hour, and the item fails after 24 instead of being tried every
-    minute for ever. A retry of the batch starts the count again."""
+    as the one before, up to an hour, and the item fails at the 31st (25 hours on) instead of
+    being tried every minute for ever. A retry of the batch starts the count again."""
     await add_aliyun_account(live_service, live_tenant, live_vendor)
     await add_template(live_service, live_tenant, "notice", "transactional", "Parcel {{ p }}")
     live_vendor.force_code = "isv.BUSINESS_LIMIT_CONTROL"
@@ -961,16 +1003,16 @@ async def test_flow_control_that_goes_on_backs_off_and_gives_up(
         waits.append((row.due_at - row.updated_at).total_seconds())
         await due_now()
     assert [round(w / 60) for w in waits] == [1, 2, 4]
-    await due_now(deferrals=22)  # a long way on: 22 deferrals so far
-    row = await deferral(23)
+    await due_now(deferrals=29)  # a long way on: 29 deferrals so far
+    row = await deferral(30)
     assert (
         row.status == "deferred" and 3590 <= (row.due_at - row.updated_at).total_seconds() <= 3610
     )  # at most an hour
     await due_now()
-    row = await deferral(24)
+    row = await deferral(31)
     assert row.status == "failed" and row.error is not None
     assert row.error.startswith(
-        "the provider's flow control held this message back 24 times: isv.BUSINESS_LIMIT_CONTROL"
+        "the provider's flow control held this message back 31 times: isv.BUSINESS_LIMIT_CONTROL"
     )
     live_vendor.force_code = None
     retried = await live_service.client.post(
@@ -992,7 +1034,8 @@ async def test_a_number_aliyun_writes_ambiguously_is_read_as_the_one_the_tenant_
 ) -> None:
     """Aliyun writes +1 347 555 0123 as 13475550123, which is also a mainland 134 mobile. The
     tenant sent to the +1 number: its report finds that message, and its TD suppresses the +1
-    number, not the mainland one; a number the tenant never sent to is read as mainland."""
+    number, not the mainland one; a number this account never sent to (another account of the
+    tenant did) is read as mainland."""
     account = await add_aliyun_account(live_service, live_tenant, live_vendor)
     await add_template(live_service, live_tenant, "notice", "transactional", "Parcel {{ p }}")
     answer = await live_service.client.post(
@@ -1000,14 +1043,17 @@ async def test_a_number_aliyun_writes_ambiguously_is_read_as_the_one_the_tenant_
         json={
             "channel": "sms",
             "template": "notice",
-            "recipients": [{"to": "+13475550123", "variables": {"p": "1"}}],
+            "recipients": [
+                {"to": "+13475550123", "variables": {"p": "1"}},
+                {"to": "+13475550199", "variables": {"p": "2"}},
+            ],
         },
         headers=live_tenant.headers(),
     )
     batch, log_id = answer.json()["batch_id"], answer.json()["items"][0]["id"]
 
     async def sent() -> bool:
-        return await statuses(live_service, batch) == {"sent": 1}
+        return await statuses(live_service, batch) == {"sent": 2}
 
     await wait_until(sent)
     async with live_service.db.begin() as session:  # as a call covering several numbers records it
@@ -1016,12 +1062,17 @@ async def test_a_number_aliyun_writes_ambiguously_is_read_as_the_one_the_tenant_
             .where(Message.id == log_id)
             .values(provider_message_id=f"B77:{number_tag('+13475550123')}")
         )
+        await session.execute(  # as if the tenant's US account had sent this one
+            update(Message)
+            .where(Message.id == answer.json()["items"][1]["id"])
+            .values(provider_account_id="acc_twilio_us")
+        )
     status_path = urlsplit(account["callback_urls"]["status"]).path
     pushed = await live_service.client.post(
         f"{status_path}?token={TOKEN}", json=[report("13475550123", "B77", f"{log_id}..{log_id}z", True)]
     )
     assert pushed.status_code == 200
-    assert await statuses(live_service, batch) == {"delivered": 1}
+    assert await statuses(live_service, batch) == {"delivered": 1, "sent": 1}
 
     inbound_path = urlsplit(account["callback_urls"]["inbound"]).path
     for sequence, number in enumerate(("13475550123", "13475550199")):

@@ -46,6 +46,7 @@ from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Pag
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
+from comms.receipts.service import record_once
 from comms.state import app_state
 from comms.tenants.auth import AnyPrincipal, require
 from comms.tenants.scopes import Scope
@@ -337,6 +338,8 @@ async def mailto_unsubscribe(request: Request, principal: SuppressionsWritePrinc
 
 # ---- complaint feedback loops (ARF) --------------------------------------------------------------
 
+FEEDBACK_LOOP_SOURCE = "feedback_loop"  # receipt_events.account_id of reports: one per report
+
 
 @router.post(
     "/complaints/arf",
@@ -369,7 +372,19 @@ async def feedback_report(request: Request, principal: SuppressionsWritePrincipa
             raise NotFound("the reported message is not an email of this tenant (or its log item was erased)")
         who = service.contact_of_message(principal.tenant, message)
         complaint = report.feedback_type in COMPLAINT_TYPES
-        if complaint:
+        # A report delivered twice (a forwarder's retry, a loop that resends) counts once.
+        first = await record_once(
+            session,
+            principal.tenant_id,
+            FEEDBACK_LOOP_SOURCE,
+            "arf",
+            "complaint" if complaint else "feedback",
+            f"{principal.tenant_id}:{report.log_id}:{report.feedback_type}",
+            json.dumps(
+                {"log_id": report.log_id, "feedback_type": report.feedback_type, "found_by": report.found_by}
+            ),
+        )
+        if complaint and first is not None:
             await service.suppress(
                 session,
                 principal.tenant,
@@ -385,7 +400,10 @@ async def feedback_report(request: Request, principal: SuppressionsWritePrincipa
         "found_by": report.found_by,
         "address": mask_recipient(who.channel, who.address),
         "complaint": complaint,
+        "duplicate": first is None,
     }
+    if first is None:
+        return reply(200, "this report was recorded before: nothing changed", data=data)
     return reply(
         200, "complaint recorded" if complaint else f"not a complaint ({report.feedback_type})", data=data
     )

@@ -9,6 +9,7 @@ it still counts in statistics and an erasure request still finds it, but it no l
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -84,38 +85,55 @@ class RecipientAnonymizer:
 
     Items are walked in id order (ids begin with their creation time, so "older than the cutoff"
     is a range of the ``(tenant_id, id)`` index), a chunk per transaction. Items not finished yet
-    (a send scheduled far ahead) are left for a later round; where the first of them is, or the
-    cutoff when there is none, is remembered per tenant, so later rounds start there instead of
-    walking every item already anonymized again.
+    (a send scheduled far ahead) are left for a later round. Per tenant, where the walk may have
+    to start again is remembered: the first unfinished item met, else where it stopped (the cutoff,
+    or where the time ran out), so later rounds do not walk every anonymized item again. A round
+    that runs out of time starts the next one with the tenant it stopped at, so one tenant's
+    years of history are worked through and every other tenant still has its turn after it.
     """
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._resume: dict[str, str] = {}  # tenant id -> lowest id that may still need it
+        # tenant id -> (the lowest id that may still need it, the last id read in an unfinished walk)
+        self._resume: dict[str, tuple[str, str | None]] = {}
+        self._stopped_at: str | None = None  # the tenant a round ran out of time with
 
     async def run(self, now: datetime, budget_seconds: float = 20.0) -> int:
         """Anonymize what is due, for at most about ``budget_seconds``; returns how many items."""
         deadline = time.monotonic() + budget_seconds
         async with self.db.read() as session:
-            tenants = (await session.execute(select(Tenant.id, Tenant.hash_salt, Tenant.settings))).all()
+            tenants = (
+                await session.execute(
+                    select(Tenant.id, Tenant.hash_salt, Tenant.settings).order_by(Tenant.id)
+                )
+            ).all()
+        ids = [row[0] for row in tenants]
+        first = ids.index(self._stopped_at) if self._stopped_at in ids else 0
+        self._stopped_at = None
         done = 0
-        for tenant_id, salt, raw_settings in tenants:
+        for index, (tenant_id, salt, raw_settings) in enumerate([*tenants[first:], *tenants[:first]]):
+            if index and time.monotonic() >= deadline:  # the first tenant gets one chunk at least
+                self._stopped_at = tenant_id
+                break
             cutoff_id = first_id_at(
                 "log", now - timedelta(days=load_settings(raw_settings).log_retention_days)
             )
-            start, after = self._resume.get(tenant_id, ""), None
+            start, after = self._resume.get(tenant_id, ("", None))
             first_pending: str | None = None
-            while time.monotonic() < deadline:
+            while True:
                 async with self.db.begin() as session:
                     changed, after, pending = await _anonymize_chunk(
                         session, tenant_id, salt, start, after, cutoff_id
                     )
                 done += changed
-                if pending is not None and first_pending is None:
-                    first_pending = pending
+                first_pending = first_pending or pending
                 if after is None:  # walked up to the cutoff
-                    self._resume[tenant_id] = first_pending or cutoff_id
+                    self._resume[tenant_id] = (first_pending or cutoff_id, None)
                     break
+                if time.monotonic() >= deadline:
+                    self._resume[tenant_id] = (first_pending, None) if first_pending else (start, after)
+                    self._stopped_at = tenant_id
+                    return done
         return done
 
 
@@ -140,8 +158,9 @@ async def _anonymize_chunk(
         .order_by(Message.id)
         .limit(ANONYMIZE_CHUNK)
     )  # fmt: skip
-    if session.get_bind().dialect.name != "sqlite":
-        query = query.with_for_update(skip_locked=True)  # another worker's round takes the others
+    # Read without locks: the update below is guarded (finished, not anonymized yet), so an item
+    # that a claim or a receipt changes meanwhile is left alone, and two workers' rounds over the
+    # same items write the same values once. Its row locks are taken in id order, one at a time.
     rows = (await session.execute(query)).all()
     pending = next((row.id for row in rows if row.status in _IN_FLIGHT), None)
     values = [_anonymized(row, salt) for row in rows if row.status not in _IN_FLIGHT]
@@ -149,7 +168,11 @@ async def _anonymize_chunk(
         table = cast(Table, Message.__table__)  # Core: one executemany (ORM updates want keys)
         await session.execute(
             update(table)
-            .where(table.c.id == bindparam("b_id"), _FINISHED_SQL)
+            .where(
+                table.c.id == bindparam("b_id"),
+                _FINISHED_SQL,
+                ~table.c.recipient_key.startswith(ANONYMIZED_KEY_PREFIX, autoescape=True),
+            )
             .values(
                 recipient=bindparam("b_recipient"),
                 recipient_key=bindparam("b_key"),
@@ -192,8 +215,9 @@ def _spellings(channel: str, recipient: str, key: str) -> list[str]:
 
 
 def _scrub(text: str | None, spellings: Iterable[str], masked: str) -> str | None:
+    """``text`` with every spelling of the address replaced, whatever its case (mail systems quote
+    addresses as they were written: ``Ann@Example.com``)."""
     if not text:
         return text
-    for spelling in spellings:
-        text = text.replace(spelling, masked)
-    return text
+    pattern = "|".join(re.escape(s) for s in spellings)
+    return re.sub(pattern, lambda _: masked, text, flags=re.IGNORECASE) if pattern else text

@@ -48,7 +48,12 @@ class Contact:
 
 
 def contact_of_message(tenant: Tenant, message: Message) -> Contact:
-    """The recipient of a log item, already normalized when it was accepted."""
+    """The recipient of a log item, already normalized when it was accepted. Past log retention
+    the item keeps only the masked address and the salted hash, which is what suppressions and
+    consents are keyed by: an unsubscribe from an old message still reaches the person."""
+    if message.recipient_key.startswith(ANONYMIZED_KEY_PREFIX):
+        digest = message.recipient_key.removeprefix(ANONYMIZED_KEY_PREFIX)
+        return Contact(message.channel, message.recipient, message.recipient_key, digest)
     return Contact(
         message.channel,
         message.recipient,

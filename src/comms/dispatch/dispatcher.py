@@ -70,8 +70,10 @@ PURGE_INTERVAL = 3600.0  # seconds between retention purges
 PAUSE_RETRY = timedelta(hours=1)  # marketing held back by the complaint-rate breaker
 EXPRESS_BATCH = 50  # verification codes claimed per express round
 # A message the provider's flow control keeps holding back (a per-number daily limit) waits twice
-# as long each time (dispatch/backoff.py), and fails after this many deferrals (about 20 hours).
-MAX_PROVIDER_DEFERRALS = 24
+# as long each time (dispatch/backoff.py), up to an hour, and fails at this many deferrals: with
+# a 60 s first wait the 31st comes a little over 25 hours after the first, so a per-number daily
+# limit (Aliyun's 10 a day) has reset at least once before the message gives up.
+MAX_PROVIDER_DEFERRALS = 31
 YIELD_EVERY = 64
 COMPLETE_RETRIES = (0.2, 1.0, 3.0)  # seconds before each retry of a failed completion
 # A verification code the provider holds back longer than this would arrive stale: fail it.
@@ -783,7 +785,10 @@ class Dispatcher:
             wait = deferral_wait(result.retry_after, c.deferrals)
             reason = result.error or "flow control"
             if c.category == "verification" and wait > VERIFICATION_MAX_DEFERRAL:
-                error = f"the provider holds this number back for {wait:.0f} s: {reason}"
+                error = (
+                    f"the provider holds this number back ({reason}); "
+                    f"tried again {wait:.0f} s later, the code would be stale"
+                )
                 return self._row(c, now, status="failed", error=error, **common)
             deferrals = c.deferrals + 1
             progress = f"{deferrals} of {MAX_PROVIDER_DEFERRALS}"

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.kit.db import is_sqlite, raw_datetime
+from comms.kit.masking import ANONYMIZED_KEY_PREFIX
 from comms.messages.fairness import FAIR_SLICE, FAIR_STEP_MS, MAX_SLICES, rank_of
 from comms.messages.status import PENDING, RETRYABLE
 from comms.models import Batch, Message
@@ -255,6 +256,8 @@ class MessageRepository:
                 Message.batch_id == batch_id,
                 Message.tenant_id == self.tenant_id,
                 Message.status.in_(sorted(RETRYABLE)),
+                # Past log retention only the masked address is left: nothing to send to.
+                ~Message.recipient_key.startswith(ANONYMIZED_KEY_PREFIX, autoescape=True),
             )
             .values(
                 status="queued",

@@ -133,7 +133,7 @@ async def inbound(request: Request, provider: str, account_id: str) -> Response:
             )
             if event_id is None:
                 continue
-            message = replace(message, from_number=await service.sender_of(session, tenant, message))
+            message = replace(message, from_number=await service.sender_of(session, tenant, account, message))
             try:
                 outcome, text = await service.apply_inbound(session, tenant, message)
             except ValidationFailed as exc:  # a sender that is no phone number: before any write

@@ -41,12 +41,22 @@ async def store_once(
     session: AsyncSession, account: ProviderAccount, kind: str, event_key: str, payload: str
 ) -> str | None:
     """Record the raw event; its id, or None when this event was already recorded."""
+    return await record_once(
+        session, account.tenant_id, account.id, account.provider, kind, event_key, payload
+    )
+
+
+async def record_once(
+    session: AsyncSession, tenant_id: str, source: str, provider: str, kind: str, event_key: str, payload: str
+) -> str | None:
+    """Record an event once per ``source`` (a provider account, or another channel of reports such
+    as a feedback loop) and ``event_key``; its id, or None when it was recorded before."""
     event_id = new_id("evt")
     values = {
         "id": event_id,
-        "tenant_id": account.tenant_id,
-        "account_id": account.id,
-        "provider": account.provider,
+        "tenant_id": tenant_id,
+        "account_id": source,
+        "provider": provider,
         "kind": kind,
         "event_key": f"{kind}:{event_key}"[:200],
         "payload": payload,
@@ -136,17 +146,25 @@ async def apply_receipt(
     return f"{target.value}" if changed else f"kept {message.status}"
 
 
-async def sender_of(session: AsyncSession, tenant: Tenant, event: InboundSms) -> str:
+async def sender_of(
+    session: AsyncSession, tenant: Tenant, account: ProviderAccount, event: InboundSms
+) -> str:
     """The sender's number. Where the vendor's form of it has several readings, the one this
-    tenant last sent a message to (a reply answers a message; an opt-out must reach the number
-    that receives the tenant's messages), else the likelier reading."""
+    account last sent an SMS to (a reply answers a message, through the account that sent it; an
+    opt-out must reach the number that receives the tenant's messages), else the likelier one."""
     if not event.other_readings:
         return event.from_number
     readings = (event.from_number, *event.other_readings)
     last = await session.scalar(
         select(Message.recipient_key)
-        .where(Message.tenant_id == tenant.id, Message.recipient_key.in_(readings))
-        .order_by(Message.created_at.desc())
+        .where(
+            Message.tenant_id == tenant.id,
+            Message.recipient_key.in_(readings),
+            Message.channel == "sms",
+            Message.provider_account_id == account.id,
+            Message.sent_at.is_not(None),
+        )
+        .order_by(Message.sent_at.desc())
         .limit(1)
     )
     return last if last is not None else event.from_number
