@@ -27,6 +27,7 @@ from comms.dispatch.dispatcher import Dispatcher
 from comms.dispatch.observe import refresh_gauges
 from comms.dispatch.routing import Router
 from comms.errors import ApiError, RateLimited, pydantic_message
+from comms.events.endpoints import router as events_router
 from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
 from comms.kit.logging import quiet_parameter_loggers
@@ -101,6 +102,7 @@ def create_app(
     app.include_router(compliance_router)
     app.include_router(accounts_router)
     app.include_router(receipts_router)
+    app.include_router(events_router)
     app.include_router(unsubscribe_router)
 
     @app.get("/healthz", tags=["Operations"])

@@ -51,6 +51,8 @@ from comms.dispatch.queue import (
 from comms.dispatch.routing import Route, Router
 from comms.dispatch.wakeup import WakeListener
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.events.delivery import EventSender
+from comms.events.service import EventBuffer, Subscriptions, forget_old_deliveries, item_event
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.db import Database
 from comms.kit.ids import new_id
@@ -101,6 +103,9 @@ class Dispatcher:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('wrk')[-8:]}"
         self._cache = BatchCache(secrets)
         self._secrets = secrets
+        self._subscriptions = Subscriptions()
+        self.events = EventSender(db, secrets)
+        self._events_task: asyncio.Task[None] | None = None
         self._decorator = MessageDecorator(
             settings.resolved_public_url, UnsubscribeSigner(settings.resolved_secret_key)
         )
@@ -135,6 +140,7 @@ class Dispatcher:
             self._listener = WakeListener(self.db.url, self.wake)
             self._listener.start()
         self._loop_task = asyncio.create_task(self.run(), name="comms-dispatcher")
+        self._events_task = asyncio.create_task(self.events.run(self._stopping), name="comms-events")
         self._express_task = asyncio.create_task(self._run_express(), name="comms-dispatcher-express")
 
     def wake(self) -> None:
@@ -156,7 +162,8 @@ class Dispatcher:
             self._maintenance.cancel()
         # The claim loop exits at its next check of _stopping (a claim in progress ends first);
         # the express lane may be sending a round of codes: both drain like the batches.
-        running = {t for t in (self._loop_task, self._express_task, self._maintenance) if t is not None}
+        tasks = (self._loop_task, self._express_task, self._maintenance, self._events_task)
+        running = {t for t in tasks if t is not None}
         if running:
             await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
         if self._tasks:
@@ -356,6 +363,7 @@ class Dispatcher:
         async with self.db.begin() as session:
             purged = await purge_expired_content(session, utcnow())
             await idempotency.forget_expired(session, utcnow())
+            await forget_old_deliveries(session, utcnow())
         if purged:
             log.info("purged content past its retention period", extra={"count": purged})
 
@@ -406,16 +414,20 @@ class Dispatcher:
             rows = [
                 self._retry_or_fail(c, now, f"dispatch error: {type(exc).__name__}: {exc}") for c in claimed
             ]
+        by_id = {c.id: c for c in claimed}
+        events = await self._outcome_events(by_id, rows)
         try:
-            await self._complete(rows)
+            await self._complete(rows, events)
         except asyncio.CancelledError:
             # Stopped while recording: the sends happened, so record them once more before going
             # (left `sending`, the reaper would take them for interrupted sends).
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(FINAL_COMPLETE_TIMEOUT), self.db.begin() as session:
                     await complete(session, self.worker_id, utcnow(), rows)
+                    await events.write(session, utcnow())
             raise
-        by_id = {c.id: c for c in claimed}
+        if events:
+            self.events.wake.set()
         finished = Counter(
             (by_id[row["id"]].tenant_id, by_id[row["id"]].channel, row["provider"] or "none", row["status"])
             for row in rows
@@ -423,19 +435,52 @@ class Dispatcher:
         for labels, count in finished.items():  # one labelled child per group, not per message
             metrics.FINISHED.labels(*labels).inc(count)
 
-    async def _complete(self, rows: list[dict[str, Any]]) -> None:
-        """Record the outcomes; a database hiccup is retried, because rows left ``sending`` would
-        be reaped and re-sent as possible duplicates although the provider has them."""
+    async def _complete(self, rows: list[dict[str, Any]], events: EventBuffer) -> None:
+        """Record the outcomes, and the events they make for tenants' webhooks, in one
+        transaction; a database hiccup is retried, because rows left ``sending`` would be reaped
+        and re-sent as possible duplicates although the provider has them."""
         for delay in COMPLETE_RETRIES:
             try:
                 async with self.db.begin() as session:
                     await complete(session, self.worker_id, utcnow(), rows)
+                    await events.write(session, utcnow())
                 return
             except Exception:
                 log.warning("recording outcomes failed; retrying", extra={"in_seconds": delay})
                 await asyncio.sleep(delay)
         async with self.db.begin() as session:  # the last try: an error now goes to the caller
             await complete(session, self.worker_id, utcnow(), rows)
+            await events.write(session, utcnow())
+
+    async def _outcome_events(
+        self, by_id: dict[str, ClaimedMessage], rows: list[dict[str, Any]]
+    ) -> EventBuffer:
+        """The events of these outcomes for the tenants whose webhook wants them (none are built
+        for tenants without one)."""
+        events = EventBuffer()
+        hooks = await self._subscriptions.statuses(self.db, {c.tenant_id for c in by_id.values()})
+        if not hooks:
+            return events
+        now = utcnow()
+        for row in rows:
+            c = by_id[row["id"]]
+            if row["status"] in hooks.get(c.tenant_id, ()):
+                events.add(
+                    c.tenant_id,
+                    item_event(
+                        log_id=c.id,
+                        batch_id=c.batch_id,
+                        channel=c.channel,
+                        category=c.category,
+                        recipient=c.recipient,
+                        status=row["status"],
+                        error=row["error"],
+                        provider=row["provider"],
+                        provider_message_id=row["pmid"],
+                        at=now,
+                    ),
+                )
+        return events
 
     async def _deliver(self, claimed: list[ClaimedMessage]) -> list[dict[str, Any]]:
         now = utcnow()

@@ -20,6 +20,8 @@ from fastapi.responses import Response
 from comms.accounts import service as accounts
 from comms.dispatch.wakeup import notify_work
 from comms.errors import ValidationFailed
+from comms.events.service import EventBuffer
+from comms.kit.clock import utcnow
 from comms.kit.http import reply
 from comms.messages.schemas import BulkSendBody
 from comms.messages.service import SubmitOptions, submit_bulk
@@ -101,6 +103,7 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
         events = instance.parse_receipts(body)
     except (msgspec.DecodeError, ValueError, KeyError) as exc:
         return reply(400, f"unreadable receipt: {exc}")
+    changes = EventBuffer()
     async with app_state(request).db.begin() as session:
         for event in events:
             event_id = await service.store_once(
@@ -108,8 +111,9 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
             )
             if event_id is None:
                 continue  # the same receipt again: already applied
-            outcome = await service.apply_receipt(session, tenant, account, event)
+            outcome = await service.apply_receipt(session, tenant, account, event, changes)
             await service.mark(session, event_id, outcome)
+        await changes.write(session, utcnow())
     return _answer(instance)
 
 

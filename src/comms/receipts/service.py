@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import service as compliance
 from comms.compliance.keywords import handle_inbound_sms
+from comms.events.service import EventBuffer, item_event
 from comms.kit.clock import utcnow
 from comms.kit.db import is_sqlite
 from comms.kit.ids import new_id
@@ -106,8 +107,13 @@ def _recipient_key(recipient: str | None) -> str | None:
 
 
 async def apply_receipt(
-    session: AsyncSession, tenant: Tenant, account: ProviderAccount, event: DeliveryEvent
+    session: AsyncSession,
+    tenant: Tenant,
+    account: ProviderAccount,
+    event: DeliveryEvent,
+    events: EventBuffer | None = None,
 ) -> str:
+    """Apply one receipt; a status it changes goes into ``events`` for the tenant's webhook."""
     message = await _find_message(session, account, event)
     if message is None and event.message_id is None and event.provider_message_id is not None:
         # Vendors that name only their own id can report before the dispatcher has recorded that
@@ -137,6 +143,22 @@ async def apply_receipt(
         .execution_options(synchronize_session=False)
     )
     changed = bool(result.rowcount)  # type: ignore[attr-defined]
+    if changed and events is not None:
+        events.add(
+            tenant.id,
+            item_event(
+                log_id=message.id,
+                batch_id=message.batch_id,
+                channel=message.channel,
+                category=message.category,
+                recipient=message.recipient,
+                status=target.value,
+                error=None if target is Status.DELIVERED else str(values["error"]),
+                provider=message.provider,
+                provider_message_id=message.provider_message_id or event.provider_message_id,
+                at=now,
+            ),
+        )
     if event.bounce in ("hard", "complaint"):
         who = compliance.contact_of_message(tenant, message)
         if event.bounce == "hard":
@@ -208,6 +230,7 @@ async def retry_unmatched(
         )
     ).all()
     applied = 0
+    changes = EventBuffer()
     for row in waiting:
         account = await session.get(ProviderAccount, row.account_id)
         tenant = await session.get(Tenant, row.tenant_id)
@@ -223,6 +246,7 @@ async def retry_unmatched(
         if event is None:
             row.outcome = "ignored: not in its payload"
             continue
-        row.outcome = (await apply_receipt(session, tenant, account, event))[:200]
+        row.outcome = (await apply_receipt(session, tenant, account, event, changes))[:200]
         applied += row.outcome != UNMATCHED
+    await changes.write(session, now)
     return applied
