@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from comms.events.delivery import EventSender
 from comms.models import EventDelivery
 from tests.conftest import Service, TenantKeys, wait_until
-from tests.integration.test_receipts import SECRET, signed
+from tests.integration.conftest import signed
 from tests.webhook_sink import WebhookSink
 
 
@@ -65,13 +65,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     found.url = f"http://127.0.0.1:{port}/events"
     yield found
     await runner.cleanup()
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[WebhookSink]:
-    server = await WebhookSink(SECRET).start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -128,22 +121,11 @@ async def test_the_webhook_is_set_read_rotated_and_deleted(service: Service, ten
 
 
 async def test_status_changes_are_posted_signed_and_retried_until_taken(
-    live_service: Service, live_tenant: TenantKeys, receiver: Receiver, sink: WebhookSink
+    live_service: Service, live_tenant: TenantKeys, receiver: Receiver, account: str
 ) -> None:
     """Three SMS go out: the receiver is down at first, so the post of their `sent` events waits
     (the webhook's GET says so), then arrives once it is up; a delivery receipt then posts a
     `delivered` event. Every post is signed with the secret given once."""
-    account = await live_service.client.post(
-        "/communication/providers",
-        json={
-            "channel": "sms",
-            "provider": "webhook",
-            "name": "gw",
-            "config": {"url": sink.url, "secret": SECRET},
-        },
-        headers=live_tenant.headers(),
-    )
-    account_id = account.json()["data"]["id"]
     receiver.secret = (await subscribe(live_service, live_tenant, receiver.url))["secret"]
     receiver.status = 503
     answer = await live_service.client.post(
@@ -183,13 +165,13 @@ async def test_status_changes_are_posted_signed_and_retried_until_taken(
 
     receipt, headers = signed({"events": [{"event_id": "r1", "id": ids[0], "status": "delivered"}]})
     pushed = await live_service.client.post(
-        f"/webhooks/webhook/{account_id}/status", content=receipt, headers=headers
+        f"/webhooks/webhook/{account}/status", content=receipt, headers=headers
     )
     assert pushed.status_code == 200
     await wait_until(lambda: told(4))
     assert (receiver.events[3]["log_id"], receiver.events[3]["status"]) == (ids[0], "delivered")
     again = await live_service.client.post(
-        f"/webhooks/webhook/{account_id}/status", content=receipt, headers=headers
+        f"/webhooks/webhook/{account}/status", content=receipt, headers=headers
     )
     assert again.status_code == 200  # the same receipt again changes nothing, so tells nothing
 
@@ -205,18 +187,8 @@ async def test_status_changes_are_posted_signed_and_retried_until_taken(
 
 
 async def test_only_the_statuses_subscribed_to_are_posted(
-    live_service: Service, live_tenant: TenantKeys, receiver: Receiver, sink: WebhookSink
+    live_service: Service, live_tenant: TenantKeys, receiver: Receiver, account: str, sink: WebhookSink
 ) -> None:
-    await live_service.client.post(
-        "/communication/providers",
-        json={
-            "channel": "sms",
-            "provider": "webhook",
-            "name": "gw",
-            "config": {"url": sink.url, "secret": SECRET},
-        },
-        headers=live_tenant.headers(),
-    )
     receiver.secret = (await subscribe(live_service, live_tenant, receiver.url, statuses=["failed"]))[
         "secret"
     ]

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from comms.models import Message, ProviderAccount
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_for_message, wait_until
+from tests.integration.conftest import SECRET
 from tests.webhook_sink import WebhookSink
-
-SECRET = "s3cret-s3cret-s3cret"
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[WebhookSink]:
-    server = await WebhookSink(SECRET).start()
-    yield server
-    await server.stop()
 
 
 async def add_account(service: Service, tenant: TenantKeys, url: str, **extra: Any) -> dict[str, Any]:

@@ -879,32 +879,55 @@ async def test_a_send_whose_answer_was_lost_is_reconciled_not_sent_again(
     # QuerySendDetails does not return the BizId; Aliyun's receipts still find the item by OutId.
 
 
+async def held_back_sms(
+    service: Service, tenant: TenantKeys, vendor: AliyunVendor, to: str, category: str = "verification"
+) -> tuple[str, str]:
+    """One SMS through an Aliyun account that answers isv.BUSINESS_LIMIT_CONTROL: (batch, log id)."""
+    await add_aliyun_account(service, tenant, vendor)
+    await add_template(service, tenant, "held", category, "Your code is {{ code }}")
+    vendor.force_code = "isv.BUSINESS_LIMIT_CONTROL"
+    answer = await service.client.post(
+        "/communication/bulk",
+        json={"channel": "sms", "template": "held", "recipients": [{"to": to, "variables": {"code": "1"}}]},
+        headers=tenant.headers(),
+    )
+    return answer.json()["batch_id"], answer.json()["items"][0]["id"]
+
+
+async def deferred_or_failed(service: Service, log_id: str, deferrals: int) -> Message:
+    """The row once it was deferred ``deferrals`` times, or failed."""
+
+    async def reached() -> bool:
+        async with service.db.read() as session:
+            row = await session.get(Message, log_id)
+        return row is not None and (row.deferrals == deferrals or row.status == "failed")
+
+    await wait_until(reached)
+    async with service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None
+    return row
+
+
+async def due_now(service: Service, log_id: str, **values: Any) -> None:
+    """As if the wait had passed."""
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == log_id)
+            .values(due_at=datetime.now(UTC), queue_rank=0, **values)
+        )
+    service.app.state.dispatcher.wake()
+
+
 async def test_flow_control_makes_the_item_deferred_until_the_retry_time(
     live_service: Service, live_tenant: TenantKeys, live_vendor: AliyunVendor
 ) -> None:
     """isv.BUSINESS_LIMIT_CONTROL through the dispatcher: ``deferred`` with its retry time, not
     failed, and no attempt budget spent on it."""
-    await add_aliyun_account(live_service, live_tenant, live_vendor)
-    await add_template(live_service, live_tenant, "verify_code", "verification", "Your code is {{ code }}")
-    live_vendor.force_code = "isv.BUSINESS_LIMIT_CONTROL"
-    answer = await live_service.client.post(
-        "/communication/bulk",
-        json={
-            "channel": "sms",
-            "template": "verify_code",
-            "recipients": [{"to": "13800100000", "variables": {"code": "1"}}],
-        },
-        headers=live_tenant.headers(),
-    )
-    log_id = answer.json()["items"][0]["id"]
-
-    async def deferred() -> bool:
-        return await statuses(live_service, answer.json()["batch_id"]) == {"deferred": 1}
-
-    await wait_until(deferred)
-    async with live_service.db.read() as session:
-        row = await session.get(Message, log_id)
-    assert row is not None and row.due_at is not None and row.error is not None
+    _, log_id = await held_back_sms(live_service, live_tenant, live_vendor, "13800100000")
+    row = await deferred_or_failed(live_service, log_id, 1)
+    assert row.status == "deferred" and row.due_at is not None and row.error is not None
     assert row.error.startswith(
         "deferred by the provider's flow control (1 of 31): isv.BUSINESS_LIMIT_CONTROL"
     )
@@ -917,36 +940,12 @@ async def test_a_code_held_back_until_it_would_be_stale_fails(
 ) -> None:
     """A verification code is deferred like any message, 1, 2, 4 minutes; the next wait (8) would
     deliver a stale code, so it fails instead, saying why."""
-    await add_aliyun_account(live_service, live_tenant, live_vendor)
-    await add_template(live_service, live_tenant, "verify_code", "verification", "Your code is {{ code }}")
-    live_vendor.force_code = "isv.BUSINESS_LIMIT_CONTROL"
-    answer = await live_service.client.post(
-        "/communication/bulk",
-        json={
-            "channel": "sms",
-            "template": "verify_code",
-            "recipients": [{"to": "13800100002", "variables": {"code": "7"}}],
-        },
-        headers=live_tenant.headers(),
-    )
-    log_id = answer.json()["items"][0]["id"]
+    _, log_id = await held_back_sms(live_service, live_tenant, live_vendor, "13800100002")
     for count in (1, 2, 3, 4):
-
-        async def settled(count: int = count) -> bool:
-            async with live_service.db.read() as session:
-                row = await session.get(Message, log_id)
-            return row is not None and (row.deferrals == count or row.status == "failed")
-
-        await wait_until(settled)
-        async with live_service.db.begin() as session:
-            row = await session.get(Message, log_id)
-            assert row is not None
-            if row.status == "failed":
-                break
-            await session.execute(
-                update(Message).where(Message.id == log_id).values(due_at=datetime.now(UTC), queue_rank=0)
-            )
-        live_service.app.state.dispatcher.wake()
+        row = await deferred_or_failed(live_service, log_id, count)
+        if row.status == "failed":
+            break
+        await due_now(live_service, log_id)
     assert (row.status, row.deferrals) == ("failed", 3)
     assert row.error == (
         "the provider holds this number back (isv.BUSINESS_LIMIT_CONTROL: 触发分钟级流控Permits:1); "
@@ -960,55 +959,29 @@ async def test_flow_control_that_goes_on_backs_off_and_gives_up(
     """A number the vendor keeps holding back (a daily limit): each deferral waits twice as long
     as the one before, up to an hour, and the item fails at the 31st (25 hours on) instead of
     being tried every minute for ever. A retry of the batch starts the count again."""
-    await add_aliyun_account(live_service, live_tenant, live_vendor)
-    await add_template(live_service, live_tenant, "notice", "transactional", "Parcel {{ p }}")
-    live_vendor.force_code = "isv.BUSINESS_LIMIT_CONTROL"
-    answer = await live_service.client.post(
-        "/communication/bulk",
-        json={
-            "channel": "sms",
-            "template": "notice",
-            "recipients": [{"to": "13800100001", "variables": {"p": "1"}}],
-        },
-        headers=live_tenant.headers(),
+    batch_id, log_id = await held_back_sms(
+        live_service, live_tenant, live_vendor, "13800100001", "transactional"
     )
-    batch_id, log_id = answer.json()["batch_id"], answer.json()["items"][0]["id"]
-    dispatcher = live_service.app.state.dispatcher
 
     async def deferral(count: int) -> Message:
-        async def reached() -> bool:
-            async with live_service.db.read() as session:
-                row = await session.get(Message, log_id)
-            return row is not None and row.deferrals == count and row.status in ("deferred", "failed")
+        return await deferred_or_failed(live_service, log_id, count)
 
-        await wait_until(reached)
-        async with live_service.db.read() as session:
-            row = await session.get(Message, log_id)
-        assert row is not None
-        return row
-
-    async def due_now(**values: Any) -> None:  # the wait has passed
-        async with live_service.db.begin() as session:
-            await session.execute(
-                update(Message)
-                .where(Message.id == log_id)
-                .values(due_at=datetime.now(UTC), queue_rank=0, **values)
-            )
-        dispatcher.wake()
+    async def due_now_(**values: Any) -> None:
+        await due_now(live_service, log_id, **values)
 
     waits = []
     for count in (1, 2, 3):
         row = await deferral(count)
         assert row.status == "deferred" and row.due_at is not None
         waits.append((row.due_at - row.updated_at).total_seconds())
-        await due_now()
+        await due_now_()
     assert [round(w / 60) for w in waits] == [1, 2, 4]
-    await due_now(deferrals=29)  # a long way on: 29 deferrals so far
+    await due_now_(deferrals=29)  # a long way on: 29 deferrals so far
     row = await deferral(30)
     assert (
         row.status == "deferred" and 3590 <= (row.due_at - row.updated_at).total_seconds() <= 3610
     )  # at most an hour
-    await due_now()
+    await due_now_()
     row = await deferral(31)
     assert row.status == "failed" and row.error is not None
     assert row.error.startswith(

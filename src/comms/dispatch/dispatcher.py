@@ -465,21 +465,8 @@ class Dispatcher:
         for row in rows:
             c = by_id[row["id"]]
             if row["status"] in hooks.get(c.tenant_id, ()):
-                events.add(
-                    c.tenant_id,
-                    item_event(
-                        log_id=c.id,
-                        batch_id=c.batch_id,
-                        channel=c.channel,
-                        category=c.category,
-                        recipient=c.recipient,
-                        status=row["status"],
-                        error=row["error"],
-                        provider=row["provider"],
-                        provider_message_id=row["pmid"],
-                        at=now,
-                    ),
-                )
+                event = item_event(c, row["status"], row["error"], row["provider"], row["pmid"], now)
+                events.add(c.tenant_id, event)
         return events
 
     async def _deliver(self, claimed: list[ClaimedMessage]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import msgspec
 from sqlalchemy import delete, select
@@ -37,13 +37,23 @@ SUBSCRIPTION_TTL = 5.0  # seconds a process believes what it read of a tenant's 
 _encode = msgspec.json.Encoder().encode
 
 
+class LogItem(Protocol):
+    """What an event says of the item: a claimed message or a log row."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def batch_id(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def recipient(self) -> str: ...
+
+
 def item_event(
-    *,
-    log_id: str,
-    batch_id: str,
-    channel: str,
-    category: str,
-    recipient: str,
+    item: LogItem,
     status: str,
     error: str | None,
     provider: str | None,
@@ -54,11 +64,11 @@ def item_event(
     return {
         "event_id": new_id("evt"),
         "type": "message.status",
-        "log_id": log_id,
-        "batch_id": batch_id,
-        "channel": channel,
-        "category": category,
-        "recipient": mask_recipient(channel, recipient),
+        "log_id": item.id,
+        "batch_id": item.batch_id,
+        "channel": item.channel,
+        "category": item.category,
+        "recipient": mask_recipient(item.channel, item.recipient),
         "status": status,
         "error": error,
         "provider": provider,

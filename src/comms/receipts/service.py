@@ -144,21 +144,9 @@ async def apply_receipt(
     )
     changed = bool(result.rowcount)  # type: ignore[attr-defined]
     if changed and events is not None:
-        events.add(
-            tenant.id,
-            item_event(
-                log_id=message.id,
-                batch_id=message.batch_id,
-                channel=message.channel,
-                category=message.category,
-                recipient=message.recipient,
-                status=target.value,
-                error=None if target is Status.DELIVERED else str(values["error"]),
-                provider=message.provider,
-                provider_message_id=message.provider_message_id or event.provider_message_id,
-                at=now,
-            ),
-        )
+        error = None if target is Status.DELIVERED else str(values["error"])
+        vendor_id = message.provider_message_id or event.provider_message_id
+        events.add(tenant.id, item_event(message, target.value, error, message.provider, vendor_id, now))
     if event.bounce in ("hard", "complaint"):
         who = compliance.contact_of_message(tenant, message)
         if event.bounce == "hard":
