@@ -141,6 +141,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         retry_base_seconds=0.05,
         retry_max_seconds=0.2,
         express_lane=False,  # `service` (no dispatcher) keeps what it accepts queued
+        event_webhook_allow_private=True,  # the tests' receivers listen on 127.0.0.1
     )
 
 

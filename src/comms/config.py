@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # A copy of the FCC's Wireless Domain Names list (one domain per line): marketing email to
     # them needs express prior authorization (compliance/wireless.py has the major ones built in).
     fcc_wireless_domains_file: Path | None = None
+    # Event webhooks may post to private, loopback and link-local addresses (an on-premises
+    # deployment); off, only to public ones (kit/netguard.py).
+    event_webhook_allow_private: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
 

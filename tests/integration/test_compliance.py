@@ -25,7 +25,7 @@ from sqlalchemy import func, select, update
 
 from comms.compliance import quiet_hours, retention, wireless
 from comms.compliance.addresses import address_hash
-from comms.compliance.domain_checks import recheck_verified_domains
+from comms.compliance.domain_checks import DomainRechecker
 from comms.compliance.keywords import handle_inbound_sms
 from comms.compliance.retention import RecipientAnonymizer, purge_expired_content
 from comms.compliance.settings import TenantSettings
@@ -916,6 +916,7 @@ async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
 
     bad = [
         (await send(arf(promo_eml), **{"Content-Type": "application/json"}), 400),
+        (await send(arf(promo_eml + b"x" * (10 * 1024 * 1024))), 413),
         (await send(promo_eml), 422),  # the message itself, not a report about it
         (await send(arf(promo_eml, "spam!")), 422),
         (await send(arf(b"Subject: hello\r\n", part="text/rfc822-headers")), 422),  # not one of ours
@@ -929,7 +930,7 @@ async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
     assert [(answer.status_code, answer.json()["code"]) for answer, _ in bad] == [
         (code, code) for _, code in bad
     ]
-    assert "report-type=feedback-report" in bad[1][0].json()["errors"][0]["message"]
+    assert "report-type=feedback-report" in bad[2][0].json()["errors"][0]["message"]
     assert await state() == ([], 0)
     not_spam = await send(arf(promo_eml, "not-spam"))
     assert not_spam.status_code == 200 and not_spam.json()["data"]["complaint"] is False
@@ -1413,10 +1414,10 @@ async def test_09_verified_domains_are_looked_up_again_by_themselves(
         headers=tenant.headers(),
     )
     assert verified.json()["data"]["verified"] is True
-    box, nameserver = service.app.state.comms.secrets, service.settings.dns_nameserver
+    rechecker = DomainRechecker(service.db, service.app.state.comms.secrets, service.settings.dns_nameserver)
 
     async def recheck(hours: float) -> int:
-        return await recheck_verified_domains(service.db, box, nameserver, utcnow() + timedelta(hours=hours))
+        return await rechecker.run(utcnow() + timedelta(hours=hours))
 
     async def stored() -> dict[str, Any]:
         answer = await service.client.get("/communication/settings", headers=tenant.headers())
@@ -1439,6 +1440,8 @@ async def test_09_verified_domains_are_looked_up_again_by_themselves(
     dns_server.servfail.add("s1._domainkey.acme.example")
     assert await recheck(50) == 0 and (await stored()) == still
     dns_server.servfail.clear()
+    assert await recheck(50) == 0  # an unreachable DNS is left alone a while...
+    rechecker._unreachable_until.clear()  # ...six hours later
     del dns_server.records["s1._domainkey.acme.example"]
     assert await recheck(50) == 1
     lost = await stored()

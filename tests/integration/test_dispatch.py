@@ -351,10 +351,27 @@ async def test_completion_requires_holding_the_lease(service: Service, tenant: T
         "deferrals": 0,
     }
     async with service.db.begin() as session:
-        await complete(session, "w-a", now, [row])
+        assert await complete(session, "w-a", now, [row]) == set()  # nothing set: nothing to tell
     async with service.db.read() as session:
         stored = await session.get(Message, log_id)
     assert stored is not None and stored.status == "sending" and stored.lease_owner == "w-b"
+    # A receipt came before the provider's answer was recorded: the row keeps `delivered`, takes
+    # the send's details, and is not among the ids set (no `sent` event after the `delivered`).
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message).where(Message.id == log_id).values(lease_owner="w-a", status="delivered")
+        )
+    async with service.db.begin() as session:
+        assert await complete(session, "w-a", now, [{**row, "pmid": "gw-1"}]) == set()
+    async with service.db.read() as session:
+        stored = await session.get(Message, log_id)
+    assert stored is not None and (stored.status, stored.provider_message_id) == ("delivered", "gw-1")
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message).where(Message.id == log_id).values(status="sending", lease_owner="w-a")
+        )
+    async with service.db.begin() as session:
+        assert await complete(session, "w-a", now, [row]) == {log_id}
 
 
 async def test_graceful_stop_drains_in_flight(live_service: Service, live_tenant: TenantKeys) -> None:

@@ -14,10 +14,14 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from comms.events.delivery import EventSender
-from comms.models import EventDelivery
+from comms.events.service import EventBuffer
+from comms.kit.clock import utcnow
+from comms.kit.netguard import PublicOnlyResolver
+from comms.kit.secretbox import SecretBox
+from comms.models import EventDelivery, EventWebhook
 from tests.conftest import Service, TenantKeys, wait_until
 from tests.integration.conftest import signed
 from tests.webhook_sink import WebhookSink
@@ -120,6 +124,45 @@ async def test_the_webhook_is_set_read_rotated_and_deleted(service: Service, ten
     assert (await service.client.delete(path, headers=h)).status_code == 404
 
 
+async def test_event_webhooks_go_to_public_addresses_only(service: Service, tenant: TenantKeys) -> None:
+    """Unless the operator allows private networks, a URL naming a private, loopback or link-local
+    address is refused when set; a name is checked when it is resolved, before connecting."""
+    service.settings.event_webhook_allow_private = False
+    for url in (
+        "http://127.0.0.1:8080/e",
+        "https://10.1.2.3/e",
+        "http://169.254.169.254/latest",
+        "http://[::1]/e",
+        "http://localhost/e",
+    ):
+        refused = await service.client.put(
+            "/communication/event-webhook", json={"url": url}, headers=tenant.headers()
+        )
+        assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "url", url
+        assert "is not a public address" in refused.json()["errors"][0]["message"]
+    assert (
+        await service.client.get("/communication/event-webhook", headers=tenant.headers())
+    ).status_code == 404
+    with pytest.raises(OSError, match="resolves to no public address"):
+        await PublicOnlyResolver().resolve("localhost", 80)
+    assert await subscribe(service, tenant, "https://93.184.215.14/e")  # a public address is fine
+    # One set while the operator allowed private networks, then forbade them: refused at delivery.
+    async with service.db.begin() as session:
+        await session.execute(update(EventWebhook).values(url="http://10.9.9.9/e"))
+        buffer = EventBuffer()
+        buffer.add(tenant.tenant_id, {"event_id": "evt_1", "status": "sent"})
+        assert await buffer.write(session, utcnow()) == 1
+    sender = EventSender(service.db, service.app.state.comms.secrets, allow_private=False)
+    assert await sender.deliver_due() == 1
+    async with service.db.read() as session:
+        row = await session.scalar(select(EventDelivery))
+    assert (
+        row is not None
+        and row.delivered_at is None
+        and row.last_error == "refused: 10.9.9.9 is not a public address"
+    )
+
+
 async def test_status_changes_are_posted_signed_and_retried_until_taken(
     live_service: Service, live_tenant: TenantKeys, receiver: Receiver, account: str
 ) -> None:
@@ -215,3 +258,65 @@ async def test_only_the_statuses_subscribed_to_are_posted(
 
 async def _at_least(receiver: Receiver, count: int) -> bool:
     return len(receiver.events) >= count
+
+
+async def test_a_tenant_whose_endpoint_is_down_does_not_hold_up_the_others(
+    service: Service, tenant: TenantKeys, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ten deliveries wait for a tenant whose endpoint fails, one for another tenant: one round
+    takes at most four of the first tenant's, so the other's goes out in it too; the failure
+    holds back the first tenant's others as long as the failed one (its endpoint is asked once
+    per wait, not once per delivery); a secret that no longer decrypts gives its delivery up."""
+    from tests.conftest import make_tenant
+
+    other = await make_tenant(service.db, "Other")
+    receiver.secret = (await subscribe(service, other, receiver.url))["secret"]
+    await subscribe(service, tenant, receiver.url.replace("/events", "/down"))
+    async with service.db.begin() as session:  # one delivery per completed claim, as in real life
+        for owner, count in ((tenant.tenant_id, 10), (other.tenant_id, 1)):
+            for i in range(count):
+                buffer = EventBuffer()
+                buffer.add(owner, {"event_id": f"evt_{owner[-4:]}{i}", "status": "sent"})
+                await buffer.write(session, utcnow())
+    monkeypatch.setattr(EventSender, "first_retry_seconds", 10.0)
+    sender = EventSender(service.db, service.app.state.comms.secrets, allow_private=True)
+    assert await sender.deliver_due() == 5  # four of the first tenant's, and the other's
+    assert [e["event_id"] for e in receiver.events] == [f"evt_{other.tenant_id[-4:]}0"]
+    mine = EventDelivery.tenant_id == tenant.tenant_id
+    async with service.db.read() as session:
+        rows = (await session.scalars(select(EventDelivery).where(mine))).all()
+    assert sum(r.attempts for r in rows) == 4 and {r.last_error for r in rows} == {"HTTP 404", None}
+    assert all(r.next_attempt_at > utcnow() for r in rows)  # all held back
+    assert await sender.deliver_due() == 0
+    sealed_elsewhere = SecretBox("another COMMS_SECRET_KEY").encrypt("whsec_x")
+    async with service.db.begin() as session:
+        await session.execute(
+            update(EventWebhook)
+            .where(EventWebhook.tenant_id == tenant.tenant_id)
+            .values(secret=sealed_elsewhere)
+        )
+        await session.execute(update(EventDelivery).where(mine).values(next_attempt_at=utcnow()))
+    assert await sender.deliver_due() == 0
+    async with service.db.read() as session:
+        rows = (await session.scalars(select(EventDelivery).where(mine))).all()
+    assert {(r.failed_at is not None, r.last_error) for r in rows} == {
+        (True, "the webhook's secret cannot be decrypted (COMMS_SECRET_KEY changed?)")
+    }
+
+
+async def test_an_erasure_drops_waiting_events_that_quote_the_address(
+    service: Service, tenant: TenantKeys
+) -> None:
+    await subscribe(service, tenant, "https://93.184.215.14/e")
+    async with service.db.begin() as session:
+        for error in ("invalid number +8613800138000", "invalid number +8613900139000"):
+            buffer = EventBuffer()
+            buffer.add(tenant.tenant_id, {"event_id": "evt_1", "status": "failed", "error": error})
+            await buffer.write(session, utcnow())
+    erased = await service.client.post(
+        "/communication/erasures", json={"channel": "sms", "address": "13800138000"}, headers=tenant.headers()
+    )
+    assert erased.status_code == 200
+    async with service.db.read() as session:
+        left = (await session.scalars(select(EventDelivery.payload))).all()
+    assert len(left) == 1 and "+8613900139000" in left[0]

@@ -50,42 +50,55 @@ async def dkim_signers(
     return signers
 
 
-async def recheck_verified_domains(
-    db: Database,
-    box: SecretBox,
-    nameserver: str | None,
-    now: datetime,
-    every: timedelta = RECHECK_EVERY,
-    budget_seconds: float = 20.0,
-) -> int:
-    """Look up again the verified domains last checked more than ``every`` ago, for at most about
-    ``budget_seconds``; returns how many were checked."""
-    deadline = time.monotonic() + budget_seconds
-    async with db.read() as session:
-        tenants = (await session.execute(select(Tenant.id, Tenant.settings))).all()
-    checked = 0
-    for tenant_id, raw_settings in tenants:
-        for name, earlier in load_settings(raw_settings).email_domains.items():
-            if not earlier.verified or datetime.fromisoformat(earlier.checked_at) > now - every:
-                continue
+UNREACHABLE_PAUSE = 6 * 3600.0  # seconds a domain whose DNS could not be asked waits its next try
+
+
+class DomainRechecker:
+    """Looks up again the verified domains whose last check is older than a day, the oldest
+    first. One whose DNS cannot be asked is left for UNREACHABLE_PAUSE, so a few domains with
+    dead nameservers (each costs a timeout) do not use up every round's time."""
+
+    def __init__(self, db: Database, box: SecretBox, nameserver: str | None) -> None:
+        self.db = db
+        self.box = box
+        self.nameserver = nameserver
+        self._unreachable_until: dict[tuple[str, str], float] = {}
+
+    async def run(self, now: datetime, every: timedelta = RECHECK_EVERY, budget_seconds: float = 20.0) -> int:
+        """Re-check what is due for at most about ``budget_seconds``; returns how many were checked."""
+        deadline = time.monotonic() + budget_seconds
+        async with self.db.read() as session:
+            tenants = (await session.execute(select(Tenant.id, Tenant.settings))).all()
+        due = sorted(
+            (earlier.checked_at, tenant_id, name, earlier)
+            for tenant_id, raw_settings in tenants
+            for name, earlier in load_settings(raw_settings).email_domains.items()
+            if earlier.verified
+            and datetime.fromisoformat(earlier.checked_at) <= now - every
+            and self._unreachable_until.get((tenant_id, name), 0.0) <= time.monotonic()
+        )
+        checked = 0
+        for _, tenant_id, name, earlier in due:
             if time.monotonic() > deadline:
-                return checked
-            async with db.read() as session:
-                signers = await dkim_signers(session, tenant_id, name, box)
+                break
+            async with self.db.read() as session:
+                signers = await dkim_signers(session, tenant_id, name, self.box)
             try:
                 result = await authenticate_domain(
-                    make_resolver(nameserver), name, earlier.dkim_selectors, now, signers
+                    make_resolver(self.nameserver), name, earlier.dkim_selectors, now, signers
                 )
             except DnsUnavailable as exc:
                 log.warning("sending domain not re-checked: %s", exc, extra={"domain": name})
+                self._unreachable_until[(tenant_id, name)] = time.monotonic() + UNREACHABLE_PAUSE
                 continue
-            async with db.begin() as session:
-                tenant = await session.get(Tenant, tenant_id)
+            async with self.db.begin() as session:
+                # Locked: a settings change committed meanwhile must not be written over.
+                tenant = await session.get(Tenant, tenant_id, with_for_update=True)
                 if tenant is None:
                     continue
                 fresh = load_settings(tenant.settings)
                 if fresh.email_domains.get(name) != earlier:
-                    continue  # checked (or removed) through the API meanwhile: that verdict stands
+                    continue  # checked (or removed) through the API, or by another worker, meanwhile
                 fresh.email_domains[name] = result
                 tenant.settings = fresh.model_dump()
                 tenant.updated_at = now
@@ -99,7 +112,7 @@ async def recheck_verified_domains(
                         extra={"tenant": tenant_id, "domain": name, "missing": result.missing()},
                     )
             checked += 1
-    return checked
+        return checked
 
 
-__all__ = ["RECHECK_EVERY", "dkim_signers", "recheck_verified_domains"]
+__all__ = ["RECHECK_EVERY", "DomainRechecker", "dkim_signers"]

@@ -43,6 +43,7 @@ from comms.kit.domains import normalize_domain, valid_selector
 from comms.kit.http import reply
 from comms.kit.masking import mask_recipient
 from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Page
+from comms.messages.endpoints import read_body
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
@@ -300,7 +301,8 @@ async def mailto_unsubscribe(request: Request, principal: SuppressionsWritePrinc
     its recipient address and sender as JSON, or the message itself as ``message/rfc822``. A
     genuine token of the caller's tenant suppresses the message's recipient at once (source
     ``mailto``); the token, not the sender, says who (forwarded mail and aliases still work)."""
-    recipient, sender = _mailto_request(request.headers.get("content-type", "").lower(), await request.body())
+    raw = await read_body(request, MAX_REPORT_BYTES)
+    recipient, sender = _mailto_request(request.headers.get("content-type", "").lower(), raw)
     token = mailto_token_of(recipient) if recipient else None
     if token is None:
         raise ValidationFailed.single(
@@ -339,6 +341,7 @@ async def mailto_unsubscribe(request: Request, principal: SuppressionsWritePrinc
 # ---- complaint feedback loops (ARF) --------------------------------------------------------------
 
 FEEDBACK_LOOP_SOURCE = "feedback_loop"  # receipt_events.account_id of reports: one per report
+MAX_REPORT_BYTES = 10 * 1024 * 1024  # a report quotes the message, attachments and all
 
 
 @router.post(
@@ -363,7 +366,7 @@ async def feedback_report(request: Request, principal: SuppressionsWritePrincipa
     state = app_state(request)
     signer = UnsubscribeSigner(state.settings.resolved_secret_key)
     try:
-        report = parse_feedback_report(await request.body(), signer, utcnow())
+        report = parse_feedback_report(await read_body(request, MAX_REPORT_BYTES), signer, utcnow())
     except NotAFeedbackReport as exc:
         raise ValidationFailed.single("body", str(exc)) from None
     async with state.db.begin() as session:

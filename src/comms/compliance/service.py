@@ -23,7 +23,7 @@ from comms.kit.clock import utcnow
 from comms.kit.ids import new_id
 from comms.kit.masking import ANONYMIZED_KEY_PREFIX
 from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
-from comms.models import Consent, Message, ReceiptEvent, Suppression, Tenant
+from comms.models import Consent, EventDelivery, Message, ReceiptEvent, Suppression, Tenant
 
 # Reasons that block every category but verification; an opt-out only blocks subscription mail.
 SCOPE_ALL_REASONS = frozenset({"hard_bounce", "complaint"})
@@ -228,11 +228,22 @@ async def erase(
     await ConsentStore(session, tenant.id).forget_addresses(who.channel, who.digest)
     # Raw provider callbacks (inbound replies, receipts) may quote the address, in the vendor's
     # own spelling: form-encoded (Twilio, Kannel) or national (Aliyun, Tencent).
+    spellings = _spellings(who)
     await session.execute(
         delete(ReceiptEvent)
         .where(
             ReceiptEvent.tenant_id == tenant.id,
-            or_(*(ReceiptEvent.payload.contains(s, autoescape=True) for s in _spellings(who))),
+            or_(*(ReceiptEvent.payload.contains(s, autoescape=True) for s in spellings)),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    # Events waiting for the tenant's webhook show the address masked, but a provider's error
+    # in them may quote it.
+    await session.execute(
+        delete(EventDelivery)
+        .where(
+            EventDelivery.tenant_id == tenant.id,
+            or_(*(EventDelivery.payload.contains(s, autoescape=True) for s in spellings)),
         )
         .execution_options(synchronize_session=False)
     )

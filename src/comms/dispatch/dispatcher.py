@@ -23,11 +23,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms import metrics
 from comms.compliance import quiet_hours
 from comms.compliance.content import MessageDecorator
-from comms.compliance.domain_checks import recheck_verified_domains
+from comms.compliance.domain_checks import DomainRechecker
 from comms.compliance.gates import AcceptanceGate
 from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.retention import RecipientAnonymizer, purge_expired_content
@@ -102,9 +103,9 @@ class Dispatcher:
         self.limiter = limiter or LocalLimiter()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id('wrk')[-8:]}"
         self._cache = BatchCache(secrets)
-        self._secrets = secrets
+        self._domains = DomainRechecker(db, secrets, settings.dns_nameserver)
         self._subscriptions = Subscriptions()
-        self.events = EventSender(db, secrets)
+        self.events = EventSender(db, secrets, settings.event_webhook_allow_private)
         self._events_task: asyncio.Task[None] | None = None
         self._decorator = MessageDecorator(
             settings.resolved_public_url, UnsubscribeSigner(settings.resolved_secret_key)
@@ -368,10 +369,7 @@ class Dispatcher:
             log.info("purged content past its retention period", extra={"count": purged})
 
     async def _recheck_domains(self) -> None:
-        nameserver = self.settings.dns_nameserver
-        await recheck_verified_domains(
-            self.db, self._secrets, nameserver, utcnow(), budget_seconds=RECHECK_BUDGET
-        )
+        await self._domains.run(utcnow(), budget_seconds=RECHECK_BUDGET)
 
     async def _anonymize(self) -> None:
         anonymized = await self._anonymizer.run(utcnow(), RECHECK_BUDGET)
@@ -415,18 +413,16 @@ class Dispatcher:
                 self._retry_or_fail(c, now, f"dispatch error: {type(exc).__name__}: {exc}") for c in claimed
             ]
         by_id = {c.id: c for c in claimed}
-        events = await self._outcome_events(by_id, rows)
         try:
-            await self._complete(rows, events)
+            told = await self._complete(rows, by_id)
         except asyncio.CancelledError:
             # Stopped while recording: the sends happened, so record them once more before going
             # (left `sending`, the reaper would take them for interrupted sends).
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(FINAL_COMPLETE_TIMEOUT), self.db.begin() as session:
-                    await complete(session, self.worker_id, utcnow(), rows)
-                    await events.write(session, utcnow())
+                    await self._record(session, rows, by_id)
             raise
-        if events:
+        if told:
             self.events.wake.set()
         finished = Counter(
             (by_id[row["id"]].tenant_id, by_id[row["id"]].channel, row["provider"] or "none", row["status"])
@@ -435,39 +431,39 @@ class Dispatcher:
         for labels, count in finished.items():  # one labelled child per group, not per message
             metrics.FINISHED.labels(*labels).inc(count)
 
-    async def _complete(self, rows: list[dict[str, Any]], events: EventBuffer) -> None:
-        """Record the outcomes, and the events they make for tenants' webhooks, in one
-        transaction; a database hiccup is retried, because rows left ``sending`` would be reaped
-        and re-sent as possible duplicates although the provider has them."""
+    async def _complete(self, rows: list[dict[str, Any]], by_id: dict[str, ClaimedMessage]) -> bool:
+        """Record the outcomes (and their events); a database hiccup is retried, because rows
+        left ``sending`` would be reaped and re-sent as possible duplicates although the provider
+        has them. Whether events were written."""
         for delay in COMPLETE_RETRIES:
             try:
                 async with self.db.begin() as session:
-                    await complete(session, self.worker_id, utcnow(), rows)
-                    await events.write(session, utcnow())
-                return
+                    return await self._record(session, rows, by_id)
             except Exception:
                 log.warning("recording outcomes failed; retrying", extra={"in_seconds": delay})
                 await asyncio.sleep(delay)
         async with self.db.begin() as session:  # the last try: an error now goes to the caller
-            await complete(session, self.worker_id, utcnow(), rows)
-            await events.write(session, utcnow())
+            return await self._record(session, rows, by_id)
 
-    async def _outcome_events(
-        self, by_id: dict[str, ClaimedMessage], rows: list[dict[str, Any]]
-    ) -> EventBuffer:
-        """The events of these outcomes for the tenants whose webhook wants them (none are built
-        for tenants without one)."""
-        events = EventBuffer()
-        hooks = await self._subscriptions.statuses(self.db, {c.tenant_id for c in by_id.values()})
-        if not hooks:
-            return events
+    async def _record(
+        self, session: AsyncSession, rows: list[dict[str, Any]], by_id: dict[str, ClaimedMessage]
+    ) -> bool:
+        """In the caller's transaction: the outcomes, and the events of the statuses actually set
+        (not of rows whose lease was lost, nor of rows a receipt had moved on) for the tenants
+        whose webhook wants them. Whether events were written."""
         now = utcnow()
+        updated = await complete(session, self.worker_id, now, rows)
+        hooks = await self._subscriptions.statuses(session, {by_id[i].tenant_id for i in updated})
+        if not hooks:
+            return False
+        events = EventBuffer()
         for row in rows:
             c = by_id[row["id"]]
-            if row["status"] in hooks.get(c.tenant_id, ()):
-                event = item_event(c, row["status"], row["error"], row["provider"], row["pmid"], now)
-                events.add(c.tenant_id, event)
-        return events
+            if row["id"] in updated and row["status"] in hooks.get(c.tenant_id, ()):
+                events.add(
+                    c.tenant_id, item_event(c, row["status"], row["error"], row["provider"], row["pmid"], now)
+                )
+        return await events.write(session, now) > 0
 
     async def _deliver(self, claimed: list[ClaimedMessage]) -> list[dict[str, Any]]:
         now = utcnow()

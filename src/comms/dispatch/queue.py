@@ -183,7 +183,7 @@ def _complete_statement(source: str, pg: bool, early_receipt: bool) -> Any:
         )
     else:
         set_ = _SET.format(status="u.status", error="u.error", variables=variables)
-        where = _WHERE.format(status="sending")
+        where = _WHERE.format(status="sending") + " RETURNING messages.id"
     return text(f"UPDATE messages SET {set_} FROM {source} {where}").bindparams(
         bindparam("now", type_=UTCDateTime())
     )
@@ -199,23 +199,25 @@ _encode = msgspec.json.Encoder().encode
 
 async def complete(
     session: AsyncSession, owner: str, now: datetime, outcomes: Sequence[dict[str, Any]]
-) -> None:
+) -> set[str]:
     """Record outcomes in one statement; rows whose lease this worker lost are left alone.
+    Returns the ids whose status was set (the events to tell are of these only).
 
     The outcomes travel as one JSON parameter (``json_each`` on SQLite, ``json_to_recordset`` on
     PostgreSQL): binding 13 values per row through the driver cost more than the send itself.
     Rows a receipt already moved on (rare) get a second statement that keeps their status.
     """
     if not outcomes:
-        return
+        return set()
     pg = not is_sqlite(session)
     # PostgreSQL's json_to_recordset reads objects; SQLite's json_each reads arrays (smaller).
     rows: Any = outcomes if pg else [[o[name] for name in OUTCOME_FIELDS] for o in outcomes]
     payload = _encode(rows)
     params = {"rows": payload.decode(), "owner": owner, "now": now}
-    result = await session.execute(_COMPLETE[(pg, False)], params)
-    if int(result.rowcount or 0) < len(outcomes):  # type: ignore[attr-defined]
+    updated = set((await session.execute(_COMPLETE[(pg, False)], params)).scalars())
+    if len(updated) < len(outcomes):
         await session.execute(_COMPLETE[(pg, True)], params)
+    return updated
 
 
 @lru_cache(maxsize=64)  # a batch's rows share one `now`: formatted once, not once per row

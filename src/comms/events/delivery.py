@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiohttp
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, select, text, update
 
 from comms.kit.clock import utcnow
 from comms.kit.db import Database
+from comms.kit.netguard import PublicOnlyResolver, private_host
 from comms.kit.secretbox import SecretBox
 from comms.models import EventDelivery, EventWebhook
 from comms.providers.calls import bounded_map
@@ -34,6 +36,7 @@ _DUE = text("delivered_at IS NULL AND failed_at IS NULL")  # as written in ix_ev
 @dataclass(frozen=True, slots=True)
 class _Post:
     id: str
+    tenant_id: str
     url: str
     secret: str
     payload: str
@@ -41,7 +44,7 @@ class _Post:
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    id: str
+    post: _Post
     error: str | None  # None: delivered
 
 
@@ -49,6 +52,7 @@ class EventSender:
     """Posts due deliveries until stopped. One per dispatcher (``comms serve`` and ``comms worker``)."""
 
     batch = 20  # deliveries taken per round
+    per_tenant = 4  # of them at most for one tenant
     concurrency = 4
     timeout_seconds = 10.0
     lease = timedelta(minutes=1)
@@ -57,9 +61,10 @@ class EventSender:
     give_up_after = timedelta(days=1)
     poll_seconds = 1.0
 
-    def __init__(self, db: Database, box: SecretBox) -> None:
+    def __init__(self, db: Database, box: SecretBox, allow_private: bool = False) -> None:
         self.db = db
         self.box = box
+        self.allow_private = allow_private  # COMMS_EVENT_WEBHOOK_ALLOW_PRIVATE (kit/netguard.py)
         self.wake = asyncio.Event()
         self._http: aiohttp.ClientSession | None = None
 
@@ -97,12 +102,14 @@ class EventSender:
         return len(posts)
 
     async def _take(self, now: datetime) -> list[_Post]:
+        """Due deliveries, leased: at most ``per_tenant`` of one tenant per round, so a tenant whose
+        endpoint hangs cannot fill every round while the others wait."""
         async with self.db.begin() as session:
             query = (
                 select(EventDelivery)
                 .where(_DUE, EventDelivery.next_attempt_at <= now)
                 .order_by(EventDelivery.next_attempt_at)
-                .limit(self.batch)
+                .limit(self.batch * 4)
             )
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
@@ -115,19 +122,40 @@ class EventSender:
                     select(EventWebhook).where(EventWebhook.tenant_id.in_({r.tenant_id for r in rows}))
                 )
             }
-            posts = []
+            posts: list[_Post] = []
+            taken: Counter[str] = Counter()
             for row in rows:
                 hook = hooks.get(row.tenant_id)
                 if hook is None:  # the webhook was deleted since: nobody to tell
                     await session.execute(delete(EventDelivery).where(EventDelivery.id == row.id))
                     continue
+                if now - row.created_at >= self.give_up_after:  # also when every try so far died
+                    row.failed_at, row.last_error = now, row.last_error or "not delivered within a day"
+                    continue
+                if len(posts) >= self.batch or taken[row.tenant_id] >= self.per_tenant:
+                    continue  # left for the next round
+                try:
+                    secret = self.box.decrypt(hook.secret)
+                except Exception:
+                    row.failed_at, row.last_error = (
+                        now,
+                        "the webhook's secret cannot be decrypted (COMMS_SECRET_KEY changed?)",
+                    )
+                    continue
                 row.next_attempt_at = now + self.lease
-                posts.append(_Post(row.id, hook.url, self.box.decrypt(hook.secret), row.payload))
+                taken[row.tenant_id] += 1
+                posts.append(_Post(row.id, row.tenant_id, hook.url, secret, row.payload))
             return posts
 
     async def _post(self, post: _Post) -> _Outcome:
+        if not self.allow_private and (host := private_host(post.url)) is not None:
+            return _Outcome(post, f"refused: {host} is not a public address")
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
+            resolver = None if self.allow_private else PublicOnlyResolver()
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=resolver),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
+            )
         body = post.payload.encode()
         timestamp = str(int(time.time()))
         headers = {
@@ -137,20 +165,23 @@ class EventSender:
             "X-Comms-Signature": signature(post.secret, timestamp, body),
         }
         try:
-            async with self._http.post(post.url, data=body, headers=headers) as answer:
-                await answer.read()
+            # Neither a redirect followed (it could lead anywhere) nor the answer's body read
+            # (only its status counts, and a hostile endpoint could send gigabytes).
+            async with self._http.post(post.url, data=body, headers=headers, allow_redirects=False) as answer:
                 if 200 <= answer.status < 300:
-                    return _Outcome(post.id, None)
-                return _Outcome(post.id, f"HTTP {answer.status}")
+                    return _Outcome(post, None)
+                return _Outcome(post, f"HTTP {answer.status}")
         except TimeoutError:
-            return _Outcome(post.id, f"no answer within {self.timeout_seconds:.0f} s")
+            return _Outcome(post, f"no answer within {self.timeout_seconds:.0f} s")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
-            return _Outcome(post.id, f"{type(exc).__name__}: {exc}"[:500])
+            return _Outcome(post, f"{type(exc).__name__}: {exc}"[:500])
 
     async def _record(self, outcomes: list[_Outcome], now: datetime) -> None:
+        """Delivered, or tried again later. A failure holds back the tenant's other waiting
+        deliveries as long: its endpoint is down for them too, and is asked once per wait."""
         async with self.db.begin() as session:
             for outcome in outcomes:
-                row = await session.get(EventDelivery, outcome.id)
+                row = await session.get(EventDelivery, outcome.post.id)
                 if row is None:
                     continue
                 row.attempts += 1
@@ -166,6 +197,16 @@ class EventSender:
                     continue
                 wait = min(self.first_retry_seconds * 2 ** min(row.attempts - 1, 20), self.max_retry_seconds)
                 row.next_attempt_at = now + timedelta(seconds=wait)
+                await session.execute(
+                    update(EventDelivery)
+                    .where(
+                        EventDelivery.tenant_id == row.tenant_id,
+                        _DUE,
+                        EventDelivery.next_attempt_at < row.next_attempt_at,
+                    )
+                    .values(next_attempt_at=row.next_attempt_at)
+                    .execution_options(synchronize_session=False)
+                )
 
 
 __all__ = ["EventSender"]

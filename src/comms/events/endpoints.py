@@ -4,20 +4,23 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 
 from comms.compliance import audit
-from comms.errors import NotFound
+from comms.errors import Conflict, NotFound, ValidationFailed
 from comms.events.service import DEFAULT_STATUSES, EventStatus
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import reply
+from comms.kit.netguard import private_host
 from comms.messages.schemas import ERROR_RESPONSES
 from comms.models import EventDelivery, EventWebhook
-from comms.state import app_state
+from comms.state import AppState, app_state
 from comms.tenants.auth import require
 from comms.tenants.scopes import Scope
 from comms.tenants.service import Principal
@@ -68,7 +71,17 @@ async def put_event_webhook(request: Request, body: EventWebhookPut, principal: 
     ``X-Comms-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>``. The secret is in
     the answer when it is made (the first time, or with ``rotate_secret``), never again."""
     state = app_state(request)
-    now = utcnow()
+    if not state.settings.event_webhook_allow_private and (host := private_host(body.url)) is not None:
+        raise ValidationFailed.single(
+            "url", f"{host} is not a public address: events are posted to public URLs only"
+        )
+    try:
+        return await _put(state, principal, body, utcnow())
+    except IntegrityError:  # two first PUTs at once: one made it
+        raise Conflict("the event webhook was set by another request at the same time: try again") from None
+
+
+async def _put(state: AppState, principal: Principal, body: EventWebhookPut, now: datetime) -> Any:
     shown: str | None = None
     async with state.db.begin() as session:
         hook = await session.get(EventWebhook, principal.tenant_id)

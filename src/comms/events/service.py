@@ -21,7 +21,6 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.kit.clock import isoformat
-from comms.kit.db import Database
 from comms.kit.ids import new_id
 from comms.kit.masking import mask_recipient
 from comms.models import EventDelivery, EventWebhook
@@ -142,15 +141,14 @@ class Subscriptions:
     def __init__(self) -> None:
         self._known: dict[str, tuple[float, frozenset[str]]] = {}
 
-    async def statuses(self, db: Database, tenant_ids: Iterable[str]) -> dict[str, frozenset[str]]:
-        """tenant id -> subscribed statuses, for those of ``tenant_ids`` with a webhook; reads the
-        database only for tenants not looked at in the last SUBSCRIPTION_TTL seconds."""
+    async def statuses(self, session: AsyncSession, tenant_ids: Iterable[str]) -> dict[str, frozenset[str]]:
+        """tenant id -> subscribed statuses, for those of ``tenant_ids`` with a webhook; asks the
+        database only about tenants not looked at in the last SUBSCRIPTION_TTL seconds."""
         now = time.monotonic()
         wanted = set(tenant_ids)
         stale = [t for t in wanted if t not in self._known or self._known[t][0] < now]
         if stale:
-            async with db.read() as session:
-                found = await subscribed_statuses(session, stale)
+            found = await subscribed_statuses(session, stale)
             for tenant_id in stale:
                 self._known[tenant_id] = (now + SUBSCRIPTION_TTL, found.get(tenant_id, frozenset()))
         return {t: self._known[t][1] for t in wanted if self._known[t][1]}

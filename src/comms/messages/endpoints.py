@@ -59,7 +59,8 @@ def _may_unmask(principal: Principal, unmask: bool) -> bool:
     return unmask
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or PayloadTooLarge as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
@@ -111,7 +112,7 @@ async def send_bulk(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> FastJSONResponse:
     state = app_state(request)
-    raw = await _read_body(request, state.settings.max_body_bytes)
+    raw = await read_body(request, state.settings.max_body_bytes)
     body = _decode_bulk(raw)
     options = SubmitOptions(
         max_recipients=state.settings.max_recipients,
