@@ -351,7 +351,9 @@ async def test_completion_requires_holding_the_lease(service: Service, tenant: T
         "deferrals": 0,
     }
     async with service.db.begin() as session:
-        assert await complete(session, "w-a", now, [row]) == set()  # nothing set: nothing to tell
+        assert (
+            await complete(session, "w-a", now, [row], ids_set=True) == set()
+        )  # nothing set: nothing to tell
     async with service.db.read() as session:
         stored = await session.get(Message, log_id)
     assert stored is not None and stored.status == "sending" and stored.lease_owner == "w-b"
@@ -362,7 +364,7 @@ async def test_completion_requires_holding_the_lease(service: Service, tenant: T
             update(Message).where(Message.id == log_id).values(lease_owner="w-a", status="delivered")
         )
     async with service.db.begin() as session:
-        assert await complete(session, "w-a", now, [{**row, "pmid": "gw-1"}]) == set()
+        assert await complete(session, "w-a", now, [{**row, "pmid": "gw-1"}], ids_set=True) == set()
     async with service.db.read() as session:
         stored = await session.get(Message, log_id)
     assert stored is not None and (stored.status, stored.provider_message_id) == ("delivered", "gw-1")
@@ -371,7 +373,7 @@ async def test_completion_requires_holding_the_lease(service: Service, tenant: T
             update(Message).where(Message.id == log_id).values(status="sending", lease_owner="w-a")
         )
     async with service.db.begin() as session:
-        assert await complete(session, "w-a", now, [row]) == {log_id}
+        assert await complete(session, "w-a", now, [row], ids_set=True) == {log_id}
 
 
 async def test_graceful_stop_drains_in_flight(live_service: Service, live_tenant: TenantKeys) -> None:

@@ -452,8 +452,8 @@ class Dispatcher:
         (not of rows whose lease was lost, nor of rows a receipt had moved on) for the tenants
         whose webhook wants them. Whether events were written."""
         now = utcnow()
-        updated = await complete(session, self.worker_id, now, rows)
-        hooks = await self._subscriptions.statuses(session, {by_id[i].tenant_id for i in updated})
+        hooks = await self._subscriptions.statuses(session, {c.tenant_id for c in by_id.values()})
+        updated = await complete(session, self.worker_id, now, rows, ids_set=bool(hooks))
         if not hooks:
             return False
         events = EventBuffer()

@@ -172,7 +172,7 @@ _SOURCE_PG = """json_to_recordset(CAST(:rows AS json)) AS u(id text, status text
 _WHERE = "WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = '{status}'"
 
 
-def _complete_statement(source: str, pg: bool, early_receipt: bool) -> Any:
+def _complete_statement(source: str, pg: bool, early_receipt: bool, returning: bool = False) -> Any:
     variables = "u.variables::text" if pg else "u.variables"
     if early_receipt:
         # A receipt beat the provider's own answer (a fast vendor's callback): the row is already
@@ -183,7 +183,7 @@ def _complete_statement(source: str, pg: bool, early_receipt: bool) -> Any:
         )
     else:
         set_ = _SET.format(status="u.status", error="u.error", variables=variables)
-        where = _WHERE.format(status="sending") + " RETURNING messages.id"
+        where = _WHERE.format(status="sending") + (" RETURNING messages.id" if returning else "")
     return text(f"UPDATE messages SET {set_} FROM {source} {where}").bindparams(
         bindparam("now", type_=UTCDateTime())
     )
@@ -194,14 +194,23 @@ _COMPLETE = {
     for pg in (False, True)
     for early in (False, True)
 }
+_COMPLETE_RETURNING = {
+    pg: _complete_statement(_SOURCE_PG if pg else _SOURCE_SQLITE, pg, False, True) for pg in (False, True)
+}
 _encode = msgspec.json.Encoder().encode
 
 
 async def complete(
-    session: AsyncSession, owner: str, now: datetime, outcomes: Sequence[dict[str, Any]]
+    session: AsyncSession,
+    owner: str,
+    now: datetime,
+    outcomes: Sequence[dict[str, Any]],
+    ids_set: bool = False,
 ) -> set[str]:
     """Record outcomes in one statement; rows whose lease this worker lost are left alone.
-    Returns the ids whose status was set (the events to tell are of these only).
+    With ``ids_set``, returns the ids whose status was set (the events to tell are of these
+    only); without, an empty set (the ids cost a little to send back, and most callers have no
+    use for them).
 
     The outcomes travel as one JSON parameter (``json_each`` on SQLite, ``json_to_recordset`` on
     PostgreSQL): binding 13 values per row through the driver cost more than the send itself.
@@ -214,8 +223,13 @@ async def complete(
     rows: Any = outcomes if pg else [[o[name] for name in OUTCOME_FIELDS] for o in outcomes]
     payload = _encode(rows)
     params = {"rows": payload.decode(), "owner": owner, "now": now}
-    updated = set((await session.execute(_COMPLETE[(pg, False)], params)).scalars())
-    if len(updated) < len(outcomes):
+    if ids_set:
+        updated = set((await session.execute(_COMPLETE_RETURNING[pg], params)).scalars())
+        count = len(updated)
+    else:
+        updated, result = set(), await session.execute(_COMPLETE[(pg, False)], params)
+        count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if count < len(outcomes):
         await session.execute(_COMPLETE[(pg, True)], params)
     return updated
 

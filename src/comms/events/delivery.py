@@ -104,6 +104,12 @@ class EventSender:
     async def _take(self, now: datetime) -> list[_Post]:
         """Due deliveries, leased: at most ``per_tenant`` of one tenant per round, so a tenant whose
         endpoint hangs cannot fill every round while the others wait."""
+        async with self.db.read() as session:  # the usual answer, without a write lock (SQLite)
+            due = await session.scalar(
+                select(EventDelivery.id).where(_DUE, EventDelivery.next_attempt_at <= now).limit(1)
+            )
+        if due is None:
+            return []
         async with self.db.begin() as session:
             query = (
                 select(EventDelivery)
