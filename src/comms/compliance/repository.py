@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.models import Consent, Message, Suppression
@@ -46,31 +46,40 @@ class SuppressionRepository:
         return found
 
 
+# Built once: constructing it per request cost more CPU than the rest of accepting one
+# verification code (measured: 14% of the API's time for single-code requests).
+_VERIFICATION_COUNTS = (
+    select(
+        Message.recipient_key,
+        func.sum(case((Message.created_at >= bindparam("minute"), 1), else_=0)),
+        func.sum(case((Message.created_at >= bindparam("hour"), 1), else_=0)),
+        func.count(),
+    )
+    .where(
+        Message.tenant_id == bindparam("tenant_id"),
+        Message.recipient_key.in_(bindparam("keys", expanding=True)),
+        Message.channel == "sms",
+        Message.category == "verification",
+        Message.created_at >= bindparam("day"),
+        Message.status.not_in(("rejected", "suppressed")),
+    )
+    .group_by(Message.recipient_key)
+)
+
+
 async def verification_counts(
     session: AsyncSession, tenant_id: str, keys: Sequence[str], now: datetime
 ) -> dict[str, tuple[int, int, int]]:
     """key -> verification SMS accepted for it in the last (minute, hour, day)."""
-    minute, hour, day = now - timedelta(minutes=1), now - timedelta(hours=1), now - timedelta(days=1)
+    since = {
+        "minute": now - timedelta(minutes=1),
+        "hour": now - timedelta(hours=1),
+        "day": now - timedelta(days=1),
+    }
     counts: dict[str, tuple[int, int, int]] = {}
     for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start : start + _CHUNK]
-        rows = await session.execute(
-            select(
-                Message.recipient_key,
-                func.sum(case((Message.created_at >= minute, 1), else_=0)),
-                func.sum(case((Message.created_at >= hour, 1), else_=0)),
-                func.count(),
-            )
-            .where(
-                Message.tenant_id == tenant_id,
-                Message.recipient_key.in_(chunk),
-                Message.channel == "sms",
-                Message.category == "verification",
-                Message.created_at >= day,
-                Message.status.not_in(("rejected", "suppressed")),
-            )
-            .group_by(Message.recipient_key)
-        )
+        chunk = list(keys[start : start + _CHUNK])
+        rows = await session.execute(_VERIFICATION_COUNTS, {"tenant_id": tenant_id, "keys": chunk, **since})
         for key, per_minute, per_hour, per_day in rows:
             counts[key] = (int(per_minute or 0), int(per_hour or 0), int(per_day or 0))
     return counts

@@ -528,9 +528,6 @@ async def _store(
         total=0,
         created_at=now,
     )
-    session.add(batch)
-    await session.flush()  # the batch row first: items reference it, and PG's COPY must run in-transaction
-
     writer = LogItemWriter(
         session,
         LogItemConstants(
@@ -562,25 +559,25 @@ async def _store(
         await writer.start(items)
     await writer.wait()
     batch.total = used
-    session.add(
-        AuditEvent(
-            id=new_id("aud"),
-            tenant_id=principal.tenant_id,
-            actor=options.api_key_id,
-            action="bulk.submitted",
-            ip=options.ip,
-            details={
-                "batch_id": batch.id,
-                "channel": resolved.channel,
-                "category": resolved.category,
-                "template_id": batch.template_id,
-                "template_version": batch.template_version,
-                "counts": dict(counts),
-            },
-            created_at=now,
-        )
+    # After its items (no foreign key orders them), so the total is written once.
+    await batch.insert_into(session)
+    audit = AuditEvent(
+        id=new_id("aud"),
+        tenant_id=principal.tenant_id,
+        actor=options.api_key_id,
+        action="bulk.submitted",
+        ip=options.ip,
+        details={
+            "batch_id": batch.id,
+            "channel": resolved.channel,
+            "category": resolved.category,
+            "template_id": batch.template_id,
+            "template_version": batch.template_version,
+            "counts": dict(counts),
+        },
+        created_at=now,
     )
-    await session.flush()
+    await audit.insert_into(session)
 
     display = BatchDisplay.of(batch)
     first_page = [

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from functools import cache
+
+from sqlalchemy import Insert, MetaData, Table, insert, inspect
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -16,3 +19,17 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+    async def insert_into(self, session: AsyncSession) -> None:
+        """A plain INSERT of this (transient) object's columns: for hot paths that write a row
+        and never load it again, where the session's unit of work cost more CPU than the insert
+        (measured: a fifth of accepting a one-recipient bulk). The statement is built once per
+        table; only the values change."""
+        mapper = inspect(type(self))
+        values = {attr.columns[0].name: getattr(self, attr.key) for attr in mapper.column_attrs}
+        await session.execute(_plain_insert(self.__table__), values)
+
+
+@cache
+def _plain_insert(table: Table) -> Insert:
+    return insert(table)
