@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms import metrics
@@ -68,6 +68,10 @@ from comms.receipts.service import retry_unmatched
 from comms.templates.rendering import TemplateError
 
 log = logging.getLogger("comms.dispatch")
+# Which of a claim's batches were cancelled: built once, as it runs for every claimed batch.
+_CANCELLED = select(Batch.id).where(
+    Batch.id.in_(bindparam("ids", expanding=True)), Batch.cancelled_at.is_not(None)
+)
 RESPONSE_LIMIT = 1000
 PURGE_INTERVAL = 3600.0  # seconds between retention purges
 PAUSE_RETRY = timedelta(hours=1)  # marketing held back by the complaint-rate breaker
@@ -477,11 +481,7 @@ class Dispatcher:
                 contexts[batch_id] = await self._cache.get(session, batch_id)
             # Read fresh, not from the cache: rows in flight when their batch was cancelled come
             # back here after a retry, a deferral or a dead worker, and must not go out.
-            cancelled = set(
-                await session.scalars(
-                    select(Batch.id).where(Batch.id.in_(batch_ids), Batch.cancelled_at.is_not(None))
-                )
-            )
+            cancelled = set(await session.scalars(_CANCELLED, {"ids": list(batch_ids)}))
             if cancelled:
                 rows.extend(self._cancelled_row(c, now) for c in claimed if c.batch_id in cancelled)
                 claimed = [c for c in claimed if c.batch_id not in cancelled]
