@@ -317,6 +317,41 @@ async def test_a_connection_is_pinged_only_after_sitting_idle(
         await db.dispose()
 
 
+@pytest.mark.postgres
+async def test_a_single_read_goes_without_begin_and_commit(
+    postgres_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API key read of every request is one statement: on PostgreSQL it is sent without a
+    transaction around it (no BEGIN and COMMIT: two round trips of three); reads of several
+    statements still share one transaction."""
+    from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
+
+    begun: list[int] = []
+    real_start = AsyncAdapt_asyncpg_connection._start_transaction
+
+    async def counted(self: AsyncAdapt_asyncpg_connection) -> None:
+        if self.isolation_level != "autocommit":  # what sends a BEGIN
+            begun.append(1)
+        await real_start(self)
+
+    monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "_start_transaction", counted)
+    db = Database(postgres_database)
+    try:
+        async with db.read() as session:  # (the first connection's set-up has a transaction too)
+            await session.execute(text("SELECT 1"))
+            await session.execute(text("SELECT 2"))
+        begun.clear()
+        async with db.read_one() as session:
+            assert (await session.execute(text("SELECT 1"))).scalar_one() == 1
+        assert begun == []
+        async with db.read() as session:
+            await session.execute(text("SELECT 1"))
+            await session.execute(text("SELECT 2"))
+        assert begun == [1]
+    finally:
+        await db.dispose()
+
+
 async def test_a_hung_redis_costs_one_timeout_then_is_left_alone_for_a_while() -> None:
     """Redis accepts connections but never answers: the first check waits for its timeout, then
     the limiter answers locally without asking Redis again (no new connection) for a while,

@@ -106,6 +106,12 @@ class Database:
         self._sqlite_path = make_url(url).database if self.is_sqlite else None
         read_engine = self.engine.execution_options(sqlite_begin="DEFERRED")
         self._read = async_sessionmaker(read_engine, expire_on_commit=False, autoflush=False)
+        # One statement needs no transaction around it: on PostgreSQL that saves the BEGIN and
+        # the COMMIT, two of the three round trips of a single read.
+        single_engine = (
+            read_engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+        self._single = async_sessionmaker(single_engine, expire_on_commit=False, autoflush=False)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncSession]:
@@ -126,6 +132,17 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with self._read() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read_one(self) -> AsyncIterator[AsyncSession]:
+        """For a single read statement (the API key of every request): no transaction around
+        it on PostgreSQL. Not for several reads that must see the same snapshot."""
+        if self.is_sqlite:
+            async with self.read() as session:
+                yield session
+            return
+        async with self._single() as session:
             yield session
 
     async def checkpoint(self) -> None:

@@ -22,7 +22,7 @@ async def current_principal(
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized("missing bearer token")
     state = app_state(request)
-    async with state.db.read() as session:
+    async with state.db.read_one() as session:
         principal = await authenticate(session, credentials.credentials)
     wait = await state.limiter.acquire(
         f"api:{principal.tenant_id}", state.settings.rate_limit_per_second, state.settings.rate_limit_burst
