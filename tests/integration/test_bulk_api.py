@@ -365,3 +365,45 @@ async def test_a_very_long_invalid_recipient_is_a_rejected_item(service: Service
         answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
         assert answer.status_code == 202, answer.text
         assert [i["status"] for i in answer.json()["items"]] == ["queued", "rejected"]
+
+
+async def test_a_few_recipients_and_many_are_stored_alike(service: Service, tenant: TenantKeys) -> None:
+    """On PostgreSQL a handful of log items go in with one INSERT, more with COPY: the same mix of
+    recipients (own variables, the batch's, a bad number) is stored alike
+    either way."""
+
+    def mix(start: int, size: int) -> list[object]:
+        shaped: list[object] = ["not-a-number"]
+        for i in range(size - 1):
+            number = f"1390013{start + i:04d}"
+            shaped.append({"to": number, "variables": {"name": f"N{i}"}} if i % 2 else number)
+        return shaped
+
+    def shape(row: Message) -> tuple[object, ...]:
+        return (
+            row.status, row.error, row.variables is None, row.channel, row.category, row.priority,
+            row.due_at is not None, row.queue_rank is not None, row.recipient == row.recipient_key,
+        )  # fmt: skip
+
+    shapes = []
+    for start, size in ((0, 8), (100, 40)):
+        answer = await service.client.post(
+            "/communication/bulk",
+            json={
+                "channel": "sms",
+                "category": "transactional",
+                "content": "Hi {{ name }}",
+                "variables": {"name": "there"},
+                "recipients": mix(start, size),
+            },
+            headers=tenant.headers(),
+        )
+        assert answer.status_code == 202, answer.text
+        async with service.db.read() as session:
+            rows = (
+                await session.scalars(select(Message).where(Message.batch_id == answer.json()["batch_id"]))
+            ).all()
+        assert len(rows) == size
+        shapes.append(sorted({shape(r) for r in rows}, key=repr))
+    assert shapes[0] == shapes[1]
+    assert len(shapes[0]) == 3  # rejected, queued with own variables, queued with the batch's

@@ -139,12 +139,18 @@ class LogItemWriter:
             )
             for i, row in enumerate(rows)
         ]
-        await self._driver.copy_records_to_table(
-            "messages", records=records, columns=list(_VARYING + _SHARED + _TIMES)
-        )
+        if len(records) <= _SMALL:
+            # A code or a handful: one prepared INSERT is one round trip, COPY takes two.
+            await self._driver.executemany(_PG_INSERT, records)
+            return
+        await self._driver.copy_records_to_table("messages", records=records, columns=list(_COLUMNS))
 
 
 _ID_LENGTH = 36  # "log_" + 32 hex (kit/ids.py)
+_COLUMNS = _VARYING + _SHARED + _TIMES
+_SMALL = 16  # rows written with INSERT rather than COPY
+_PLACEHOLDERS = ", ".join(f"${i + 1}" for i in range(len(_COLUMNS)))
+_PG_INSERT = f"INSERT INTO messages ({', '.join(_COLUMNS)}) VALUES ({_PLACEHOLDERS})"
 
 
 def _is_simple(row: tuple[Any, ...], status: str) -> bool:
