@@ -318,7 +318,7 @@ async def test_a_connection_is_pinged_only_after_sitting_idle(
 
 
 @pytest.mark.postgres
-async def test_a_single_read_goes_without_begin_and_commit(
+async def test_single_statements_go_without_begin_and_commit(
     postgres_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The API key read of every request is one statement: on PostgreSQL it is sent without a
@@ -348,6 +348,18 @@ async def test_a_single_read_goes_without_begin_and_commit(
             await session.execute(text("SELECT 1"))
             await session.execute(text("SELECT 2"))
         assert begun == [1]
+        # A claim is one UPDATE ... RETURNING: it commits by itself (another connection sees it
+        # at once), with no BEGIN or COMMIT around it.
+        async with db.write_one() as session:
+            await session.execute(text("CREATE TABLE IF NOT EXISTS comms_probe (v int)"))
+        begun.clear()
+        async with db.write_one() as session:
+            await session.execute(text("INSERT INTO comms_probe VALUES (1)"))
+            assert begun == []
+            async with db.read() as other:
+                assert (await other.execute(text("SELECT count(*) FROM comms_probe"))).scalar_one() == 1
+        async with db.write_one() as session:
+            await session.execute(text("DROP TABLE comms_probe"))
     finally:
         await db.dispose()
 

@@ -188,7 +188,8 @@ class Dispatcher:
                     break
                 self._wake.clear()
                 started = time.perf_counter()
-                async with self.db.begin() as session:
+                # Each level's claim is one statement: on PostgreSQL it commits by itself.
+                async with self.db.write_one() as session:
                     claimed = await claim_due(
                         session, self.worker_id, self.settings.dispatch_batch_size, utcnow(), self._lease
                     )
@@ -293,7 +294,7 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 self._express_wake.clear()
-                async with self.db.begin() as session:
+                async with self.db.write_one() as session:
                     claimed = await claim_due(
                         session, self.worker_id, EXPRESS_BATCH, utcnow(), self._lease, max_priority=0
                     )
@@ -475,7 +476,9 @@ class Dispatcher:
         contexts: dict[str, BatchContext] = {}
         gates: dict[tuple[str, str, str], AcceptanceGate] = {}
         paused: set[str] = set()
-        async with self.db.read() as session:
+        # Independent look-ups (batches, cancellations, suppressions, consents, counts): no
+        # snapshot is shared between them, so on PostgreSQL they go without BEGIN and ROLLBACK.
+        async with self.db.read_one() as session:
             batch_ids = {c.batch_id for c in claimed}
             for batch_id in batch_ids:
                 contexts[batch_id] = await self._cache.get(session, batch_id)

@@ -135,9 +135,21 @@ class Database:
             yield session
 
     @asynccontextmanager
+    async def write_one(self) -> AsyncIterator[AsyncSession]:
+        """For writes that are each complete in one statement (a claim: UPDATE ... RETURNING):
+        on PostgreSQL every statement commits by itself, without BEGIN and COMMIT round trips;
+        on SQLite a write transaction as :meth:`begin`."""
+        if self.is_sqlite:
+            async with self.begin() as session:
+                yield session
+            return
+        async with self._single() as session:
+            yield session
+
+    @asynccontextmanager
     async def read_one(self) -> AsyncIterator[AsyncSession]:
-        """For a single read statement (the API key of every request): no transaction around
-        it on PostgreSQL. Not for several reads that must see the same snapshot."""
+        """For a single read statement (the API key of every request), or reads that need not
+        see one snapshot: no transaction around them on PostgreSQL, each its own."""
         if self.is_sqlite:
             async with self.read() as session:
                 yield session
