@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import delete, func, select
 
 from comms.models import AuditEvent, Batch, IdempotencyKey, Message
 from tests.conftest import Service, TenantKeys, make_tenant
@@ -407,3 +408,40 @@ async def test_a_few_recipients_and_many_are_stored_alike(service: Service, tena
         shapes.append(sorted({shape(r) for r in rows}, key=repr))
     assert shapes[0] == shapes[1]
     assert len(shapes[0]) == 3  # rejected, queued with own variables, queued with the batch's
+
+
+async def test_a_bulk_that_fails_after_its_items_leaves_nothing(
+    service: Service, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The items go to the database on the driver directly (COPY, or one INSERT for a few): they
+    must still be inside the request's transaction. A failure after them (here: writing the audit
+    row) leaves no item, no batch, and nothing a worker could claim; the same request again works.
+    An email code with inline content is the case where nothing else reaches the database first."""
+
+    async def broken(self: object, session: object) -> None:
+        raise RuntimeError("the audit row could not be written")
+
+    body = {
+        "channel": "email",
+        "category": "verification",
+        "subject": "Your code",
+        "content": "Your code is {{ code }}",
+        "variables": {"code": "4711"},
+    }
+    for recipients in (["ann@example.com"], [f"user{i}@example.com" for i in range(40)]):
+        monkeypatch.setattr(AuditEvent, "insert_into", broken)
+        failed = await service.client.post(
+            "/communication/bulk", json={**body, "recipients": recipients}, headers=tenant.headers()
+        )
+        assert failed.status_code == 500
+        async with service.db.read() as session:
+            assert await session.scalar(select(func.count()).select_from(Message)) == 0
+            assert await session.scalar(select(func.count()).select_from(Batch)) == 0
+        monkeypatch.undo()
+        again = await service.client.post(
+            "/communication/bulk", json={**body, "recipients": recipients}, headers=tenant.headers()
+        )
+        assert again.status_code == 202
+        async with service.db.begin() as session:
+            await session.execute(delete(Message))
+            await session.execute(delete(Batch))

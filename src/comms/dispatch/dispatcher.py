@@ -188,8 +188,9 @@ class Dispatcher:
                     break
                 self._wake.clear()
                 started = time.perf_counter()
-                # Each level's claim is one statement: on PostgreSQL it commits by itself.
-                async with self.db.write_one() as session:
+                # One transaction over the levels' statements: a failure part-way must not leave
+                # the levels claimed before it leased to nobody.
+                async with self.db.begin() as session:
                     claimed = await claim_due(
                         session, self.worker_id, self.settings.dispatch_batch_size, utcnow(), self._lease
                     )
@@ -294,6 +295,8 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 self._express_wake.clear()
+                # Codes only: one claim statement, which on PostgreSQL commits by itself (no
+                # BEGIN and COMMIT round trips before a code goes out).
                 async with self.db.write_one() as session:
                     claimed = await claim_due(
                         session, self.worker_id, EXPRESS_BATCH, utcnow(), self._lease, max_priority=0

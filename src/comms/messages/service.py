@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import quiet_hours
@@ -137,6 +138,15 @@ async def submit_bulk(
 
 
 CHUNK = 10_000
+
+
+# ORM-free: the batch row is written with a plain INSERT and never loaded in this transaction.
+_SET_TOTAL = (
+    update(Batch)
+    .where(Batch.id == bindparam("batch_id"))
+    .values(total=bindparam("count"))
+    .execution_options(synchronize_session=False)
+)
 
 
 def _chunks(recipients: list[str | RecipientSpec]) -> Iterator[list[str | RecipientSpec]]:
@@ -528,6 +538,9 @@ async def _store(
         total=0,
         created_at=now,
     )
+    # First, through the session: on PostgreSQL that statement opens the transaction, which the
+    # items' COPY or INSERT (sent on the driver directly) then runs in. Its total comes after them.
+    await batch.insert_into(session)
     writer = LogItemWriter(
         session,
         LogItemConstants(
@@ -559,8 +572,7 @@ async def _store(
         await writer.start(items)
     await writer.wait()
     batch.total = used
-    # After its items (no foreign key orders them), so the total is written once.
-    await batch.insert_into(session)
+    await session.execute(_SET_TOTAL, {"batch_id": batch.id, "count": used})
     audit = AuditEvent(
         id=new_id("aud"),
         tenant_id=principal.tenant_id,
