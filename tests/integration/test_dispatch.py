@@ -12,6 +12,7 @@ from email import policy
 from email.parser import BytesParser
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 
 from comms.dispatch.dispatcher import Dispatcher
@@ -843,3 +844,36 @@ async def test_a_retry_after_a_cancel_sends_what_it_requeues(service: Service, t
     async with service.db.read() as session:
         row = await session.get(Message, waiting)
     assert row is not None and row.status == "cancelled"
+
+
+async def test_a_claim_that_fails_part_way_leaves_nothing_leased(
+    live_service: Service, live_tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The main loop claims one priority level after another in one transaction: when a later
+    statement fails (a connection dropped between two levels), the rows an earlier one claimed go
+    back as they were, and are claimed again at once: sent once, not flagged as a duplicate."""
+    from comms.dispatch import dispatcher as dispatcher_module
+
+    real = dispatcher_module.claim_due
+    failed: list[int] = []
+
+    async def fails_once_after_claiming(session: Any, *args: Any, **kwargs: Any) -> Any:
+        claimed = await real(session, *args, **kwargs)
+        if claimed and not failed:
+            failed.append(len(claimed))
+            raise RuntimeError("the connection dropped between two priority levels")
+        return claimed
+
+    monkeypatch.setattr(dispatcher_module, "claim_due", fails_once_after_claiming)
+    log_id = (await send_sms(live_service, live_tenant, "13800138000"))["items"][0]["id"]
+
+    async def sent() -> bool:
+        async with live_service.db.read() as session:
+            row = await session.get(Message, log_id)
+        return row is not None and row.status == "sent"
+
+    await wait_until(sent)
+    async with live_service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert failed == [1]
+    assert row is not None and row.possible_duplicate is False and row.attempts == 1
