@@ -15,11 +15,10 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-import phonenumbers
 from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comms.compliance.addresses import address_hash
+from comms.compliance.addresses import address_hash, address_spellings
 from comms.compliance.settings import load_settings
 from comms.kit.db import Database
 from comms.kit.ids import first_id_at
@@ -190,7 +189,10 @@ async def _anonymize_chunk(
 
 def _anonymized(row: Any, salt: str) -> dict[str, Any]:
     masked = mask_recipient(row.channel, row.recipient)
-    spellings = _spellings(row.channel, row.recipient, row.recipient_key)
+    # Longest first: a number's national digits are part of its other spellings.
+    spellings = sorted(
+        address_spellings(row.channel, row.recipient) | {row.recipient_key}, key=len, reverse=True
+    )
     return {
         "b_id": row.id,
         "b_recipient": masked,
@@ -199,19 +201,6 @@ def _anonymized(row: Any, salt: str) -> dict[str, Any]:
         "b_error": _scrub(row.error, spellings, masked),
         "b_response": _scrub(row.response, spellings, masked),
     }
-
-
-def _spellings(channel: str, recipient: str, key: str) -> list[str]:
-    """How the address may be written in a provider's answer, longest first."""
-    found = {recipient, key}
-    if channel == "sms":
-        try:
-            national = str(phonenumbers.parse(recipient).national_number)
-        except phonenumbers.NumberParseException:
-            national = ""
-        if len(national) >= 9:  # shorter digit runs turn up inside ids and times
-            found |= {national, recipient.lstrip("+")}
-    return sorted(found, key=len, reverse=True)
 
 
 def _scrub(text: str | None, spellings: Iterable[str], masked: str) -> str | None:

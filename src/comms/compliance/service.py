@@ -6,17 +6,14 @@ same person however their address was written, and survives erasure of the addre
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import quote
 
-import phonenumbers
 from sqlalchemy import delete, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import audit
-from comms.compliance.addresses import address_hash
+from comms.compliance.addresses import address_hash, address_spellings
 from comms.compliance.repository import ConsentStore, SuppressionStore
 from comms.errors import ValidationFailed
 from comms.kit.clock import utcnow
@@ -197,18 +194,6 @@ async def record_consent(
     return row
 
 
-def _spellings(who: Contact) -> set[str]:
-    """How a vendor's raw callback may write the address: as given, form-encoded, and for phone
-    numbers the national digits (which every spelling of the number contains)."""
-    spellings = {who.address, quote(who.address, safe="")}
-    if who.channel == "sms":
-        with contextlib.suppress(phonenumbers.NumberParseException):
-            national = str(phonenumbers.parse(who.address).national_number)
-            if len(national) >= 9:  # shorter digit runs turn up inside other numbers and times
-                spellings.add(national)
-    return spellings
-
-
 async def erase(
     session: AsyncSession, tenant: Tenant, who: Contact, *, actor: str | None, ip: str | None
 ) -> int:
@@ -228,7 +213,7 @@ async def erase(
     await ConsentStore(session, tenant.id).forget_addresses(who.channel, who.digest)
     # Raw provider callbacks (inbound replies, receipts) may quote the address, in the vendor's
     # own spelling: form-encoded (Twilio, Kannel) or national (Aliyun, Tencent).
-    spellings = _spellings(who)
+    spellings = address_spellings(who.channel, who.address)
     await session.execute(
         delete(ReceiptEvent)
         .where(

@@ -19,18 +19,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiohttp
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, update
 
 from comms.kit.clock import utcnow
 from comms.kit.db import Database
 from comms.kit.netguard import PublicOnlyResolver, private_host
 from comms.kit.secretbox import SecretBox
-from comms.models import EventDelivery, EventWebhook
+from comms.models import DELIVERY_DUE_SQL, EventDelivery, EventWebhook
 from comms.providers.calls import bounded_map
 from comms.providers.webhook import signature
 
 log = logging.getLogger("comms.events")
-_DUE = text("delivered_at IS NULL AND failed_at IS NULL")  # as written in ix_event_deliveries_due
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +105,16 @@ class EventSender:
         endpoint hangs cannot fill every round while the others wait."""
         async with self.db.read() as session:  # the usual answer, without a write lock (SQLite)
             due = await session.scalar(
-                select(EventDelivery.id).where(_DUE, EventDelivery.next_attempt_at <= now).limit(1)
+                select(EventDelivery.id)
+                .where(DELIVERY_DUE_SQL, EventDelivery.next_attempt_at <= now)
+                .limit(1)
             )
         if due is None:
             return []
         async with self.db.begin() as session:
             query = (
                 select(EventDelivery)
-                .where(_DUE, EventDelivery.next_attempt_at <= now)
+                .where(DELIVERY_DUE_SQL, EventDelivery.next_attempt_at <= now)
                 .order_by(EventDelivery.next_attempt_at)
                 .limit(self.batch * 4)
             )
@@ -207,7 +208,7 @@ class EventSender:
                     update(EventDelivery)
                     .where(
                         EventDelivery.tenant_id == row.tenant_id,
-                        _DUE,
+                        DELIVERY_DUE_SQL,
                         EventDelivery.next_attempt_at < row.next_attempt_at,
                     )
                     .values(next_attempt_at=row.next_attempt_at)

@@ -5,7 +5,7 @@ from comms.models.audit_event import AuditEvent
 from comms.models.base import Base
 from comms.models.batch import Batch
 from comms.models.consent import Consent
-from comms.models.event_webhook import EventDelivery, EventWebhook
+from comms.models.event_webhook import DELIVERY_DUE_SQL, EventDelivery, EventWebhook
 from comms.models.idempotency_key import IdempotencyKey
 from comms.models.message import CLAIMABLE, CLAIMABLE_SQL, SENDING_SQL, Message
 from comms.models.provider_account import ProviderAccount
@@ -17,6 +17,7 @@ from comms.models.tenant import Tenant
 __all__ = [
     "CLAIMABLE",
     "CLAIMABLE_SQL",
+    "DELIVERY_DUE_SQL",
     "SENDING_SQL",
     "ApiKey",
     "AuditEvent",

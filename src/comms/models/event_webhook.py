@@ -8,7 +8,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from comms.kit.db import JSONText, UTCDateTime
 from comms.models.base import Base
 
-_DUE = text("delivered_at IS NULL AND failed_at IS NULL")
+# Written out as in the partial index, in queries too (see CLAIMABLE_SQL in message.py).
+DELIVERY_DUE_SQL = text("delivered_at IS NULL AND failed_at IS NULL")
 
 
 class EventWebhook(Base):
@@ -31,7 +32,12 @@ class EventDelivery(Base):
 
     __tablename__ = "event_deliveries"
     __table_args__ = (
-        Index("ix_event_deliveries_due", "next_attempt_at", postgresql_where=_DUE, sqlite_where=_DUE),
+        Index(
+            "ix_event_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=DELIVERY_DUE_SQL,
+            sqlite_where=DELIVERY_DUE_SQL,
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
