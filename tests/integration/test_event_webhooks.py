@@ -9,6 +9,7 @@ import hmac
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -16,12 +17,13 @@ import pytest
 from aiohttp import web
 from sqlalchemy import func, select, update
 
+from comms.dispatch.queue import release_expired_leases, settle_unknown
 from comms.events.delivery import EventSender
 from comms.events.service import EventBuffer
 from comms.kit.clock import utcnow
 from comms.kit.netguard import PublicOnlyResolver
 from comms.kit.secretbox import SecretBox
-from comms.models import EventDelivery, EventWebhook
+from comms.models import EventDelivery, EventWebhook, Message
 from tests.conftest import Service, TenantKeys, wait_until
 from tests.integration.conftest import signed
 from tests.webhook_sink import WebhookSink
@@ -320,3 +322,129 @@ async def test_an_erasure_drops_waiting_events_that_quote_the_address(
     async with service.db.read() as session:
         left = (await session.scalars(select(EventDelivery.payload))).all()
     assert len(left) == 1 and "+8613900139000" in left[0]
+
+
+LATER = (utcnow() + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")  # scheduled: never claimed here
+
+
+async def _told(service: Service) -> list[dict[str, Any]]:
+    """Every event stored for posting, oldest row first."""
+    async with service.db.read() as session:
+        payloads = (
+            await session.scalars(select(EventDelivery.payload).order_by(EventDelivery.created_at))
+        ).all()
+    return [event for payload in payloads for event in msgspec.json.decode(payload)["events"]]
+
+
+async def test_refusals_at_acceptance_and_a_cancel_are_told(service: Service, tenant: TenantKeys) -> None:
+    """Items refused at acceptance are told with the 202 (in its transaction); a cancel tells
+    each item it stopped; a webhook that did not subscribe to `cancelled` gets none of those."""
+    await subscribe(service, tenant, "https://93.184.215.14/e")
+    added = await service.client.post(
+        "/communication/suppressions",
+        json={"channel": "sms", "address": "13900139000", "reason": "hard_bounce"},
+        headers=tenant.headers(),
+    )
+    assert added.status_code == 201
+    answer = await service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "category": "transactional",
+            "content": "Hi",
+            "send_at": LATER,
+            "recipients": ["13800138000", "12345", "13900139000", "13700137000"],
+        },
+        headers=tenant.headers(),
+    )
+    assert answer.status_code == 202, answer.text
+    items = answer.json()["items"]
+    assert [i["status"] for i in items] == ["scheduled", "rejected", "suppressed", "scheduled"]
+    told = await _told(service)
+    assert [(e["log_id"], e["status"], e["provider"]) for e in told] == [
+        (items[1]["id"], "rejected", None),
+        (items[2]["id"], "suppressed", None),
+    ]
+    assert told[1]["recipient"] == "139****9000" and told[1]["error"] == items[2]["error"]
+    assert told[0]["batch_id"] == answer.json()["batch_id"] and told[0]["category"] == "transactional"
+
+    batch_id = answer.json()["batch_id"]
+    cancelled = await service.client.post(
+        f"/communication/batches/{batch_id}/cancel", headers=tenant.headers()
+    )
+    assert cancelled.status_code == 200
+    told = await _told(service)
+    assert sorted((e["log_id"], e["status"], e["error"]) for e in told[2:]) == sorted(
+        (items[i]["id"], "cancelled", "cancelled by request") for i in (0, 3)
+    )
+    again = await service.client.post(f"/communication/batches/{batch_id}/cancel", headers=tenant.headers())
+    assert again.status_code == 200 and len(await _told(service)) == 4  # nothing more was stopped
+
+    await subscribe(service, tenant, "https://93.184.215.14/e", statuses=["failed"])
+    second = await service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "category": "transactional",
+            "content": "Hi",
+            "send_at": LATER,
+            "recipients": ["12345", "13800138000"],
+        },
+        headers=tenant.headers(),
+    )
+    assert second.status_code == 202, second.text
+    stopped = await service.client.post(
+        f"/communication/batches/{second.json()['batch_id']}/cancel", headers=tenant.headers()
+    )
+    assert stopped.status_code == 200 and stopped.json()["message"] == "cancelled 1 item(s)"
+    assert len(await _told(service)) == 4  # neither `rejected` nor `cancelled` is wanted now
+
+
+async def test_the_reapers_unknown_and_a_settled_recheck_are_told(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A row interrupted twice ends `unknown` through the reaper, and what a provider later says
+    of it moves it on: both are told. A row re-queued after its first interruption is not (it is
+    no outcome yet)."""
+    await subscribe(service, tenant, "https://93.184.215.14/e")
+    answer = await service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "category": "transactional",
+            "content": "Hi",
+            "send_at": LATER,
+            "recipients": ["13800138000", "13700137000"],
+        },
+        headers=tenant.headers(),
+    )
+    twice, once = (i["id"] for i in answer.json()["items"])
+    now = utcnow()
+    async with service.db.begin() as session:
+        for log_id, flagged in ((twice, True), (once, False)):
+            await session.execute(
+                update(Message)
+                .where(Message.id == log_id)
+                .values(
+                    status="sending",
+                    lease_owner="w-dead",
+                    lease_until=now - timedelta(minutes=1),
+                    possible_duplicate=flagged,
+                    provider="webhook",
+                )
+            )
+    async with service.db.begin() as session:
+        assert await release_expired_leases(session, now) == 2
+    told = await _told(service)
+    assert [(e["log_id"], e["status"], e["error"], e["provider"]) for e in told] == [
+        (twice, "unknown", "outcome unknown: interrupted twice while sending", "webhook")
+    ]
+    outcome = {"id": twice, "status": "sent", "sent_at": now, "provider_message_id": "gw-1", "error": None}
+    async with service.db.begin() as session:
+        await settle_unknown(session, now, [outcome, {"id": once}])
+    async with service.db.begin() as session:
+        await settle_unknown(session, now, [outcome])  # no longer unknown: nothing changes
+    told = await _told(service)
+    assert [(e["log_id"], e["status"], e["provider_message_id"]) for e in told[1:]] == [
+        (twice, "sent", "gw-1")
+    ]

@@ -17,6 +17,7 @@ import msgspec
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.events.service import EVENT_COLUMNS, tell_changed_rows
 from comms.kit.clock import epoch_ms
 from comms.kit.db import UTCDateTime, is_sqlite, raw_datetime
 from comms.messages.fairness import FAIR_HORIZON_MS, rank_of
@@ -303,13 +304,15 @@ async def _give_back(session: AsyncSession, held: tuple[Any, ...], now: datetime
     past the drain): re-queued at once, flagged ``possible_duplicate``, the first time; a row that
     already was a possible duplicate ends ``unknown`` (never a third send)."""
     released = {"lease_owner": None, "lease_until": None, "due_at": now, "updated_at": now}
-    await session.execute(
+    unknown = await session.execute(
         update(Message)
         .where(*held, Message.possible_duplicate.is_(True))
         # due_at: when it became unknown (the re-check asks about it for UNKNOWN_WINDOW from here)
         .values(status="unknown", error="outcome unknown: interrupted twice while sending", **released)
+        .returning(*EVENT_COLUMNS)  # few rows (interrupted twice): their event is told
         .execution_options(synchronize_session=False)
     )
+    await tell_changed_rows(session, unknown.all(), now)
     await session.execute(
         update(Message)
         .where(*held)
@@ -347,11 +350,18 @@ async def unknown_to_recheck(
 
 
 async def settle_unknown(session: AsyncSession, now: datetime, outcomes: Sequence[dict[str, Any]]) -> None:
-    """Apply what the providers said of ``unknown`` rows (guarded: only rows still unknown)."""
+    """Apply what the providers said of ``unknown`` rows (guarded: only rows still unknown); a
+    row moved on is told to its tenant's event webhook."""
+    moved = []
     for outcome in outcomes:
-        await session.execute(
+        result = await session.execute(
             update(Message)
             .where(Message.id == outcome["id"], Message.status == "unknown")
             .values(**{k: v for k, v in outcome.items() if k != "id"}, updated_at=now)
+            .returning(*EVENT_COLUMNS)
             .execution_options(synchronize_session=False)
         )
+        row = result.first()
+        if row is not None and outcome.get("status"):
+            moved.append(row)
+    await tell_changed_rows(session, moved, now)

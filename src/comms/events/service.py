@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol, get_args
 
@@ -23,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from comms.kit.clock import isoformat
 from comms.kit.ids import new_id
 from comms.kit.masking import mask_recipient
-from comms.models import EventDelivery, EventWebhook
+from comms.models import EventDelivery, EventWebhook, Message
 
 # What a webhook may subscribe to; `deferred` is not among the defaults (it is no outcome).
 EventStatus = Literal[
@@ -74,6 +75,49 @@ def item_event(
         "provider_message_id": provider_message_id,
         "at": isoformat(at),
     }
+
+
+class TenantLogItem(LogItem, Protocol):
+    """A log item with its tenant: whose webhook an event of it goes to."""
+
+    @property
+    def tenant_id(self) -> str: ...
+
+
+# What an event needs of a row a statement changed: UPDATE ... RETURNING these columns.
+EVENT_COLUMNS = (
+    Message.id,
+    Message.tenant_id,
+    Message.batch_id,
+    Message.channel,
+    Message.category,
+    Message.recipient,
+    Message.status,
+    Message.error,
+    Message.provider,
+    Message.provider_message_id,
+)
+
+
+async def tell_changed_rows(session: AsyncSession, rows: Iterable[Sequence[Any]], now: datetime) -> int:
+    """Events of rows an UPDATE changed, read back by ``RETURNING *EVENT_COLUMNS`` (the status
+    and error they now have), stored in the caller's transaction for the tenants whose webhook
+    wants them. How many delivery rows were added."""
+    events = EventBuffer()
+    for row in rows:
+        item = _ChangedRow(*row[:6])
+        events.add(item.tenant_id, item_event(item, row[6], row[7], row[8], row[9], now))
+    return await events.write(session, now)
+
+
+@dataclass(slots=True)
+class _ChangedRow:
+    id: str
+    tenant_id: str
+    batch_id: str
+    channel: str
+    category: str
+    recipient: str
 
 
 class EventBuffer:
@@ -156,6 +200,7 @@ class Subscriptions:
 
 __all__ = [
     "DEFAULT_STATUSES",
+    "EVENT_COLUMNS",
     "EVENT_STATUSES",
     "EventBuffer",
     "EventStatus",
@@ -163,4 +208,5 @@ __all__ = [
     "forget_old_deliveries",
     "item_event",
     "subscribed_statuses",
+    "tell_changed_rows",
 ]

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Text, event
+from sqlalchemy import ARRAY, DateTime, Text, any_, bindparam, event
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -71,6 +71,19 @@ class JSONText(TypeDecorator[Any]):
 
 def is_sqlite(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "sqlite"
+
+
+def one_of(column: Any, name: str, pg: bool) -> Any:
+    """``column`` is one of the list bound as ``name``.
+
+    On PostgreSQL ``column = ANY(:name)`` with the list as one array parameter: the SQL is the same
+    for any number of values, so the driver's prepared statement is reused and nothing is rendered
+    per value (an expanding IN renders a placeholder and a cast per value, every execution: 500
+    keys per claimed batch cost the dispatcher ~3% of its time). SQLite has no arrays: an
+    expanding IN there."""
+    if pg:
+        return column == any_(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
 
 
 def raw_datetime(value: datetime, is_sqlite: bool) -> Any:

@@ -12,6 +12,7 @@ import msgspec
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.events.service import EVENT_COLUMNS, subscribed_statuses, tell_changed_rows
 from comms.kit.db import is_sqlite, raw_datetime
 from comms.kit.masking import ANONYMIZED_KEY_PREFIX
 from comms.messages.fairness import FAIR_SLICE, FAIR_STEP_MS, MAX_SLICES, rank_of
@@ -241,7 +242,12 @@ class MessageRepository:
         return {status: int(count) for status, count in rows}
 
     async def cancel_pending(self, batch_id: str, now: datetime) -> int:
-        result = await self.session.execute(
+        """Cancel the batch's waiting rows; each is told to the tenant's event webhook when it
+        wants ``cancelled`` (only then are the rows read back)."""
+        told = "cancelled" in (await subscribed_statuses(self.session, [self.tenant_id])).get(
+            self.tenant_id, ()
+        )
+        statement = (
             update(Message)
             .where(
                 Message.batch_id == batch_id,
@@ -253,7 +259,12 @@ class MessageRepository:
             .values(status="cancelled", error="cancelled by request", due_at=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        if not told:
+            result = await self.session.execute(statement)
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        rows = (await self.session.execute(statement.returning(*EVENT_COLUMNS))).all()
+        await tell_changed_rows(self.session, rows, now)
+        return len(rows)
 
     async def requeue_failed(self, batch_id: str, now: datetime) -> int:
         result = await self.session.execute(

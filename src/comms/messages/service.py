@@ -24,6 +24,7 @@ from comms.compliance.gates import AcceptanceGate
 from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.errors import FieldError, PayloadTooLarge, ValidationFailed
+from comms.events.service import EVENT_STATUSES, tell_changed_rows
 from comms.kit.clock import utcnow
 from comms.kit.ids import new_id, new_ids
 from comms.kit.secretbox import SecretBox
@@ -559,6 +560,7 @@ async def _store(
     used = 0
     counts: Counter[str] = Counter()
     first: list[Accepted] = []
+    told: list[Accepted] = []  # refused or held back at once: their events go out with the 202
     for chunk in _chunks(body.recipients):
         normalized = normalizer.run(chunk)
         await writer.wait()
@@ -566,6 +568,7 @@ async def _store(
         if normalizer.has_own_variables:
             items = [_with_secrets_encrypted(item, resolved.secret_names, secrets) for item in items]
         counts.update(item.status for item in items)
+        told.extend(item for item in items if item.status in EVENT_STATUSES)
         if len(first) < options.page_size:
             first.extend(items[: options.page_size - len(first)])
         used += len(items)
@@ -590,6 +593,13 @@ async def _store(
         created_at=now,
     )
     await audit.insert_into(session)
+    if told:
+        b = batch  # no provider was involved in these: (provider, provider message id) are None
+        rows = (
+            (i.id, b.tenant_id, b.id, b.channel, b.category, i.recipient, i.status, i.error, None, None)
+            for i in told
+        )
+        await tell_changed_rows(session, rows, now)
 
     display = BatchDisplay.of(batch)
     first_page = [
