@@ -34,6 +34,7 @@ from comms.dispatch.queue import claim_due
 from comms.kit.clock import isoformat, set_clock, utcnow
 from comms.models import AuditEvent, Batch, Message, Suppression, Tenant
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
+from tests.integration.conftest import signed
 
 
 async def bulk(service: Service, tenant: TenantKeys, expect: int = 202, **body: Any) -> dict[str, Any]:
@@ -880,12 +881,13 @@ def arf(original: bytes, feedback_type: str = "abuse", part: str = "message/rfc8
 
 
 async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
-    live_service: Service, live_tenant: TenantKeys
+    live_service: Service, live_tenant: TenantKeys, account: str
 ) -> None:
     """M6: an ARF complaint from a mailbox provider, handed to POST /communication/complaints/arf,
     finds the message by its signed unsubscribe token (marketing) or its Message-ID
     (transactional: headers only), suppresses the recipient for every category but verification,
-    and counts as a complaint. A not-spam report changes nothing; nor does any bad report."""
+    and counts as a complaint, once per message whoever reports it. A not-spam report changes
+    nothing; nor does any bad report."""
     await opt_in(live_service, live_tenant, "email", "ann@example.com")
     promo = await bulk(live_service, live_tenant, **marketing_email())
     receipt = await bulk(
@@ -955,6 +957,16 @@ async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
     again = await send(arf(promo_eml))  # the same report delivered twice: counted once
     assert again.status_code == 200 and again.json()["data"]["duplicate"] is True
     assert (await state())[1] == 2
+    # The same complaint reported otherwise: as fraud too, and by the provider's own event.
+    fraud = await send(arf(promo_eml, "fraud"))
+    assert fraud.status_code == 200 and fraud.json()["data"]["duplicate"] is False
+    event = {"event_id": "c1", "id": promo_id, "status": "delivered", "bounce": "complaint"}
+    body, signed_headers = signed({"events": [event]})
+    pushed = await live_service.client.post(
+        f"/webhooks/webhook/{account}/status", content=body, headers=signed_headers
+    )
+    assert pushed.status_code == 200, pushed.text
+    assert (await state())[1] == 2  # still one complaint per message
     other = await make_tenant(live_service.db, "Other")
     foreign = await live_service.client.post(
         "/communication/complaints/arf",

@@ -47,7 +47,7 @@ from comms.messages.endpoints import read_body
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
-from comms.receipts.service import record_once
+from comms.receipts.service import first_complaint_about, record_once
 from comms.state import app_state
 from comms.tenants.auth import AnyPrincipal, require
 from comms.tenants.scopes import Scope
@@ -388,6 +388,7 @@ async def feedback_report(request: Request, principal: SuppressionsWritePrincipa
             ),
         )
         if complaint and first is not None:
+            counted = await first_complaint_about(session, principal.tenant_id, message.id, "arf")
             await service.suppress(
                 session,
                 principal.tenant,
@@ -396,6 +397,7 @@ async def feedback_report(request: Request, principal: SuppressionsWritePrincipa
                 "feedback_loop",
                 actor=principal.key_id,
                 ip=_ip(request),
+                counted=counted,
             )
     data = {
         "log_id": report.log_id,

@@ -80,18 +80,23 @@ async def suppress(
     *,
     actor: str | None = None,
     ip: str | None = None,
+    counted: bool = True,
 ) -> bool:
     """Add (or widen) a suppression at once; True when something changed. Idempotent.
 
     A complaint is also an event of its own (``complaint.received`` in the append-only audit
     trail), which the complaint-rate breaker counts: every complaint a provider reports, even
     from an address suppressed already, and one a tenant records when it changes something.
-    Deleting the suppression later does not take the complaint back."""
+    Deleting the suppression later does not take the complaint back. ``counted=False``: a
+    complaint about a message that was complained about before (another report of the same
+    one, receipts.service.first_complaint_about) suppresses but does not count again."""
     store = SuppressionStore(session, tenant.id)
     scope = "all" if reason in SCOPE_ALL_REASONS else "marketing"
     existing = await store.get(who.channel, who.digest)
-    if reason == "complaint" and (
-        source in REPORTED_COMPLAINT_SOURCES or existing is None or existing.scope != "all"
+    if (
+        reason == "complaint"
+        and counted
+        and (source in REPORTED_COMPLAINT_SOURCES or existing is None or existing.scope != "all")
     ):
         audit.record(
             session, tenant.id, COMPLAINT_EVENT, actor=actor, ip=ip,

@@ -7,6 +7,7 @@ NOTHING: the same receipt delivered twice is recorded and applied once.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,21 @@ async def record_once(
     )
     result = await session.execute(statement)
     return event_id if result.rowcount else None  # type: ignore[attr-defined]
+
+
+COMPLAINTS_SOURCE = "complaints"  # receipt_events.account_id of complaints counted, one per message
+
+
+async def first_complaint_about(session: AsyncSession, tenant_id: str, log_id: str, source: str) -> bool:
+    """Whether this is the first complaint about the message from any source: a recipient who
+    marks a message as spam may be reported by the provider's own event (SendGrid spamreport, SES
+    Complaint, a webhook gateway's) and by the mailbox provider's feedback loop (ARF), and two
+    ARF types (abuse, fraud) may name it; the complaint rate counts the complaint once."""
+    payload = json.dumps({"log_id": log_id, "source": source})
+    return (
+        await record_once(session, tenant_id, COMPLAINTS_SOURCE, source, "complaint", log_id, payload)
+        is not None
+    )
 
 
 async def _find_message(
@@ -152,7 +168,8 @@ async def apply_receipt(
         if event.bounce == "hard":
             await compliance.suppress(session, tenant, who, "hard_bounce", "bounce")
         else:
-            await compliance.suppress(session, tenant, who, "complaint", "complaint")
+            counted = await first_complaint_about(session, tenant.id, message.id, account.provider)
+            await compliance.suppress(session, tenant, who, "complaint", "complaint", counted=counted)
     return f"{target.value}" if changed else f"kept {message.status}"
 
 
