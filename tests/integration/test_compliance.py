@@ -770,12 +770,12 @@ async def test_recipients_are_anonymized_after_log_retention(
     assert changed.json()["data"]["log_retention_days"] == 10
     sms = await bulk(
         live_service, live_tenant, channel="sms", category="transactional", content="Parcel {{ p }}",
-        recipients=[{"to": "13800138000", "variables": {"p": "PX-9"}}],
+        recipients=[{"to": "13800138000", "variables": {"p": "PX-9"}}], user_id="usr_ann",
     )  # fmt: skip
     mail = await bulk(live_service, live_tenant, **marketing_email(category="transactional"))
     later = await bulk(
         live_service, live_tenant, channel="sms", category="transactional", content="Reminder",
-        recipients=["13900139000"], send_at=isoformat(utcnow() + timedelta(days=60)),
+        recipients=["13900139000"], send_at=isoformat(utcnow() + timedelta(days=60)), user_id="usr_bob",
     )  # fmt: skip
 
     async def sent() -> bool:
@@ -810,6 +810,13 @@ async def test_recipients_are_anonymized_after_log_retention(
     assert texted.response == "accepted 138****8000 (138****8000)"
     assert mailed.response == "250 ok for <a***@example.com>"
     assert (waiting.recipient, waiting.status) == ("+8613900139000", "scheduled")  # still to be sent
+    async with live_service.db.read() as session:
+        batches = dict((await session.execute(select(Batch.id, Batch.user_id))).all())
+    assert (texted.user_id, batches[sms["batch_id"]]) == (
+        None,
+        None,
+    )  # the person's id in the tenant goes too
+    assert (waiting.user_id, batches[later["batch_id"]]) == ("usr_bob", "usr_bob")
     for unmask, token in ((False, None), (True, live_tenant.pii_token)):
         shown = await live_service.client.get(
             f"/communication/logs/{sms_id}?unmask={str(unmask).lower()}", headers=live_tenant.headers(token)

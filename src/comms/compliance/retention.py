@@ -4,7 +4,8 @@ Rendered bodies and variables are purged from the log after the tenant's
 ``content_retention_days`` (default 30): status, times, provider answers and the (masked-on-read)
 recipient stay, so the log still says what happened to whom. After ``log_retention_days``
 (default 365) the recipient goes too: the item keeps its masked form and a salted hash of it, so
-it still counts in statistics and an erasure request still finds it, but it no longer says to whom.
+it still counts in statistics and an erasure request still finds it, but it no longer says to whom
+(nor does the tenant's ``user_id`` on the item and its batch).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ async def _anonymize_chunk(
     query = (
         select(
             Message.id, Message.channel, Message.recipient, Message.recipient_key, Message.status,
-            Message.error, Message.response,
+            Message.error, Message.response, Message.batch_id,
         )
         .where(
             Message.tenant_id == tenant_id,
@@ -162,7 +163,9 @@ async def _anonymize_chunk(
     # same items write the same values once. Its row locks are taken in id order, one at a time.
     rows = (await session.execute(query)).all()
     pending = next((row.id for row in rows if row.status in _IN_FLIGHT), None)
-    values = [_anonymized(row, salt) for row in rows if row.status not in _IN_FLIGHT]
+    finished = [row for row in rows if row.status not in _IN_FLIGHT]
+    values = [_anonymized(row, salt) for row in finished]
+    finished_batches = {row.batch_id for row in finished}
     if values:
         table = cast(Table, Message.__table__)  # Core: one executemany (ORM updates want keys)
         await session.execute(
@@ -179,9 +182,18 @@ async def _anonymize_chunk(
                 response=bindparam("b_response"),
                 content=None,
                 variables=None,
+                # The tenant's own identifier of the person (CONTRACT: `user_id`) identifies them
+                # as well as the address does.
+                user_id=None,
             )
             .execution_options(synchronize_session=False),
             values,
+        )
+        await session.execute(
+            update(Batch)
+            .where(Batch.id.in_(finished_batches), Batch.user_id.is_not(None))
+            .values(user_id=None)
+            .execution_options(synchronize_session=False)
         )
     last = rows[-1].id if len(rows) == ANONYMIZE_CHUNK else None
     return len(values), last, pending
