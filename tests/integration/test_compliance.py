@@ -1283,10 +1283,13 @@ async def test_15_marketing_and_transactional_use_separate_sender_identities(ser
 
 
 class DnsServer(asyncio.DatagramProtocol):
-    """A UDP DNS server on 127.0.0.1 answering TXT queries from ``records`` (dnspython's message API)."""
+    """A UDP DNS server on 127.0.0.1 answering TXT queries from ``records`` (dnspython's message
+    API); a name in ``cnames`` is answered as a recursive resolver does: the CNAME, then the
+    target's TXT records."""
 
     def __init__(self) -> None:
         self.records: dict[str, list[str]] = {}
+        self.cnames: dict[str, str] = {}
         self.servfail: set[str] = set()
         self.queries: list[str] = []
         self.transport: asyncio.DatagramTransport | None = None
@@ -1300,6 +1303,12 @@ class DnsServer(asyncio.DatagramProtocol):
         question = query.question[0]
         name = question.name.to_text(omit_final_dot=True).lower()
         self.queries.append(name)
+        owner = question.name
+        if name in self.cnames:
+            target = self.cnames[name]
+            cname = dns.rdata.from_text("IN", "CNAME", target + ".")
+            response.answer.append(dns.rrset.from_rdata_list(owner, 60, [cname]))
+            name, owner = target, dns.name.from_text(target)
         texts = self.records.get(name, [])
         if name in self.servfail:
             response.set_rcode(dns.rcode.SERVFAIL)
@@ -1310,7 +1319,9 @@ class DnsServer(asyncio.DatagramProtocol):
                 )
                 for t in texts
             ]
-            response.answer.append(dns.rrset.from_rdata_list(question.name, 60, rdatas))
+            response.answer.append(dns.rrset.from_rdata_list(owner, 60, rdatas))
+        elif response.answer:
+            pass  # the CNAME alone: its target has nothing of this type
         elif not any(k == name or k.endswith("." + name) for k in self.records):
             response.set_rcode(dns.rcode.NXDOMAIN)
         assert self.transport is not None
@@ -1526,6 +1537,80 @@ async def test_09_a_published_dkim_key_must_be_the_one_comms_signs_with(
     )
     records["s1._domainkey.acme.example"] = [f"v=DKIM1; k=rsa; p={public[:200]} {public[200:]}"]
     assert (await verify())["verified"] is True
+
+
+async def test_09_a_vendor_that_signs_must_have_its_dkim_cname(
+    service: Service, dns_server: DnsServer
+) -> None:
+    """A SendGrid or SES (Easy DKIM) account signs the tenant's mail with a key the vendor
+    publishes under its own domain, reached by a CNAME from the tenant's selector: a key the
+    tenant published itself is not the one the vendor signs with. Each such account needs its
+    CNAME; an SES account marked byo_dkim takes the tenant's own key."""
+    tenant = await make_tenant(service.db, "Acme", require_dns_authentication=True)
+    h = tenant.headers()
+    records, cnames = dns_server.records, dns_server.cnames
+    records["acme.example"] = ["v=spf1 -all"]
+    records["_dmarc.acme.example"] = ["v=DMARC1; p=reject"]
+    records["own._domainkey.acme.example"] = [DKIM_KEY]  # the tenant's own key, e.g. for its office mail
+
+    async def verify(selectors: list[str]) -> dict[str, Any]:
+        answer = await service.client.post(
+            "/communication/settings/domains/acme.example/verify",
+            json={"dkim_selectors": selectors},
+            headers=h,
+        )
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["data"])
+
+    assert (await verify(["own"]))["verified"] is True  # no vendor signs yet: any usable key
+    sendgrid = await service.client.post(
+        "/communication/providers",
+        json={"channel": "email", "provider": "sendgrid", "name": "sg", "config": {"api_key": "SG.x"}},
+        headers=h,
+    )
+    assert sendgrid.status_code == 201, sendgrid.text
+    unaligned = await verify(["own"])
+    assert unaligned["verified"] is False
+    assert unaligned["dkim"]["detail"] == (
+        "no selector leads to the sendgrid account 'sg''s keys (a CNAME from "
+        "<selector>._domainkey.acme.example to sendgrid.net, from its domain authentication)"
+    )
+    cnames["s1._domainkey.acme.example"] = "s1.domainkey.u123.wl.sendgrid.net"
+    records["s1.domainkey.u123.wl.sendgrid.net"] = [DKIM_KEY]
+    passed = await verify(["own", "s1"])
+    assert passed["verified"] is True, passed
+    assert passed["dkim"]["detail"] == (
+        "DKIM key at own._domainkey.acme.example, "
+        "s1._domainkey.acme.example (-> s1.domainkey.u123.wl.sendgrid.net)"
+    )
+    # A CNAME into the vendor's domain with no key behind it is no key.
+    records["s1.domainkey.u123.wl.sendgrid.net"] = ["v=DKIM1; p="]
+    assert (await verify(["own", "s1"]))["verified"] is False
+    records["s1.domainkey.u123.wl.sendgrid.net"] = [DKIM_KEY]
+
+    ses = {"region": "eu-west-1", "access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": "x"}
+    added = await service.client.post(
+        "/communication/providers",
+        json={"channel": "email", "provider": "ses", "name": "ses", "config": ses},
+        headers=h,
+    )
+    assert added.status_code == 201, added.text
+    needs_ses = await verify(["own", "s1"])
+    assert needs_ses["verified"] is False and "the ses account 'ses''s keys" in needs_ses["dkim"]["detail"]
+    assert "amazonses.com or amazonses.com.cn" in needs_ses["dkim"]["detail"]
+    cnames["tok3n._domainkey.acme.example"] = "tok3n.dkim.amazonses.com"
+    records["tok3n.dkim.amazonses.com"] = [DKIM_KEY]
+    assert (await verify(["own", "s1", "tok3n"]))["verified"] is True
+
+    # An SES identity with Bring Your Own DKIM signs with the tenant's own published key.
+    del cnames["tok3n._domainkey.acme.example"]
+    changed = await service.client.put(
+        f"/communication/providers/{added.json()['data']['id']}",
+        json={"config": {**ses, "byo_dkim": True}},
+        headers=h,
+    )
+    assert changed.status_code == 200, changed.text
+    assert (await verify(["own", "s1"]))["verified"] is True
 
 
 async def test_09_dns_record_rules(service: Service, dns_server: DnsServer) -> None:

@@ -21,6 +21,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import dns.asyncresolver
@@ -97,19 +98,25 @@ def make_resolver(nameserver: str | None) -> dns.asyncresolver.Resolver:
 
 async def txt_records(resolver: dns.asyncresolver.Resolver, name: str) -> list[str]:
     """The TXT records at ``name`` (each one's strings joined); [] when there are none."""
+    return (await txt_lookup(resolver, name))[1]
+
+
+async def txt_lookup(resolver: dns.asyncresolver.Resolver, name: str) -> tuple[str, list[str]]:
+    """(the name the records were found at after following CNAMEs, the TXT records there)."""
     try:
         answer = await resolver.resolve(name, "TXT", raise_on_no_answer=False)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN):
-        return []
+        return name, []
     except dns.exception.Timeout:
         raise DnsUnavailable(f"DNS lookup of {name} timed out") from None
     except dns.resolver.NoNameservers:
         raise DnsUnavailable(f"no DNS server answered for {name} (SERVFAIL or refused)") from None
     except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
-        return []
+        return name, []
     if answer.rrset is None:
-        return []
-    return [
+        return name, []
+    canonical = answer.canonical_name.to_text(omit_final_dot=True).lower()
+    return canonical, [
         b"".join(rdata.strings).decode("utf-8", "replace")
         for rdata in answer.rrset
         if hasattr(rdata, "strings")
@@ -192,37 +199,80 @@ async def check_spf(resolver: dns.asyncresolver.Resolver, domain: str) -> Record
     return RecordCheck(ok=True, detail=f"SPF record at {domain}", record=record)
 
 
+@dataclass(frozen=True, slots=True)
+class DkimSigners:
+    """Who signs the tenant's mail for a domain, as the DKIM check must find it published.
+
+    ``keys``: selector -> (who, public key in base64 DER) for keys comms itself signs with (an
+    ``smtp`` account's): the key at that selector must be that one, or its signatures fail.
+    ``hosted``: who -> the DNS domains under which that vendor publishes the keys it signs the
+    tenant's mail with (SendGrid's and SES's domain authentication: the tenant's selector is a
+    CNAME into them): one of the selectors must lead there, or the vendor signs with a key of its
+    own domain, which is not aligned with the From domain and does not pass DMARC."""
+
+    keys: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    hosted: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
 async def check_dkim(
     resolver: dns.asyncresolver.Resolver,
     domain: str,
     selectors: list[str],
-    signers: Mapping[str, tuple[str, str]] | None = None,
+    signers: DkimSigners | None = None,
 ) -> RecordCheck:
-    """A usable key at one of the selectors. ``signers``: selector -> (who signs, its public key
-    in base64 DER) for the keys comms itself signs with (an ``smtp`` account's): a key published
-    there must be that one, or the signatures would not verify."""
+    """A usable key at one of the selectors at least, and for every signer in ``signers``, the
+    key it signs with (see :class:`DkimSigners`). Selectors a signer uses are looked at even when
+    the tenant did not name them."""
+    signers = signers or DkimSigners()
     problems: list[str] = []
-    for selector in selectors:
+    usable: dict[str, tuple[str, str, str]] = {}  # selector -> (name, name after CNAMEs, record)
+    for selector in [*selectors, *(s for s in signers.keys if s not in selectors)]:
         name = f"{selector}._domainkey.{domain}"
-        records = await txt_records(resolver, name)
+        canonical, records = await txt_lookup(resolver, name)
         if not records:
             problems.append(f"no TXT record at {name}")
             continue
         for record in records:
-            tags = _tags(record)
-            if tags.get("v", "DKIM1") != "DKIM1":
-                problems.append(f"{name}: v= is not DKIM1")
-            elif "p" not in tags:
-                problems.append(f"{name}: no p= (public key)")
-            elif not tags["p"]:
-                problems.append(f"{name}: empty p= (the key is revoked)")
-            elif not _is_base64(tags["p"]):
-                problems.append(f"{name}: p= is not base64")
-            elif signers and selector in signers and "".join(tags["p"].split()) != signers[selector][1]:
-                problems.append(f"{name}: not the key {signers[selector][0]} signs with")
-            else:
-                return RecordCheck(ok=True, detail=f"DKIM key at {name}", record=record)
-    return RecordCheck(ok=False, detail="; ".join(problems) or "no DKIM selector given")
+            problem = _key_problem(name, record, signers.keys.get(selector))
+            if problem is None:
+                usable[selector] = (name, canonical, record)
+                break
+            problems.append(problem)
+    unhosted = [
+        f"no selector leads to {who}'s keys (a CNAME from <selector>._domainkey.{domain} to "
+        f"{' or '.join(hosts)}, from its domain authentication)"
+        for who, hosts in signers.hosted.items()
+        if not any(_is_under(canonical, hosts) for _, canonical, _ in usable.values())
+    ]
+    unsigned = [s for s in signers.keys if s not in usable]  # their problem is in `problems`
+    if not usable or unsigned or unhosted:
+        return RecordCheck(ok=False, detail="; ".join(problems + unhosted) or "no DKIM selector given")
+    names = [
+        name if name == canonical else f"{name} (-> {canonical})" for name, canonical, _ in usable.values()
+    ]
+    return RecordCheck(
+        ok=True, detail="DKIM key at " + ", ".join(names), record=next(iter(usable.values()))[2]
+    )
+
+
+def _key_problem(name: str, record: str, signed_with: tuple[str, str] | None) -> str | None:
+    """What is wrong with a DKIM key record, or None. ``signed_with``: (who, key) must match."""
+    tags = _tags(record)
+    if tags.get("v", "DKIM1") != "DKIM1":
+        return f"{name}: v= is not DKIM1"
+    if "p" not in tags:
+        return f"{name}: no p= (public key)"
+    if not tags["p"]:
+        return f"{name}: empty p= (the key is revoked)"
+    if not _is_base64(tags["p"]):
+        return f"{name}: p= is not base64"
+    if signed_with is not None and "".join(tags["p"].split()) != signed_with[1]:
+        return f"{name}: not the key {signed_with[0]} signs with"
+    return None
+
+
+def _is_under(name: str, domains: tuple[str, ...]) -> bool:
+    return any(name == d or name.endswith("." + d) for d in domains)
 
 
 def _is_base64(value: str) -> bool:
@@ -273,7 +323,7 @@ async def authenticate_domain(
     domain: str,
     selectors: list[str],
     now: datetime,
-    signers: Mapping[str, tuple[str, str]] | None = None,
+    signers: DkimSigners | None = None,
 ) -> DomainAuthentication:
     """Look the three records up (concurrently). Raises :class:`DnsUnavailable`."""
     spf, dkim, dmarc = await asyncio.gather(

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from comms.accounts import service as accounts
 from comms.accounts.repository import ProviderAccountRepository
 from comms.compliance import audit
-from comms.compliance.dns_auth import DnsUnavailable, authenticate_domain, make_resolver
+from comms.compliance.dns_auth import DkimSigners, DnsUnavailable, authenticate_domain, make_resolver
 from comms.compliance.settings import load_settings
 from comms.kit.db import Database
 from comms.kit.secretbox import SecretBox
@@ -31,23 +31,28 @@ log = logging.getLogger("comms.compliance")
 RECHECK_EVERY = timedelta(days=1)
 
 
-async def dkim_signers(
-    session: AsyncSession, tenant_id: str, domain: str, box: SecretBox
-) -> dict[str, tuple[str, str]]:
-    """selector -> (who, public key) for the tenant's email accounts that DKIM-sign for ``domain``
-    with a key of their own (``Provider.dkim_signer``): the key published at that selector must be
-    theirs, or every signature fails at the receiver."""
-    signers: dict[str, tuple[str, str]] = {}
+async def dkim_signers(session: AsyncSession, tenant_id: str, domain: str, box: SecretBox) -> DkimSigners:
+    """Who signs the tenant's mail from ``domain`` (see DkimSigners): its email accounts that sign
+    with a key of their own (``Provider.dkim_signer``: that key must be published at its
+    selector), and those whose vendor signs with keys it publishes for the tenant
+    (``Provider.dkim_hosts``: a selector must lead there). Any email account may carry mail from
+    any of the tenant's domains (failover), so each must be able to sign it aligned."""
+    keys: dict[str, tuple[str, str]] = {}
+    hosted: dict[str, tuple[str, ...]] = {}
     for row in await ProviderAccountRepository(session, tenant_id).list("email"):
         try:
             cls = accounts.provider_class(row.provider, row.channel)
-            signer = cls.dkim_signer(accounts.unseal(cls, row.config, box))
+            config = accounts.unseal(cls, row.config, box)
+            signer, hosts = cls.dkim_signer(config), cls.dkim_hosts(config)
         except Exception as exc:  # an account that cannot be read signs nothing
             log.warning("provider account unreadable for the DKIM check: %s", type(exc).__name__)
             continue
+        who = f"the {row.provider} account {row.name!r}"
         if signer is not None and signer[0] == domain:
-            signers[signer[1]] = (f"the {row.provider} account {row.name!r}", signer[2])
-    return signers
+            keys[signer[1]] = (who, signer[2])
+        elif hosts:
+            hosted[who] = hosts
+    return DkimSigners(keys=keys, hosted=hosted)
 
 
 UNREACHABLE_PAUSE = 6 * 3600.0  # seconds a domain whose DNS could not be asked waits its next try

@@ -145,6 +145,14 @@ class Provider:
         return None
 
     @classmethod
+    def dkim_hosts(cls, config: Any) -> tuple[str, ...]:
+        """The DNS domains under which the vendor publishes the DKIM keys it signs the customer's
+        mail with, once the customer authenticated its domain there (a CNAME from the customer's
+        selector into them); empty when the vendor signs no mail of the customer's domain, or
+        comms itself signs (:meth:`dkim_signer`)."""
+        return ()
+
+    @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
         """An instance for one account, from its validated (and decrypted) config."""
         raise NotImplementedError

@@ -477,6 +477,11 @@ class SendGridProvider(Provider):
         assert isinstance(config, SendGridConfig)
         return cls(config, context.http)
 
+    @classmethod
+    def dkim_hosts(cls, config: Any) -> tuple[str, ...]:
+        # Domain authentication: s1/s2._domainkey.<domain> CNAME s1.domainkey.u<id>.wl<n>.sendgrid.net
+        return ("sendgrid.net",)
+
     async def send(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         results: dict[str, SendResult] = {}
         sendable = []

@@ -167,6 +167,11 @@ class SesConfig(BaseModel):
         "China); a value without a leading dot names one exact host.",
     )
     sns_allow_http: bool = Field(default=False, description="Accept http:// certificate URLs (tests only).")
+    byo_dkim: bool = Field(
+        default=False,
+        description="The domain's identity uses Bring Your Own DKIM (a TXT key of the tenant's) instead of "
+        "Easy DKIM (CNAMEs into amazonses.com, which the domain check otherwise looks for).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +206,13 @@ class SesProvider(Provider):
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
         assert isinstance(config, SesConfig)
         return cls(config, context.http)
+
+    @classmethod
+    def dkim_hosts(cls, config: Any) -> tuple[str, ...]:
+        # Easy DKIM: <token>._domainkey.<domain> CNAME <token>.dkim.amazonses.com (in some regions
+        # <token>.dkim.<region>.amazonses.com; amazonses.com.cn in China).
+        assert isinstance(config, SesConfig)
+        return () if config.byo_dkim else ("amazonses.com", "amazonses.com.cn")
 
     # ---- sending -------------------------------------------------------------------------------
 
