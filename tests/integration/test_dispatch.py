@@ -846,6 +846,36 @@ async def test_a_retry_after_a_cancel_sends_what_it_requeues(service: Service, t
     assert row is not None and row.status == "cancelled"
 
 
+async def test_claims_that_fail_more_often_than_there_are_batch_slots_stop_nothing(
+    live_service: Service, live_tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that raises (the database away) gives its batch slot back: after more failures
+    than the dispatcher has slots, it still claims, sends and reaps."""
+    from comms.dispatch import dispatcher as dispatcher_module
+
+    real = dispatcher_module.claim_due
+    failures = live_service.settings.dispatch_concurrency + 2
+    failed: list[int] = []
+
+    async def fails_at_first(session: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("max_priority") is None and len(failed) < failures:
+            failed.append(1)
+            raise ConnectionError("the database went away")
+        return await real(session, *args, **kwargs)
+
+    monkeypatch.setattr(dispatcher_module, "ERROR_PAUSE", 0.01)
+    monkeypatch.setattr(dispatcher_module, "claim_due", fails_at_first)
+    log_id = (await send_sms(live_service, live_tenant, "13800138000"))["items"][0]["id"]
+
+    async def sent() -> bool:
+        async with live_service.db.read() as session:
+            row = await session.get(Message, log_id)
+        return row is not None and row.status == "sent"
+
+    await wait_until(sent)
+    assert len(failed) == failures
+
+
 async def test_a_claim_that_fails_part_way_leaves_nothing_leased(
     live_service: Service, live_tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -76,6 +76,7 @@ RESPONSE_LIMIT = 1000
 PURGE_INTERVAL = 3600.0  # seconds between retention purges
 PAUSE_RETRY = timedelta(hours=1)  # marketing held back by the complaint-rate breaker
 EXPRESS_BATCH = 50  # verification codes claimed per express round
+ERROR_PAUSE = 1.0  # seconds a loop waits after an error (the database away) before it tries again
 # A message the provider's flow control keeps holding back (a per-number daily limit) waits twice
 # as long each time (dispatch/backoff.py), up to an hour, and fails at this many deferrals: with
 # a 60 s first wait the 31st comes a little over 25 hours after the first, so a per-number daily
@@ -182,10 +183,12 @@ class Dispatcher:
     async def run(self) -> None:
         log.info("dispatcher started", extra={"worker": self.worker_id})
         while not self._stopping.is_set():
+            holding = False  # a batch slot this round took and no task has taken over yet
             try:
                 await self._reap_if_due()
                 if not await self._take_slot():
                     break
+                holding = True
                 self._wake.clear()
                 started = time.perf_counter()
                 # One transaction over the levels' statements: a failure part-way must not leave
@@ -197,18 +200,22 @@ class Dispatcher:
                 metrics.CLAIM_LATENCY.observe(time.perf_counter() - started)
                 metrics.CLAIMED.inc(len(claimed))
                 if not claimed:
+                    holding = False
                     self._slots.release()
                     await self._idle()
                     continue
                 task = asyncio.create_task(self._process(claimed))
+                holding = False  # the task gives it back when it ends (_finished)
                 self._tasks.add(task)
                 task.add_done_callback(self._finished)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if holding:  # a claim that failed (the database away) must not keep its slot
+                    self._slots.release()
                 log.exception("dispatcher loop error; retrying")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+                    await asyncio.wait_for(self._stopping.wait(), timeout=ERROR_PAUSE)
         log.info("dispatcher stopped", extra={"worker": self.worker_id})
 
     async def _take_slot(self) -> bool:
@@ -312,7 +319,7 @@ class Dispatcher:
             except Exception:
                 log.exception("express dispatch error; retrying")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+                    await asyncio.wait_for(self._stopping.wait(), timeout=ERROR_PAUSE)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
