@@ -350,6 +350,7 @@ async def test_completion_requires_holding_the_lease(service: Service, tenant: T
         "rank": None,
         "possible_duplicate": False,
         "deferrals": 0,
+        "attempts": 1,
     }
     async with service.db.begin() as session:
         assert (
@@ -375,6 +376,47 @@ async def test_completion_requires_holding_the_lease(service: Service, tenant: T
         )
     async with service.db.begin() as session:
         assert await complete(session, "w-a", now, [row], ids_set=True) == {log_id}
+
+
+async def test_a_slow_send_reclaimed_by_its_own_worker_keeps_the_flagged_outcome(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A worker's send is slow past its lease; the reaper re-queues the row, flagged, and the same
+    worker claims it again (the owner is the same). The first claim's late outcome changes
+    nothing: the second's, flagged possible_duplicate, is what the log keeps."""
+    from comms.dispatch.queue import complete, outcome_time, release_expired_leases
+
+    log_id = (await send_sms(service, tenant, "13800138000"))["items"][0]["id"]
+    start = utcnow()
+    async with service.db.begin() as session:
+        [first] = await claim_due(session, "w-a", 10, start, timedelta(seconds=30))
+    async with service.db.begin() as session:
+        assert await release_expired_leases(session, start + timedelta(seconds=31)) == 1
+    async with service.db.begin() as session:
+        [second] = await claim_due(session, "w-a", 10, start + timedelta(seconds=32), timedelta(seconds=30))
+    assert (first.attempts, second.attempts, second.possible_duplicate) == (1, 2, True)
+    now = utcnow()
+
+    def outcome(claim: Any, pmid: str) -> dict[str, Any]:
+        return {
+            "id": log_id, "status": "sent", "error": None, "provider": "outbox", "account": None,
+            "pmid": pmid, "response": None, "content": None, "segments": None, "variables": None,
+            "sent_at": outcome_time(now, service.db.is_sqlite), "due_at": None, "rank": None,
+            "possible_duplicate": claim.possible_duplicate, "deferrals": 0, "attempts": claim.attempts,
+        }  # fmt: skip
+
+    async with service.db.begin() as session:
+        assert await complete(session, "w-a", now, [outcome(first, "gw-first")], ids_set=True) == set()
+    async with service.db.begin() as session:
+        assert await complete(session, "w-a", now, [outcome(second, "gw-second")], ids_set=True) == {log_id}
+    async with service.db.read() as session:
+        stored = await session.get(Message, log_id)
+    assert stored is not None
+    assert (stored.status, stored.provider_message_id, stored.possible_duplicate) == (
+        "sent",
+        "gw-second",
+        True,
+    )
 
 
 async def test_graceful_stop_drains_in_flight(live_service: Service, live_tenant: TenantKeys) -> None:

@@ -789,6 +789,7 @@ class Dispatcher:
             "rank": None,
             "possible_duplicate": c.possible_duplicate,
             "deferrals": c.deferrals,
+            "attempts": c.attempts,  # whose claim this is (queue._WHERE)
         }
         row.update(changes)
         if row["due_at"] is not None:

@@ -174,6 +174,7 @@ OUTCOME_FIELDS = (
     "rank",
     "possible_duplicate",
     "deferrals",
+    "attempts",
 )
 _SET = """status = {status}, error = {error}, provider = u.provider, provider_account_id = u.account,
     provider_message_id = u.pmid, response = u.response, content = u.content, segments = u.segments,
@@ -185,9 +186,16 @@ _SOURCE_SQLITE = f"""(SELECT {", ".join(f"value->>{i} AS {name}" for i, name in 
     FROM json_each(:rows)) AS u"""
 _SOURCE_PG = """json_to_recordset(CAST(:rows AS json)) AS u(id text, status text, error text, provider text,
     account text, pmid text, response text, content text, segments int, variables json,
-    sent_at timestamptz, due_at timestamptz, rank bigint, possible_duplicate boolean, deferrals int)"""
-# The usual case, on a plain equality the planner handles well on any table size.
-_WHERE = "WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = '{status}'"
+    sent_at timestamptz, due_at timestamptz, rank bigint, possible_duplicate boolean, deferrals int,
+    attempts int)"""
+# The usual case, on a plain equality the planner handles well on any table size. The attempt
+# number is the claim's own (each claim adds one): the owner alone would not tell this claim from
+# a later one of the same process (the reaper re-queued the row while this send was slow, the
+# same worker claimed it again), whose outcome, flagged possible_duplicate, must be the one kept.
+_WHERE = (
+    "WHERE messages.id = u.id AND messages.lease_owner = :owner AND messages.status = '{status}'"
+    " AND messages.attempts = u.attempts"
+)
 
 
 def _complete_statement(source: str, pg: bool, early_receipt: bool, returning: bool = False) -> Any:
