@@ -13,7 +13,7 @@ from email.parser import BytesParser
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from comms.dispatch.dispatcher import Dispatcher
 from comms.dispatch.queue import claim_due, release_expired_leases
@@ -617,6 +617,37 @@ async def test_unknown_rows_are_asked_about_again_and_settled_by_what_the_provid
     assert settled is not None and settled.status == "sent" and settled.sent_at is not None
     assert settled.response is not None and settled.response.startswith("reconciled with outbox")
     assert open_ is not None and open_.status == "unknown" and open_.updated_at > a_while_ago
+
+
+async def test_a_group_that_fails_unexpectedly_leaves_the_groups_sent_before_it_alone(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """One claimed batch holds two tenants' messages, sent group by group. When the second group
+    meets a fault of ours part-way, the first keeps its `sent`, and the second, which may have
+    left, is handled as a request without an answer: neither is put back to be sent unflagged."""
+    other = await make_tenant(service.db, "Other")
+    first = (await send_sms(service, tenant, "13800138000"))["items"][0]["id"]
+    second = (await send_sms(service, other, "13900139000"))["items"][0]["id"]
+    async with standalone_dispatcher(service) as worker:
+        real = worker._reconcile_then_send
+
+        async def faulty(routes: Any, every: Any, messages: Any, claimed: Any) -> Any:
+            if any(m.id == second for m in messages):
+                raise KeyError("a bug of ours, after a request may have left")
+            return await real(routes, every, messages, claimed)
+
+        worker._reconcile_then_send = faulty  # type: ignore[method-assign]
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, worker.worker_id, 10, utcnow(), timedelta(seconds=30))
+        assert {c.id for c in claimed} == {first, second}
+        claimed.sort(key=lambda c: c.id != first)  # the group that goes through goes first
+        await worker._process(claimed)
+    async with service.db.read() as session:
+        rows = {m.id: m for m in (await session.scalars(select(Message))).all()}
+    assert rows[first].status == "sent" and rows[first].attempts == 1
+    # Handled like a request that got no answer: sent once more, flagged (or reconciled first).
+    assert (rows[second].status, rows[second].possible_duplicate) == ("queued", True)
+    assert "KeyError" in (rows[second].error or "")
 
 
 async def test_rows_in_flight_when_their_batch_is_cancelled_are_not_sent(

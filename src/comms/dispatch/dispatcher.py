@@ -64,6 +64,7 @@ from comms.messages.fairness import rank_of
 from comms.messages.recipients import region_of_phone
 from comms.models import Batch, Message, Tenant
 from comms.providers.base import OutboundMessage, Outcome, SendResult
+from comms.providers.calls import fault
 from comms.receipts.service import retry_unmatched
 from comms.templates.rendering import TemplateError
 
@@ -565,7 +566,14 @@ class Dispatcher:
                 error = f"routing failed: {type(exc).__name__}"
                 results = [(SendResult(m.id, Outcome.RETRY, error=error), None) for m in messages]
             else:
-                results = await self._reconcile_then_send(routes, every, messages, by_id)
+                try:
+                    results = await self._reconcile_then_send(routes, every, messages, by_id)
+                except Exception as exc:
+                    # A fault of ours part-way (provider errors are results, not exceptions): some
+                    # of this group may have left, so it is UNKNOWN, never re-sent blindly; the
+                    # groups sent before it keep their outcomes.
+                    log.exception("sending a group failed unexpectedly")
+                    results = [(SendResult(m.id, Outcome.UNKNOWN, error=fault(exc)), None) for m in messages]
             for item, (result, route) in zip(composed_list, results, strict=True):
                 rows.append(self._result_row(by_id[item.message.id], item, result, route, now))
         return rows
@@ -592,10 +600,10 @@ class Dispatcher:
         for route, group in asked.values():
             try:
                 answers = await route.provider.reconcile(group)
+                claimed_elsewhere = await self._ids_held_elsewhere(route, answers)
             except Exception as exc:  # cannot ask now: fall back to sending once more, flagged
                 log.warning("reconcile failed", extra={"provider": route.name, "error": str(exc)})
                 continue
-            claimed_elsewhere = await self._ids_held_elsewhere(route, answers)
             for answer in answers:
                 if answer.provider_message_id in claimed_elsewhere:
                     # The provider's record belongs to another of our messages (same number and
