@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from comms.models import Message, ProviderAccount
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_for_message, wait_until
@@ -525,3 +526,45 @@ async def test_an_instance_replaced_by_a_new_config_is_closed_after_a_grace_peri
 
     await wait_until(retired)
     assert await instance() is new  # the current one stays
+
+
+async def test_a_cancel_stops_the_calls_a_send_rate_holds_back(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed batch goes out one call after another at the account's send rate; a cancel that
+    comes between two calls stops the calls not made yet (the cancel's promise: every item not
+    yet handed to a provider), and only those."""
+    from comms.dispatch import dispatcher as dispatcher_module
+    from comms.providers.webhook import WebhookProvider
+
+    monkeypatch.setattr(WebhookProvider, "max_batch", 1)  # one message per call, like per-message vendors
+    monkeypatch.setattr(dispatcher_module, "CANCEL_RECHECK_SECONDS", 0.0)
+    await add_account(live_service, live_tenant, sink.url, rate_per_second=4)
+    answer = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(10), headers=live_tenant.headers()
+    )
+    batch_id = answer.json()["batch_id"]
+
+    async def some_sent() -> bool:
+        return sum(sink.received.values()) >= 1
+
+    await wait_until(some_sent)
+    cancelled = await live_service.client.post(
+        f"/communication/batches/{batch_id}/cancel", headers=live_tenant.headers()
+    )
+    assert cancelled.status_code == 200
+    assert cancelled.json()["message"] == "cancelled 0 item(s)"  # all ten were claimed: in flight
+
+    async def settled() -> bool:
+        counts = await statuses(live_service, batch_id)
+        return sum(n for s, n in counts.items() if s in ("sent", "cancelled")) == 10
+
+    await wait_until(settled)
+    counts = await statuses(live_service, batch_id)
+    assert counts["sent"] == sum(sink.received.values()) and max(sink.received.values()) == 1
+    assert counts.get("cancelled", 0) >= 5  # four calls a second: most were still to come
+    async with live_service.db.read() as session:
+        rows = (await session.scalars(select(Message).where(Message.status == "cancelled"))).all()
+    assert {m.error for m in rows} == {"cancelled by request"} and not any(
+        m.id in sink.received for m in rows
+    )

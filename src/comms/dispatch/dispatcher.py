@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -92,6 +92,9 @@ UNKNOWN_RECHECK = timedelta(minutes=1)  # between two questions about the same r
 RECHECK_BUDGET = 20.0  # seconds one re-check round may spend asking providers
 FINAL_COMPLETE_TIMEOUT = 5.0  # seconds a stopping worker still gives to recording known outcomes
 BATCH_CANCELLED = "cancelled by request"
+# A call of a claimed batch that starts this long after its messages were last checked for a
+# cancel of their batch looks again (one indexed read, only when calls are spread out).
+CANCEL_RECHECK_SECONDS = 1.0
 
 
 class Dispatcher:
@@ -619,8 +622,13 @@ class Dispatcher:
                     known[answer.message_id] = (answer, route)
             metrics.RECONCILED.labels(route.name).inc(len(group))
         to_send = [m for m in messages if m.id not in known]
+        batch_of = {m.id: claimed[m.id].batch_id for m in to_send}
         sent = dict(
-            zip((m.id for m in to_send), await self._send_with_failover(routes, every, to_send), strict=True)
+            zip(
+                (m.id for m in to_send),
+                await self._send_with_failover(routes, every, to_send, batch_of),
+                strict=True,
+            )
         )
         return [known.get(m.id) or sent[m.id] for m in messages]
 
@@ -642,7 +650,11 @@ class Dispatcher:
         return held
 
     async def _send_with_failover(
-        self, routes: Sequence[Route], every: Sequence[Route], messages: list[OutboundMessage]
+        self,
+        routes: Sequence[Route],
+        every: Sequence[Route],
+        messages: list[OutboundMessage],
+        batch_of: Mapping[str, str] | None = None,
     ) -> list[tuple[SendResult, Route | None]]:
         """Send through the first route; what a route refuses as a whole call goes to the next.
 
@@ -651,8 +663,14 @@ class Dispatcher:
         raising, for a request that may have reached the vendor.) Any other exception is a fault
         of ours in the middle of a call, after which some of its requests may have left: its
         messages are UNKNOWN (looked up or re-sent once, flagged), never offered to the next route.
+
+        ``batch_of`` (message id -> batch id): a call that starts CANCEL_RECHECK_SECONDS or more
+        after the batch's messages were checked (a slow vendor, a send rate that spreads the calls
+        out) leaves out the messages whose batch was cancelled meanwhile: the cancel's answer
+        promised every item not yet handed to a provider.
         """
         done: dict[str, tuple[SendResult, Route | None]] = {}
+        checked = time.monotonic()
         pending = messages
         last_error = "no provider configured for this channel"
         permanent = False
@@ -684,6 +702,15 @@ class Dispatcher:
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: send rate check failed: {exc}", False
                     continue
+                if batch_of is not None and time.monotonic() - checked >= CANCEL_RECHECK_SECONDS:
+                    checked = time.monotonic()
+                    stopped = await self._cancelled_batches({batch_of[m.id] for m in chunk})
+                    for m in chunk:
+                        if batch_of[m.id] in stopped:
+                            done[m.id] = (SendResult(m.id, Outcome.CANCELLED, error=BATCH_CANCELLED), None)
+                    chunk = [m for m in chunk if batch_of[m.id] not in stopped]
+                    if not chunk:
+                        continue
                 started = time.perf_counter()
                 try:
                     results = await route.provider.send(chunk)
@@ -735,6 +762,16 @@ class Dispatcher:
             done.get(m.id) or (SendResult(m.id, Outcome.UNKNOWN, error="the provider gave no result"), None)
             for m in messages
         ]
+
+    async def _cancelled_batches(self, batch_ids: set[str]) -> set[str]:
+        """Those of ``batch_ids`` cancelled by now; none when the database cannot say (the send
+        goes on, as it would have without asking)."""
+        try:
+            async with self.db.read_one() as session:
+                return set(await session.scalars(_CANCELLED, {"ids": list(batch_ids)}))
+        except Exception:
+            log.warning("could not look up cancelled batches before a send", exc_info=True)
+            return set()
 
     async def _throttle(self, route: Route, cost: int) -> None:
         """Wait until the route's rate (the account's, else the provider's own) admits ``cost``
@@ -819,6 +856,8 @@ class Dispatcher:
             "content": item.shown_content,
             "response": response,
         }
+        if result.outcome is Outcome.CANCELLED:
+            return self._cancelled_row(c, now)
         if result.outcome is Outcome.SENT:
             return self._row(
                 c,

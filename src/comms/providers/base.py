@@ -26,6 +26,9 @@ class Outcome(StrEnum):
     # The vendor's flow control for this recipient (e.g. Aliyun isv.BUSINESS_LIMIT_CONTROL): not a
     # failure; recorded ``deferred`` until ``retry_after`` and never counted against max_attempts.
     DEFERRED = "deferred"
+    # Never a vendor's answer: the dispatcher did not send it, because its batch was cancelled
+    # while the batch's earlier requests went out (recorded ``cancelled``).
+    CANCELLED = "cancelled"
 
 
 # Per-message values: not frozen, because a frozen dataclass is built through object.__setattr__
