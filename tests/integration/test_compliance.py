@@ -775,7 +775,8 @@ async def test_recipients_are_anonymized_after_log_retention(
     mail = await bulk(live_service, live_tenant, **marketing_email(category="transactional"))
     later = await bulk(
         live_service, live_tenant, channel="sms", category="transactional", content="Reminder",
-        recipients=["13900139000"], send_at=isoformat(utcnow() + timedelta(days=60)), user_id="usr_bob",
+        recipients=["13900139000", "13700137000"], send_at=isoformat(utcnow() + timedelta(days=60)),
+        user_id="usr_bob",
     )  # fmt: skip
 
     async def sent() -> bool:
@@ -794,12 +795,15 @@ async def test_recipients_are_anonymized_after_log_retention(
         await session.execute(
             update(Message).where(Message.id == mail_id).values(response="250 ok for <Ann@Example.COM>")
         )
+        # One item of the later batch is finished (failed), the other still to be sent.
+        done_early = later["items"][1]["id"]
+        await session.execute(update(Message).where(Message.id == done_early).values(status="failed"))
     anonymizer = RecipientAnonymizer(live_service.db)
     assert await anonymizer.run(utcnow() + timedelta(days=9)) == 0
     # One item per chunk, no time: each round does one chunk and the next goes on from there.
     monkeypatch.setattr(retention, "ANONYMIZE_CHUNK", 1)
-    runs = [await anonymizer.run(utcnow() + timedelta(days=11), budget_seconds=0) for _ in range(3)]
-    assert runs == [1, 1, 0]
+    runs = [await anonymizer.run(utcnow() + timedelta(days=11), budget_seconds=0) for _ in range(5)]
+    assert runs == [1, 1, 0, 1, 0]  # past the unfinished item, in the round after it
     async with live_service.db.read() as session:
         rows = {m.id: m for m in (await session.scalars(select(Message))).all()}
     texted, mailed, waiting = rows[sms_id], rows[mail_id], rows[later["items"][0]["id"]]
@@ -816,7 +820,12 @@ async def test_recipients_are_anonymized_after_log_retention(
         None,
         None,
     )  # the person's id in the tenant goes too
-    assert (waiting.user_id, batches[later["batch_id"]]) == ("usr_bob", "usr_bob")
+    # The batch keeps it while an item of it is still to go; the finished item loses it already.
+    assert (waiting.user_id, batches[later["batch_id"]], rows[done_early].user_id) == (
+        "usr_bob",
+        "usr_bob",
+        None,
+    )
     for unmask, token in ((False, None), (True, live_tenant.pii_token)):
         shown = await live_service.client.get(
             f"/communication/logs/{sms_id}?unmask={str(unmask).lower()}", headers=live_tenant.headers(token)

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import func, select, update
 
-from comms.dispatch.queue import release_expired_leases, settle_unknown
+from comms.dispatch.queue import release_claims, release_expired_leases, settle_unknown
 from comms.events.delivery import EventSender
 from comms.events.service import EventBuffer
 from comms.kit.clock import utcnow
@@ -338,7 +338,14 @@ async def _told(service: Service) -> list[dict[str, Any]]:
 
 async def test_refusals_at_acceptance_and_a_cancel_are_told(service: Service, tenant: TenantKeys) -> None:
     """Items refused at acceptance are told with the 202 (in its transaction); a cancel tells
-    each item it stopped; a webhook that did not subscribe to `cancelled` gets none of those."""
+    each item it stopped; a webhook that did not subscribe to `cancelled` gets none of those, and
+    a tenant without a webhook none at all."""
+    unwatched = await service.client.post(
+        "/communication/bulk",
+        json={"channel": "sms", "category": "transactional", "content": "Hi", "recipients": ["12345"]},
+        headers=tenant.headers(),
+    )
+    assert unwatched.json()["items"][0]["status"] == "rejected" and await _told(service) == []
     await subscribe(service, tenant, "https://93.184.215.14/e")
     added = await service.client.post(
         "/communication/suppressions",
@@ -448,3 +455,14 @@ async def test_the_reapers_unknown_and_a_settled_recheck_are_told(
     assert [(e["log_id"], e["status"], e["provider_message_id"]) for e in told[1:]] == [
         (twice, "sent", "gw-1")
     ]
+    # A stopping worker gives back what it holds the same way: the twice-interrupted one is told.
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == once)
+            .values(status="sending", lease_owner="w-stopping", lease_until=now + timedelta(minutes=1))
+        )
+    async with service.db.begin() as session:
+        await release_claims(session, [once], "w-stopping", now)
+    told = await _told(service)
+    assert [(e["log_id"], e["status"]) for e in told[2:]] == [(once, "unknown")]

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, text, update
+from sqlalchemy import Table, bindparam, exists, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance.addresses import address_hash, address_spellings
@@ -85,9 +85,10 @@ class RecipientAnonymizer:
 
     Items are walked in id order (ids begin with their creation time, so "older than the cutoff"
     is a range of the ``(tenant_id, id)`` index), a chunk per transaction. Items not finished yet
-    (a send scheduled far ahead) are left for a later round. Per tenant, where the walk may have
-    to start again is remembered: the first unfinished item met, else where it stopped (the cutoff,
-    or where the time ran out), so later rounds do not walk every anonymized item again. A round
+    (a send scheduled far ahead) are left for a later walk. Per tenant, two places are remembered:
+    where an unfinished walk goes on (the last id it read when the time ran out), and where the
+    next walk begins (the first unfinished item met, else the cutoff), so later rounds neither
+    walk every anonymized item again nor start over at an unfinished one. A round
     that runs out of time starts the next one with the tenant it stopped at, so one tenant's
     years of history are worked through and every other tenant still has its turn after it.
     """
@@ -119,7 +120,10 @@ class RecipientAnonymizer:
                 "log", now - timedelta(days=load_settings(raw_settings).log_retention_days)
             )
             start, after = self._resume.get(tenant_id, ("", None))
-            first_pending: str | None = None
+            # Where the next walk must begin: the first unfinished item met, else the cutoff. A
+            # walk continued from an earlier round began at `start` (that round's first unfinished
+            # item, if it met one), so the next walk begins there again.
+            first_pending: str | None = (start or None) if after is not None else None
             while True:
                 async with self.db.begin() as session:
                     changed, after, pending = await _anonymize_chunk(
@@ -131,7 +135,9 @@ class RecipientAnonymizer:
                     self._resume[tenant_id] = (first_pending or cutoff_id, None)
                     break
                 if time.monotonic() >= deadline:
-                    self._resume[tenant_id] = (first_pending, None) if first_pending else (start, after)
+                    # Go on from here next round (not from the unfinished item: a walk longer than
+                    # a round would start over at it every round and never get further).
+                    self._resume[tenant_id] = (first_pending or start, after)
                     self._stopped_at = tenant_id
                     return done
         return done
@@ -191,7 +197,12 @@ async def _anonymize_chunk(
         )
         await session.execute(
             update(Batch)
-            .where(Batch.id.in_(finished_batches), Batch.user_id.is_not(None))
+            .where(
+                Batch.id.in_(finished_batches),
+                Batch.user_id.is_not(None),
+                # A batch with items still to go keeps it until they have gone (and are anonymized).
+                ~exists().where(Message.batch_id == Batch.id, Message.status.in_(_IN_FLIGHT)),
+            )
             .values(user_id=None)
             .execution_options(synchronize_session=False)
         )

@@ -24,7 +24,7 @@ from comms.compliance.gates import AcceptanceGate
 from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.errors import FieldError, PayloadTooLarge, ValidationFailed
-from comms.events.service import EVENT_STATUSES, tell_changed_rows
+from comms.events.service import EVENT_STATUSES, subscribed_statuses, tell_changed_rows
 from comms.kit.clock import utcnow
 from comms.kit.ids import new_id, new_ids
 from comms.kit.secretbox import SecretBox
@@ -561,6 +561,7 @@ async def _store(
     counts: Counter[str] = Counter()
     first: list[Accepted] = []
     told: list[Accepted] = []  # refused or held back at once: their events go out with the 202
+    wanted: frozenset[str] | None = None  # what the tenant's webhook wants; read at the first refusal
     for chunk in _chunks(body.recipients):
         normalized = normalizer.run(chunk)
         await writer.wait()
@@ -568,7 +569,13 @@ async def _store(
         if normalizer.has_own_variables:
             items = [_with_secrets_encrypted(item, resolved.secret_names, secrets) for item in items]
         counts.update(item.status for item in items)
-        told.extend(item for item in items if item.status in EVENT_STATUSES)
+        if any(counts[status] for status in EVENT_STATUSES):
+            # Only a tenant whose webhook wants these costs an event each (most have none).
+            if wanted is None:
+                hooks = await subscribed_statuses(session, [principal.tenant_id])
+                wanted = hooks.get(principal.tenant_id, frozenset())
+            if wanted:
+                told.extend(item for item in items if item.status in wanted)
         if len(first) < options.page_size:
             first.extend(items[: options.page_size - len(first)])
         used += len(items)
