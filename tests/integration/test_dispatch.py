@@ -650,6 +650,28 @@ async def test_a_group_that_fails_unexpectedly_leaves_the_groups_sent_before_it_
     assert "KeyError" in (rows[second].error or "")
 
 
+async def test_a_fault_after_the_send_puts_nothing_back_unflagged(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A fault of ours after a message was handed to its provider (here: building the row that
+    records the answer) cannot know whether it left: it goes back flagged, never as a plain
+    retry that would send it again unannounced."""
+    log_id = (await send_sms(service, tenant, "13800138000"))["items"][0]["id"]
+    async with standalone_dispatcher(service) as worker:
+
+        def broken(*_: Any) -> Any:
+            raise RuntimeError("a bug of ours after the send")
+
+        worker._result_row = broken  # type: ignore[method-assign]
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, worker.worker_id, 10, utcnow(), timedelta(seconds=30))
+        await worker._process(claimed)
+    async with service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and (row.status, row.possible_duplicate) == ("queued", True)
+    assert row.error is not None and row.error.endswith("re-sending once, may be a duplicate")
+
+
 async def test_rows_in_flight_when_their_batch_is_cancelled_are_not_sent(
     service: Service, tenant: TenantKeys
 ) -> None:
@@ -702,16 +724,22 @@ async def test_a_worker_stopping_mid_send_never_causes_a_third_send(
     assert second is not None and second.status == "unknown" and second.lease_owner is None
 
 
+@pytest.mark.parametrize("handed", [True, False], ids=["handed-to-the-provider", "not-yet-handed"])
 async def test_stop_is_bounded_even_with_every_slot_taken_and_gives_claims_back(
-    service: Service, tenant: TenantKeys
+    service: Service, tenant: TenantKeys, handed: bool
 ) -> None:
-    """The claim loop may wait for a free slot while every batch in flight is stuck on a slow
-    provider: stop() still returns after its timeout, with the stuck claims given back (flagged)
-    rather than left `sending` for the reaper."""
+    """The claim loop may wait for a free slot while every batch in flight is stuck: stop() still
+    returns after its timeout, with the stuck claims given back rather than left `sending` for the
+    reaper. One already handed to a provider (stuck in its call) may have left: flagged. One not
+    handed over yet (held back before its call) goes back as it was, the attempt not counted."""
+    from comms.dispatch import dispatcher as dispatcher_module
+
     created = await send_sms(service, tenant, "13800138000")
     stuck = asyncio.Event()
 
-    async def never_answers(*_: Any, **__: Any) -> Any:
+    async def never_answers(routes: Any, every: Any, messages: Any, batch_of: Any = None) -> Any:
+        if handed:  # as _send_with_failover marks a call it starts
+            dispatcher_module._HANDED_TO_PROVIDER.get().update(m.id for m in messages)  # type: ignore[union-attr]
         stuck.set()
         await asyncio.Event().wait()
 
@@ -724,7 +752,8 @@ async def test_stop_is_bounded_even_with_every_slot_taken_and_gives_claims_back(
         assert worker._loop_task is not None and worker._loop_task.done()
     async with service.db.read() as session:
         row = await session.get(Message, created["items"][0]["id"])
-    assert row is not None and row.status == "queued" and row.possible_duplicate is True
+    assert row is not None and (row.status, row.lease_owner) == ("queued", None)
+    assert (row.possible_duplicate, row.attempts) == ((True, 1) if handed else (False, 0))
 
 
 async def test_a_batch_retry_sends_again_instead_of_reconciling_the_earlier_attempt(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import socket
@@ -92,6 +93,11 @@ UNKNOWN_RECHECK = timedelta(minutes=1)  # between two questions about the same r
 RECHECK_BUDGET = 20.0  # seconds one re-check round may spend asking providers
 FINAL_COMPLETE_TIMEOUT = 5.0  # seconds a stopping worker still gives to recording known outcomes
 BATCH_CANCELLED = "cancelled by request"
+# The ids of the claimed batch being processed (in its task) that were handed to a provider's
+# send: if the batch is stopped mid-way, only these may have left.
+_HANDED_TO_PROVIDER: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
+    "handed_to_provider", default=None
+)
 # A call of a claimed batch that starts this long after its messages were last checked for a
 # cancel of their batch looks again (one indexed read, only when calls are spread out).
 CANCEL_RECHECK_SECONDS = 1.0
@@ -416,21 +422,26 @@ class Dispatcher:
             heartbeat.cancel()
 
     async def _process_claimed(self, claimed: list[ClaimedMessage]) -> None:
+        # This task's own (a task runs in a copy of its creator's context; the express lane runs
+        # one batch after another in one task, each setting it anew).
+        _HANDED_TO_PROVIDER.set(set())
         try:
             rows = await self._deliver(claimed)
         except asyncio.CancelledError:
-            # Stopped past the drain timeout: a request may have left, so flag what goes back.
+            # Stopped past the drain timeout: a request may have left for what was handed to a
+            # provider, so that goes back flagged; the rest goes back as it was.
+            sent = _HANDED_TO_PROVIDER.get() or set()
+            unsent = [c.id for c in claimed if c.id not in sent]
             async with self.db.begin() as session:
-                await release_claims(session, [c.id for c in claimed], self.worker_id, utcnow())
+                await release_claims(session, [c.id for c in claimed], self.worker_id, utcnow(), unsent)
             raise
         except Exception as exc:
             # A fault of ours (a database hiccup, a secret that cannot be decrypted): back off like
             # a transient provider error, so it neither spins nor retries forever.
-            log.exception("dispatch failed before sending")
-            now = utcnow()
-            rows = [
-                self._retry_or_fail(c, now, f"dispatch error: {type(exc).__name__}: {exc}") for c in claimed
-            ]
+            log.exception("dispatch failed")
+            now, sent = utcnow(), _HANDED_TO_PROVIDER.get() or set()
+            error = f"dispatch error: {type(exc).__name__}: {exc}"
+            rows = [self._after_fault(c, now, error, c.id in sent) for c in claimed]
         by_id = {c.id: c for c in claimed}
         try:
             told = await self._complete(rows, by_id)
@@ -712,6 +723,9 @@ class Dispatcher:
                     if not chunk:
                         continue
                 started = time.perf_counter()
+                handed = _HANDED_TO_PROVIDER.get()
+                if handed is not None:
+                    handed.update(m.id for m in chunk)
                 try:
                     results = await route.provider.send(chunk)
                     for result in results:
@@ -810,6 +824,17 @@ class Dispatcher:
             due_at=now + timedelta(seconds=delay),
             **{**changes, "content": None},
         )
+
+    def _after_fault(self, c: ClaimedMessage, now: datetime, error: str, handed: bool) -> dict[str, Any]:
+        """The row of a message whose batch met a fault of ours: a message not yet handed to a
+        provider backs off like a transient error; one handed over may have left, so it is sent
+        once more flagged, or ends ``unknown`` if it already was (as a request without answer)."""
+        if not handed:
+            return self._retry_or_fail(c, now, error)
+        if c.possible_duplicate:
+            return self._row(c, now, status="unknown", error=error, due_at=now)
+        error = f"{error}; re-sending once, may be a duplicate"
+        return self._row(c, now, status="queued", error=error, due_at=now, possible_duplicate=True)
 
     def _cancelled_row(self, c: ClaimedMessage, now: datetime) -> dict[str, Any]:
         if c.possible_duplicate:  # an earlier request may have reached the provider: ask, do not guess

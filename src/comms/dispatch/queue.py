@@ -297,14 +297,34 @@ async def extend_leases(
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-async def release_claims(session: AsyncSession, ids: Sequence[str], owner: str, now: datetime) -> None:
+async def release_claims(
+    session: AsyncSession, ids: Sequence[str], owner: str, now: datetime, unsent: Sequence[str] = ()
+) -> None:
     """Give back rows this worker claimed and is abandoning (stopped mid-send). A request may have
     left, so they are handled as the reaper handles them: flagged ``possible_duplicate`` and
-    re-queued the first time, ``unknown`` when they were already re-sent once (never a third send)."""
-    if not ids:
-        return
-    held = (Message.id.in_(ids), Message.lease_owner == owner, Message.status == "sending")
-    await _give_back(session, held, now)
+    re-queued the first time, ``unknown`` when they were already re-sent once (never a third send).
+    ``unsent``: those of them no request was made for yet: re-queued as they were, this attempt
+    not counted."""
+    untouched = set(unsent)
+    maybe_sent = [i for i in ids if i not in untouched]
+    if untouched:
+        await session.execute(
+            update(Message)
+            .where(Message.id.in_(untouched), Message.lease_owner == owner, Message.status == "sending")
+            .values(
+                status="queued",
+                lease_owner=None,
+                lease_until=None,
+                due_at=now,
+                queue_rank=rank_of(now),
+                attempts=Message.attempts - 1,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+    if maybe_sent:
+        held = (Message.id.in_(maybe_sent), Message.lease_owner == owner, Message.status == "sending")
+        await _give_back(session, held, now)
 
 
 async def _give_back(session: AsyncSession, held: tuple[Any, ...], now: datetime) -> None:
