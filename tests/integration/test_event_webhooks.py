@@ -91,6 +91,9 @@ async def test_the_webhook_is_set_read_rotated_and_deleted(service: Service, ten
     path, h = "/communication/event-webhook", tenant.headers()
     for bad, field_name in (
         ({"url": "ftp://x.example/e"}, "url"),
+        ({"url": "https://[zz]/e"}, "url"),
+        ({"url": "https://[::1/e"}, "url"),
+        ({"url": "https://x.example:port/e"}, "url"),
         ({}, "url"),
         ({"url": "https://x.example/e", "statuses": ["opened"]}, "statuses.0"),
         ({"url": "https://x.example/e", "statuses": []}, "statuses"),

@@ -83,6 +83,34 @@ async def test_provider_accounts_validate_and_keep_secrets_write_only(
             {"channel": "sms", "provider": "webhook", "name": "x", "config": {"url": "https://x"}},
             "config.secret",
         ),
+        # Hosts and ports urllib only objects to when they are read (by a send, a callback).
+        *(
+            (
+                {
+                    "channel": "sms",
+                    "provider": "webhook",
+                    "name": "x",
+                    "config": {"url": url, "secret": SECRET},
+                },
+                "config.url",
+            )
+            for url in ("https://[zz]/send", "https://[::1/send", "https://]/", "https://gw.example:abc/send")
+        ),
+        (
+            {
+                "channel": "sms",
+                "provider": "tencent",
+                "name": "x",
+                "config": {
+                    "secret_id": "a",
+                    "secret_key": "b",
+                    "sdk_app_id": "1400006666",
+                    "callback_token": "tok0123456789abcdef0123",
+                    "endpoint": "https://[zz]/",
+                },
+            },
+            "config.endpoint",
+        ),
     ):
         answer = await service.client.post("/communication/providers", json=body, headers=h)
         assert answer.status_code == 422, answer.text
@@ -568,3 +596,40 @@ async def test_a_cancel_stops_the_calls_a_send_rate_holds_back(
     assert {m.error for m in rows} == {"cancelled by request"} and not any(
         m.id in sink.received for m in rows
     )
+
+
+async def test_a_callback_for_an_account_whose_stored_config_no_longer_validates_is_503(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """An account stored before a rule that now refuses its configuration (here: a URL whose host
+    urllib cannot read) answers its vendor's callbacks 503 in the envelope, to be tried again once
+    the tenant fixed it; never an unhandled 500."""
+    from sqlalchemy import update
+
+    from tests.integration.conftest import signed
+
+    created = await add_account(service, tenant, "https://gw.example/send")
+    async with service.db.begin() as session:
+        stored = await session.get(ProviderAccount, created["id"])
+        assert stored is not None
+        await session.execute(
+            update(ProviderAccount)
+            .where(ProviderAccount.id == created["id"])
+            .values(config={**stored.config, "url": "https://[zz]/send"})
+        )
+    body, headers = signed({"events": [{"event_id": "e1", "id": "log_x", "status": "delivered"}]})
+    answer = await service.client.post(
+        f"/webhooks/webhook/{created['id']}/status", content=body, headers=headers
+    )
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["message"].startswith("this provider account's configuration cannot be used")
+    fixed = await service.client.put(
+        f"/communication/providers/{created['id']}",
+        json={"config": {"url": "https://gw.example/send"}},
+        headers=tenant.headers(),
+    )
+    assert fixed.status_code == 200, fixed.text
+    again = await service.client.post(
+        f"/webhooks/webhook/{created['id']}/status", content=body, headers=headers
+    )
+    assert again.status_code == 200, again.text

@@ -61,12 +61,17 @@ def seal(cls: type[Provider], config: BaseModel, box: SecretBox) -> dict[str, An
 
 def unseal(cls: type[Provider], stored: dict[str, Any], box: SecretBox) -> BaseModel:
     """The config as the provider uses it: secrets decrypted, validated again."""
+    return cls.Config.model_validate(_opened(cls, stored, box))
+
+
+def _opened(cls: type[Provider], stored: dict[str, Any], box: SecretBox) -> dict[str, Any]:
+    """The stored config with its secrets decrypted, not validated."""
     data = dict(stored)
     for field in cls.secret_fields:
         value = data.get(field)
         if isinstance(value, str):
             data[field] = box.decrypt(value)
-    return cls.Config.model_validate(data)
+    return data
 
 
 def public_view(cls: type[Provider], stored: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +82,9 @@ def public_view(cls: type[Provider], stored: dict[str, Any]) -> dict[str, Any]:
 def merge_for_update(
     cls: type[Provider], stored: dict[str, Any], changes: dict[str, Any], box: SecretBox
 ) -> dict[str, Any]:
-    """Changes over the stored config; secrets not given keep their stored (decrypted) value."""
-    current = unseal(cls, stored, box).model_dump(mode="json")
+    """Changes over the stored config; secrets not given keep their stored (decrypted) value.
+    Not validated here (the caller validates the result): a stored config that a newer rule
+    refuses must still be fixable by the update that changes the refused field."""
+    current = _opened(cls, stored, box)
     current.update(changes)
     return current

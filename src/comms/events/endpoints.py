@@ -18,6 +18,7 @@ from comms.events.service import DEFAULT_STATUSES, EventStatus
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import reply
 from comms.kit.netguard import private_host
+from comms.kit.urls import HttpUrl
 from comms.messages.schemas import ERROR_RESPONSES
 from comms.models import EventDelivery, EventWebhook
 from comms.state import AppState, app_state
@@ -32,7 +33,7 @@ AdminPrincipal = Annotated[Principal, Depends(require(Scope.ADMIN))]
 class EventWebhookPut(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(
+    url: HttpUrl = Field(
         max_length=2000,
         pattern=r"^https?://[^\s/?#]+[^\s]*$",
         examples=["https://app.example.com/comms-events"],

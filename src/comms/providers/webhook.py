@@ -33,6 +33,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     DeliveryEvent,
     InboundSms,
@@ -51,7 +52,7 @@ _STATUS = {"accepted": Outcome.SENT, "sent": Outcome.SENT, "retry": Outcome.RETR
 class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(pattern=r"^https?://", examples=["https://gateway.internal/comms"])
+    url: HttpUrl = Field(pattern=r"^https?://", examples=["https://gateway.internal/comms"])
     secret: str = Field(min_length=16, description="Signs each request (HMAC-SHA256).")
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     batch_size: int = Field(

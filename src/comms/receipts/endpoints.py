@@ -39,26 +39,34 @@ MAX_CALLBACK_BYTES = 1024 * 1024
 
 async def _load(
     request: Request, provider: str, account_id: str
-) -> tuple[ProviderAccount, Tenant, Provider] | None:
+) -> tuple[ProviderAccount, Tenant, Provider] | Response:
     state = app_state(request)
     async with state.db.read() as session:
         account = await session.get(ProviderAccount, account_id)
         tenant = await session.get(Tenant, account.tenant_id) if account else None
     if account is None or tenant is None or account.provider != provider:
-        return None
+        return reply(404, "no such provider account")
     cls = accounts.provider_class(account.provider, account.channel)
-    config = accounts.unseal(cls, account.config, state.secrets)
     urls = accounts.callback_urls(state.settings.resolved_public_url, account.provider, account.id)
-    # Parsing and verifying need no connection pool; the context is only for sending.
-    instance = cls.from_config(
-        config,
-        ProviderContext(
-            http=None,
-            outbox_dir=state.settings.resolved_outbox_dir,
-            status_url=urls["status"],
-            inbound_url=urls["inbound"],
-        ),
-    )
+    try:
+        config = accounts.unseal(cls, account.config, state.secrets)
+        # Parsing and verifying need no connection pool; the context is only for sending.
+        instance = cls.from_config(
+            config,
+            ProviderContext(
+                http=None,
+                outbox_dir=state.settings.resolved_outbox_dir,
+                status_url=urls["status"],
+                inbound_url=urls["inbound"],
+            ),
+        )
+    except Exception as exc:  # a configuration stored before a rule that now refuses it, a lost key
+        log.warning(
+            "callback for an account whose configuration cannot be used",
+            extra={"account": account_id, "error": type(exc).__name__},
+        )
+        # 503: the vendor tries again later, by when the tenant may have fixed the account.
+        return reply(503, "this provider account's configuration cannot be used; the tenant must update it")
     return account, tenant, instance
 
 
@@ -74,8 +82,8 @@ async def _verified(request: Request, provider: str, account_id: str) -> tuple[A
     if len(body) > MAX_CALLBACK_BYTES:
         return reply(413, "callback body too large")
     loaded = await _load(request, provider, account_id)
-    if loaded is None:
-        return reply(404, "no such provider account")
+    if isinstance(loaded, Response):
+        return loaded
     account, tenant, instance = loaded
     headers = {k.lower(): v for k, v in request.headers.items()}
     await instance.prepare_callback(headers, body)

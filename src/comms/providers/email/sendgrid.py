@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     DeliveryEvent,
     OutboundMessage,
@@ -124,7 +125,7 @@ class SendGridConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     api_key: str = Field(min_length=1, description="An API key with the Mail Send permission.")
-    endpoint: str = Field(default="https://api.sendgrid.com", pattern=r"^https?://")
+    endpoint: HttpUrl = Field(default="https://api.sendgrid.com", pattern=r"^https?://")
     webhook_public_key: str | None = Field(
         default=None,
         description="The Signed Event Webhook's verification key (base64 DER, as SendGrid shows it, or PEM).",

@@ -57,6 +57,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.ids import id_has_prefix
+from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     DeliveryEvent,
     OutboundMessage,
@@ -144,7 +145,7 @@ class SesConfig(BaseModel):
     region: str = Field(pattern=_REGION, examples=["eu-west-1"])
     access_key_id: str = Field(min_length=16, max_length=128)
     secret_access_key: str = Field(min_length=1)
-    endpoint: str | None = Field(
+    endpoint: HttpUrl | None = Field(
         default=None, pattern=r"^https?://", description="Default: https://email.<region>.amazonaws.com"
     )
     configuration_set: str | None = Field(

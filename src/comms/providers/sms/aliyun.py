@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, ProviderError, TransientProviderError
 from comms.kit.ids import id_has_prefix
+from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     DeliveryEvent,
     InboundSms,
@@ -168,7 +169,7 @@ class AliyunConfig(BaseModel):
 
     access_key_id: str = Field(min_length=1, max_length=128, examples=["LTAI5t..."])
     access_key_secret: str = Field(min_length=1, max_length=256, description="Signs each request.")
-    endpoint: str = Field(default="https://dysmsapi.aliyuncs.com/", pattern=r"^https?://")
+    endpoint: HttpUrl = Field(default="https://dysmsapi.aliyuncs.com/", pattern=r"^https?://")
     sign_name: str | None = Field(
         default=None,
         max_length=100,

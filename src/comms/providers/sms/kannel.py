@@ -57,6 +57,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     DeliveryEvent,
     InboundSms,
@@ -96,7 +97,7 @@ _DLR_QUERY = "type=%d&smsc=%i&ts=%T&answer=%A&to=%p"
 class KannelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    sendsms_url: str = Field(
+    sendsms_url: HttpUrl = Field(
         pattern=r"^https?://\S+$",
         examples=["http://127.0.0.1:13013/cgi-bin/sendsms"],
         description="smsbox's sendsms interface (sendsms-port, sendsms-url).",

@@ -47,6 +47,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     DeliveryEvent,
     InboundSms,
@@ -135,7 +136,7 @@ class TencentConfig(BaseModel):
         "provider_templates.tencent.sign_name overrides it.",
     )
     region: str = Field(default="ap-guangzhou", pattern=r"^[a-z]+-[a-z]+(-[0-9a-z]+)*$")
-    endpoint: str = Field(default="https://sms.tencentcloudapi.com", pattern=r"^https?://")
+    endpoint: HttpUrl = Field(default="https://sms.tencentcloudapi.com", pattern=r"^https?://")
     callback_token: str = Field(
         min_length=16,
         description="Tencent does not sign callbacks: configure the receipt and reply URLs with "

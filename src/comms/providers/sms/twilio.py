@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.ids import id_time
+from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     DeliveryEvent,
     InboundSms,
@@ -130,7 +131,7 @@ class TwilioConfig(BaseModel):
         examples=["+15017122661"],
     )
     messaging_service_sid: str | None = Field(default=None, pattern=r"^MG[0-9a-fA-F]{32}$")
-    endpoint: str = Field(default="https://api.twilio.com", pattern=r"^https?://")
+    endpoint: HttpUrl = Field(default="https://api.twilio.com", pattern=r"^https?://")
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     concurrency: int = Field(
         default=10, ge=1, le=100, description="Create calls in flight for this account, per process."
