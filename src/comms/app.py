@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from comms import metrics, openapi
 from comms.accounts.endpoints import router as accounts_router
@@ -125,7 +125,12 @@ def create_app(
             return reply(503, "database unreachable")
         return reply(200, "ready")
 
-    @app.get("/metrics", tags=["Operations"], include_in_schema=True)
+    @app.get(
+        "/metrics",
+        tags=["Operations"],
+        include_in_schema=True,
+        response_class=PlainTextResponse,  # documented as the Prometheus text format, not JSON
+    )
     async def metrics_endpoint(request: Request) -> Response:
         """Prometheus text format."""
         state: AppState = request.app.state.comms

@@ -44,7 +44,7 @@ def validate_config(cls: type[Provider], config: dict[str, Any]) -> BaseModel:
         return cls.Config.model_validate(config)
     except ValidationError as exc:
         errors = [
-            FieldError("config." + ".".join(str(p) for p in e["loc"]), pydantic_message(e))
+            FieldError(".".join(["config", *(str(p) for p in e["loc"])]), pydantic_message(e))
             for e in exc.errors()
         ]
         raise ValidationFailed(errors[0].field + ": " + errors[0].message, errors) from None

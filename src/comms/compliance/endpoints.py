@@ -80,7 +80,25 @@ async def get_settings(principal: AnyPrincipal) -> Any:
     return reply(200, "ok", data=load_settings(principal.tenant.settings).model_dump())
 
 
-@router.put("/settings", responses=ERROR_RESPONSES)
+_SETTINGS_BODY = {  # read by hand (a merge of the fields given), so documented by hand
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "description": "Fields of the tenant's settings to change (as GET shows them); "
+                    "the others keep their values. Unknown and read-only fields are a 422.",
+                    "examples": [{"default_region": "CN", "log_retention_days": 365}],
+                }
+            }
+        },
+    }
+}
+
+
+@router.put("/settings", responses=ERROR_RESPONSES, openapi_extra=_SETTINGS_BODY)
 async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     """Merge the fields given into the tenant's settings (unknown fields are a 422)."""
     try:

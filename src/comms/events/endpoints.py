@@ -64,7 +64,13 @@ def _view(hook: EventWebhook, pending: int, failed: int, last_error: str | None)
     }
 
 
-@router.put("", responses=ERROR_RESPONSES)
+@router.put(
+    "",
+    responses={
+        201: {"description": "Created: the first webhook of the tenant, its secret shown once"},
+        **ERROR_RESPONSES,
+    },
+)
 async def put_event_webhook(request: Request, body: EventWebhookPut, principal: AdminPrincipal) -> Any:
     """Set (or change) the URL comms posts status changes to: ``{"events": [{"event_id", "type":
     "message.status", "log_id", "batch_id", "channel", "category", "recipient" (masked), "status",
