@@ -27,6 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -102,6 +103,7 @@ async def measure(db: Database, messages: int, batch: int) -> dict[str, float]:
                 "rank": None,
                 "possible_duplicate": False,
                 "deferrals": 0,
+                "attempts": c.attempts,
             }
             for c in claimed
         ]
@@ -110,6 +112,9 @@ async def measure(db: Database, messages: int, batch: int) -> dict[str, float]:
             await complete(session, "bench", now, rows)
         wall["complete"] += time.perf_counter() - started
         cpu["complete"] += _cpu_seconds(backend) - before
+        async with db.begin() as session:  # untimed: a completion that matched no row measures nothing
+            left = await session.scalar(text("SELECT count(*) FROM messages WHERE status = 'sending'"))
+        assert left == 0, f"{left} claimed rows were not completed"
         done += len(claimed)
     per = 1e6 / max(done, 1)
     return {f"{k} wall": v * per for k, v in wall.items()} | {f"{k} pg cpu": v * per for k, v in cpu.items()}
