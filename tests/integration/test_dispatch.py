@@ -622,32 +622,74 @@ async def test_unknown_rows_are_asked_about_again_and_settled_by_what_the_provid
 async def test_a_group_that_fails_unexpectedly_leaves_the_groups_sent_before_it_alone(
     service: Service, tenant: TenantKeys
 ) -> None:
-    """One claimed batch holds two tenants' messages, sent group by group. When the second group
-    meets a fault of ours part-way, the first keeps its `sent`, and the second, which may have
-    left, is handled as a request without an answer: neither is put back to be sent unflagged."""
-    other = await make_tenant(service.db, "Other")
+    """One claimed batch holds three tenants' messages, sent group by group. A fault of ours in
+    the second group after its send keeps that send's outcome; one in the third before any
+    request leaves it to be retried, unflagged; the first group keeps its `sent`. Nothing is put
+    back to be sent again unannounced."""
+    second_tenant, third_tenant = (
+        await make_tenant(service.db, "Second"),
+        await make_tenant(service.db, "Third"),
+    )
     first = (await send_sms(service, tenant, "13800138000"))["items"][0]["id"]
-    second = (await send_sms(service, other, "13900139000"))["items"][0]["id"]
+    second = (await send_sms(service, second_tenant, "13900139000"))["items"][0]["id"]
+    third = (await send_sms(service, third_tenant, "13700137000"))["items"][0]["id"]
     async with standalone_dispatcher(service) as worker:
         real = worker._reconcile_then_send
 
         async def faulty(routes: Any, every: Any, messages: Any, claimed: Any) -> Any:
+            if any(m.id == third for m in messages):
+                raise KeyError("a bug of ours, before any request")
+            results = await real(routes, every, messages, claimed)
             if any(m.id == second for m in messages):
-                raise KeyError("a bug of ours, after a request may have left")
-            return await real(routes, every, messages, claimed)
+                raise KeyError("a bug of ours, after the request")
+            return results
 
         worker._reconcile_then_send = faulty  # type: ignore[method-assign]
         async with service.db.begin() as session:
             claimed = await claim_due(session, worker.worker_id, 10, utcnow(), timedelta(seconds=30))
-        assert {c.id for c in claimed} == {first, second}
-        claimed.sort(key=lambda c: c.id != first)  # the group that goes through goes first
+        order = [first, second, third]
+        claimed.sort(key=lambda c: order.index(c.id))
         await worker._process(claimed)
     async with service.db.read() as session:
         rows = {m.id: m for m in (await session.scalars(select(Message))).all()}
-    assert rows[first].status == "sent" and rows[first].attempts == 1
-    # Handled like a request that got no answer: sent once more, flagged (or reconciled first).
-    assert (rows[second].status, rows[second].possible_duplicate) == ("queued", True)
-    assert "KeyError" in (rows[second].error or "")
+    assert (rows[first].status, rows[second].status) == ("sent", "sent")
+    assert (rows[third].status, rows[third].possible_duplicate) == ("queued", False)
+    assert "not sent" in (rows[third].error or "") and "KeyError" in (rows[third].error or "")
+
+
+async def test_a_batch_cancelled_while_an_earlier_group_was_slow_is_not_sent(
+    service: Service, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel check before each call counts from when the claimed batch was last checked, not
+    from when its group's turn came: a batch cancelled while another tenant's group was slow to
+    send is not sent when its turn comes."""
+    from comms.dispatch import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "CANCEL_RECHECK_SECONDS", 0.2)
+    other = await make_tenant(service.db, "Other")
+    slow = (await send_sms(service, tenant, "13800138000"))["items"][0]["id"]
+    doomed = await send_sms(service, other, "13900139000")
+    async with standalone_dispatcher(service) as worker:
+        real = worker._reconcile_then_send
+
+        async def slow_first(routes: Any, every: Any, messages: Any, claimed: Any) -> Any:
+            if any(m.id == slow for m in messages):
+                cancelled = await service.client.post(
+                    f"/communication/batches/{doomed['batch_id']}/cancel", headers=other.headers()
+                )
+                assert cancelled.status_code == 200
+                await asyncio.sleep(0.3)  # the vendor is slow
+            return await real(routes, every, messages, claimed)
+
+        worker._reconcile_then_send = slow_first  # type: ignore[method-assign]
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, worker.worker_id, 10, utcnow(), timedelta(seconds=30))
+        claimed.sort(key=lambda c: c.id != slow)
+        await worker._process(claimed)
+    assert await statuses(service, doomed["batch_id"]) == {"cancelled": 1}
+    async with service.db.read() as session:
+        row = await session.get(Message, slow)
+    assert row is not None and row.status == "sent"
 
 
 async def test_a_fault_after_the_send_puts_nothing_back_unflagged(
@@ -739,7 +781,7 @@ async def test_stop_is_bounded_even_with_every_slot_taken_and_gives_claims_back(
 
     async def never_answers(routes: Any, every: Any, messages: Any, batch_of: Any = None) -> Any:
         if handed:  # as _send_with_failover marks a call it starts
-            dispatcher_module._HANDED_TO_PROVIDER.get().update(m.id for m in messages)  # type: ignore[union-attr]
+            dispatcher_module._PROGRESS.get().handed.update(m.id for m in messages)  # type: ignore[union-attr]
         stuck.set()
         await asyncio.Event().wait()
 

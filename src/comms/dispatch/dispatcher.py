@@ -20,6 +20,7 @@ import socket
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -93,10 +94,30 @@ UNKNOWN_RECHECK = timedelta(minutes=1)  # between two questions about the same r
 RECHECK_BUDGET = 20.0  # seconds one re-check round may spend asking providers
 FINAL_COMPLETE_TIMEOUT = 5.0  # seconds a stopping worker still gives to recording known outcomes
 BATCH_CANCELLED = "cancelled by request"
-# The ids of the claimed batch being processed (in its task) that were handed to a provider's
-# send: if the batch is stopped mid-way, only these may have left.
-_HANDED_TO_PROVIDER: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
-    "handed_to_provider", default=None
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far the claimed batch being processed (in its own task) has got.
+
+    ``handed``: ids given to a provider's send and not refused as a whole: if the batch is stopped
+    or meets a fault of ours mid-way, only these may have left. ``decided``: the results known so
+    far, by message id. ``cancel_checked``: when the claimed messages were checked for a cancel of
+    their batches (time.monotonic()), and ``batch_checked`` when a batch was checked again since."""
+
+    handed: set[str] = field(default_factory=set)
+    decided: dict[str, tuple[SendResult, Route | None]] = field(default_factory=dict)
+    cancel_checked: float = field(default_factory=time.monotonic)
+    batch_checked: dict[str, float] = field(default_factory=dict)
+
+    def stale(self, batch_ids: set[str], now: float) -> set[str]:
+        """Those of ``batch_ids`` not checked for a cancel within CANCEL_RECHECK_SECONDS."""
+        last = self.batch_checked
+        return {b for b in batch_ids if now - last.get(b, self.cancel_checked) >= CANCEL_RECHECK_SECONDS}
+
+
+_PROGRESS: contextvars.ContextVar[_Progress | None] = contextvars.ContextVar(
+    "dispatch_progress", default=None
 )
 # A call of a claimed batch that starts this long after its messages were last checked for a
 # cancel of their batch looks again (one indexed read, only when calls are spread out).
@@ -424,14 +445,14 @@ class Dispatcher:
     async def _process_claimed(self, claimed: list[ClaimedMessage]) -> None:
         # This task's own (a task runs in a copy of its creator's context; the express lane runs
         # one batch after another in one task, each setting it anew).
-        _HANDED_TO_PROVIDER.set(set())
+        progress = _Progress()
+        _PROGRESS.set(progress)
         try:
             rows = await self._deliver(claimed)
         except asyncio.CancelledError:
             # Stopped past the drain timeout: a request may have left for what was handed to a
             # provider, so that goes back flagged; the rest goes back as it was.
-            sent = _HANDED_TO_PROVIDER.get() or set()
-            unsent = [c.id for c in claimed if c.id not in sent]
+            unsent = [c.id for c in claimed if c.id not in progress.handed]
             async with self.db.begin() as session:
                 await release_claims(session, [c.id for c in claimed], self.worker_id, utcnow(), unsent)
             raise
@@ -439,9 +460,9 @@ class Dispatcher:
             # A fault of ours (a database hiccup, a secret that cannot be decrypted): back off like
             # a transient provider error, so it neither spins nor retries forever.
             log.exception("dispatch failed")
-            now, sent = utcnow(), _HANDED_TO_PROVIDER.get() or set()
+            now = utcnow()
             error = f"dispatch error: {type(exc).__name__}: {exc}"
-            rows = [self._after_fault(c, now, error, c.id in sent) for c in claimed]
+            rows = [self._after_fault(c, now, error, c.id in progress.handed) for c in claimed]
         by_id = {c.id: c for c in claimed}
         try:
             told = await self._complete(rows, by_id)
@@ -510,6 +531,8 @@ class Dispatcher:
             # Read fresh, not from the cache: rows in flight when their batch was cancelled come
             # back here after a retry, a deferral or a dead worker, and must not go out.
             cancelled = set(await session.scalars(_CANCELLED, {"ids": list(batch_ids)}))
+            if (progress := _PROGRESS.get()) is not None:
+                progress.cancel_checked = time.monotonic()
             if cancelled:
                 rows.extend(self._cancelled_row(c, now) for c in claimed if c.batch_id in cancelled)
                 claimed = [c for c in claimed if c.batch_id not in cancelled]
@@ -583,14 +606,24 @@ class Dispatcher:
                 try:
                     results = await self._reconcile_then_send(routes, every, messages, by_id)
                 except Exception as exc:
-                    # A fault of ours part-way (provider errors are results, not exceptions): some
-                    # of this group may have left, so it is UNKNOWN, never re-sent blindly; the
-                    # groups sent before it keep their outcomes.
+                    # A fault of ours part-way (provider errors are results, not exceptions): what
+                    # was decided stands, what was handed to a provider may have left (UNKNOWN:
+                    # never re-sent blindly), the rest was not sent (RETRY); the groups sent before
+                    # it keep their outcomes.
                     log.exception("sending a group failed unexpectedly")
-                    results = [(SendResult(m.id, Outcome.UNKNOWN, error=fault(exc)), None) for m in messages]
+                    results = [self._after_group_fault(m, exc) for m in messages]
             for item, (result, route) in zip(composed_list, results, strict=True):
                 rows.append(self._result_row(by_id[item.message.id], item, result, route, now))
         return rows
+
+    @staticmethod
+    def _after_group_fault(message: OutboundMessage, exc: Exception) -> tuple[SendResult, Route | None]:
+        progress = _PROGRESS.get()
+        if progress is not None and message.id in progress.decided:
+            return progress.decided[message.id]
+        if progress is None or message.id in progress.handed:
+            return SendResult(message.id, Outcome.UNKNOWN, error=fault(exc)), None
+        return SendResult(message.id, Outcome.RETRY, error=f"not sent: {fault(exc)}"), None
 
     async def _reconcile_then_send(
         self,
@@ -632,6 +665,8 @@ class Dispatcher:
                 elif answer.outcome is Outcome.FAILED:
                     known[answer.message_id] = (answer, route)
             metrics.RECONCILED.labels(route.name).inc(len(group))
+        if (progress := _PROGRESS.get()) is not None:
+            progress.decided.update(known)
         to_send = [m for m in messages if m.id not in known]
         batch_of = {m.id: claimed[m.id].batch_id for m in to_send}
         sent = dict(
@@ -680,8 +715,9 @@ class Dispatcher:
         out) leaves out the messages whose batch was cancelled meanwhile: the cancel's answer
         promised every item not yet handed to a provider.
         """
-        done: dict[str, tuple[SendResult, Route | None]] = {}
-        checked = time.monotonic()
+        progress = _PROGRESS.get() or _Progress()
+        # Results go straight into the batch's progress: a fault part-way keeps what was decided.
+        done = progress.decided
         pending = messages
         last_error = "no provider configured for this channel"
         permanent = False
@@ -713,9 +749,12 @@ class Dispatcher:
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: send rate check failed: {exc}", False
                     continue
-                if batch_of is not None and time.monotonic() - checked >= CANCEL_RECHECK_SECONDS:
-                    checked = time.monotonic()
-                    stopped = await self._cancelled_batches({batch_of[m.id] for m in chunk})
+                stale = (
+                    progress.stale({batch_of[m.id] for m in chunk}, time.monotonic()) if batch_of else set()
+                )
+                if batch_of is not None and stale:
+                    progress.batch_checked.update(dict.fromkeys(stale, time.monotonic()))
+                    stopped = await self._cancelled_batches(stale)
                     for m in chunk:
                         if batch_of[m.id] in stopped:
                             done[m.id] = (SendResult(m.id, Outcome.CANCELLED, error=BATCH_CANCELLED), None)
@@ -723,9 +762,7 @@ class Dispatcher:
                     if not chunk:
                         continue
                 started = time.perf_counter()
-                handed = _HANDED_TO_PROVIDER.get()
-                if handed is not None:
-                    handed.update(m.id for m in chunk)
+                progress.handed.update(m.id for m in chunk)
                 try:
                     results = await route.provider.send(chunk)
                     for result in results:
@@ -737,6 +774,7 @@ class Dispatcher:
                     metrics.PROVIDER_LATENCY.labels(route.name, "error").observe(
                         time.perf_counter() - started
                     )
+                    progress.handed.difference_update(m.id for m in chunk)  # refused: none left
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: {exc.message}", True
                     self.router.report(route, ok=False)
@@ -744,6 +782,7 @@ class Dispatcher:
                     metrics.PROVIDER_LATENCY.labels(route.name, "error").observe(
                         time.perf_counter() - started
                     )
+                    progress.handed.difference_update(m.id for m in chunk)  # refused: none left
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: {exc.message}", False
                     retry_after = exc.retry_after
@@ -864,8 +903,8 @@ class Dispatcher:
         row.update(changes)
         if row["due_at"] is not None:
             row["rank"] = rank_of(row["due_at"])
-        for field in ("sent_at", "due_at"):
-            row[field] = outcome_time(row[field], self.db.is_sqlite)
+        for name in ("sent_at", "due_at"):
+            row[name] = outcome_time(row[name], self.db.is_sqlite)
         return row
 
     def _result_row(

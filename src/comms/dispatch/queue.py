@@ -244,6 +244,8 @@ async def complete(
     """
     if not outcomes:
         return set()
+    if "attempts" not in outcomes[0]:  # on PostgreSQL a missing key would match no row, silently
+        raise ValueError("an outcome must carry the claim's attempt number")
     pg = not is_sqlite(session)
     # PostgreSQL's json_to_recordset reads objects; SQLite's json_each reads arrays (smaller).
     rows: Any = outcomes if pg else [[o[name] for name in OUTCOME_FIELDS] for o in outcomes]
