@@ -21,7 +21,7 @@ from comms.dispatch.routing import Router
 from comms.kit.clock import set_clock, utcnow
 from comms.kit.secretbox import SecretBox
 from comms.models import Message
-from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
+from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_for_message, wait_until
 
 
 @contextlib.asynccontextmanager
@@ -1010,13 +1010,7 @@ async def test_claims_that_fail_more_often_than_there_are_batch_slots_stop_nothi
     monkeypatch.setattr(dispatcher_module, "ERROR_PAUSE", 0.01)
     monkeypatch.setattr(dispatcher_module, "claim_due", fails_at_first)
     log_id = (await send_sms(live_service, live_tenant, "13800138000"))["items"][0]["id"]
-
-    async def sent() -> bool:
-        async with live_service.db.read() as session:
-            row = await session.get(Message, log_id)
-        return row is not None and row.status == "sent"
-
-    await wait_until(sent)
+    await wait_for_message(live_service, log_id, lambda m: m.status == "sent")
     assert len(failed) == failures
 
 
@@ -1040,13 +1034,7 @@ async def test_a_claim_that_fails_part_way_leaves_nothing_leased(
 
     monkeypatch.setattr(dispatcher_module, "claim_due", fails_once_after_claiming)
     log_id = (await send_sms(live_service, live_tenant, "13800138000"))["items"][0]["id"]
-
-    async def sent() -> bool:
-        async with live_service.db.read() as session:
-            row = await session.get(Message, log_id)
-        return row is not None and row.status == "sent"
-
-    await wait_until(sent)
+    await wait_for_message(live_service, log_id, lambda m: m.status == "sent")
     async with live_service.db.read() as session:
         row = await session.get(Message, log_id)
     assert failed == [1]

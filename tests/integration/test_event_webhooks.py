@@ -339,6 +339,23 @@ async def _told(service: Service) -> list[dict[str, Any]]:
     return [event for payload in payloads for event in msgspec.json.decode(payload)["events"]]
 
 
+async def _scheduled_sms(service: Service, tenant: TenantKeys, *recipients: str) -> dict[str, Any]:
+    """A transactional SMS scheduled a month ahead (never claimed here): the 202's body."""
+    answer = await service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "category": "transactional",
+            "content": "Hi",
+            "send_at": LATER,
+            "recipients": list(recipients),
+        },
+        headers=tenant.headers(),
+    )
+    assert answer.status_code == 202, answer.text
+    return dict(answer.json())
+
+
 async def test_refusals_at_acceptance_and_a_cancel_are_told(service: Service, tenant: TenantKeys) -> None:
     """Items refused at acceptance are told with the 202 (in its transaction); a cancel tells
     each item it stopped; a webhook that did not subscribe to `cancelled` gets none of those, and
@@ -356,19 +373,8 @@ async def test_refusals_at_acceptance_and_a_cancel_are_told(service: Service, te
         headers=tenant.headers(),
     )
     assert added.status_code == 201
-    answer = await service.client.post(
-        "/communication/bulk",
-        json={
-            "channel": "sms",
-            "category": "transactional",
-            "content": "Hi",
-            "send_at": LATER,
-            "recipients": ["13800138000", "12345", "13900139000", "13700137000"],
-        },
-        headers=tenant.headers(),
-    )
-    assert answer.status_code == 202, answer.text
-    items = answer.json()["items"]
+    accepted = await _scheduled_sms(service, tenant, "13800138000", "12345", "13900139000", "13700137000")
+    items = accepted["items"]
     assert [i["status"] for i in items] == ["scheduled", "rejected", "suppressed", "scheduled"]
     told = await _told(service)
     assert [(e["log_id"], e["status"], e["provider"]) for e in told] == [
@@ -376,9 +382,9 @@ async def test_refusals_at_acceptance_and_a_cancel_are_told(service: Service, te
         (items[2]["id"], "suppressed", None),
     ]
     assert told[1]["recipient"] == "139****9000" and told[1]["error"] == items[2]["error"]
-    assert told[0]["batch_id"] == answer.json()["batch_id"] and told[0]["category"] == "transactional"
+    assert told[0]["batch_id"] == accepted["batch_id"] and told[0]["category"] == "transactional"
 
-    batch_id = answer.json()["batch_id"]
+    batch_id = accepted["batch_id"]
     cancelled = await service.client.post(
         f"/communication/batches/{batch_id}/cancel", headers=tenant.headers()
     )
@@ -391,20 +397,9 @@ async def test_refusals_at_acceptance_and_a_cancel_are_told(service: Service, te
     assert again.status_code == 200 and len(await _told(service)) == 4  # nothing more was stopped
 
     await subscribe(service, tenant, "https://93.184.215.14/e", statuses=["failed"])
-    second = await service.client.post(
-        "/communication/bulk",
-        json={
-            "channel": "sms",
-            "category": "transactional",
-            "content": "Hi",
-            "send_at": LATER,
-            "recipients": ["12345", "13800138000"],
-        },
-        headers=tenant.headers(),
-    )
-    assert second.status_code == 202, second.text
+    second = await _scheduled_sms(service, tenant, "12345", "13800138000")
     stopped = await service.client.post(
-        f"/communication/batches/{second.json()['batch_id']}/cancel", headers=tenant.headers()
+        f"/communication/batches/{second['batch_id']}/cancel", headers=tenant.headers()
     )
     assert stopped.status_code == 200 and stopped.json()["message"] == "cancelled 1 item(s)"
     assert len(await _told(service)) == 4  # neither `rejected` nor `cancelled` is wanted now
@@ -417,18 +412,8 @@ async def test_the_reapers_unknown_and_a_settled_recheck_are_told(
     of it moves it on: both are told. A row re-queued after its first interruption is not (it is
     no outcome yet)."""
     await subscribe(service, tenant, "https://93.184.215.14/e")
-    answer = await service.client.post(
-        "/communication/bulk",
-        json={
-            "channel": "sms",
-            "category": "transactional",
-            "content": "Hi",
-            "send_at": LATER,
-            "recipients": ["13800138000", "13700137000"],
-        },
-        headers=tenant.headers(),
-    )
-    twice, once = (i["id"] for i in answer.json()["items"])
+    answer = await _scheduled_sms(service, tenant, "13800138000", "13700137000")
+    twice, once = (i["id"] for i in answer["items"])
     now = utcnow()
     async with service.db.begin() as session:
         for log_id, flagged in ((twice, True), (once, False)):
