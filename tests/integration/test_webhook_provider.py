@@ -233,6 +233,35 @@ async def test_failover_to_the_secondary_sends_each_message_once(
         await secondary.stop()
 
 
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateway_error_is_no_refusal_to_fail_over_on(
+    live_service: Service, live_tenant: TenantKeys, status: int
+) -> None:
+    """A 502 or 504 comes from a proxy in front of the vendor that passed the request on: the
+    vendor may have it. The message is not handed to the next account as though nothing had left;
+    it is re-sent once, flagged possible_duplicate (where the vendor is asked first if it can be)."""
+    primary = await WebhookSink(SECRET, fail_status=status).start()
+    secondary = await WebhookSink(SECRET).start()
+    try:
+        await add_account(live_service, live_tenant, primary.url, name="primary", priority=1)
+        await add_account(live_service, live_tenant, secondary.url, name="secondary", priority=2)
+        answer = await live_service.client.post(
+            "/communication/bulk", json=sms_bulk(1), headers=live_tenant.headers()
+        )
+        log_id = answer.json()["items"][0]["id"]
+        # Both attempts go to the primary (one failed call does not open its breaker) and get the
+        # same answer: the message ends unknown, and the secondary never had it.
+        row = await wait_for_message(live_service, log_id, lambda m: m.status not in ("queued", "sending"))
+        assert (row.status, row.possible_duplicate, row.attempts) == ("unknown", True, 2)
+        assert row.error == (
+            f"HTTP {status} from a gateway in front of the webhook endpoint: the request may have reached it"
+        )
+        assert primary.requests == 2 and not secondary.received
+    finally:
+        await primary.stop()
+        await secondary.stop()
+
+
 async def test_a_primary_that_never_answers_opens_its_breaker(
     live_service: Service, live_tenant: TenantKeys
 ) -> None:

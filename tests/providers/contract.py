@@ -37,6 +37,14 @@ from comms.providers.registry import PROVIDERS
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
+def _gateway_error(status: int) -> web.HTTPException:
+    return (
+        web.HTTPBadGateway(text="upstream failed")
+        if status == 502
+        else web.HTTPGatewayTimeout(text="upstream timed out")
+    )
+
+
 class FakeVendor:
     """A local server for one vendor. Subclasses add their routes in :meth:`routes` and call
     :meth:`accept` for each message the real vendor would have taken.
@@ -44,7 +52,9 @@ class FakeVendor:
     ``mode`` switches behaviour at run time: ``"ok"``; ``"fail"`` (the vendor is down or
     throttling: answer as the vendor does then, e.g. HTTP 500/503); ``"hang"`` (read the request,
     then answer nothing for ``hang_seconds``); ``"reset"`` (read the request, then reset the
-    connection); ``"reject"`` (the vendor's permanent refusal for
+    connection); ``"gateway 502"`` / ``"gateway 504"`` (a proxy in front of the vendor answers
+    so after reading the request, as a load balancer does when the vendor behind it fails or is
+    slow); ``"reject"`` (the vendor's permanent refusal for
     the messages, e.g. an invalid number or an unapproved template).
     """
 
@@ -78,6 +88,9 @@ class FakeVendor:
         self.requests += 1
         if self.mode == "hang":
             await asyncio.sleep(self.hang_seconds)
+        if self.mode.startswith("gateway "):  # a proxy's own error page, not the vendor's answer
+            status = int(self.mode.split()[1])
+            raise _gateway_error(status)
         if self.mode == "reset":
             transport = request.transport
             assert transport is not None
@@ -261,6 +274,18 @@ class ProviderContract:
         vendor.mode = "reset"
         results = await provider.send(self.outbound(2))
         assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.UNKNOWN]
+        assert vendor.requests >= 1
+
+    @pytest.mark.parametrize("status", [502, 504])
+    async def test_a_gateway_error_is_unknown_never_raised(
+        self, vendor: FakeVendor, provider: Provider, status: int
+    ) -> None:
+        """A 502 or 504 from a proxy in front of the vendor, after it passed the request on: the
+        vendor may have taken the messages, so they are UNKNOWN, not a refusal to fail over on."""
+        vendor.mode = f"gateway {status}"
+        results = await provider.send(self.outbound(2))
+        assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.UNKNOWN]
+        assert all(f"HTTP {status} from a gateway" in (r.error or "") for r in results)
         assert vendor.requests >= 1
 
     async def test_a_permanent_refusal_fails_with_the_reason(

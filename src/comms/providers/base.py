@@ -31,6 +31,18 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A proxy's or load balancer's answer for a request it passed on and got no (timely) answer to
+# (RFC 9110 15.6.3 Bad Gateway, 15.6.5 Gateway Timeout): the vendor behind it may have taken the
+# request, so its messages are UNKNOWN (looked up, or re-sent once flagged), never failed over to
+# another account as though nothing had left. 500 and 503 come from the vendor itself: not taken.
+GATEWAY_UNCERTAIN = frozenset({502, 504})
+
+
+def gateway_uncertain(status: int, vendor: str) -> str:
+    """The error of a message whose call got a GATEWAY_UNCERTAIN answer."""
+    return f"HTTP {status} from a gateway in front of {vendor}: the request may have reached it"
+
+
 # Per-message values: not frozen, because a frozen dataclass is built through object.__setattr__
 # per field (measured 2.6 µs against 0.23 µs for 12 fields) and a few are built per message
 # sent. They are never changed after construction.

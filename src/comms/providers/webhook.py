@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
+    GATEWAY_UNCERTAIN,
     DeliveryEvent,
     InboundSms,
     OutboundMessage,
@@ -42,6 +43,7 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, send_calls
 
@@ -144,6 +146,11 @@ class WebhookProvider(Provider):
             return [SendResult(m.id, Outcome.UNKNOWN, error=reason) for m in messages]
         except aiohttp.ClientError as exc:
             raise TransientProviderError(f"request failed: {exc}") from exc
+        if status in GATEWAY_UNCERTAIN:
+            return [
+                SendResult(m.id, Outcome.UNKNOWN, error=gateway_uncertain(status, "the webhook endpoint"))
+                for m in messages
+            ]
         if status == 429 or status >= 500:
             raise TransientProviderError(f"HTTP {status}: {text[:200].decode(errors='replace')}", retry_after)
         if status >= 400:

@@ -69,12 +69,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
+    GATEWAY_UNCERTAIN,
     DeliveryEvent,
     OutboundMessage,
     Outcome,
     Provider,
     ProviderContext,
     SendResult,
+    gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, send_calls
 
@@ -512,6 +514,9 @@ class SendGridProvider(Provider):
         summary = "; ".join(_describe(e) for e in errors) or raw[:200].decode(errors="replace")
         if status == 429:
             raise TransientProviderError(f"SendGrid throttled: {summary}", _retry_after(headers))
+        if status in GATEWAY_UNCERTAIN:
+            uncertain = gateway_uncertain(status, "SendGrid")
+            return [SendResult(m.id, Outcome.UNKNOWN, error=uncertain) for m in request.messages]
         if status >= 500:
             raise TransientProviderError(f"SendGrid HTTP {status}: {summary}", _retry_after(headers))
         if status in (401, 403, 404, 405):  # the key, the sender identity, or the endpoint

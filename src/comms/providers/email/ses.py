@@ -59,12 +59,14 @@ from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.ids import id_has_prefix
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
+    GATEWAY_UNCERTAIN,
     DeliveryEvent,
     OutboundMessage,
     Outcome,
     Provider,
     ProviderContext,
     SendResult,
+    gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, send_calls
 from comms.providers.email import sns
@@ -300,6 +302,9 @@ class SesProvider(Provider):
                     SendResult.sent(call.messages[0].id, str(message_id) if message_id else None, "HTTP 200")
                 ]
             return _bulk_results(call.messages, payload)
+        if status in GATEWAY_UNCERTAIN and not payload:
+            error = gateway_uncertain(status, "SES")
+            return [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in call.messages]
         code, text = _error(status, headers, payload, raw)
         kind = ERRORS.get(code) or ("transient" if status >= 500 or status == 429 else None)
         if kind is None:

@@ -60,6 +60,7 @@ from comms.errors import PermanentProviderError, ProviderError, TransientProvide
 from comms.kit.ids import id_has_prefix
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
+    GATEWAY_UNCERTAIN,
     DeliveryEvent,
     InboundSms,
     OutboundMessage,
@@ -67,6 +68,7 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, bounded_map, carries_code, fault
 
@@ -446,6 +448,8 @@ class AliyunProvider(Provider):
             raise PermanentProviderError(text)
         if code in TRANSIENT_CALL_CODES:
             raise TransientProviderError(text, TRANSIENT_CALL_CODES[code])
+        if status in GATEWAY_UNCERTAIN and not code:
+            raise _NoAnswer(gateway_uncertain(status, "aliyun"))
         if status == 429 or status >= 500:
             raise TransientProviderError(text)
         if status >= 400 and code not in MESSAGE_CODES:

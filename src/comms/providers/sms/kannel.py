@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
+    GATEWAY_UNCERTAIN,
     DeliveryEvent,
     InboundSms,
     OutboundMessage,
@@ -66,6 +67,7 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, fault, is_code
 from comms.providers.sms.segments import count_segments
@@ -265,6 +267,8 @@ class KannelProvider(Provider):
         answer_text = f"HTTP {status}: {text[:200]}"
         if 200 <= status < 300:
             return SendResult.sent(message.id, None, answer_text)
+        if status in GATEWAY_UNCERTAIN:
+            return SendResult(message.id, Outcome.UNKNOWN, error=gateway_uncertain(status, "Kannel"))
         if status == 429 or status >= 500:
             return _Refused(message.id, answer_text, retry_after=retry_after)
         if AUTH_FAILED.lower() in text.lower():

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
+    GATEWAY_UNCERTAIN,
     DeliveryEvent,
     InboundSms,
     OutboundMessage,
@@ -56,6 +57,7 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, carries_code, fault
 
@@ -480,6 +482,9 @@ def _limit_wait(code: str, now: datetime | None = None) -> float | None:
 
 
 def _read_answer(call: _Call, status: int, raw: bytes) -> _Answer:
+    if status in GATEWAY_UNCERTAIN:
+        error = gateway_uncertain(status, "Tencent")
+        return _Answer("results", [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in call.messages])
     if status == 429 or status >= 500:
         return _Answer("transient", reason=f"HTTP {status}: {raw[:200].decode(errors='replace')}")
     try:

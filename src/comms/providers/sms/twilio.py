@@ -48,6 +48,7 @@ from comms.errors import PermanentProviderError, TransientProviderError
 from comms.kit.ids import id_time
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
+    GATEWAY_UNCERTAIN,
     DeliveryEvent,
     InboundSms,
     OutboundMessage,
@@ -55,6 +56,7 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, bounded_map, fault, is_code
 
@@ -388,6 +390,10 @@ def _classify(message: OutboundMessage, status: int, raw: bytes, retry_after: fl
         return _Answer("result", SendResult.sent(message.id, created.sid, response))
     text = _error_text(status, raw)
     code = _error_code(raw)
+    if status in GATEWAY_UNCERTAIN and code is None:
+        return _Answer(
+            "result", SendResult(message.id, Outcome.UNKNOWN, error=gateway_uncertain(status, "Twilio"))
+        )
     kind = ERROR_CODES.get(code) if code is not None else None
     if kind is None:
         if status in (401, 403):
