@@ -34,7 +34,8 @@ from comms.dispatch.queue import claim_due
 from comms.kit.clock import isoformat, set_clock, utcnow
 from comms.models import AuditEvent, Batch, Message, Suppression, Tenant
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
-from tests.integration.conftest import signed
+from tests.integration.conftest import SECRET, signed
+from tests.webhook_sink import WebhookSink
 
 
 async def bulk(service: Service, tenant: TenantKeys, expect: int = 202, **body: Any) -> dict[str, Any]:
@@ -897,13 +898,12 @@ def arf(original: bytes, feedback_type: str = "abuse", part: str = "message/rfc8
 
 
 async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
-    live_service: Service, live_tenant: TenantKeys, account: str
+    live_service: Service, live_tenant: TenantKeys
 ) -> None:
     """M6: an ARF complaint from a mailbox provider, handed to POST /communication/complaints/arf,
     finds the message by its signed unsubscribe token (marketing) or its Message-ID
     (transactional: headers only), suppresses the recipient for every category but verification,
-    and counts as a complaint, once per message whoever reports it. A not-spam report changes
-    nothing; nor does any bad report."""
+    and counts as a complaint. A not-spam report changes nothing; nor does any bad report."""
     await opt_in(live_service, live_tenant, "email", "ann@example.com")
     promo = await bulk(live_service, live_tenant, **marketing_email())
     receipt = await bulk(
@@ -973,16 +973,6 @@ async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
     again = await send(arf(promo_eml))  # the same report delivered twice: counted once
     assert again.status_code == 200 and again.json()["data"]["duplicate"] is True
     assert (await state())[1] == 2
-    # The same complaint reported otherwise: as fraud too, and by the provider's own event.
-    fraud = await send(arf(promo_eml, "fraud"))
-    assert fraud.status_code == 200 and fraud.json()["data"]["duplicate"] is False
-    event = {"event_id": "c1", "id": promo_id, "status": "delivered", "bounce": "complaint"}
-    body, signed_headers = signed({"events": [event]})
-    pushed = await live_service.client.post(
-        f"/webhooks/webhook/{account}/status", content=body, headers=signed_headers
-    )
-    assert pushed.status_code == 200, pushed.text
-    assert (await state())[1] == 2  # still one complaint per message
     other = await make_tenant(live_service.db, "Other")
     foreign = await live_service.client.post(
         "/communication/complaints/arf",
@@ -992,6 +982,62 @@ async def test_11_feedback_loop_reports_suppress_the_complainer_and_count(
     assert foreign.status_code == 404
     nxt = await bulk(live_service, live_tenant, **marketing_email(category="transactional"))
     assert nxt["items"][0]["status"] == "suppressed"
+
+
+async def test_11_a_complaint_about_one_message_counts_once_whoever_reports_it(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink, account: str
+) -> None:
+    """The provider that carried an email reports its recipient's complaint, then the mailbox
+    provider's feedback loop reports the same one, as abuse and as fraud: one complaint in the
+    rate. An SMS account's callback naming that email is not taken at all."""
+    added = await live_service.client.post(
+        "/communication/providers",
+        json={
+            "channel": "email",
+            "provider": "webhook",
+            "name": "mail-gw",
+            "config": {"url": sink.url, "secret": SECRET},
+        },
+        headers=live_tenant.headers(),
+    )
+    assert added.status_code == 201, added.text
+    mail = await bulk(
+        live_service, live_tenant, **marketing_email(category="transactional", recipients=["bob@example.com"])
+    )
+    log_id = mail["items"][0]["id"]
+    await wait_until(lambda: _is(live_service, mail["batch_id"], {"sent": 1}))
+
+    async def complaints() -> int:
+        async with live_service.db.read() as session:
+            found = await session.scalar(
+                select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "complaint.received")
+            )
+        return int(found or 0)
+
+    event = {"event_id": "c1", "id": log_id, "status": "delivered", "bounce": "complaint"}
+    for on in (account, added.json()["data"]["id"]):  # the SMS account first: not its message
+        body, headers = signed({"events": [event]})
+        pushed = await live_service.client.post(
+            f"/webhooks/webhook/{on}/status", content=body, headers=headers
+        )
+        assert pushed.status_code == 200, pushed.text
+        assert await complaints() == (0 if on == account else 1)
+    report_of = f"Message-ID: <{log_id}@acme.example>\r\nFrom: news@acme.example\r\n".encode()
+    for feedback_type in ("abuse", "fraud"):
+        answer = await live_service.client.post(
+            "/communication/complaints/arf",
+            content=arf(report_of, feedback_type, part="text/rfc822-headers"),
+            headers={**live_tenant.headers(), "Content-Type": "message/rfc822"},
+        )
+        assert answer.status_code == 200 and answer.json()["data"]["complaint"] is True, answer.text
+    assert await complaints() == 1
+    async with live_service.db.read() as session:
+        suppressed = (await session.scalars(select(Suppression))).all()
+    assert [(s.address, s.reason) for s in suppressed] == [("bob@example.com", "complaint")]
+
+
+async def _is(service: Service, batch_id: str, expected: dict[str, int]) -> bool:
+    return await statuses(service, batch_id) == expected
 
 
 async def test_03_marketing_email_without_opt_in_needs_an_ad_disclosure(service: Service) -> None:

@@ -316,3 +316,59 @@ async def test_a_receipt_for_an_attempt_that_got_no_answer_settles_the_waiting_r
     assert answer.status_code == 200
     assert await status_of(live_service, log_id) == "delivered"
     assert await status_of(live_service, other) == "queued"
+
+
+async def test_a_callback_on_another_account_cannot_touch_a_message_it_did_not_carry(
+    live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
+) -> None:
+    """Whoever holds one account's callback secret (a gateway the tenant runs itself, a leaked
+    token) can move only what that account carried: a signed receipt naming a message another
+    account sent changes nothing and suppresses no one."""
+    other_secret = "other-gateway-secret-0123456789"
+    other = await live_service.client.post(
+        "/communication/providers",
+        json={
+            "channel": "sms", "provider": "webhook", "name": "other", "priority": 9,
+            "config": {"url": sink.url, "secret": other_secret},
+        },
+        headers=live_tenant.headers(),
+    )  # fmt: skip
+    assert other.status_code == 201, other.text
+    log_id = await sent_message(live_service, live_tenant)  # through `account` (priority first)
+    event = {"event_id": "x1", "id": log_id, "status": "undelivered", "bounce": "hard"}
+    answer = await post_receipt(live_service, other.json()["data"]["id"], [event], secret=other_secret)
+    assert answer.status_code == 200
+    assert await status_of(live_service, log_id) == "sent"
+    async with live_service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+        outcome = await session.scalar(
+            select(ReceiptEvent.outcome).where(ReceiptEvent.event_key.like("%x1%"))
+        )
+    assert outcome == "ignored: unknown message"
+    carried = await post_receipt(live_service, account, [{**event, "event_id": "x2"}])
+    assert carried.status_code == 200 and await status_of(live_service, log_id) == "undelivered"
+
+
+async def test_a_batch_retry_forgets_the_earlier_attempts_provider(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A retried item's earlier vendor id and account are cleared with it: a late receipt about
+    the earlier attempt can no longer be taken for the new one's."""
+    answer = await service.client.post(
+        "/communication/bulk",
+        json={"channel": "sms", "category": "transactional", "content": "x", "recipients": ["13800138000"]},
+        headers=tenant.headers(),
+    )
+    log_id, batch_id = answer.json()["items"][0]["id"], answer.json()["batch_id"]
+    async with service.db.begin() as session:
+        row = await session.get(Message, log_id)
+        assert row is not None
+        row.status, row.provider, row.provider_account_id, row.provider_message_id = (
+            "undelivered", "webhook", "acc_old", "gw-old",
+        )  # fmt: skip
+    retried = await service.client.post(f"/communication/batches/{batch_id}/retry", headers=tenant.headers())
+    assert retried.status_code == 200, retried.text
+    async with service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and row.status == "queued"
+    assert (row.provider, row.provider_account_id, row.provider_message_id) == (None, None, None)

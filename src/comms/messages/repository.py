@@ -288,6 +288,11 @@ class MessageRepository:
                 # attempt's record at the provider must not be taken for this one's outcome.
                 possible_duplicate=False,
                 deferrals=0,
+                # Nor may a late receipt about the earlier attempt (found by its vendor id, or by
+                # the account that carried it) be taken for this one's.
+                provider=None,
+                provider_account_id=None,
+                provider_message_id=None,
             )
             .execution_options(synchronize_session=False)
         )

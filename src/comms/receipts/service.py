@@ -93,11 +93,16 @@ async def _find_message(
     session: AsyncSession, account: ProviderAccount, event: DeliveryEvent
 ) -> Message | None:
     """By our log id where the vendor echoes it, else by the vendor's own id within the account
-    (and the recipient, where one vendor id covers several recipients)."""
+    (and the recipient, where one vendor id covers several recipients). A message is only found
+    through the account that may have carried it (see :func:`_may_have_carried`)."""
     key = _recipient_key(event.recipient)
     if event.message_id is not None:
         found = await session.get(Message, event.message_id)
-        if found is not None and (key is None or found.recipient_key == key):
+        if (
+            found is not None
+            and (key is None or found.recipient_key == key)
+            and _may_have_carried(account, found)
+        ):
             return found
     if event.provider_message_id is None:
         return None
@@ -113,6 +118,18 @@ async def _find_message(
         if found is not None:
             return found
     return None
+
+
+def _may_have_carried(account: ProviderAccount, message: Message) -> bool:
+    """Whether ``account`` may have carried ``message``: the account that recorded it, or, while
+    none has (a receipt faster than the send's own answer), any account of its channel; and any
+    for a possible duplicate, whose earlier attempt may have gone elsewhere. Without this, whoever
+    holds one account's callback secret (a gateway the tenant runs, a leaked token) could move the
+    status of every message of the tenant, or suppress its recipients through fake complaints."""
+    if message.channel != account.channel:
+        return False
+    not_recorded_yet = message.provider is None and message.provider_account_id is None
+    return not_recorded_yet or message.provider_account_id == account.id or message.possible_duplicate
 
 
 def _recipient_key(recipient: str | None) -> str | None:
