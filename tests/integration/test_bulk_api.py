@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import delete, func, select
 
 from comms.models import AuditEvent, Batch, IdempotencyKey, Message
-from tests.conftest import Service, TenantKeys, make_tenant
+from tests.conftest import Service, TenantKeys, make_tenant, wait_for_message
 
 
 async def count_rows(service: Service) -> tuple[int, int]:
@@ -135,6 +135,68 @@ async def test_missing_variable_is_422_naming_it_and_stores_nothing(
     assert payload["code"] == 422 and "name" in payload["message"]
     assert payload["errors"] == [{"field": "recipients[0]", "message": "missing variables: name"}]
     assert await count_rows(service) == (0, 0)
+
+
+async def test_a_template_that_cannot_render_or_renders_to_nothing_is_422(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """One rendering at acceptance (the shared variables with the first recipient's own): a blank
+    message, a filter given a bad argument or a result past the length limit is refused before
+    anything is stored, instead of going out blank or failing for every recipient later."""
+    big = "x" * 400_000
+    for body, message in (
+        (
+            sms(content="{{ code }}", variables={"code": " "}),
+            "the message renders to nothing (an empty text)",
+        ),
+        (sms(content='Hi {{ code|truncate("x") }}'), "template could not be rendered"),
+        (
+            sms(content="{{ code }}{{ code }}{{ code }}", variables={"code": big}),
+            "rendered content is longer",
+        ),
+        (
+            sms(
+                content="{{ name }}",
+                variables={},
+                recipients=[{"to": "13800138000", "variables": {"name": ""}}],
+            ),
+            "the message renders to nothing",
+        ),
+    ):
+        answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["errors"][0]["field"] == "content"
+        assert answer.json()["errors"][0]["message"].startswith(message), answer.text
+    assert await count_rows(service) == (0, 0)
+    # Only the first recipient's own values are rendered here: the others' are at dispatch.
+    later = sms(
+        content="{{ name }}",
+        variables={},
+        recipients=[
+            {"to": "13800138000", "variables": {"name": "Ann"}},
+            {"to": "13900139000", "variables": {"name": ""}},
+        ],
+    )
+    accepted = await service.client.post("/communication/bulk", json=later, headers=tenant.headers())
+    assert accepted.status_code == 202, accepted.text
+
+
+async def test_a_recipient_whose_own_values_render_to_nothing_fails_instead_of_going_out_blank(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    body = sms(
+        content="{{ name }}",
+        variables={},
+        recipients=[
+            {"to": "13800138000", "variables": {"name": "Ann"}},
+            {"to": "13900139000", "variables": {"name": " "}},
+        ],
+    )
+    answer = await live_service.client.post("/communication/bulk", json=body, headers=live_tenant.headers())
+    assert answer.status_code == 202, answer.text
+    blank = answer.json()["items"][1]["id"]
+    row = await wait_for_message(live_service, blank, lambda m: m.status not in ("queued", "sending"))
+    assert (row.status, row.error) == ("failed", "the message renders to nothing (an empty text)")
 
 
 async def test_malformed_json_is_400(service: Service, tenant: TenantKeys) -> None:

@@ -1798,6 +1798,18 @@ async def test_08_a_tenant_may_narrow_the_legal_windows_but_not_widen_them(
         "/communication/settings", json={"quiet_hours": {"CN": "08:00-22:00"}}, headers=tenant.headers()
     )
     assert wider_cn.status_code == 422
+    absurd = await service.client.put(
+        "/communication/settings",
+        json={"quiet_hours": {"US": "99999999999999999999:00-21:00"}},
+        headers=tenant.headers(),
+    )
+    assert absurd.status_code == 422 and absurd.json()["errors"][0]["field"].startswith("quiet_hours")
+    surrogate = await service.client.put(
+        "/communication/settings",
+        content=b'{"postal_address": "1 Main St \\ud800"}',
+        headers={**tenant.headers(), "Content-Type": "application/json"},
+    )
+    assert surrogate.status_code == 400 and surrogate.json()["message"] == "malformed JSON"
     narrower = await service.client.put(
         "/communication/settings",
         json={"quiet_hours": {"US": "09:00-20:00", "DE": "00:00-24:00"}},
@@ -1838,10 +1850,11 @@ async def test_sms_daily_limit_per_number_for_non_verification_sms(
     verification codes have their own limits and are not counted here."""
     service, tenant = live_service, live_tenant
     frozen_clock[0] = datetime(2026, 11, 26, 4, 0, tzinfo=UTC)  # noon in Shanghai: no quiet hours
-    invalid = await service.client.put(
-        "/communication/settings", json={"sms_daily_limit": 0}, headers=tenant.headers()
-    )
-    assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "sms_daily_limit"
+    for bad in (0, 10**20):  # too big would overflow the database's integer at every send
+        invalid = await service.client.put(
+            "/communication/settings", json={"sms_daily_limit": bad}, headers=tenant.headers()
+        )
+        assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "sms_daily_limit"
     lowered = await service.client.put(
         "/communication/settings", json={"sms_daily_limit": 3}, headers=tenant.headers()
     )

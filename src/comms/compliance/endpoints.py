@@ -12,6 +12,7 @@ from email.parser import BytesParser
 from email.utils import getaddresses
 from typing import Annotated, Any
 
+import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
@@ -102,8 +103,10 @@ _SETTINGS_BODY = {  # read by hand (a merge of the fields given), so documented 
 async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     """Merge the fields given into the tenant's settings (unknown fields are a 422)."""
     try:
-        changes = await request.json()
-    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        # msgspec, as the bulk endpoint: it refuses lone surrogates, which json.loads lets through
+        # and the database driver then cannot encode.
+        changes = msgspec.json.decode(await request.body())
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise BadRequest("malformed JSON") from None
     if not isinstance(changes, dict) or not changes:
         raise ValidationFailed.single("body", "expected an object with the settings to change")

@@ -64,7 +64,7 @@ def widens_legal_window(region: str, window: str) -> str | None:
         return None
     try:
         (start, end), (legal_start, legal_end) = _window(window), _window(legal)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: hours past C's int (time(10**20, 0))
         return None  # not HH:MM-HH:MM: the settings' own validation says so
     if start < end and legal_start <= start and end <= legal_end:
         return None

@@ -21,9 +21,9 @@ class OtpLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    per_minute: int = Field(default=1, ge=1)
-    per_hour: int = Field(default=5, ge=1)
-    per_day: int = Field(default=10, ge=1)
+    per_minute: int = Field(default=1, ge=1, le=1_000)
+    per_hour: int = Field(default=5, ge=1, le=10_000)
+    per_day: int = Field(default=10, ge=1, le=100_000)
 
 
 class SenderIdentity(BaseModel):
@@ -113,7 +113,10 @@ class TenantSettings(BaseModel):
         default=0.002, gt=0, le=1, description="Marketing email pauses at this complaint rate (0.002 = 0.2%)."
     )
     complaint_rate_min_volume: int = Field(
-        default=1000, ge=1, description="Emails sent in the window before the complaint rate counts."
+        default=1000,
+        ge=1,
+        le=10**9,
+        description="Emails sent in the window before the complaint rate counts.",
     )
     otp_limits: OtpLimits = Field(
         default_factory=lambda: OtpLimits(), description="Verification SMS per number (against SMS pumping)."
@@ -121,6 +124,7 @@ class TenantSettings(BaseModel):
     sms_daily_limit: int = Field(
         default=50,
         ge=1,
+        le=100_000,
         description="Notification and promotional (non-verification) SMS one number may get from the "
         "tenant in 24 hours; more are rejected as 'rate limited'.",
     )

@@ -89,6 +89,8 @@ class BatchContext:
         text = self.content.render(merged)
         subject = self.subject.render(merged) if self.subject else None
         html = self.html.render(merged) if self.html else None
+        if not text.strip() and not (html or "").strip():  # never a blank message (see submit_bulk)
+            raise TemplateError("the message renders to nothing (an empty text)")
         if self.secret_names.isdisjoint(merged):
             shown = text
         else:
