@@ -4,6 +4,7 @@ complaints suppress, inbound STOP suppresses with exactly one confirmation."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -96,10 +97,19 @@ async def test_a_receipt_ahead_of_the_recorded_send_is_applied_once_the_send_is_
         vendor_id = row.provider_message_id
         await session.execute(update(Message).where(Message.id == log_id).values(provider_message_id=None))
     early = [{"event_id": "e-early", "message_id": vendor_id, "status": "delivered"}]
-    assert (await post_receipt(live_service, account, early)).status_code == 200
+    # Two more events of other vendor ids ride in the same callback: each row keeps its own event,
+    # not the whole body (a vendor batching 500 events would otherwise store 500 x 500).
+    others = [
+        {"event_id": f"e-other{i}", "message_id": f"gw-unknown{i}", "status": "delivered"} for i in (1, 2)
+    ]
+    assert (await post_receipt(live_service, account, early + others)).status_code == 200
     async with live_service.db.read() as session:
-        stored = await session.scalar(select(ReceiptEvent))
-    assert stored is not None and stored.outcome == "unmatched"
+        rows = {r.event_key: r for r in (await session.scalars(select(ReceiptEvent))).all()}
+    stored = next(r for r in rows.values() if "e-early" in r.event_key)
+    assert (
+        stored.outcome == "unmatched" and "gw-unknown" not in stored.payload and vendor_id in stored.payload
+    )
+    assert all(r.payload.count("gw-unknown") == 1 for r in rows.values() if r is not stored)
     assert await status_of(live_service, log_id) == "sent"
     async with live_service.db.begin() as session:  # the dispatcher records the send
         await session.execute(
@@ -109,8 +119,29 @@ async def test_a_receipt_ahead_of_the_recorded_send_is_applied_once_the_send_is_
     assert await status_of(live_service, log_id) == "delivered"
     assert await live_service.app.state.dispatcher.retry_unmatched_receipts() == 0  # applied once
     async with live_service.db.read() as session:
-        stored = await session.scalar(select(ReceiptEvent))
+        stored = await session.get(ReceiptEvent, stored.id)
     assert stored is not None and stored.outcome == "delivered"
+
+
+async def test_an_unmatched_receipt_stored_as_the_whole_callback_body_is_still_applied(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    """Rows written before events were kept one by one hold the callback's body: the sweep reads
+    them with the account's provider as before."""
+    from sqlalchemy import update
+
+    from comms.receipts.service import record_once
+
+    log_id = await sent_message(live_service, live_tenant)
+    async with live_service.db.begin() as session:
+        row = await session.get(Message, log_id)
+        assert row is not None and row.provider_message_id is not None
+        event = {"event_id": "old1", "message_id": row.provider_message_id, "status": "delivered"}
+        body = json.dumps({"events": [event]})
+        await record_once(session, live_tenant.tenant_id, account, "webhook", "status", "old1", body)
+        await session.execute(update(ReceiptEvent).values(outcome="unmatched"))
+    assert await live_service.app.state.dispatcher.retry_unmatched_receipts() == 1
+    assert await status_of(live_service, log_id) == "delivered"
 
 
 async def test_forged_or_replayed_receipt_is_401_and_changes_nothing(

@@ -115,7 +115,7 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
     async with app_state(request).db.begin() as session:
         for event in events:
             event_id = await service.store_once(
-                session, account, "status", event.event_key, body.decode(errors="replace")
+                session, account, "status", event.event_key, service.event_payload(event)
             )
             if event_id is None:
                 continue  # the same receipt again: already applied
@@ -141,7 +141,7 @@ async def inbound(request: Request, provider: str, account_id: str) -> Response:
     async with state.db.begin() as session:
         for message in messages:
             event_id = await service.store_once(
-                session, account, "inbound", message.event_key, body.decode(errors="replace")
+                session, account, "inbound", message.event_key, service.event_payload(message)
             )
             if event_id is None:
                 continue

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+import msgspec
 from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -39,10 +40,23 @@ class Applied:
     outcome: str
 
 
+def event_payload(event: DeliveryEvent | InboundSms) -> str:
+    """What a receipt_events row keeps of one event of a callback: the event as comms read it,
+    not the whole callback body (a vendor batches: 500 events would each keep all 500)."""
+    return msgspec.json.encode({"event": event}).decode()
+
+
+class _StoredReceipt(msgspec.Struct):
+    event: DeliveryEvent
+
+
+_decode_receipt = msgspec.json.Decoder(_StoredReceipt).decode
+
+
 async def store_once(
     session: AsyncSession, account: ProviderAccount, kind: str, event_key: str, payload: str
 ) -> str | None:
-    """Record the raw event; its id, or None when this event was already recorded."""
+    """Record the event (``event_payload``); its id, or None when it was already recorded."""
     return await record_once(
         session, account.tenant_id, account.id, account.provider, kind, event_key, payload
     )
@@ -260,11 +274,15 @@ async def retry_unmatched(
             row.outcome = "ignored: the account is gone"
             continue
         try:
-            events = provider_for(account).parse_receipts(row.payload.encode())
-        except Exception as exc:  # the account's config changed and no longer reads it
-            row.outcome = f"ignored: unreadable now: {type(exc).__name__}"[:200]
-            continue
-        event = next((e for e in events if f"{row.kind}:{e.event_key}"[:200] == row.event_key), None)
+            event: DeliveryEvent | None = _decode_receipt(row.payload.encode()).event
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            # A row stored before events were kept one by one holds the whole callback body.
+            try:
+                events = provider_for(account).parse_receipts(row.payload.encode())
+            except Exception as exc:  # the account's config changed and no longer reads it
+                row.outcome = f"ignored: unreadable now: {type(exc).__name__}"[:200]
+                continue
+            event = next((e for e in events if f"{row.kind}:{e.event_key}"[:200] == row.event_key), None)
         if event is None:
             row.outcome = "ignored: not in its payload"
             continue
