@@ -274,6 +274,9 @@ async def test_09_marketing_email_needs_postal_address_verified_from_and_ad_disc
     tenant = await make_tenant(live_service.db, "Shop", ad_disclosure="This is an advertisement.")
     unverified = await bulk(live_service, tenant, 422, **marketing_email(sender="ceo@other.example"))
     assert "unverified_sender" in unverified["errors"][0]["message"]
+    long_sender = "x" * 100_000 + "@other.example"
+    huge = await bulk(live_service, tenant, 422, **marketing_email(sender=long_sender))
+    assert len(huge["errors"][0]["message"]) < 300  # the request's value is not echoed whole
     only_variables = await bulk(live_service, tenant, 422, **marketing_email(subject="{{ name }}"))
     assert only_variables["errors"][0]["field"] == "subject"
     await opt_in(live_service, tenant, "email", "ann@example.com")

@@ -371,7 +371,8 @@ def _resolve_sender(
     if streams is None:
         errors.append(
             FieldError(
-                "sender", f"unverified_sender: {requested} is not one of the tenant's sender identities"
+                "sender",
+                f"unverified_sender: {_quoted(requested)} is not one of the tenant's sender identities",
             )
         )
         return None
@@ -447,6 +448,11 @@ def _check_variables(body: BulkSendBody, resolved: Resolved) -> None:
                 )
     if errors:
         raise ValidationFailed(f"missing template variables: {', '.join(sorted(missing_everywhere))}", errors)
+
+
+def _quoted(value: str, limit: int = 100) -> str:
+    """A value of the request as an error message repeats it: at most ``limit`` characters."""
+    return value if len(value) <= limit else value[:limit] + "..."
 
 
 def _check_renders(body: BulkSendBody, resolved: Resolved) -> None:
