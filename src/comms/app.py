@@ -26,7 +26,7 @@ from comms.config import Settings
 from comms.dispatch.dispatcher import Dispatcher
 from comms.dispatch.observe import refresh_gauges
 from comms.dispatch.routing import Router
-from comms.errors import ApiError, RateLimited, pydantic_message
+from comms.errors import ApiError, RateLimited, pydantic_field, pydantic_message
 from comms.events.endpoints import router as events_router
 from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
@@ -161,8 +161,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             return reply(400, "malformed JSON")  # CONTRACT.md: 400, as the bulk endpoint answers
         errors = []
         for err in exc.errors():
-            loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
-            errors.append({"field": ".".join(loc) or "request", "message": pydantic_message(err)})
+            loc = [p for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+            errors.append({"field": pydantic_field(loc) or "request", "message": pydantic_message(err)})
         message = f"{errors[0]['field']}: {errors[0]['message']}" if len(errors) == 1 else "invalid request"
         return reply(422, message, errors=errors)
 

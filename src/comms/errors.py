@@ -18,7 +18,8 @@ CommsError
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,17 @@ class TransientProviderError(ProviderError):
 
 class PermanentProviderError(ProviderError):
     pass
+
+
+# What pydantic puts into an error's location besides field names: the member of a union that was
+# tried ("str", "SenderIdentity") or a validator's wrapper ("function-after[...]").
+_UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|[A-Z][a-z]\w*|[a-z-]+\[.*\])$")
+
+
+def pydantic_field(loc: Sequence[Any], prefix: Sequence[str] = ()) -> str:
+    """An error's location as the envelope names the field: ``sender_identities.0.address``."""
+    parts = [*prefix, *(str(p) for p in loc if not (isinstance(p, str) and _UNION_TAG.match(p)))]
+    return ".".join(parts)
 
 
 def pydantic_message(error: Mapping[str, Any]) -> str:

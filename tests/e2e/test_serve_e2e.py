@@ -61,7 +61,7 @@ def clean_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def wait_batch_done(client: httpx.Client, batch_id: str, total: int, timeout: float = 20.0) -> dict[str, Any]:
+def wait_batch_done(client: httpx.Client, batch_id: str, total: int, timeout: float = 60.0) -> dict[str, Any]:
     last: dict[str, Any] = {}
 
     def done() -> dict[str, Any] | None:

@@ -105,6 +105,17 @@ async def test_invalid_recipients_become_rejected_items(service: Service, tenant
     assert [i["status"] for i in items] == ["queued", "rejected", "rejected"]
     assert all("invalid" in (i["error"] or "") for i in items[1:])
     assert answer.json()["counts"] == {"queued": 1, "rejected": 2}
+    # A rejected address is shown as given, less directional controls that would reorder the log.
+    reordering = await service.client.post(
+        "/communication/bulk",
+        json=sms(recipients=["\u202emoc.elpmaxe@eve"]),
+        headers=tenant.headers(),
+    )
+    async with service.db.read() as session:
+        shown = await session.scalar(
+            select(Message.recipient).where(Message.id == reordering.json()["items"][0]["id"])
+        )
+    assert shown == "moc.elpmaxe@eve"
 
 
 async def test_per_recipient_variables_merge_over_shared(service: Service, tenant: TenantKeys) -> None:

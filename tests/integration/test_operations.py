@@ -189,15 +189,13 @@ class Proxy:
 
 
 @pytest.fixture
-async def proxied_service(
-    request: pytest.FixtureRequest, tmp_path: Any
-) -> AsyncIterator[tuple[Service, Proxy]]:
-    need_postgres()
+async def proxied_service(postgres_database: str, tmp_path: Any) -> AsyncIterator[tuple[Service, Proxy]]:
+    # postgres_database as an argument: set up before this fixture's event loop runs (asyncio.run)
     from sqlalchemy.engine import make_url
 
     from tests.conftest import _service, _truncate
 
-    url: str = request.getfixturevalue("postgres_database")
+    url = postgres_database
     await _truncate(url)
     parsed = make_url(url)
     proxy = Proxy(parsed.port or 5432)
@@ -391,7 +389,7 @@ async def test_a_hung_redis_costs_one_timeout_then_is_left_alone_for_a_while() -
 
 
 async def test_the_wake_listener_connects_as_the_engine_does_and_notices_a_silent_drop(
-    request: pytest.FixtureRequest,
+    postgres_database: str,  # as an argument: set up before the test's loop runs (it uses asyncio.run)
 ) -> None:
     """The listener opens its connection with the URL's query options read as the engine reads
     them (asyncpg would take them for server settings), and a connection that stops carrying
@@ -402,7 +400,7 @@ async def test_the_wake_listener_connects_as_the_engine_does_and_notices_a_silen
 
     from comms.dispatch.wakeup import CHANNEL, WakeListener
 
-    url = make_url(request.getfixturevalue("postgres_database"))
+    url = make_url(postgres_database)
     proxy = Proxy(url.port or 5432)
     await proxy.start()
     proxied = url.set(

@@ -976,6 +976,9 @@ async def test_flow_control_that_goes_on_backs_off_and_gives_up(
         waits.append((row.due_at - row.updated_at).total_seconds())
         await due_now_()
     assert [round(w / 60) for w in waits] == [1, 2, 4]
+    # The round just made due must be recorded before the row is changed again (a change made
+    # while it is in flight would be overwritten by its outcome).
+    await deferral(4)
     await due_now_(deferrals=29)  # a long way on: 29 deferrals so far
     row = await deferral(30)
     assert (

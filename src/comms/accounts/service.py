@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from pydantic import BaseModel, ValidationError
 
-from comms.errors import FieldError, ValidationFailed, pydantic_message
+from comms.errors import FieldError, ValidationFailed, pydantic_field, pydantic_message
 from comms.kit.secretbox import SecretBox
 from comms.providers.base import Provider
 from comms.providers.registry import PROVIDERS
@@ -44,7 +44,7 @@ def validate_config(cls: type[Provider], config: dict[str, Any]) -> BaseModel:
         return cls.Config.model_validate(config)
     except ValidationError as exc:
         errors = [
-            FieldError(".".join(["config", *(str(p) for p in e["loc"])]), pydantic_message(e))
+            FieldError(pydantic_field(e["loc"], prefix=("config",)), pydantic_message(e))
             for e in exc.errors()
         ]
         raise ValidationFailed(errors[0].field + ": " + errors[0].message, errors) from None

@@ -38,7 +38,15 @@ from comms.compliance.schemas import (
 )
 from comms.compliance.settings import READ_ONLY_FIELDS, TenantSettings, load_settings, unplanned_region
 from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_token_of
-from comms.errors import BadRequest, FieldError, NotFound, Unavailable, ValidationFailed, pydantic_message
+from comms.errors import (
+    BadRequest,
+    FieldError,
+    NotFound,
+    Unavailable,
+    ValidationFailed,
+    pydantic_field,
+    pydantic_message,
+)
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.domains import normalize_domain, valid_selector
 from comms.kit.http import reply
@@ -129,7 +137,7 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
         validated = TenantSettings.model_validate(merged)
     except ValidationError as exc:
         errors = [
-            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": pydantic_message(e)}
+            {"field": pydantic_field(e["loc"]) or "body", "message": pydantic_message(e)}
             for e in exc.errors()
         ]
         raise ValidationFailed(
@@ -299,7 +307,7 @@ def _mailto_request(content_type: str, raw: bytes) -> tuple[str | None, str | No
         body = MailtoUnsubscribe.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
+        field = pydantic_field(first["loc"]) or "body"
         raise ValidationFailed.single(field, pydantic_message(first)) from None
     return body.recipient, body.sender
 

@@ -450,6 +450,11 @@ def _check_variables(body: BulkSendBody, resolved: Resolved) -> None:
         raise ValidationFailed(f"missing template variables: {', '.join(sorted(missing_everywhere))}", errors)
 
 
+# Directional formatting characters (RLO and the like): kept in a rejected address as it is shown,
+# they would reorder the text around it in the log and in the tenant's own tools.
+_BIDI_CONTROLS = dict.fromkeys([0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+
 def _quoted(value: str, limit: int = 100) -> str:
     """A value of the request as an error message repeats it: at most ``limit`` characters."""
     return value if len(value) <= limit else value[:limit] + "..."
@@ -507,7 +512,7 @@ class _Normalizer:
                 normalized = normalize_phone(raw, region) if is_sms else normalize_email(raw)
             except InvalidRecipient as exc:
                 # 319: its key "!" + shown must fit recipient_key's 320 (PostgreSQL enforces it).
-                shown = raw.strip()[:319] or "(empty)"
+                shown = raw.translate(_BIDI_CONTROLS).strip()[:319] or "(empty)"
                 if ("!" + shown) not in seen:
                     seen.add("!" + shown)
                     append(make(next(ids), shown, "!" + shown, "rejected", exc.reason, own))
