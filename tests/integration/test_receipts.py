@@ -403,3 +403,42 @@ async def test_a_batch_retry_forgets_the_earlier_attempts_provider(
         row = await session.get(Message, log_id)
     assert row is not None and row.status == "queued"
     assert (row.provider, row.provider_account_id, row.provider_message_id) == (None, None, None)
+
+
+async def test_receipts_of_other_systems_do_not_keep_a_fresh_one_from_being_tried(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    """An account also used outside comms brings receipts that never match: they wait out their
+    hour. A sweep tries the newest as well as the oldest, so a fresh receipt of ours (just ahead of
+    its send's recording) is applied though the older ones fill a sweep."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from comms.kit.clock import utcnow
+    from comms.providers.base import DeliveryEvent
+    from comms.receipts.service import event_payload, record_once, retry_unmatched
+
+    log_id = await sent_message(live_service, live_tenant)
+    dispatcher = live_service.app.state.dispatcher
+    async with live_service.db.begin() as session:
+        row = await session.get(Message, log_id)
+        assert row is not None and row.provider_message_id is not None
+        for i in range(4):  # another system's, half an hour old
+            foreign = DeliveryEvent(f"f{i}", None, f"gw-foreign{i}", "delivered")
+            await record_once(
+                session, live_tenant.tenant_id, account, "webhook", "status", f"f{i}", event_payload(foreign)
+            )
+        await session.execute(
+            update(ReceiptEvent).values(outcome="unmatched", received_at=utcnow() - timedelta(minutes=30))
+        )
+        ours = DeliveryEvent("ours", None, row.provider_message_id, "delivered")
+        await record_once(
+            session, live_tenant.tenant_id, account, "webhook", "status", "ours", event_payload(ours)
+        )
+        await session.execute(
+            update(ReceiptEvent).where(ReceiptEvent.event_key == "status:ours").values(outcome="unmatched")
+        )
+    async with live_service.db.begin() as session:
+        assert await retry_unmatched(session, dispatcher.router.provider_for, limit=2) == 1
+    assert await status_of(live_service, log_id) == "delivered"

@@ -257,14 +257,17 @@ async def retry_unmatched(
         .values(outcome="ignored: no message with this provider id")
         .execution_options(synchronize_session=False)
     )
-    waiting = (
-        await session.scalars(
-            select(ReceiptEvent)
-            .where(text("outcome = 'unmatched'"))
-            .order_by(ReceiptEvent.received_at)
-            .limit(limit)
-        )
+    # The newest half and the oldest half: receipts of another system's messages (an account also
+    # used outside comms) stay unmatched for their hour, and must not keep a fresh one, usually
+    # just ahead of its send's recording, from being tried.
+    unmatched = select(ReceiptEvent).where(text("outcome = 'unmatched'"))
+    newest = (
+        await session.scalars(unmatched.order_by(ReceiptEvent.received_at.desc()).limit(limit // 2))
     ).all()
+    oldest = (
+        await session.scalars(unmatched.order_by(ReceiptEvent.received_at).limit(limit - limit // 2))
+    ).all()
+    waiting = list({row.id: row for row in (*oldest, *newest)}.values())
     applied = 0
     changes = EventBuffer()
     for row in waiting:
