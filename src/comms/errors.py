@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 
@@ -103,14 +104,33 @@ class PermanentProviderError(ProviderError):
 
 
 # What pydantic puts into an error's location besides field names: the member of a union that was
-# tried ("str", "SenderIdentity") or a validator's wrapper ("function-after[...]").
-_UNION_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|[A-Z][a-z]\w*|[a-z-]+\[.*\])$")
+# tried (a type such as "str", or a model's class name) or a validator's wrapper
+# ("function-after[...]"). Class names are matched exactly, so a key a user chose is never dropped.
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|list|dict|none|[a-z-]+\[.*\])$")
+
+
+@cache  # asked only while an error is reported, once every model is defined
+def _model_names() -> frozenset[str]:
+    from pydantic import BaseModel
+
+    names: set[str] = set()
+    pending: list[type] = [BaseModel]
+    while pending:
+        subclasses: list[type] = pending.pop().__subclasses__()
+        for sub in subclasses:
+            if sub.__name__ not in names:
+                names.add(sub.__name__)
+                pending.append(sub)
+    return frozenset(names)
+
+
+def _is_tag(part: object) -> bool:
+    return isinstance(part, str) and (_TYPE_TAG.match(part) is not None or part in _model_names())
 
 
 def pydantic_field(loc: Sequence[Any], prefix: Sequence[str] = ()) -> str:
     """An error's location as the envelope names the field: ``sender_identities.0.address``."""
-    parts = [*prefix, *(str(p) for p in loc if not (isinstance(p, str) and _UNION_TAG.match(p)))]
-    return ".".join(parts)
+    return ".".join([*prefix, *(str(p) for p in loc if not _is_tag(p))])
 
 
 def pydantic_message(error: Mapping[str, Any]) -> str:

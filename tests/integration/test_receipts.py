@@ -442,3 +442,39 @@ async def test_receipts_of_other_systems_do_not_keep_a_fresh_one_from_being_trie
     async with live_service.db.begin() as session:
         assert await retry_unmatched(session, dispatcher.router.provider_for, limit=2) == 1
     assert await status_of(live_service, log_id) == "delivered"
+
+
+async def test_an_early_receipt_through_the_account_a_retry_went_out_by_waits_for_its_send(
+    live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
+) -> None:
+    """A retry that goes out through another account than the earlier attempt: its receipt,
+    naming our id, can arrive while the row still shows the earlier account. It is kept and
+    applied once the send is recorded, not dropped."""
+    from sqlalchemy import update
+
+    other_secret = "other-gateway-secret-0123456789"
+    other = await live_service.client.post(
+        "/communication/providers",
+        json={
+            "channel": "sms", "provider": "webhook", "name": "other", "priority": 9,
+            "config": {"url": sink.url, "secret": other_secret},
+        },
+        headers=live_tenant.headers(),
+    )  # fmt: skip
+    other_id = other.json()["data"]["id"]
+    log_id = await sent_message(live_service, live_tenant)  # recorded under `account`
+    async with live_service.db.begin() as session:  # the retry is in flight, through `other`
+        await session.execute(update(Message).where(Message.id == log_id).values(status="sending"))
+    event = {"event_id": "r1", "id": log_id, "status": "delivered"}
+    assert (await post_receipt(live_service, other_id, [event], secret=other_secret)).status_code == 200
+    async with live_service.db.read() as session:
+        outcome = await session.scalar(
+            select(ReceiptEvent.outcome).where(ReceiptEvent.event_key.like("%r1%"))
+        )
+    assert outcome == "unmatched" and await status_of(live_service, log_id) == "sending"
+    async with live_service.db.begin() as session:  # the send is recorded under `other`
+        await session.execute(
+            update(Message).where(Message.id == log_id).values(status="sent", provider_account_id=other_id)
+        )
+    assert await live_service.app.state.dispatcher.retry_unmatched_receipts() == 1
+    assert await status_of(live_service, log_id) == "delivered"

@@ -468,9 +468,11 @@ def _check_renders(body: BulkSendBody, resolved: Resolved) -> None:
     rendering per recipient here would cost a 100k bulk about a second)."""
     first = body.recipients[0]
     merged = dict(resolved.shared)
+    own = isinstance(first, RecipientSpec) and bool(first.variables)
     if isinstance(first, RecipientSpec) and first.variables:
         merged.update(first.variables)
-    field = "template" if body.template else "content"
+    # With values of its own, the first recipient's may be what fails: the error says so.
+    field = "recipients[0]" if own else "template" if body.template else "content"
     rendered: dict[str, str] = {}
     for name, part in (("content", resolved.content), ("subject", resolved.subject), ("html", resolved.html)):
         if part is None:
@@ -478,7 +480,7 @@ def _check_renders(body: BulkSendBody, resolved: Resolved) -> None:
         try:
             rendered[name] = part.render(merged)
         except TemplateError as exc:
-            raise ValidationFailed.single(field if name == "content" else name, str(exc)) from None
+            raise ValidationFailed.single(field if name == "content" or own else name, str(exc)) from None
     if not rendered["content"].strip() and not rendered.get("html", "").strip():
         raise ValidationFailed.single(field, "the message renders to nothing (an empty text)")
 

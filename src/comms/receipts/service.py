@@ -1,7 +1,7 @@
 """Applying provider callbacks: delivery receipts move statuses forward, never backward;
 inbound SMS replies run the keyword rules (STOP, HELP, START).
 
-Every event is stored raw first, keyed by the vendor's own event id, with ON CONFLICT DO
+Every event is stored first (as parsed), keyed by the vendor's own event id, with ON CONFLICT DO
 NOTHING: the same receipt delivered twice is recorded and applied once.
 """
 
@@ -134,6 +134,19 @@ async def _find_message(
     return None
 
 
+async def _in_flight_elsewhere(session: AsyncSession, account: ProviderAccount, event: DeliveryEvent) -> bool:
+    """Whether the message ``event`` names by our id is of the account's tenant and channel and
+    still in flight (its send not recorded yet), though another account carried an earlier
+    attempt of it."""
+    found = await session.get(Message, event.message_id)
+    return (
+        found is not None
+        and found.tenant_id == account.tenant_id
+        and found.channel == account.channel
+        and found.status in ("sending", "queued", "deferred")
+    )
+
+
 def _may_have_carried(account: ProviderAccount, message: Message) -> bool:
     """Whether ``account`` may have carried ``message``: the account that recorded it, or, while
     none has (a receipt faster than the send's own answer), any account of its channel; and any
@@ -165,6 +178,14 @@ async def apply_receipt(
     if message is None and event.message_id is None and event.provider_message_id is not None:
         # Vendors that name only their own id can report before the dispatcher has recorded that
         # id (it records a whole claimed batch at once): kept, and applied again shortly.
+        return UNMATCHED
+    if (
+        message is None
+        and event.message_id is not None
+        and await _in_flight_elsewhere(session, account, event)
+    ):
+        # Our id, on a row still recording an earlier attempt's account (a retry or a deferral
+        # that went out through this account instead): applied once this send is recorded.
         return UNMATCHED
     if message is None or message.tenant_id != tenant.id:
         return "ignored: unknown message"
