@@ -349,25 +349,33 @@ async def test_a_receipt_for_an_attempt_that_got_no_answer_settles_the_waiting_r
     assert await status_of(live_service, other) == "queued"
 
 
+OTHER_SECRET = "other-gateway-secret-0123456789"
+
+
+async def second_account(service: Service, tenant: TenantKeys, sink: WebhookSink) -> str:
+    """A second SMS gateway of the tenant's, after `account` in priority, with a secret of its own."""
+    other = await service.client.post(
+        "/communication/providers",
+        json={
+            "channel": "sms", "provider": "webhook", "name": "other", "priority": 9,
+            "config": {"url": sink.url, "secret": OTHER_SECRET},
+        },
+        headers=tenant.headers(),
+    )  # fmt: skip
+    assert other.status_code == 201, other.text
+    return str(other.json()["data"]["id"])
+
+
 async def test_a_callback_on_another_account_cannot_touch_a_message_it_did_not_carry(
     live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
 ) -> None:
     """Whoever holds one account's callback secret (a gateway the tenant runs itself, a leaked
     token) can move only what that account carried: a signed receipt naming a message another
     account sent changes nothing and suppresses no one."""
-    other_secret = "other-gateway-secret-0123456789"
-    other = await live_service.client.post(
-        "/communication/providers",
-        json={
-            "channel": "sms", "provider": "webhook", "name": "other", "priority": 9,
-            "config": {"url": sink.url, "secret": other_secret},
-        },
-        headers=live_tenant.headers(),
-    )  # fmt: skip
-    assert other.status_code == 201, other.text
+    other_id = await second_account(live_service, live_tenant, sink)
     log_id = await sent_message(live_service, live_tenant)  # through `account` (priority first)
     event = {"event_id": "x1", "id": log_id, "status": "undelivered", "bounce": "hard"}
-    answer = await post_receipt(live_service, other.json()["data"]["id"], [event], secret=other_secret)
+    answer = await post_receipt(live_service, other_id, [event], secret=OTHER_SECRET)
     assert answer.status_code == 200
     assert await status_of(live_service, log_id) == "sent"
     async with live_service.db.read() as session:
@@ -452,21 +460,12 @@ async def test_an_early_receipt_through_the_account_a_retry_went_out_by_waits_fo
     applied once the send is recorded, not dropped."""
     from sqlalchemy import update
 
-    other_secret = "other-gateway-secret-0123456789"
-    other = await live_service.client.post(
-        "/communication/providers",
-        json={
-            "channel": "sms", "provider": "webhook", "name": "other", "priority": 9,
-            "config": {"url": sink.url, "secret": other_secret},
-        },
-        headers=live_tenant.headers(),
-    )  # fmt: skip
-    other_id = other.json()["data"]["id"]
+    other_id = await second_account(live_service, live_tenant, sink)
     log_id = await sent_message(live_service, live_tenant)  # recorded under `account`
     async with live_service.db.begin() as session:  # the retry is in flight, through `other`
         await session.execute(update(Message).where(Message.id == log_id).values(status="sending"))
     event = {"event_id": "r1", "id": log_id, "status": "delivered"}
-    assert (await post_receipt(live_service, other_id, [event], secret=other_secret)).status_code == 200
+    assert (await post_receipt(live_service, other_id, [event], secret=OTHER_SECRET)).status_code == 200
     async with live_service.db.read() as session:
         outcome = await session.scalar(
             select(ReceiptEvent.outcome).where(ReceiptEvent.event_key.like("%r1%"))
