@@ -334,7 +334,8 @@ def test_12_unsubscribe_tokens_last_over_a_year_and_are_unforgeable() -> None:
     now = utcnow()
     assert signer.verify(token, now + timedelta(days=31)) == log_id
     assert signer.verify(token, now + timedelta(days=366)) == log_id
-    assert signer.verify(token, now + timedelta(days=401)) is None
+    # No time limit: a batch retry years later sends the same log ids, with the same links.
+    assert signer.verify(token, now + timedelta(days=4000)) == log_id
     assert UnsubscribeSigner("other-key").verify(token, now) is None
     assert signer.verify(token[:-2] + "xx", now) is None
     assert signer.verify("garbage", now) is None
@@ -406,6 +407,15 @@ async def test_06_start_resubscribes_after_stop_only(service: Service, tenant: T
         row = await session.get(Tenant, tenant.tenant_id)
         assert row is not None
         assert not (await handle_inbound_sms(session, row, "13900139000", "YES")).changed
+    # Nor a recorded objection (GDPR Art. 21): YES is a common reply to anything.
+    objected = await service.client.delete(
+        "/communication/consents/sms/13700137000", headers=tenant.headers()
+    )
+    assert objected.status_code == 200
+    async with service.db.begin() as session:
+        row = await session.get(Tenant, tenant.tenant_id)
+        assert row is not None
+        assert not (await handle_inbound_sms(session, row, "13700137000", "YES")).changed
 
 
 # ---- 7 ------------------------------------------------------------------------------------------
@@ -1041,6 +1051,59 @@ async def test_11_a_complaint_about_one_message_counts_once_whoever_reports_it(
 
 async def _is(service: Service, batch_id: str, expected: dict[str, int]) -> bool:
     return await statuses(service, batch_id) == expected
+
+
+async def test_an_old_consent_synced_again_does_not_undo_an_unsubscribe(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A person unsubscribes; the tenant's CRM then syncs its consent records again. An opt-in
+    lifts the person's own opt-out only when collected after it (`collected_at`); one without
+    that time, or collected before, is recorded as evidence and the opt-out stays."""
+    await opt_in(service, tenant, "email", "ann@example.com")
+    unsubscribed = await service.client.post(
+        "/communication/suppressions",
+        json={"channel": "email", "address": "ann@example.com", "reason": "unsubscribed"},
+        headers=tenant.headers(),
+    )
+    assert unsubscribed.status_code == 201
+    later = utcnow() + timedelta(seconds=2)
+    for extra, lifted in (
+        ({}, False),  # no collection time: an import, not a new consent
+        ({"collected_at": isoformat(utcnow() - timedelta(days=90))}, False),  # the old record again
+    ):
+        answer = await service.client.post(
+            "/communication/consents",
+            json={
+                "channel": "email",
+                "address": "ann@example.com",
+                "status": "opted_in",
+                "basis": "opt_in",
+                **extra,
+            },
+            headers=tenant.headers(),
+        )
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["data"]["opt_out_lifted"] is lifted
+        item = (await bulk(service, tenant, **marketing_email()))["items"][0]
+        assert item["status"] == "suppressed"
+    future = await service.client.post(
+        "/communication/consents",
+        json={"channel": "email", "address": "ann@example.com", "status": "opted_in", "basis": "opt_in",
+              "collected_at": isoformat(utcnow() + timedelta(days=1))},
+        headers=tenant.headers(),
+    )  # fmt: skip
+    assert future.status_code == 422 and future.json()["errors"][0]["field"] == "collected_at"
+    # The signup form, after the unsubscribe (a few seconds on: times are sent to the second).
+    fresh = await service.client.post(
+        "/communication/consents",
+        json={"channel": "email", "address": "ann@example.com", "status": "opted_in", "basis": "opt_in",
+              "collected_at": isoformat(later)},
+        headers=tenant.headers(),
+    )  # fmt: skip
+    assert fresh.status_code == 201 and fresh.json()["data"]["opt_out_lifted"] is True
+    assert fresh.json()["data"]["collected_at"] == isoformat(later)
+    item = (await bulk(service, tenant, **marketing_email()))["items"][0]
+    assert item["status"] == "queued"
 
 
 async def test_03_marketing_email_without_opt_in_needs_an_ad_disclosure(service: Service) -> None:

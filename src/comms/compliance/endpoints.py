@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+from datetime import timedelta
 from email import policy
 from email.parser import BytesParser
 from email.utils import getaddresses
@@ -369,6 +370,7 @@ async def mailto_unsubscribe(request: Request, principal: SuppressionsWritePrinc
 
 # ---- complaint feedback loops (ARF) --------------------------------------------------------------
 
+MAX_UNSUBSCRIBE_BODY = 16 * 1024  # bytes of a one-click unsubscribe POST
 FEEDBACK_LOOP_SOURCE = "feedback_loop"  # receipt_events.account_id of reports: one per report
 MAX_REPORT_BYTES = 10 * 1024 * 1024  # a report quotes the message, attachments and all
 
@@ -460,6 +462,7 @@ def _consent_data(row: Consent, unmask: bool) -> dict[str, Any]:
         "written": row.written,
         "collected_with_optout": row.collected_with_optout,
         "ip": row.ip if unmask else None,
+        "collected_at": isoformat(row.collected_at),
         "created_at": isoformat(row.created_at),
     }
 
@@ -468,9 +471,11 @@ def _consent_data(row: Consent, unmask: bool) -> dict[str, Any]:
 async def add_consent(request: Request, body: ConsentCreate, principal: SuppressionsWritePrincipal) -> Any:
     if body.status == "opted_in" and body.basis is None:
         raise ValidationFailed.single("basis", "required when status is opted_in")
+    if body.collected_at is not None and body.collected_at > utcnow() + timedelta(minutes=5):
+        raise ValidationFailed.single("collected_at", "is in the future")
     who = service.contact(principal.tenant, body.channel.value, body.address, _region(principal))
     async with app_state(request).db.begin() as session:
-        row = await service.record_consent(
+        row, lifted = await service.record_consent(
             session,
             principal.tenant,
             who,
@@ -483,8 +488,10 @@ async def add_consent(request: Request, body: ConsentCreate, principal: Suppress
             actor=principal.key_id,
             ip=_ip(request),
             subject_ip=body.ip,
+            collected_at=body.collected_at,
         )
-    return reply(201, "recorded", data=_consent_data(row, False))
+    data = {**_consent_data(row, False), "opt_out_lifted": lifted}
+    return reply(201, "recorded; an earlier opt-out was lifted" if lifted else "recorded", data=data)
 
 
 @router.get("/consents", responses=ERROR_RESPONSES)
@@ -644,7 +651,9 @@ async def unsubscribe(request: Request, token: str) -> HTMLResponse:
     message, tenant = found
     if message is None or tenant is None:
         return _page("Unsubscribed", "This address is no longer on the list.")
-    body = await request.body()
+    # A public URL: its body is read only as far as a one-click form needs (RFC 8058 sends one
+    # short field; a multipart one carries the same text).
+    body = await read_body(request, MAX_UNSUBSCRIBE_BODY)
     source: service.Source = "one_click" if b"List-Unsubscribe=One-Click" in body else "link"
     who = service.contact_of_message(tenant, message)
     async with app_state(request).db.begin() as session:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from comms.messages.schemas import Channel
 
@@ -32,6 +32,12 @@ class ConsentCreate(BaseModel):
     collected_with_optout: bool = Field(default=False, description="An opt-out was offered at collection.")
     ip: str | None = Field(
         default=None, max_length=64, description="The person's IP address when they consented."
+    )
+    collected_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the person gave it (ISO 8601 with a zone). An opt-in lifts an earlier "
+        "unsubscribe, STOP or objection of the person's own only when collected after it: without "
+        "this time, or with an earlier one (a CRM syncing old records), the opt-out stays.",
     )
 
 

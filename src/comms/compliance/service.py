@@ -7,6 +7,7 @@ same person however their address was written, and survives erasure of the addre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
 from sqlalchemy import delete, or_
@@ -136,11 +137,15 @@ async def unsuppress(
     actor: str | None = None,
     ip: str | None = None,
     only_reasons: frozenset[str] | None = None,
+    given_after: datetime | None = None,
 ) -> bool:
-    """Lift a suppression (re-subscribe); ``only_reasons`` limits which kinds may be lifted."""
+    """Lift a suppression (re-subscribe); ``only_reasons`` limits which kinds may be lifted, and
+    ``given_after`` (when the new consent was given) lifts only a suppression older than it."""
     store = SuppressionStore(session, tenant.id)
     existing = await store.get(who.channel, who.digest)
     if existing is None or (only_reasons is not None and existing.reason not in only_reasons):
+        return False
+    if given_after is not None and existing.created_at >= given_after:
         return False
     await store.delete(existing)
     await session.flush()
@@ -165,8 +170,12 @@ async def record_consent(
     actor: str | None,
     ip: str | None,
     subject_ip: str | None = None,
-) -> Consent:
-    """Append a consent record (who, when, source, wording, IP); opting out also suppresses (E6)."""
+    collected_at: datetime | None = None,
+) -> tuple[Consent, bool]:
+    """Append a consent record (who, when, source, wording, IP); opting out also suppresses (E6).
+    An opt-in lifts an earlier opt-out of the person's own only when ``collected_at`` says it was
+    given after it (a re-sync of old records must not undo an unsubscribe). Returns the record and
+    whether an opt-out was lifted."""
     row = Consent(
         id=new_id("cns"),
         tenant_id=tenant.id,
@@ -180,6 +189,7 @@ async def record_consent(
         ip=subject_ip,  # the person's, as evidence (E5); the API caller's goes to the audit trail
         written=written,
         collected_with_optout=collected_with_optout,
+        collected_at=collected_at,
         created_at=utcnow(),
     )
     ConsentStore(session, tenant.id).add(row)
@@ -188,15 +198,16 @@ async def record_consent(
         channel=who.channel, address_hash=who.digest, status=status, basis=basis, source=source,
         wording_version=wording_version,
     )  # fmt: skip
+    lifted = False
     if status == "opted_out":
         await suppress(session, tenant, who, "objection", "api", actor=actor, ip=ip)
-    elif status == "opted_in":
-        # A fresh opt-in lifts an earlier opt-out, never a bounce or a complaint.
-        await unsuppress(
+    elif status == "opted_in" and collected_at is not None:
+        # An opt-in given after an opt-out of the person's own lifts it; never a bounce or a complaint.
+        lifted = await unsuppress(
             session, tenant, who, "api", actor=actor, ip=ip,
-            only_reasons=frozenset({"unsubscribed", "stop", "objection"}),
+            only_reasons=frozenset({"unsubscribed", "stop", "objection"}), given_after=collected_at,
         )  # fmt: skip
-    return row
+    return row, lifted
 
 
 async def erase(

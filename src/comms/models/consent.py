@@ -27,4 +27,6 @@ class Consent(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     written: Mapped[bool] = mapped_column(default=False)
     collected_with_optout: Mapped[bool] = mapped_column(default=False)
+    # When the person gave it, as the tenant says (None: not said; recorded at created_at).
+    collected_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
