@@ -63,6 +63,7 @@ class Handler:
         self.received: list[Received] = []
         self.temporary: set[str] = set()
         self.refused: set[str] = set()
+        self.full: set[str] = set()  # 552 to RCPT: the mailbox is full (for now)
         self.drop_after: set[str] = set()
         self.sessions: set[Any] = set()  # client (host, port) pairs that sent a MAIL
         self.chunks: dict[int, list[bytes]] = {}  # what each connection's reads returned
@@ -89,6 +90,8 @@ class Handler:
     ) -> str:
         if address in self.refused:
             return "550 5.1.1 mailbox unavailable"
+        if address in self.full:
+            return "552 5.2.2 mailbox full"
         if address in self.temporary:
             self.temporary.discard(address)
             return "451 4.3.0 try again later"
@@ -603,7 +606,7 @@ async def test_no_password_over_plain_text_and_no_silent_downgrade(tls: Tls) -> 
         with pytest.raises(PermanentProviderError, match="without TLS"):
             await opportunistic.send([outbound(1)])
         required = provider(controller.port, security="starttls")
-        with pytest.raises(PermanentProviderError, match="does not offer STARTTLS"):
+        with pytest.raises(TransientProviderError, match="does not offer STARTTLS"):
             await required.send([outbound(2)])
     assert handler.mechanisms == [] and handler.received == []
 
@@ -662,12 +665,13 @@ async def test_refusals_inside_a_stream_keep_replies_paired(pipelining: bool) ->
     handler = Handler(pipelining)
     handler.refused |= {"person3@example.com", "person7@example.com"}
     handler.temporary |= {"person5@example.com"}
+    handler.full |= {"person8@example.com"}  # 552 to RCPT is 452 (RFC 5321 4.5.3.1.10): try again
     with running(handler) as controller:
         smtp = provider(controller.port, security="none", max_connections=1)
         results = await smtp.send([outbound(i) for i in range(10)])
         await smtp.close()
     outcomes = {r.message_id: r for r in results}
-    expected = {3: Outcome.FAILED, 5: Outcome.RETRY, 7: Outcome.FAILED}
+    expected = {3: Outcome.FAILED, 5: Outcome.RETRY, 7: Outcome.FAILED, 8: Outcome.RETRY}
     for i in range(10):
         result = outcomes[outbound(i).id]
         assert result.outcome is expected.get(i, Outcome.SENT), (i, result)

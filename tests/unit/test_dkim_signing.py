@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from comms.providers.email.dkim_signing import DkimSigner, relaxed_header, simple_body
+from comms.providers.email.dkim_signing import DkimSigner, relaxed_body, relaxed_header
 from comms.providers.email.mime import EmailContent, build_email
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -73,15 +73,20 @@ def test_a_changed_header_or_body_breaks_it() -> None:
     assert not verifies(message.replace(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"X: y"))
     assert not verifies(message.replace(b"To: b@example.com", b"To: c@example.com"))
     assert not verifies(message.replace(b"<p>Text</p>", b"<p>Texts</p>"))
-    # ...but what the relaxed/simple canonicalization allows does not.
+    # ...but what the relaxed/relaxed canonicalization allows does not: a relay that re-spaces a
+    # header, trims the blanks at a line's end or adds empty lines at the end.
     assert verifies(message.replace(b"\r\nTo: b@example.com", b"\r\nTo:   b@example.com  "))
     assert verifies(message + b"\r\n\r\n")
+    assert verifies(message.replace(b"<p>Text</p>", b"<p>Text</p>   "))
+    assert verifies(message.replace(b"<p>Text</p>", b"<p>Text</p>\t \t"))
 
 
 def test_canonicalization_rules() -> None:
     assert relaxed_header(b"Subject ", b" A  long\r\n\tsubject\t ") == b"subject:A long subject"
-    assert simple_body(b"") == b"\r\n"
-    assert simple_body(b"x\r\n\r\n\r\n") == b"x\r\n"
+    assert relaxed_body(b"") == b""
+    assert relaxed_body(b"\r\n\r\n") == b""
+    assert relaxed_body(b"x\r\n\r\n\r\n") == b"x\r\n"
+    assert relaxed_body(b"a  b \t\r\n c\t\r\n") == b"a b\r\n c\r\n"
 
 
 def test_only_rsa_keys() -> None:

@@ -1,4 +1,4 @@
-"""DKIM signatures (RFC 6376): ``a=rsa-sha256``, ``c=relaxed/simple``, over the headers that
+"""DKIM signatures (RFC 6376): ``a=rsa-sha256``, ``c=relaxed/relaxed``, over the headers that
 mailbox providers check.
 
 ``h=`` lists From, To, Subject, Date, Message-ID and, when present, List-Unsubscribe and
@@ -43,9 +43,13 @@ def relaxed_header(name: bytes, value: bytes) -> bytes:
     return name.rstrip(b" \t").lower() + b":" + value
 
 
-def simple_body(body: bytes) -> bytes:
-    """RFC 6376 3.4.3: no empty lines at the end, and a final CRLF (also for an empty body)."""
-    return body.rstrip(b"\r\n") + b"\r\n"
+def relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4: blanks at line ends dropped, runs of blanks as one space, no empty lines at
+    the end, a final CRLF unless the body is empty. Relays that trim trailing blanks or re-space a
+    line then leave the signature intact (with "simple" they break it)."""
+    lines = [_WSP.sub(b" ", line).rstrip(b" ") for line in body.split(b"\r\n")]
+    text = b"\r\n".join(lines).rstrip(b"\r\n")
+    return text + b"\r\n" if text else b""
 
 
 def _fields(header_block: bytes) -> list[tuple[bytes, bytes]]:
@@ -77,11 +81,11 @@ class DkimSigner:
         for name, value in _fields(header_block):
             by_name.setdefault(name.strip().lower(), []).append(value)
         signed = [h for h in SIGNED_HEADERS if h in by_name]
-        body_hash = base64.b64encode(hashlib.sha256(simple_body(body)).digest())
+        body_hash = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
         tags = [
             b"v=1",
             b"a=rsa-sha256",
-            b"c=relaxed/simple",
+            b"c=relaxed/relaxed",
             b"d=" + self.domain,
             b"s=" + self.selector,
             b"t=%d" % int(time.time()),

@@ -345,9 +345,11 @@ def data_payload(raw: bytes) -> tuple[bytes, int]:
     return raw + b".\r\n", size
 
 
-def _refused(message_id: str, code: int, text: str) -> SendResult:
+def _refused(message_id: str, code: int, text: str, at_rcpt: bool = False) -> SendResult:
     answer = f"{code} {text}"[:RESPONSE_LIMIT]
-    outcome = Outcome.FAILED if 500 <= code < 600 else Outcome.RETRY
+    # RFC 5321 4.5.3.1.10: a 552 (too much mail) to RCPT is to be taken as the temporary 452.
+    permanent = 500 <= code < 600 and not (at_rcpt and code == 552)
+    outcome = Outcome.FAILED if permanent else Outcome.RETRY
     return SendResult(message_id, outcome, response=answer, error=f"SMTP {answer}")
 
 
@@ -539,16 +541,19 @@ class SmtpProvider(Provider):
                     reader.fail(f"RSET answered {replies[0][0]} {replies[0][1]}")
                 session.dirty = False
                 replies = replies[1:]
-            refusal = next(
+            refused_at = next(
                 (
-                    reply
-                    for reply, ok in zip(replies, ((250, 251), (250, 251), (354,)), strict=False)
+                    (index, reply)
+                    for index, (reply, ok) in enumerate(
+                        zip(replies, ((250, 251), (250, 251), (354,)), strict=False)
+                    )
                     if reply[0] not in ok
                 ),
                 None,
             )
-            if refusal is not None:
-                results[item.id] = _refused(item.id, *refusal)
+            refusal = refused_at[1] if refused_at is not None else None
+            if refused_at is not None and refusal is not None:
+                results[item.id] = _refused(item.id, *refusal, at_rcpt=refused_at[0] == 1)
                 session.dirty = True
                 if refusal[0] < 400:
                     reader.fail(f"unexpected reply {refusal[0]} {refusal[1]}")
@@ -585,7 +590,7 @@ class SmtpProvider(Provider):
                         reader.fail(f"RSET answered {code} {text}")
                         self._not_sent(item, queue, results, reader.broken or "RSET refused")
                         return
-                    results[item.id] = _refused(item.id, code, text)
+                    results[item.id] = _refused(item.id, code, text, at_rcpt=command.startswith(b"RCPT"))
                     session.dirty = True
                     if code < 400:
                         reader.fail(f"unexpected reply {code} {text}")
@@ -627,7 +632,9 @@ class SmtpProvider(Provider):
                 await client.starttls()
                 await _ehlo(client)
             elif config.security == "starttls":
-                raise PermanentProviderError("the server does not offer STARTTLS (security: starttls)")
+                # Transient: TLS may be down for a while, or the offer stripped on the way; the
+                # batch waits and tries again rather than failing for good.
+                raise TransientProviderError("the server does not offer STARTTLS (security: starttls)")
             encrypted = client.get_transport_info("sslcontext") is not None
             if config.username:
                 if not encrypted and config.security != "none":
