@@ -12,6 +12,7 @@ of a message.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -64,6 +65,7 @@ class Handler:
         self.temporary: set[str] = set()
         self.refused: set[str] = set()
         self.full: set[str] = set()  # 552 to RCPT: the mailbox is full (for now)
+        self.scan_seconds = 0.0  # how long the content is looked at before the reply
         self.drop_after: set[str] = set()
         self.sessions: set[Any] = set()  # client (host, port) pairs that sent a MAIL
         self.chunks: dict[int, list[bytes]] = {}  # what each connection's reads returned
@@ -100,6 +102,8 @@ class Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         assert isinstance(envelope.original_content, bytes) and server.transport is not None
+        if self.scan_seconds:
+            await asyncio.sleep(self.scan_seconds)  # a relay scanning the content
         cipher = server.transport.get_extra_info("cipher")
         self.received.append(Received(list(envelope.rcpt_tos), envelope.original_content, cipher))
         if dropped := set(envelope.rcpt_tos) & self.drop_after:
@@ -658,6 +662,23 @@ async def test_no_pipelining_without_the_extension_or_when_turned_off() -> None:
         chunks = transaction_chunks(handler)
         assert len(chunks) == 3 * 4  # MAIL, RCPT, DATA, content: one round trip each
         assert [c.split(b":")[0] for c in chunks[:3]] == [b"MAIL FROM", b"RCPT TO", b"DATA\r\n"]
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+async def test_a_relay_that_scans_the_content_longer_than_the_command_timeout_is_waited_for(
+    pipelining: bool,
+) -> None:
+    """The reply to a message's content may take long (RFC 5321 suggests waiting 10 minutes): it
+    has its own timeout, so a slow scan is not taken for a lost answer (an unknown message)."""
+    handler = Handler(pipelining)
+    handler.scan_seconds = 0.6
+    with running(handler) as controller:
+        smtp = provider(
+            controller.port, security="none", max_connections=1, timeout_seconds=0.3, data_timeout_seconds=5
+        )
+        results = await smtp.send([outbound(i) for i in range(2)])
+        await smtp.close()
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
 
 
 @pytest.mark.parametrize("pipelining", [False, True])

@@ -102,6 +102,13 @@ class SmtpConfig(BaseModel):
     password: str | None = None
     max_connections: int = Field(default=4, ge=1, le=64)
     timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    data_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        le=1800,
+        description="How long to wait for the reply to a message's content (RFC 5321 4.5.3.2.6: 10 "
+        "minutes; relays scan content before answering). Past it the message is unknown, not unsent.",
+    )
     verify_tls: bool = Field(default=True, description="Check the server's certificate and name.")
     ca_certificate: str | None = Field(
         default=None, description="PEM: trust this CA (or self-signed certificate) instead of the system's."
@@ -528,7 +535,8 @@ class SmtpProvider(Provider):
                         self._not_sent(item, queue, results, why)
                 return
             wanted = (pending is not None) + (upcoming is not None) * (3 + reset)
-            replies = await reader.read(wanted, timeout)
+            # The first reply awaited is the content's, when a content went out in this write.
+            replies = await reader.read(wanted, self.config.data_timeout_seconds if pending else timeout)
             if pending is not None:
                 results[pending.id] = self._final(pending, replies[0] if replies else None, reader.broken)
                 replies = replies[1:]
@@ -599,7 +607,7 @@ class SmtpProvider(Provider):
                 if not reader.write(item.payload):
                     self._not_sent(item, queue, results, reader.broken or "closed")
                     return
-                replies = await reader.read(1, timeout)
+                replies = await reader.read(1, self.config.data_timeout_seconds)
                 results[item.id] = self._final(item, replies[0] if replies else None, reader.broken)
 
     # ---- sessions ------------------------------------------------------------------------------
