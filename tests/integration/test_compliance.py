@@ -1105,6 +1105,28 @@ async def test_an_old_consent_synced_again_does_not_undo_an_unsubscribe(
     item = (await bulk(service, tenant, **marketing_email()))["items"][0]
     assert item["status"] == "queued"
 
+    # A history synced in order, months later: an opt-out dated January, an opt-in dated March.
+    # The opt-out is dated as given, so the later opt-in lifts it.
+    async def consent(status: str, when: datetime, **extra: Any) -> Any:
+        return await service.client.post(
+            "/communication/consents",
+            json={"channel": "email", "address": "bob@example.com", "status": status,
+                  "collected_at": isoformat(when), **extra},
+            headers=tenant.headers(),
+        )  # fmt: skip
+
+    january, march = utcnow() - timedelta(days=300), utcnow() - timedelta(days=240)
+    assert (await consent("opted_out", january)).status_code == 201
+    lifted = await consent("opted_in", march, basis="opt_in")
+    assert lifted.json()["data"]["opt_out_lifted"] is True
+    # An opt-out after it (a repeat one included) makes the opt-in older again.
+    assert (await consent("opted_out", march + timedelta(days=1))).status_code == 201
+    assert (await consent("opted_out", march + timedelta(days=30))).status_code == 201
+    between = await consent("opted_in", march + timedelta(days=10), basis="opt_in")
+    assert between.json()["data"]["opt_out_lifted"] is False
+    ancient = await consent("opted_in", datetime(1, 1, 1, tzinfo=UTC), basis="opt_in")
+    assert ancient.status_code == 422 and ancient.json()["errors"][0]["field"] == "collected_at"
+
 
 async def test_03_marketing_email_without_opt_in_needs_an_ad_disclosure(service: Service) -> None:
     # A US tenant: email marketing is opt-out there, so no consent is needed, but then CAN-SPAM

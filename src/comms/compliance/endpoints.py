@@ -473,6 +473,8 @@ async def add_consent(request: Request, body: ConsentCreate, principal: Suppress
         raise ValidationFailed.single("basis", "required when status is opted_in")
     if body.collected_at is not None and body.collected_at > utcnow() + timedelta(minutes=5):
         raise ValidationFailed.single("collected_at", "is in the future")
+    if body.collected_at is not None and body.collected_at.year < 1970:
+        raise ValidationFailed.single("collected_at", "is before 1970")
     who = service.contact(principal.tenant, body.channel.value, body.address, _region(principal))
     async with app_state(request).db.begin() as session:
         row, lifted = await service.record_consent(

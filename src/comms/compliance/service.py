@@ -82,8 +82,12 @@ async def suppress(
     actor: str | None = None,
     ip: str | None = None,
     counted: bool = True,
+    at: datetime | None = None,
 ) -> bool:
     """Add (or widen) a suppression at once; True when something changed. Idempotent.
+
+    ``at``: when the person opted out (default now). The suppression keeps the latest opt-out's
+    time, so an opt-in counts as newer only if it was given after every opt-out (record_consent).
 
     A complaint is also an event of its own (``complaint.received`` in the append-only audit
     trail), which the complaint-rate breaker counts: every complaint a provider reports, even
@@ -103,7 +107,10 @@ async def suppress(
             session, tenant.id, COMPLAINT_EVENT, actor=actor, ip=ip,
             channel=who.channel, address_hash=who.digest, source=source,
         )  # fmt: skip
+    when = at or utcnow()
     if existing is not None:
+        if existing.created_at < when:  # a later opt-out: an opt-in must come after this one
+            existing.created_at = when
         if existing.scope == "all" or scope == existing.scope:
             return False
         existing.scope, existing.reason = scope, reason
@@ -117,7 +124,7 @@ async def suppress(
                 reason=reason,
                 scope=scope,
                 source=source,
-                created_at=utcnow(),
+                created_at=when,
             )
         )
         await session.flush()
@@ -200,7 +207,7 @@ async def record_consent(
     )  # fmt: skip
     lifted = False
     if status == "opted_out":
-        await suppress(session, tenant, who, "objection", "api", actor=actor, ip=ip)
+        await suppress(session, tenant, who, "objection", "api", actor=actor, ip=ip, at=collected_at)
     elif status == "opted_in" and collected_at is not None:
         # An opt-in given after an opt-out of the person's own lifts it; never a bounce or a complaint.
         lifted = await unsuppress(

@@ -48,8 +48,9 @@ def relaxed_body(body: bytes) -> bytes:
     the end, a final CRLF unless the body is empty. Relays that trim trailing blanks or re-space a
     line then leave the signature intact (with "simple" they break it)."""
     lines = [_WSP.sub(b" ", line).rstrip(b" ") for line in body.split(b"\r\n")]
-    text = b"\r\n".join(lines).rstrip(b"\r\n")
-    return text + b"\r\n" if text else b""
+    while lines and not lines[-1]:  # empty lines at the end (whole lines: a lone CR stays)
+        lines.pop()
+    return b"\r\n".join(lines) + b"\r\n" if lines else b""
 
 
 def _fields(header_block: bytes) -> list[tuple[bytes, bytes]]:
