@@ -323,6 +323,18 @@ async def test_05_one_click_post_suppresses_in_the_same_request(service: Service
     async with service.db.read() as session:
         event = await session.scalar(select(AuditEvent).where(AuditEvent.action == "suppression.added"))
     assert event is not None and event.details["source"] == "one_click"
+    assert 'action=""' in page.text  # posts back to the URL it was shown at (behind any path prefix)
+    # A one-click POST sent as multipart/form-data (RFC 8058 allows it) is recorded as one, too.
+    await opt_in(service, tenant, "email", "bob@example.com")
+    bob = await bulk(service, tenant, **marketing_email(recipients=["bob@example.com"]))
+    bob_token = UnsubscribeSigner(service.settings.resolved_secret_key).token(bob["items"][0]["id"])
+    multipart = await service.client.post(f"/u/{bob_token}", files={"List-Unsubscribe": (None, "One-Click")})
+    assert multipart.status_code == 200 and await suppressed() == 2
+    async with service.db.read() as session:
+        sources = (
+            await session.scalars(select(AuditEvent.details).where(AuditEvent.action == "suppression.added"))
+        ).all()
+    assert [d["source"] for d in sources] == ["one_click", "one_click"]
 
 
 def test_12_unsubscribe_tokens_last_over_a_year_and_are_unforgeable() -> None:

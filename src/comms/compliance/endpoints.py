@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import re
 from datetime import timedelta
 from email import policy
 from email.parser import BytesParser
@@ -371,6 +372,8 @@ async def mailto_unsubscribe(request: Request, principal: SuppressionsWritePrinc
 # ---- complaint feedback loops (ARF) --------------------------------------------------------------
 
 MAX_UNSUBSCRIBE_BODY = 16 * 1024  # bytes of a one-click unsubscribe POST
+# RFC 8058's field, form-encoded (List-Unsubscribe=One-Click) or as a multipart/form-data part.
+_ONE_CLICK = re.compile(rb'List-Unsubscribe(?:=|"\r\n(?:[^\r\n]+\r\n)*\r\n)One-Click')
 FEEDBACK_LOOP_SOURCE = "feedback_loop"  # receipt_events.account_id of reports: one per report
 MAX_REPORT_BYTES = 10 * 1024 * 1024  # a report quotes the message, attachments and all
 
@@ -630,7 +633,7 @@ async def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
         return _page("Unsubscribed", "This address is no longer on the list.")
     who = html.escape(mask_recipient(message.channel, message.recipient))
     form = (
-        f'<form method="post" action="/u/{html.escape(token)}">'
+        '<form method="post" action="">'
         '<button type="submit" style="font-size:1rem;padding:.5rem 1rem">Unsubscribe</button></form>'
     )
     return _page(
@@ -656,7 +659,7 @@ async def unsubscribe(request: Request, token: str) -> HTMLResponse:
     # A public URL: its body is read only as far as a one-click form needs (RFC 8058 sends one
     # short field; a multipart one carries the same text).
     body = await read_body(request, MAX_UNSUBSCRIBE_BODY)
-    source: service.Source = "one_click" if b"List-Unsubscribe=One-Click" in body else "link"
+    source: service.Source = "one_click" if _ONE_CLICK.search(body) else "link"
     who = service.contact_of_message(tenant, message)
     async with app_state(request).db.begin() as session:
         await service.suppress(session, tenant, who, "unsubscribed", source, ip=_ip(request))
