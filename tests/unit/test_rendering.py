@@ -455,3 +455,26 @@ def test_compiled_template_is_immutable() -> None:
     compiled = compile_template("{{ a }}")
     with pytest.raises(AttributeError):
         compiled.source = "other"  # type: ignore[misc]
+
+
+def test_a_chain_hidden_behind_a_quoted_closing_brace_is_measured_on_the_parsed_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``"}}"`` in a string ends the tag regex early: the chain is counted on the parsed template,
+    and refused before the code generation that costs seconds for it (4 s for this one)."""
+    from comms.templates import rendering
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("compiled before it was refused")
+
+    monkeypatch.setattr(rendering._text_env, "from_string", never)
+    with pytest.raises(TemplateError, match="chains too many filters"):
+        compile_template('{{ "}}" ~ x' + "|upper" * 195 + " }}")
+
+
+def test_joins_are_bounded_so_no_huge_string_is_built() -> None:
+    """``a ~ a ~ ...`` builds its whole string before the rendered-length check sees it: a few
+    joins are fine, many are refused (values are bounded at acceptance)."""
+    assert compile_template('{{ first ~ " " ~ last }}').render({"first": "Ann", "last": "Lee"}) == "Ann Lee"
+    with pytest.raises(TemplateError, match="joins more than"):
+        compile_template("{{ " + " ~ ".join(["a"] * 40) + " }}")

@@ -8,10 +8,12 @@ OpenAPI, under the seed's names (``dto.BulkSendRequest``, ...; see ``comms.opena
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field
+
+from comms.templates.rendering import MAX_VARIABLE_LENGTH
 
 
 class Channel(StrEnum):
@@ -38,9 +40,13 @@ CATEGORY_PRIORITY = {
 # ---- wire decoding (msgspec) -------------------------------------------------------------------
 
 
+# A variable's value, at most MAX_VARIABLE_LENGTH characters: checked by the decoder itself.
+VariableValue = Annotated[str, msgspec.Meta(max_length=MAX_VARIABLE_LENGTH)]
+
+
 class RecipientSpec(msgspec.Struct, forbid_unknown_fields=True):
     to: str
-    variables: dict[str, str] | None = None
+    variables: dict[str, VariableValue] | None = None
 
 
 class BulkSendBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,7 +56,7 @@ class BulkSendBody(msgspec.Struct, forbid_unknown_fields=True):
     subject: str | None = None
     template: str | None = None
     user_id: str | None = None
-    variables: dict[str, str] | None = None
+    variables: dict[str, VariableValue] | None = None
     category: str | None = None
     send_at: str | None = None
     metadata: dict[str, str] | None = None

@@ -34,6 +34,10 @@ _TAG = re.compile(r"\{[{%].*?[}%]\}", re.DOTALL)
 _NOT = re.compile(r"\bnot\b")
 MAX_CHAIN = 16
 MAX_CHAINS_TOTAL = 400  # an invoice with a |default on each of 300 fields is fine
+# ``a ~ b`` builds its whole string before any length check sees it: with values of up to
+# MAX_VARIABLE_LENGTH, this many operands keep that under 2 MB.
+MAX_CONCAT_OPERANDS = 16
+MAX_VARIABLE_LENGTH = 100_000  # characters of one variable's value (messages/schemas.py enforces it)
 DEFAULT_SECRET_VARIABLES = ("code", "otp", "password")
 
 
@@ -185,11 +189,34 @@ def _check_tags(source: str) -> None:
         )
 
 
+def _check_shape(ast: nodes.Template) -> None:
+    """The bounds of :func:`_check_tags` measured on the parsed template (parsing is cheap; the
+    code generation after it is what grows with the square of a chain): a tag's text cannot hide
+    a chain (``{{ "}}" ~ x|upper|...}}`` ends the regex early)."""
+    chains = operands = 0
+    stack: list[tuple[nodes.Node, int]] = [(ast, 0)]
+    while stack:
+        node, chain = stack.pop()
+        if isinstance(node, (nodes.Filter, nodes.Not)):
+            chain, chains = chain + 1, chains + 1
+            if chain > MAX_CHAIN or chains > MAX_CHAINS_TOTAL:
+                raise TemplateError(
+                    f"template chains too many filters or 'not's (at most {MAX_CHAIN} in one "
+                    f"placeholder, {MAX_CHAINS_TOTAL} in all)"
+                )
+        if isinstance(node, nodes.Concat):
+            operands += len(node.nodes)
+            if operands > MAX_CONCAT_OPERANDS:
+                raise TemplateError(f"template joins more than {MAX_CONCAT_OPERANDS} values with ~")
+        stack.extend((child, chain) for child in node.iter_child_nodes())
+
+
 def _compile(source: str, html: bool) -> CompiledTemplate:
     env = _html_env if html else _text_env
     try:
         ast = env.parse(source)
         _check_allowed(ast)
+        _check_shape(ast)
         template = env.from_string(ast)
         variables = frozenset(meta.find_undeclared_variables(ast))
     except TemplateSyntaxError as exc:
