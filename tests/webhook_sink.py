@@ -32,6 +32,7 @@ class WebhookSink:
     requests: int = 0
     flagged: set[str] = field(default_factory=set)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    call_sizes: list[int] = field(default_factory=list)  # messages per request, in arrival order
     keep_bodies: bool = True
     _runner: web.AppRunner | None = None
 
@@ -76,6 +77,7 @@ class WebhookSink:
                 status=self.fail_status, text="failing on purpose", headers={"Retry-After": "0"}
             )
         payload = msgspec.json.decode(body)
+        self.call_sizes.append(len(payload["messages"]))
         results = []
         for message in payload["messages"]:
             self.received[message["id"]] += 1

@@ -662,3 +662,21 @@ async def test_a_callback_for_an_account_whose_stored_config_no_longer_validates
         f"/webhooks/webhook/{created['id']}/status", content=body, headers=headers
     )
     assert again.status_code == 200, again.text
+
+
+async def test_an_accounts_rate_bounds_its_bursts_too(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    """An account allowed 2 messages a second gets at most 2 in one call, however many a claimed
+    batch holds (a whole batch in one call would be a burst past the vendor's per-second limit)."""
+    await add_account(live_service, live_tenant, sink.url, rate_per_second=2)
+    answer = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(5), headers=live_tenant.headers()
+    )
+    batch_id = answer.json()["batch_id"]
+
+    async def sent() -> bool:
+        return await statuses(live_service, batch_id) == {"sent": 5}
+
+    await wait_until(sent)
+    assert sink.call_sizes == [2, 2, 1]

@@ -735,6 +735,9 @@ class Dispatcher:
                     unfit[m.id].append(reason)
                     refused.append(m)
             size = max(1, route.provider.max_batch)
+            rate = route.rate_per_second or route.provider.rate_per_second
+            if rate is not None:  # a call carries at most a second's worth: the rate bounds bursts too
+                size = min(size, max(1, int(rate)))
             for start in range(0, len(fitting), size):
                 chunk = fitting[start : start + size]
                 if start and self.router.breaker(route).state() is BreakerState.OPEN:
