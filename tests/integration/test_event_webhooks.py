@@ -268,8 +268,9 @@ async def _at_least(receiver: Receiver, count: int) -> bool:
 async def test_a_tenant_whose_endpoint_is_down_does_not_hold_up_the_others(
     service: Service, tenant: TenantKeys, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ten deliveries wait for a tenant whose endpoint fails, one for another tenant: one round
-    takes at most four of the first tenant's, so the other's goes out in it too; the failure
+    """A hundred deliveries wait for a tenant whose endpoint fails, one for another tenant: one
+    round takes at most four of the first tenant's, so the other's goes out in it too, however
+    long the first tenant's backlog (its oldest four are what a round looks at); the failure
     holds back the first tenant's others as long as the failed one (its endpoint is asked once
     per wait, not once per delivery); a secret that no longer decrypts gives its delivery up."""
     from tests.conftest import make_tenant
@@ -278,7 +279,7 @@ async def test_a_tenant_whose_endpoint_is_down_does_not_hold_up_the_others(
     receiver.secret = (await subscribe(service, other, receiver.url))["secret"]
     await subscribe(service, tenant, receiver.url.replace("/events", "/down"))
     async with service.db.begin() as session:  # one delivery per completed claim, as in real life
-        for owner, count in ((tenant.tenant_id, 10), (other.tenant_id, 1)):
+        for owner, count in ((tenant.tenant_id, 100), (other.tenant_id, 1)):
             for i in range(count):
                 buffer = EventBuffer()
                 buffer.add(owner, {"event_id": f"evt_{owner[-4:]}{i}", "status": "sent"})

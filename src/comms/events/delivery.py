@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import aiohttp
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from comms.kit.clock import utcnow
 from comms.kit.db import Database
@@ -112,9 +112,21 @@ class EventSender:
         if due is None:
             return []
         async with self.db.begin() as session:
+            # The oldest per_tenant of each tenant's due rows: a tenant with a backlog of thousands
+            # must not fill the round's window, or the others would wait behind all of it.
+            ranked = (
+                select(
+                    EventDelivery.id,
+                    func.row_number()
+                    .over(partition_by=EventDelivery.tenant_id, order_by=EventDelivery.next_attempt_at)
+                    .label("n"),
+                )
+                .where(DELIVERY_DUE_SQL, EventDelivery.next_attempt_at <= now)
+                .subquery()
+            )
             query = (
                 select(EventDelivery)
-                .where(DELIVERY_DUE_SQL, EventDelivery.next_attempt_at <= now)
+                .where(EventDelivery.id.in_(select(ranked.c.id).where(ranked.c.n <= self.per_tenant)))
                 .order_by(EventDelivery.next_attempt_at)
                 .limit(self.batch * 4)
             )
@@ -144,10 +156,16 @@ class EventSender:
                 try:
                     secret = self.box.decrypt(hook.secret)
                 except Exception:
-                    row.failed_at, row.last_error = (
-                        now,
-                        "the webhook's secret cannot be decrypted (COMMS_SECRET_KEY changed?)",
+                    # None of the tenant's deliveries can be signed: all of them are given up now,
+                    # not the few a round looks at.
+                    lost = "the webhook's secret cannot be decrypted (COMMS_SECRET_KEY changed?)"
+                    await session.execute(
+                        update(EventDelivery)
+                        .where(EventDelivery.tenant_id == row.tenant_id, DELIVERY_DUE_SQL)
+                        .values(failed_at=now, last_error=lost)
+                        .execution_options(synchronize_session=False)
                     )
+                    row.failed_at, row.last_error = now, lost
                     continue
                 row.next_attempt_at = now + self.lease
                 taken[row.tenant_id] += 1
