@@ -308,6 +308,11 @@ def test_filter_given_a_bad_argument_raises_template_error_at_render() -> None:
     compiled = compile_template("{{ a|truncate('x') }}")
     with pytest.raises(TemplateError, match="template could not be rendered"):
         compiled.render({"a": "hello"})
+    # The error names no value: a secret given as a filter's argument must not show its length.
+    leaky = compile_template("{{ x|truncate(1, false, code) }}")
+    with pytest.raises(TemplateError) as raised:
+        leaky.render({"x": "hello", "code": "12345678"})
+    assert "8" not in str(raised.value) and "12345678" not in str(raised.value)
 
 
 # --- syntax errors -------------------------------------------------------------------------------

@@ -146,7 +146,10 @@ class CompiledTemplate:
         except SecurityError as exc:
             raise TemplateError(str(exc)) from exc
         except Exception as exc:  # a filter given a bad argument, etc.
-            raise TemplateError(f"template could not be rendered: {exc}") from exc
+            # Not the exception's text: it may quote a value (a secret's length, say) into the log.
+            raise TemplateError(
+                f"template could not be rendered: a filter or comparison failed ({type(exc).__name__})"
+            ) from exc
         return rendered
 
 
