@@ -24,19 +24,31 @@ async def sink() -> AsyncIterator[WebhookSink]:
     await server.stop()
 
 
+async def add_account(
+    service: Service,
+    tenant: TenantKeys,
+    url: str,
+    channel: str = "sms",
+    secret: str = SECRET,
+    name: str = "gateway",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A ``webhook`` provider account of ``tenant`` posting to ``url``: the API's data for it."""
+    body = {
+        "channel": channel,
+        "provider": "webhook",
+        "name": name,
+        "config": {"url": url, "secret": secret},
+        **extra,
+    }
+    answer = await service.client.post("/communication/providers", json=body, headers=tenant.headers())
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json()["data"])
+
+
 @pytest.fixture
 async def account(live_service: Service, live_tenant: TenantKeys, sink: WebhookSink) -> str:
-    answer = await live_service.client.post(
-        "/communication/providers",
-        json={
-            "channel": "sms",
-            "provider": "webhook",
-            "name": "gw",
-            "config": {"url": sink.url, "secret": SECRET},
-        },
-        headers=live_tenant.headers(),
-    )
-    return str(answer.json()["data"]["id"])
+    return str((await add_account(live_service, live_tenant, sink.url, name="gw"))["id"])
 
 
 def signed(payload: dict[str, Any], secret: str = SECRET, age: int = 0) -> tuple[bytes, dict[str, str]]:

@@ -34,7 +34,7 @@ from comms.dispatch.queue import claim_due
 from comms.kit.clock import isoformat, set_clock, utcnow
 from comms.models import AuditEvent, Batch, Message, Suppression, Tenant
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
-from tests.integration.conftest import SECRET, signed
+from tests.integration.conftest import add_account, signed
 from tests.webhook_sink import WebhookSink
 
 
@@ -1015,17 +1015,7 @@ async def test_11_a_complaint_about_one_message_counts_once_whoever_reports_it(
     """The provider that carried an email reports its recipient's complaint, then the mailbox
     provider's feedback loop reports the same one, as abuse and as fraud: one complaint in the
     rate. An SMS account's callback naming that email is not taken at all."""
-    added = await live_service.client.post(
-        "/communication/providers",
-        json={
-            "channel": "email",
-            "provider": "webhook",
-            "name": "mail-gw",
-            "config": {"url": sink.url, "secret": SECRET},
-        },
-        headers=live_tenant.headers(),
-    )
-    assert added.status_code == 201, added.text
+    mail_gw = await add_account(live_service, live_tenant, sink.url, channel="email", name="mail-gw")
     mail = await bulk(
         live_service, live_tenant, **marketing_email(category="transactional", recipients=["bob@example.com"])
     )
@@ -1040,7 +1030,7 @@ async def test_11_a_complaint_about_one_message_counts_once_whoever_reports_it(
         return int(found or 0)
 
     event = {"event_id": "c1", "id": log_id, "status": "delivered", "bounce": "complaint"}
-    for on in (account, added.json()["data"]["id"]):  # the SMS account first: not its message
+    for on in (account, mail_gw["id"]):  # the SMS account first: not its message
         body, headers = signed({"events": [event]})
         pushed = await live_service.client.post(
             f"/webhooks/webhook/{on}/status", content=body, headers=headers

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from comms.messages.fairness import rank_of
 from comms.models import Message, ReceiptEvent, Suppression
 from tests.conftest import Service, TenantKeys, wait_until
-from tests.integration.conftest import signed
+from tests.integration.conftest import add_account, signed
 from tests.webhook_sink import WebhookSink
 
 
@@ -354,16 +354,8 @@ OTHER_SECRET = "other-gateway-secret-0123456789"
 
 async def second_account(service: Service, tenant: TenantKeys, sink: WebhookSink) -> str:
     """A second SMS gateway of the tenant's, after `account` in priority, with a secret of its own."""
-    other = await service.client.post(
-        "/communication/providers",
-        json={
-            "channel": "sms", "provider": "webhook", "name": "other", "priority": 9,
-            "config": {"url": sink.url, "secret": OTHER_SECRET},
-        },
-        headers=tenant.headers(),
-    )  # fmt: skip
-    assert other.status_code == 201, other.text
-    return str(other.json()["data"]["id"])
+    other = await add_account(service, tenant, sink.url, secret=OTHER_SECRET, name="other", priority=9)
+    return str(other["id"])
 
 
 async def test_a_callback_on_another_account_cannot_touch_a_message_it_did_not_carry(

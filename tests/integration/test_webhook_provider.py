@@ -9,22 +9,8 @@ from sqlalchemy import select
 
 from comms.models import Message, ProviderAccount
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_for_message, wait_until
-from tests.integration.conftest import SECRET
+from tests.integration.conftest import SECRET, add_account
 from tests.webhook_sink import WebhookSink
-
-
-async def add_account(service: Service, tenant: TenantKeys, url: str, **extra: Any) -> dict[str, Any]:
-    body = {
-        "channel": "sms",
-        "provider": "webhook",
-        "name": "gateway",
-        "config": {"url": url, "secret": SECRET},
-    }
-    body.update(extra)
-    answer = await service.client.post("/communication/providers", json=body, headers=tenant.headers())
-    assert answer.status_code == 201, answer.text
-    return dict(answer.json()["data"])
-
 
 # One verification code, sent while a bulk holds the account.
 CODE: dict[str, Any] = {

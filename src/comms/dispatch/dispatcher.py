@@ -752,10 +752,7 @@ class Dispatcher:
                     refused.extend(chunk)
                     last_error, permanent = f"{route.name}: send rate check failed: {exc}", False
                     continue
-                stale = (
-                    progress.stale({batch_of[m.id] for m in chunk}, time.monotonic()) if batch_of else set()
-                )
-                if batch_of is not None and stale:
+                if batch_of and (stale := progress.stale({batch_of[m.id] for m in chunk}, time.monotonic())):
                     progress.batch_checked.update(dict.fromkeys(stale, time.monotonic()))
                     stopped = await self._cancelled_batches(stale)
                     for m in chunk:

@@ -549,22 +549,21 @@ class SmtpProvider(Provider):
                     reader.fail(f"RSET answered {replies[0][0]} {replies[0][1]}")
                 session.dirty = False
                 replies = replies[1:]
+            expected = ((250, 251), (250, 251), (354,))  # MAIL, RCPT, DATA
             refused_at = next(
                 (
-                    (index, reply)
-                    for index, (reply, ok) in enumerate(
-                        zip(replies, ((250, 251), (250, 251), (354,)), strict=False)
-                    )
+                    i
+                    for i, (reply, ok) in enumerate(zip(replies, expected, strict=False))
                     if reply[0] not in ok
                 ),
                 None,
             )
-            refusal = refused_at[1] if refused_at is not None else None
-            if refused_at is not None and refusal is not None:
-                results[item.id] = _refused(item.id, *refusal, at_rcpt=refused_at[0] == 1)
+            if refused_at is not None:
+                code, text = replies[refused_at]
+                results[item.id] = _refused(item.id, code, text, at_rcpt=refused_at == 1)
                 session.dirty = True
-                if refusal[0] < 400:
-                    reader.fail(f"unexpected reply {refusal[0]} {refusal[1]}")
+                if code < 400:
+                    reader.fail(f"unexpected reply {code} {text}")
                 elif len(replies) == 3 and replies[2][0] == 354 and reader.write(b".\r\n"):
                     # DATA accepted with no valid recipient: one dot ends it (RFC 2920 3.1).
                     await reader.read(1, timeout)
