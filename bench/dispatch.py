@@ -403,7 +403,7 @@ async def bare_send(
     chunks = [messages[i : i + batch] for i in range(0, n, batch)]
     connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300)
     accepted = 0
-    async with aiohttp.ClientSession(connector=connector) as http:
+    async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
         timeout = aiohttp.ClientTimeout(total=10.0)
 
         async def post(chunk: list[dict[str, Any]]) -> None:

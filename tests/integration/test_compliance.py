@@ -549,6 +549,55 @@ async def test_10_responses_mask_recipients_and_logs_hold_no_pii(
         assert raw not in lines
 
 
+async def test_10_a_provider_answer_quoting_the_address_is_masked_like_the_recipient(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Vendors quote the address in their errors ("550 5.1.1 <Ann@Example.com>: ...", "The 'To'
+    number +1... is not valid"): the log and the event webhook mask it there too, in any case
+    and spelling; pii:read with unmask=true shows the text as stored."""
+    from comms.events.service import item_event
+
+    accepted = await bulk(
+        service,
+        tenant,
+        channel="email",
+        category="transactional",
+        subject="Hi",
+        content="Hello",
+        recipients=["ann.smith@example.com"],
+    )
+    log_id = accepted["items"][0]["id"]
+    error = "SMTP 550 5.1.1 <Ann.Smith@Example.com>: Recipient address rejected"
+    response = "rcpt=ann.smith%40example.com refused"
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.id == log_id)
+            .values(status="failed", error=error, response=response)
+        )
+    shown = (await service.client.get(f"/communication/logs/{log_id}", headers=tenant.headers())).json()[
+        "data"
+    ]
+    assert shown["error"] == "SMTP 550 5.1.1 <a***@example.com>: Recipient address rejected"
+    assert shown["response"] == "rcpt=a***@example.com refused"
+    listed = (await service.client.get("/communication/logs", headers=tenant.headers())).json()["items"]
+    assert "ann.smith" not in str(listed).lower()
+    raw = await service.client.get(
+        f"/communication/logs/{log_id}?unmask=true", headers=tenant.headers(tenant.pii_token)
+    )
+    assert (raw.json()["data"]["error"], raw.json()["data"]["response"]) == (error, response)
+    async with service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None
+    event = item_event(row, "failed", row.error, "smtp", None, utcnow())
+    assert event["error"] == shown["error"] and event["recipient"] == "a***@example.com"
+    phone = "The 'To' number +14155550123 is not valid (4155550123)"
+    sms_row = Message(
+        id="log_x", channel="sms", recipient="+14155550123", batch_id="bat_x", category="marketing"
+    )
+    assert "4155550123" not in str(item_event(sms_row, "failed", phone, "twilio", None, utcnow()))
+
+
 # ---- 11, 13, 14, 15 -----------------------------------------------------------------------------
 
 

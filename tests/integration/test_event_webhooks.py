@@ -139,6 +139,11 @@ async def test_event_webhooks_go_to_public_addresses_only(service: Service, tena
         "http://169.254.169.254/latest",
         "http://[::1]/e",
         "http://localhost/e",
+        # IPv6 forms that lead to a private IPv4 address: NAT64, 6to4, IPv4-compatible, mapped
+        "http://[64:ff9b::a00:5]/e",
+        "http://[2002:a9fe:a9fe::1]/e",
+        "http://[::127.0.0.1]/e",
+        "http://[::ffff:10.0.0.1]/e",
     ):
         refused = await service.client.put(
             "/communication/event-webhook", json={"url": url}, headers=tenant.headers()
@@ -151,6 +156,7 @@ async def test_event_webhooks_go_to_public_addresses_only(service: Service, tena
     with pytest.raises(OSError, match="resolves to no public address"):
         await PublicOnlyResolver().resolve("localhost", 80)
     assert await subscribe(service, tenant, "https://93.184.215.14/e")  # a public address is fine
+    assert await subscribe(service, tenant, "https://[64:ff9b::5db8:d70e]/e")  # and through NAT64
     # One set while the operator allowed private networks, then forbade them: refused at delivery.
     async with service.db.begin() as session:
         await session.execute(update(EventWebhook).values(url="http://10.9.9.9/e"))

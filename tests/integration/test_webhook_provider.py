@@ -666,3 +666,41 @@ async def test_an_accounts_rate_bounds_its_bursts_too(
 
     await wait_until(sent)
     assert sink.call_sizes == [2, 2, 1]
+
+
+async def test_a_cookie_one_tenants_endpoint_sets_never_rides_along_with_another_tenants_calls(
+    tmp_path: Any,
+) -> None:
+    """Every tenant's provider calls share the router's HTTP session: it keeps no cookies, so a
+    cookie set for a whole domain by one endpoint is not sent to a sibling host of another."""
+    from aiohttp import web
+
+    from comms.dispatch.routing import Router
+
+    seen: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        answer = web.Response(text="ok")
+        answer.set_cookie("session", "tenant-a-secret", path="/")
+        return answer
+
+    app = web.Application()
+    app.router.add_post("/send", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    router = Router(tmp_path)
+    try:
+        http = router._context("webhook", "acc_a").http
+        assert http is not None
+        for _ in range(2):
+            # a name, not an address: aiohttp keeps no cookies of IP-address hosts anyway
+            async with http.post(f"http://localhost:{port}/send", data=b"{}") as answer:
+                assert answer.status == 200 and "session" in answer.headers.get("Set-Cookie", "")
+        assert seen == [None, None]
+    finally:
+        await router.close()
+        await runner.cleanup()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
+from collections.abc import Iterable
 from urllib.parse import quote
 
 import phonenumbers
@@ -25,5 +27,32 @@ def address_spellings(channel: str, address: str) -> set[str]:
         with contextlib.suppress(phonenumbers.NumberParseException):
             national = str(phonenumbers.parse(address).national_number)
             if len(national) >= 9:
-                spellings |= {national, address.lstrip("+")}
+                spellings.add(national)
+        spellings.add(address.lstrip("+"))
     return spellings
+
+
+# Shorter "addresses" (a rejected recipient such as "x1") would turn up inside unrelated words.
+MIN_SCRUBBED = 5
+
+
+def scrub_address(
+    text: str | None, channel: str, address: str, masked: str, also: Iterable[str] = ()
+) -> str | None:
+    """``text`` with every spelling of the address (and of ``also``) replaced by ``masked``,
+    whatever its case: provider answers and errors quote addresses as they were written
+    ("550 5.1.1 <Ann@Example.com>: Recipient address rejected", "The 'To' number +1... is not
+    valid"). The common case, a text that does not quote it, costs a substring search."""
+    if not text or len(address) < MIN_SCRUBBED:
+        return text
+    # Every spelling contains the address's last digits (a phone) or its local part (an email).
+    probe = address[-7:] if channel == "sms" else address.partition("@")[0]
+    if probe.lower() not in text.lower():
+        return text
+    spellings = sorted(
+        (s for s in address_spellings(channel, address).union(also) if len(s) >= MIN_SCRUBBED),
+        key=len,
+        reverse=True,  # longest first: a number's national digits are part of its other spellings
+    )
+    pattern = "|".join(re.escape(s) for s in spellings)
+    return re.sub(pattern, lambda _: masked, text, flags=re.IGNORECASE)

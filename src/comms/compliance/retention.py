@@ -10,16 +10,14 @@ it still counts in statistics and an erasure request still finds it, but it no l
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, exists, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comms.compliance.addresses import address_hash, address_spellings
+from comms.compliance.addresses import address_hash, scrub_address
 from comms.compliance.settings import load_settings
 from comms.kit.db import Database
 from comms.kit.ids import first_id_at
@@ -212,24 +210,11 @@ async def _anonymize_chunk(
 
 def _anonymized(row: Any, salt: str) -> dict[str, Any]:
     masked = mask_recipient(row.channel, row.recipient)
-    # Longest first: a number's national digits are part of its other spellings.
-    spellings = sorted(
-        address_spellings(row.channel, row.recipient) | {row.recipient_key}, key=len, reverse=True
-    )
     return {
         "b_id": row.id,
         "b_recipient": masked,
         "b_key": ANONYMIZED_KEY_PREFIX + address_hash(salt, row.channel, row.recipient_key),
         # Provider answers and errors may quote the address ("invalid number +86138...").
-        "b_error": _scrub(row.error, spellings, masked),
-        "b_response": _scrub(row.response, spellings, masked),
+        "b_error": scrub_address(row.error, row.channel, row.recipient, masked, {row.recipient_key}),
+        "b_response": scrub_address(row.response, row.channel, row.recipient, masked, {row.recipient_key}),
     }
-
-
-def _scrub(text: str | None, spellings: Iterable[str], masked: str) -> str | None:
-    """``text`` with every spelling of the address replaced, whatever its case (mail systems quote
-    addresses as they were written: ``Ann@Example.com``)."""
-    if not text:
-        return text
-    pattern = "|".join(re.escape(s) for s in spellings)
-    return re.sub(pattern, lambda _: masked, text, flags=re.IGNORECASE) if pattern else text

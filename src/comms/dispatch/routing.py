@@ -73,7 +73,9 @@ class Router:
     def _context(self, provider: str, account_id: str) -> ProviderContext:
         if self._http is None or self._http.closed:
             connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300)
-            self._http = aiohttp.ClientSession(connector=connector)
+            # No cookies: every tenant's calls share this session, and a cookie one tenant's
+            # endpoint sets (Domain=amazonaws.com, say) must not ride along with another's.
+            self._http = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
         urls = accounts.callback_urls(self._public_url, provider, account_id)
         return ProviderContext(
             http=self._http,

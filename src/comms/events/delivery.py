@@ -179,6 +179,7 @@ class EventSender:
             resolver = None if self.allow_private else PublicOnlyResolver()
             self._http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(resolver=resolver),
+                cookie_jar=aiohttp.DummyCookieJar(),  # tenants' endpoints share this session
                 timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
             )
         body = post.payload.encode()

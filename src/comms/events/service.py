@@ -21,6 +21,7 @@ import msgspec
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.compliance.addresses import scrub_address
 from comms.kit.clock import isoformat
 from comms.kit.ids import new_id
 from comms.kit.masking import mask_recipient
@@ -60,7 +61,9 @@ def item_event(
     provider_message_id: str | None,
     at: datetime,
 ) -> dict[str, Any]:
-    """One event as posted; the recipient masked, as the log shows it by default."""
+    """One event as posted; the recipient masked, as the log shows it by default (also where the
+    error quotes it)."""
+    masked = mask_recipient(item.channel, item.recipient)
     return {
         "event_id": new_id("evt"),
         "type": "message.status",
@@ -68,9 +71,9 @@ def item_event(
         "batch_id": item.batch_id,
         "channel": item.channel,
         "category": item.category,
-        "recipient": mask_recipient(item.channel, item.recipient),
+        "recipient": masked,
         "status": status,
-        "error": error,
+        "error": scrub_address(error, item.channel, item.recipient, masked),
         "provider": provider,
         "provider_message_id": provider_message_id,
         "at": isoformat(at),

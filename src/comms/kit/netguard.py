@@ -18,12 +18,31 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits and reach it: NAT64's well-known
+# prefix (RFC 6052; an IPv6-only host behind NAT64 reaches private IPv4 through it) and the
+# deprecated IPv4-compatible form (::a.b.c.d). 6to4 (2002::/16) carries it in bits 16-48.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
 
 def is_public(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
+        # Python 3.11 calls some of these global whatever IPv4 address they lead to.
+        return inner.is_global and not inner.is_multicast
     return ip.is_global and not ip.is_multicast
 
 

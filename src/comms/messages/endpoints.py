@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -82,11 +83,20 @@ def _decode_bulk(raw: bytes) -> Any:
         text = str(exc)
         message, _, where = text.partition(" - at `")
         # msgspec names dict values "[...]": point at the mapping itself.
-        field = where.rstrip("`").removeprefix("$").lstrip(".").replace("[...]", "") or "body"
+        field = where.rstrip("`").removeprefix("$").lstrip(".").replace("[...]", "")
+        if unknown := _UNKNOWN_FIELD.fullmatch(message):  # name the field itself, not its parent
+            field = f"{field}.{unknown[1]}" if field else unknown[1]
+            message = "unknown field"
+        field = field or "body"
         message = message.replace("Object missing required field", "missing required field")
         raise ValidationFailed(f"{field}: {message}", [FieldError(field, message)]) from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from None
+    except UnicodeDecodeError:  # msgspec reads the body's strings as UTF-8 (CONTRACT.md: UTF-8 only)
+        raise BadRequest("malformed JSON: the body is not valid UTF-8") from None
+
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `(.*)`")
 
 
 @router.post(

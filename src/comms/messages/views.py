@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from comms.compliance.addresses import scrub_address
 from comms.kit.clock import isoformat
 from comms.kit.masking import ANONYMIZED_KEY_PREFIX, mask_recipient
 from comms.models import Batch, Message
@@ -95,13 +96,19 @@ def log_item(
     segments: int | None = None,
     possible_duplicate: bool = False,
 ) -> dict[str, Any]:
+    shown = recipient
+    if not unmask:
+        # Provider answers and errors may quote the address: masked there as well.
+        shown = mask_recipient(channel, recipient)
+        error = scrub_address(error, channel, recipient, shown)
+        response = scrub_address(response, channel, recipient, shown)
     return {
         "id": id,
         "tenant_id": tenant_id,
         "batch_id": batch_id,
         "channel": channel,
         "category": category,
-        "recipient": recipient if unmask else mask_recipient(channel, recipient),
+        "recipient": shown,
         "status": status,
         "error": error,
         "content": content,
