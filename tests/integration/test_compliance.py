@@ -786,6 +786,38 @@ async def test_verification_sms_flow_limits_per_number(
     assert other["status"] == "queued"
 
 
+async def test_verification_flow_limit_holds_for_requests_at_the_same_instant(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Twelve requests for one number at once (and a larger one naming it too): one code is
+    accepted, every other is rate limited, on PostgreSQL (where the counts would race) as on
+    SQLite."""
+    body = {
+        "channel": "sms",
+        "category": "verification",
+        "content": "Code {{ code }}",
+        "variables": {"code": "1"},
+        "recipients": ["13800138000"],
+    }
+    many = {**body, "recipients": ["13800138000", *(f"139001{i:05d}" for i in range(40))]}
+    answers = await asyncio.gather(
+        *(
+            service.client.post("/communication/bulk", json=b, headers=tenant.headers())
+            for b in [body] * 12 + [many]
+        )
+    )
+    assert all(a.status_code == 202 for a in answers), [a.text for a in answers]
+    async with service.db.read() as session:
+        rows = (
+            await session.execute(
+                select(Message.status, func.count())
+                .where(Message.recipient_key == "+8613800138000")
+                .group_by(Message.status)
+            )
+        ).all()
+    assert dict(rows) == {"queued": 1, "rejected": 12}
+
+
 async def test_content_is_purged_after_retention(live_service: Service, live_tenant: TenantKeys) -> None:
     created = await bulk(
         live_service,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from tests.conftest import Service, TenantKeys, make_tenant
 
@@ -76,6 +78,23 @@ async def test_log_filters(service: Service, tenant: TenantKeys) -> None:
         "total"
     ] == 4
     assert (await get("/communication/logs?created_to=2000-01-01T00:00:00Z", headers=h)).json()["total"] == 0
+    # The bounds hold at the second the log shows (created_at is shown to the second, stored
+    # finer; the bounds are also read as a range of the time-ordered ids, made a moment before).
+    item = (await get(f"/communication/logs?batch_id={a['batch_id']}", headers=h)).json()["items"][0]
+    at = datetime.fromisoformat(item["created_at"].replace("Z", "+00:00"))
+    second, ms = timedelta(seconds=1), timedelta(milliseconds=1)
+
+    async def between(start: datetime | None, end: datetime | None) -> set[str]:
+        query = f"/communication/logs?batch_id={a['batch_id']}&page_size=200"
+        query += f"&created_from={quote(start.isoformat())}" if start else ""
+        query += f"&created_to={quote(end.isoformat())}" if end else ""
+        return {i["id"] for i in (await get(query, headers=h)).json()["items"]}
+
+    both = {i["id"] for i in a["items"]}
+    assert await between(at, at + second) == both and await between(at, None) == both
+    assert await between(None, at + second) == both
+    assert await between(at - timedelta(days=3650), at + second) == both
+    assert await between(at + second, None) == set() and await between(None, at - ms) == set()
     bad = await get("/communication/logs?created_from=yesterday", headers=h)
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "created_from"
     bad_recipient = await get("/communication/logs?recipient=12", headers=h)

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy import bindparam, case, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.kit.db import is_sqlite, one_of
@@ -87,7 +87,10 @@ async def verification_counts(
         "hour": now - timedelta(hours=1),
         "day": now - timedelta(days=1),
     }
-    statement = _VERIFICATION_COUNTS[not is_sqlite(session)]
+    pg = not is_sqlite(session)
+    if pg:
+        await _serialize_per_number(session, tenant_id, keys)
+    statement = _VERIFICATION_COUNTS[pg]
     counts: dict[str, tuple[int, int, int]] = {}
     for start in range(0, len(keys), _CHUNK):
         chunk = list(keys[start : start + _CHUNK])
@@ -95,6 +98,30 @@ async def verification_counts(
         for key, per_minute, per_hour, per_day in rows:
             counts[key] = (int(per_minute or 0), int(per_hour or 0), int(per_day or 0))
     return counts
+
+
+# Requests for up to this many numbers lock each number; larger ones lock the tenant's codes.
+LOCK_EACH_UP_TO = 32
+_LOCK_TENANT = text("SELECT pg_advisory_xact_lock(hashtextextended(:tenant, 1))")
+_SHARE_TENANT = text("SELECT pg_advisory_xact_lock_shared(hashtextextended(:tenant, 1))")
+_LOCK_NUMBERS = text(
+    "SELECT count(pg_advisory_xact_lock(hashtextextended(:tenant || ':' || k, 0)))"
+    " FROM (SELECT k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k) AS s"
+)
+
+
+async def _serialize_per_number(session: AsyncSession, tenant_id: str, keys: Sequence[str]) -> None:
+    """Count-then-insert is a race under PostgreSQL's READ COMMITTED: requests for one number at
+    the same instant would all count the codes before any of them and all pass the limit (OTP
+    pumping, toll fraud). Each request's transaction, until it commits, holds a lock per number
+    (taken in one order: no deadlock), so the next one counts after it. A request for more numbers
+    than LOCK_EACH_UP_TO holds the tenant's lock exclusively instead, which the others hold shared
+    (the lock table has room for a few thousand locks in all). SQLite writes one at a time."""
+    if len(keys) > LOCK_EACH_UP_TO:
+        await session.execute(_LOCK_TENANT, {"tenant": tenant_id})
+        return
+    await session.execute(_SHARE_TENANT, {"tenant": tenant_id})
+    await session.execute(_LOCK_NUMBERS, {"tenant": tenant_id, "keys": list(keys)})
 
 
 # Notification and promotional SMS that reached a provider since ``since``, per recipient, for

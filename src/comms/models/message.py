@@ -32,7 +32,9 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_tenant_id_id", "tenant_id", "id"),
-        Index("ix_messages_batch_id_status", "batch_id", "status"),
+        # A batch's items newest first (/logs?batch_id=, a page of 100k without reading them all)
+        # and its counts per status (read from the index alone).
+        Index("ix_messages_batch_id_id", "batch_id", "id", "status"),
         Index("ix_messages_tenant_id_recipient_key", "tenant_id", "recipient_key"),
         Index(
             "ix_messages_claim",
