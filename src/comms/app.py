@@ -28,6 +28,7 @@ from comms.dispatch.observe import refresh_gauges
 from comms.dispatch.routing import Router
 from comms.errors import ApiError, RateLimited, pydantic_field, pydantic_message
 from comms.events.endpoints import router as events_router
+from comms.kit.bodylimit import BodyLimitMiddleware
 from comms.kit.db import Database, run_maintenance
 from comms.kit.http import reply
 from comms.kit.logging import quiet_parameter_loggers
@@ -91,8 +92,11 @@ def create_app(
         "(ePrivacy Directive 2002/58/EC, CAN-SPAM Act).",
         lifespan=lifespan,
         dependencies=[Depends(refuse_nul_characters)],
+        # "/communication/logs/" is not found (an envelope), not a 307 with an empty body
+        redirect_slashes=False,
     )
     _install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(
         RequestLogMiddleware,
         on_finish=lambda method, route, status: metrics.REQUESTS.labels(method, route, str(status)).inc(),

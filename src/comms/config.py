@@ -42,6 +42,8 @@ class Settings(BaseSettings):
 
     max_recipients: int = Field(default=100_000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # Every other JSON body (templates, settings, providers, consents, ...): kit/bodylimit.py
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     dispatcher_enabled: bool = True
     # An API process without a dispatcher still sends the verification codes it accepts (the

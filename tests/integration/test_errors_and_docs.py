@@ -163,6 +163,18 @@ async def test_edge_inputs_are_enveloped_errors_that_change_nothing(
             "send_at",
         ),
         ("POST", "/webhooks/twilio/acc%00/status", b"{}", 422, "path"),
+        # Bodies the framework reads stop at COMMS_MAX_REQUEST_BYTES (4 MiB), before any parsing.
+        (
+            "POST",
+            "/communication/templates",
+            {"code": "huge", "channel": "sms", "content": "x" * 5_000_000},
+            413,
+            "",
+        ),
+        ("PUT", "/communication/settings", b" " * 4 * 1024 * 1024 + b"{}", 413, ""),
+        # A trailing slash is another path: not found, in the envelope (not a bodiless redirect).
+        ("GET", "/communication/logs/", None, 404, ""),
+        ("POST", "/communication/bulk/", {**sms, "content": "hi"}, 404, ""),
     ]
     before = await _counts(service)
     for method, path, body, status, field in cases:

@@ -95,6 +95,7 @@ class AliyunVendor(FakeVendor):
         self.records: list[dict[str, Any]] = []  # what was sent, for QuerySendDetails
         self.nonces: set[str] = set()
         self.force_code: str | None = None  # answer sends with this documented code
+        self.force_code_after: int | None = None  # ... once this many sends were accepted
         self.fail_after: int | None = None  # accept this many sends, then answer 503
         self.lose_next_answer = False  # take the next send, then answer too late (a lost answer)
         self._biz = 900619746936498440
@@ -155,7 +156,9 @@ class AliyunVendor(FakeVendor):
             return self.reject("InvalidApi.NotFound", f"Action={action}")
         if self.fail_after is not None and self.accepted_sends() >= self.fail_after:
             return self.answer("ServiceUnavailable")
-        if self.force_code:
+        if self.force_code and (
+            self.force_code_after is None or self.accepted_sends() >= self.force_code_after
+        ):
             return self.answer(self.force_code)
         checked = self.check_send_sms(params) if action == "SendSms" else self.check_send_batch_sms(params)
         if isinstance(checked, web.Response):
@@ -564,6 +567,35 @@ async def test_a_bad_secret_is_refused_by_the_vendor_as_permanent(
     unknown = AliyunProvider(config(vendor, access_key_id="LTAI-nobody"), http)
     with pytest.raises(PermanentProviderError, match=r"InvalidAccessKeyId\.NotFound"):
         await unknown.send([sms(3)])
+
+
+@pytest.mark.parametrize(
+    "code", ["isv.SECURITY_FROZEN_ACCOUNT", "isv.ACCOUNT_ABNORMAL", "isv.RAM_CHECK_FAILED"]
+)
+async def test_a_frozen_or_abnormal_account_is_refused_as_a_whole(
+    vendor: AliyunVendor, provider: AliyunProvider, code: str
+) -> None:
+    """Aliyun answers these with HTTP 200 and the code: the account cannot send (frozen after 45
+    days unused, abnormal), so the call raises and the dispatcher fails over; its messages are
+    not failed."""
+    vendor.force_code = code
+    with pytest.raises(PermanentProviderError, match=code.replace(".", r"\.")):
+        await provider.send([sms(1), sms(2), sms(3, "verification")])
+    assert not vendor.delivered
+
+
+async def test_an_account_refusal_after_some_calls_retries_instead_of_failing(
+    vendor: AliyunVendor, provider: AliyunProvider
+) -> None:
+    """One call reached Aliyun, then the account is refused: raising would send that one twice
+    (on the next account), and the refused calls' messages did nothing wrong: RETRY, not FAILED."""
+    vendor.force_code, vendor.force_code_after = "isv.SECURITY_FROZEN_ACCOUNT", 1
+    messages = [sms(i, "verification", variables={"code": str(i)}) for i in range(6)]
+    results = await provider.send(messages)
+    assert sum(r.outcome is Outcome.SENT for r in results) == 1 and len(vendor.delivered) == 1
+    others = [r for r in results if r.outcome is not Outcome.SENT]
+    assert {r.outcome for r in others} == {Outcome.RETRY}
+    assert any("isv.SECURITY_FROZEN_ACCOUNT" in (r.error or "") for r in others)
 
 
 async def test_throttling_and_a_stale_clock_are_transient(

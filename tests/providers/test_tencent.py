@@ -12,7 +12,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from comms.providers.sms.tencent import (
     TencentProvider,
     authorization,
     canonical_request,
+    marketing_wait,
     string_to_sign,
     tc3_signature,
 )
@@ -69,7 +70,22 @@ MESSAGES = {
     "FailedOperation.PhoneNumberInBlacklist": "the mobile number is in the blocklist",
     "LimitExceeded.PhoneNumberThirtySecondLimit": "sent too often to this number within 30 seconds",
     "LimitExceeded.PhoneNumberDailyLimit": "daily limit for this number reached",
+    "FailedOperation.InsufficientBalanceInSmsPackage": "insufficient balance in the SMS package",
+    "UnauthorizedOperation.ServiceSuspendDueToArrears": "service suspended due to arrears",
+    "UnauthorizedOperation.RequestIpNotInWhitelist": "the request IP is not in the whitelist",
+    "UnauthorizedOperation.IndividualUserMarketingSmsPermissionDeny": (
+        "individual users cannot send marketing SMS"
+    ),
+    "FailedOperation.MarketingSendTimeConstraint": "marketing SMS may only be sent from 8:00 to 22:00",
 }
+# Refusals of the whole account that Tencent reports per number in SendStatusSet.
+ACCOUNT_CODES = [
+    "FailedOperation.InsufficientBalanceInSmsPackage",
+    "UnauthorizedOperation.ServiceSuspendDueToArrears",
+    "UnauthorizedOperation.RequestIpNotInWhitelist",
+    "UnauthorizedOperation.IndividualUserMarketingSmsPermissionDeny",
+]
+MARKETING_HOURS = "FailedOperation.MarketingSendTimeConstraint"
 
 
 class TencentVendor(FakeVendor):
@@ -492,6 +508,110 @@ async def test_one_refused_template_fails_only_its_own_messages(
     results = await make(vendor, http, tmp_path).send([sms(1), sms(2, template=unapproved)])
     assert [r.outcome for r in results] == [Outcome.SENT, Outcome.FAILED]
     assert "TemplateIncorrectOrUnapproved" in (results[1].error or "")
+
+
+@pytest.mark.parametrize("code", ACCOUNT_CODES)
+async def test_an_account_refusal_reported_per_number_refuses_the_call(
+    vendor: TencentVendor, http: aiohttp.ClientSession, tmp_path: Path, code: str
+) -> None:
+    """An empty SMS package (or arrears, a request IP outside the whitelist...) answered per
+    number is the account's refusal, as the same Code in Response.Error is: the call raises so
+    the dispatcher fails the messages over, instead of failing every message of a bulk."""
+    messages = [sms(i) for i in range(3)]  # one call
+    vendor.per_number = {m.to: code for m in messages}
+    with pytest.raises(PermanentProviderError) as caught:
+        await make(vendor, http, tmp_path).send(messages)
+    assert code in caught.value.message
+    assert len(vendor.calls) == 1 and not vendor.delivered
+
+
+async def test_an_account_refusal_with_nothing_taken_refuses_the_call(
+    vendor: TencentVendor, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Some numbers refused for the account, the others for reasons of their own: nothing of
+    the call left, so it is refused as a whole (the next account sees the bad number too)."""
+    messages = [sms(i) for i in range(3)]
+    vendor.per_number = {
+        messages[0].to: "FailedOperation.InsufficientBalanceInSmsPackage",
+        messages[1].to: "InvalidParameterValue.IncorrectPhoneNumber",
+        messages[2].to: "FailedOperation.InsufficientBalanceInSmsPackage",
+    }
+    with pytest.raises(PermanentProviderError, match="InsufficientBalanceInSmsPackage"):
+        await make(vendor, http, tmp_path).send(messages)
+    assert not vendor.delivered
+
+
+async def test_an_account_refusal_for_some_numbers_of_a_call_retries_them(
+    vendor: TencentVendor, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The package ran empty midway through a call: the numbers it took were sent, so nothing
+    of the call is offered to another account; the refused ones RETRY (never FAILED) and no
+    further call of the send starts."""
+    messages = [sms(1), sms(2), sms(3), sms(4, code="9999")]  # calls: 1-3, then 4
+    vendor.per_number = {messages[1].to: "FailedOperation.InsufficientBalanceInSmsPackage"}
+    results = await make(vendor, http, tmp_path, concurrency=1).send(messages)
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.RETRY, Outcome.SENT, Outcome.RETRY]
+    assert "InsufficientBalanceInSmsPackage" in (results[1].error or "")
+    assert "not attempted" in (results[3].error or "")
+    assert len(vendor.calls) == 1 and set(vendor.delivered) == {messages[0].to, messages[2].to}
+
+
+@pytest.mark.parametrize("code", ACCOUNT_CODES[:2])
+async def test_an_account_refusal_in_a_later_call_retries_its_messages(
+    vendor: TencentVendor, http: aiohttp.ClientSession, tmp_path: Path, code: str
+) -> None:
+    """A first call went through, a later one is refused per number: the send does not raise (the
+    first call's messages must not go to another account) and the refused messages RETRY."""
+    messages = [sms(1), sms(2, code="2222"), sms(3, code="2222"), sms(4, code="3333")]  # three calls
+    vendor.per_number = {messages[1].to: code, messages[2].to: code}
+    results = await make(vendor, http, tmp_path, concurrency=1).send(messages)
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.RETRY, Outcome.RETRY, Outcome.RETRY]
+    assert code in (results[1].error or "") and code in (results[2].error or "")
+    assert "not attempted" in (results[3].error or "")  # the account was refused: no third call
+    assert len(vendor.calls) == 2 and list(vendor.delivered) == [messages[0].to]
+
+
+def test_marketing_waits_until_eight_in_beijing() -> None:
+    beijing = timezone(timedelta(hours=8))
+
+    def at(hour: int, minute: int = 0) -> datetime:
+        return datetime(2026, 4, 15, hour, minute, tzinfo=beijing)
+
+    assert marketing_wait(at(22, 0)) == 10 * 3600
+    assert marketing_wait(at(23, 30)) == 8.5 * 3600
+    assert marketing_wait(at(7, 59)) == 60
+    assert marketing_wait(at(12, 0)) == 20 * 3600  # refused in hours by Tencent: the next morning
+    assert marketing_wait(at(8, 1)) == 60  # open by our clock, not yet by Tencent's: soon
+    assert marketing_wait(datetime(2026, 4, 15, 15, 0, tzinfo=UTC)) == 9 * 3600  # 23:00 in Beijing
+
+
+async def test_marketing_outside_hours_is_deferred_per_number(
+    vendor: TencentVendor, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    messages = [sms(1), sms(2)]
+    vendor.per_number = {messages[0].to: MARKETING_HOURS}
+    before = marketing_wait()
+    results = await make(vendor, http, tmp_path).send(messages)
+    after = marketing_wait()
+    assert [r.outcome for r in results] == [Outcome.DEFERRED, Outcome.SENT]
+    assert MARKETING_HOURS in (results[0].error or "")
+    assert results[0].retry_after is not None and after - 1 <= results[0].retry_after <= before + 1
+
+
+async def test_marketing_outside_hours_for_the_whole_call_is_deferred(
+    vendor: TencentVendor, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Flow control at call level: each message waits until 08:00, never FAILED and never a
+    refusal that fails the messages over to another account."""
+    vendor.call_error = MARKETING_HOURS
+    before = marketing_wait()
+    results = await make(vendor, http, tmp_path).send([sms(1), sms(2)])
+    after = marketing_wait()
+    assert [r.outcome for r in results] == [Outcome.DEFERRED, Outcome.DEFERRED]
+    for result in results:
+        assert MARKETING_HOURS in (result.error or "")
+        assert result.retry_after is not None and after - 1 <= result.retry_after <= before + 1
+    assert not vendor.delivered
 
 
 async def test_receipts_and_replies_from_the_documented_callbacks(tmp_path: Path) -> None:

@@ -355,9 +355,75 @@ async def test_error_codes_map_per_message(
         Outcome.SENT,
     ]
     assert "21610" in (results[0].error or "") and "unsubscribed" in (results[0].error or "")
+    assert "STOP" in (results[0].error or "")  # the tenant sees why: the recipient opted out
     assert "21408" in (results[1].error or "") and "21614" in (results[2].error or "")
     assert "20503" in (results[3].error or "") and results[4].retry_after == 7.0
     assert list(vendor.delivered) == [messages[5].to]
+
+
+async def test_a_missing_from_number_refuses_the_account(
+    vendor: TwilioVendor, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """21603 ('From' is required) is the account's sender, not the message: the call is refused
+    as a whole so the dispatcher fails over, instead of every message failing."""
+    messages = [sms(i) for i in range(3)]
+    vendor.per_number = {m.to: (400, "21603") for m in messages}
+    with pytest.raises(PermanentProviderError, match="21603"):
+        await make(vendor, http, tmp_path, concurrency=1).send(messages)
+    assert vendor.requests == 1 and not vendor.delivered  # refused: no further calls
+
+
+async def test_a_missing_from_number_midway_leaves_the_rest_for_later(
+    vendor: TwilioVendor, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    messages = [sms(i) for i in range(3)]
+    vendor.per_number = {messages[1].to: (400, "21603")}
+    results = await make(vendor, http, tmp_path, concurrency=1).send(messages)
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.RETRY, Outcome.RETRY]
+    assert "21603" in (results[1].error or "")
+
+
+def test_a_signature_over_the_url_without_its_port_verifies(tmp_path: Path) -> None:
+    """Twilio signs the URL as configured in its console; behind a proxy we may see it with a port
+    (any port, not only the default). Twilio's own validator tries the URL with the port removed."""
+    provider = TwilioProvider.from_config(
+        TwilioConfig(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, from_number=FROM),
+        ProviderContext(http=None, outbox_dir=tmp_path),
+    )
+    params = status_callback("SM1", "+14155550100", "delivered")
+    body = urlencode(params).encode()
+    seen = "https://comms.test:8443/webhooks/twilio/acc_1/status?x=1"
+
+    def signed_over(url: str, token: str = AUTH_TOKEN) -> dict[str, str]:
+        return {"x-twilio-signature": twilio_sign(token, url, params)}
+
+    assert provider.verify_callback(
+        signed_over("https://comms.test/webhooks/twilio/acc_1/status?x=1"), body, seen
+    )
+    assert provider.verify_callback(signed_over(seen), body, seen)
+    assert not provider.verify_callback(signed_over(seen, "0" * 32), body, seen)  # forged
+    assert not provider.verify_callback(
+        signed_over("https://comms.test:9000/webhooks/twilio/acc_1/status?x=1"), body, seen
+    )
+    assert not provider.verify_callback(
+        signed_over("https://comms.test/webhooks/twilio/acc_1/status"), body, seen
+    )
+    assert not provider.verify_callback(signed_over(seen), body, "https://comms.test:99999/x")  # no crash
+
+
+def test_a_non_ascii_signature_header_is_refused_not_an_error(tmp_path: Path) -> None:
+    """Starlette decodes header values as latin-1: compare_digest on str would raise TypeError
+    for "é" (a 500), where a bad signature must simply not verify (a 401)."""
+    provider = TwilioProvider.from_config(
+        TwilioConfig(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, from_number=FROM),
+        ProviderContext(http=None, outbox_dir=tmp_path),
+    )
+    params = status_callback("SM1", "+14155550100", "delivered")
+    good = twilio_sign(AUTH_TOKEN, STATUS_URL, params)
+    body = urlencode(params).encode()
+    assert provider.verify_callback({"x-twilio-signature": good}, body, STATUS_URL)
+    for given in ("é" + good[1:], "é", good + "\u20ac"):
+        assert provider.verify_callback({"x-twilio-signature": given}, body, STATUS_URL) is False
 
 
 async def test_every_call_throttled_is_transient_with_the_wait(

@@ -110,3 +110,24 @@ async def test_requests_of_batch_size_run_concurrently_and_settle_per_request() 
         assert set(vendor.delivered) == {m.to for m in messages[:3] + messages[6:]}
     finally:
         await vendor.stop()
+
+
+def test_a_non_ascii_signature_header_is_refused_not_an_error() -> None:
+    """Starlette decodes header values as latin-1: compare_digest on str would raise TypeError
+    for "é" (a 500), where a bad signature must simply not verify (a 401)."""
+    config = WebhookConfig(url="https://gateway.test/send", secret=SECRET)
+    provider = WebhookProvider.from_config(config, ProviderContext(http=None, outbox_dir=Path(".")))
+    body = b'{"events": []}'
+    timestamp = str(int(time.time()))
+    good = signature(SECRET, timestamp, body)
+    url = "https://comms.test/webhooks/webhook/acc_test/status"
+    assert provider.verify_callback({"x-comms-timestamp": timestamp, "x-comms-signature": good}, body, url)
+    for given in ("v1=é" + good[4:], "é", good + "\u20ac"):
+        headers = {"x-comms-timestamp": timestamp, "x-comms-signature": given}
+        assert provider.verify_callback(headers, body, url) is False
+    # Digits that are not ASCII ("²".isdigit() is True, int("²") raises): refused, not a 500.
+    for stamp in ("\u00b2", "1\u00b2"):
+        assert (
+            provider.verify_callback({"x-comms-timestamp": stamp, "x-comms-signature": good}, body, url)
+            is False
+        )

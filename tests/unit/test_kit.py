@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -379,3 +380,48 @@ def test_json_log_lines_carry_the_request_id() -> None:
         and event["logger"] == "comms.dispatch"
     )
     assert event["request_id"] == "rid-42" and event["batch_id"] == "bat_1"
+
+
+async def test_body_limit_streams_up_to_the_limit_and_answers_413_past_it() -> None:
+    """A body sent in chunks without a Content-Length is counted as it comes: past the limit the
+    answer is 413 in the envelope and the app never runs; within it the app reads the body as
+    sent, then the client's disconnect."""
+    from comms.kit.bodylimit import BodyLimitMiddleware
+
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        seen.append(await receive())
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def run(chunks: list[bytes], path: str = "/communication/templates") -> list[dict[str, Any]]:
+        incoming = [
+            {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+            for i, c in enumerate(chunks)
+        ]
+        incoming.append({"type": "http.disconnect"})
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return incoming.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+        await BodyLimitMiddleware(app, limit=10)(scope, receive, send)
+        return sent
+
+    over = await run([b"123456", b"789012"])
+    assert over[0]["status"] == 413 and b'"code":413' in over[1]["body"] and seen == []
+    within = await run([b"12345", b"67890"])
+    assert within[0]["status"] == 204
+    assert seen == [
+        {"type": "http.request", "body": b"1234567890", "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+    seen.clear()
+    own = await run([b"123456", b"789012"], path="/communication/bulk")  # reads its own, with its own limit
+    assert own[0]["status"] == 204 and seen[0]["body"] == b"123456"

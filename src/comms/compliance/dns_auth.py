@@ -70,7 +70,7 @@ def parse_nameserver(value: str) -> tuple[str, int]:
         host, port = value.split(":")
     else:
         host, port = value, "53"
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"not a nameserver: {value!r} (expected host or host:port)")
     return host, int(port)
 

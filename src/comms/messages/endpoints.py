@@ -63,7 +63,7 @@ def _may_unmask(principal: Principal, unmask: bool) -> bool:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, or PayloadTooLarge as soon as it passes ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0

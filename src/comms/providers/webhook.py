@@ -159,10 +159,15 @@ class WebhookProvider(Provider):
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         timestamp = headers.get("x-comms-timestamp", "")
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE:
+        if (
+            not (timestamp.isascii() and timestamp.isdigit())
+            or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE
+        ):
             return False
         expected = self._sign(timestamp, body)
-        return hmac.compare_digest(expected, headers.get("x-comms-signature", ""))
+        return hmac.compare_digest(
+            expected.encode(), headers.get("x-comms-signature", "").encode("utf-8", "replace")
+        )
 
     def parse_receipts(self, body: bytes) -> list[DeliveryEvent]:
         """``{"events": [{"event_id", "id" (our log id), "message_id", "status": "delivered" |

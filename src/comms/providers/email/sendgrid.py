@@ -589,7 +589,10 @@ class SendGridProvider(Provider):
         if self._key is None:
             return False
         timestamp = headers.get("x-twilio-email-event-webhook-timestamp", "")
-        if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE:
+        if (
+            not (timestamp.isascii() and timestamp.isdigit())
+            or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE
+        ):
             return False
         try:
             signature = base64.b64decode(

@@ -87,7 +87,9 @@ MISSING_SIGN_NAME = (
 
 # ---- the vendor's codes, as data ------------------------------------------------------------------
 
-# Whole-call refusals that no retry fixes: credentials, permissions, the account itself.
+# Whole-call refusals that no retry fixes: credentials, permissions, the account itself. Raised
+# as the account's refusal (the dispatcher fails over); in a send where another call already
+# reached Aliyun, the refused call's messages RETRY (the next attempt is refused as a whole).
 PERMANENT_CALL_CODES: frozenset[str] = frozenset(
     {
         "InvalidAccessKeyId.NotFound",
@@ -100,6 +102,10 @@ PERMANENT_CALL_CODES: frozenset[str] = frozenset(
         "isp.RAM_PERMISSION_DENY",
         "isv.ACCOUNT_NOT_EXISTS",
         "isv.ACCOUNT_ABNORMAL",
+        # Sending restricted for the account's safety, after 45 days without a message: only
+        # Aliyun's account manager lifts it.
+        "isv.SECURITY_FROZEN_ACCOUNT",
+        "isv.RAM_CHECK_FAILED",  # the AccessKey's RAM authorisation failed
         "isv.PRODUCT_UN_SUBSCRIPT",
         "isv.PRODUCT_UNSUBSCRIBE",
         "isv.DENY_IP_RANGE",
@@ -233,7 +239,7 @@ def e164_readings(number: str) -> tuple[str, ...]:
     its country code (``1415...``: no mainland mobile starts 141), which Aliyun writes the same
     way. Digits that are both (+1 347... and the 134 mobile range) have two readings, +86 first:
     the caller decides by what the account sent (receipts/service.py)."""
-    digits = "".join(ch for ch in number if ch.isdigit())
+    digits = "".join(ch for ch in number if ch.isascii() and ch.isdigit())
     if number.strip().startswith("+"):
         return ("+" + digits,)
     if digits.startswith("00"):
@@ -291,6 +297,10 @@ class _Call:
 
 class _NoAnswer(Exception):
     """The request may have reached Aliyun, but no answer came back."""
+
+
+class _AccountRefused(PermanentProviderError):
+    """Aliyun refused the account itself (PERMANENT_CALL_CODES), not the call's messages."""
 
 
 class AliyunProvider(Provider):
@@ -385,7 +395,10 @@ class AliyunProvider(Provider):
             except ProviderError as exc:
                 stopped.append(exc)
                 refused.append(exc)
-                outcome = Outcome.FAILED if isinstance(exc, PermanentProviderError) else Outcome.RETRY
+                # Refused content fails its messages; an account refusal or an outage is no fault
+                # of theirs: RETRY (raised instead below when no call reached Aliyun).
+                failed = isinstance(exc, PermanentProviderError) and not isinstance(exc, _AccountRefused)
+                outcome = Outcome.FAILED if failed else Outcome.RETRY
                 for p in call.members:
                     results[p.message.id] = SendResult(
                         p.message.id, outcome, error=f"aliyun: {exc.message}", retry_after=exc.retry_after
@@ -407,8 +420,9 @@ class AliyunProvider(Provider):
 
         await self._pool.map(calls, run, lambda call: carries_code([p.message for p in call.members]))
         if not reached and refused:
+            account = [e for e in refused if isinstance(e, _AccountRefused)]
             permanent = [e for e in refused if isinstance(e, PermanentProviderError)]
-            raise (permanent or refused)[0]
+            raise (account or permanent or refused)[0]
         return results
 
     async def _call(self, action: str, params: Mapping[str, str]) -> dict[str, Any]:
@@ -445,7 +459,7 @@ class AliyunProvider(Provider):
         code = str(payload.get("Code") or "")
         text = f"{code}: {payload.get('Message') or ''}" if code else f"HTTP {status}: {raw[:200]!r}"
         if code in PERMANENT_CALL_CODES:
-            raise PermanentProviderError(text)
+            raise _AccountRefused(text)
         if code in TRANSIENT_CALL_CODES:
             raise TransientProviderError(text, TRANSIENT_CALL_CODES[code])
         if status in GATEWAY_UNCERTAIN and not code:

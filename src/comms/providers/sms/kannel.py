@@ -318,7 +318,7 @@ class KannelProvider(Provider):
         sender = query.get("from", "").strip()
         if not sender:
             raise ValueError("no sender (from) in the inbound message")
-        if sender.startswith("00") and sender[2:].isdigit():
+        if sender.startswith("00") and sender[2:].isascii() and sender[2:].isdigit():
             sender = "+" + sender[2:]
         text = query.get("text", "")
         to = query.get("to") or None

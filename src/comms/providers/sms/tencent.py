@@ -24,8 +24,14 @@ never the same number twice. ``SessionContext`` carries our log id when a call h
 
 Answer: ``Response.SendStatusSet`` has one status per number (``Code`` "Ok" and a ``SerialNo``,
 or an error code, mapped by :data:`NUMBER_ERRORS`); ``Response.Error`` refuses the whole call
-(:data:`CALL_ERRORS`). Receipts are a JSON array of ``{sid, report_status: SUCCESS|FAIL, errmsg,
-description, mobile, nationcode, user_receive_time}`` where ``sid`` is the SerialNo; replies are
+(:data:`CALL_ERRORS`). Tencent also reports refusals of the whole account (an empty SMS package,
+arrears, a request IP outside the whitelist) per number: such a code is read as the same refusal
+of the call (:func:`_read_answer`), never as a failure of the message. Marketing SMS go out only
+08:00-22:00 Beijing time (``FailedOperation.MarketingSendTimeConstraint``): deferred until 08:00,
+per number or for the whole call.
+
+Receipts are a JSON array of ``{sid, report_status: SUCCESS|FAIL, errmsg, description, mobile,
+nationcode, user_receive_time}`` where ``sid`` is the SerialNo; replies are
 ``{mobile, nationcode, text, sign, time, extend}``. Tencent signs neither: the callback URLs carry
 a secret ``token`` query parameter (the account's ``callback_token``), compared in constant time.
 A token in the URL proves who knows the URL, not the body's integrity (TLS covers that).
@@ -68,16 +74,21 @@ CONTENT_TYPE = "application/json; charset=utf-8"
 MAX_NUMBERS = 200  # PhoneNumberSet per call
 MAX_SESSION_CONTEXT = 511  # bytes
 
-CallKind = Literal["account", "transient", "failed"]
+CallKind = Literal["account", "transient", "deferred", "failed"]
 
 # Response.Error.Code for a whole call, by dotted prefix (the longest listed prefix wins).
 # "account": this account cannot send at all (credentials, permissions, balance) -> fail over;
-# "transient": try again later; "failed": this call's content is refused (template, signature).
+# "transient": try again later; "deferred": flow control, each message waits (never a refusal);
+# "failed": this call's content is refused (template, signature).
+# The "account" codes mean the same when Tencent reports them per number in SendStatusSet
+# (UnauthorizedOperation.ServiceSuspendDueToArrears, .RequestIpNotInWhitelist,
+# .IndividualUserMarketingSmsPermissionDeny, FailedOperation.InsufficientBalanceInSmsPackage...).
 CALL_ERRORS: dict[str, CallKind] = {
     "AuthFailure": "account",
     "UnauthorizedOperation": "account",
     "FailedOperation.InsufficientBalanceInSmsPackage": "account",
     "InvalidParameterValue.SdkAppIdNotExist": "account",
+    "FailedOperation.MarketingSendTimeConstraint": "deferred",
     "InternalError": "transient",
     "RequestLimitExceeded": "transient",
     "LimitExceeded": "transient",
@@ -89,7 +100,8 @@ CALL_ERRORS: dict[str, CallKind] = {
     "UnsupportedOperation": "failed",
 }
 
-# SendStatusSet[].Code per number, by dotted prefix: "retry" later or "failed" for good.
+# SendStatusSet[].Code per number, by dotted prefix: "retry" later or "failed" for good. Codes
+# CALL_ERRORS reads "account" or "deferred" are read so first (see _per_number).
 NUMBER_ERRORS: dict[str, Literal["retry", "failed"]] = {
     "LimitExceeded": "retry",
     "LimitExceeded.AppCountryOrRegionInBlacklist": "failed",
@@ -99,7 +111,6 @@ NUMBER_ERRORS: dict[str, Literal["retry", "failed"]] = {
     "InvalidParameter": "failed",
     "InvalidParameterValue": "failed",
     "MissingParameter": "failed",
-    "UnauthorizedOperation": "failed",
     "UnsupportedOperation": "failed",
 }
 
@@ -120,7 +131,13 @@ DAILY_LIMITS: frozenset[str] = frozenset(
         "LimitExceeded.PhoneNumberSameContentDailyLimit",
     }
 )
-BEIJING = timezone(timedelta(hours=8))
+BEIJING = timezone(timedelta(hours=8))  # Asia/Shanghai: UTC+8, no daylight saving time
+# Marketing SMS are refused outside 08:00-22:00 Beijing time (MarketingSendTimeConstraint).
+MARKETING_OPENS = 8  # hour, Beijing time
+# A refusal this soon after 08:00 by our clock means Tencent's clock is behind ours: try again
+# shortly rather than the next morning.
+CLOCK_SKEW = timedelta(minutes=5)
+SKEWED_WAIT = 60.0
 
 RECEIPT_STATUS: dict[str, str] = {"SUCCESS": "delivered", "FAIL": "undelivered"}
 
@@ -261,7 +278,7 @@ class TencentProvider(Provider):
                 return _Answer(
                     "results", [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in call.messages]
                 )
-            if answer.kind in ("refused", "transient"):
+            if answer.kind in ("refused", "transient") or answer.halts:
                 stop.append(answer)
             return answer
 
@@ -373,12 +390,17 @@ class _Call:
 @dataclass(frozen=True, slots=True)
 class _Answer:
     """One SendSms call: per-message ``results``, or the whole call ``transient`` (nothing sent),
-    ``refused`` (the account cannot send), ``failed`` (content refused), or ``skipped``."""
+    ``refused`` (the account cannot send), ``failed`` (content refused), or ``skipped``.
+
+    A call refused per number (an account-level Code in SendStatusSet, none of its numbers
+    taken) is ``refused`` with ``results`` too: those stand when another call of the send got
+    through, so the send does not raise."""
 
     kind: Literal["results", "transient", "refused", "failed", "skipped"]
     results: list[SendResult] | None = None
     reason: str = ""
     retry_after: float | None = None
+    halts: bool = False  # start no further calls in this send (the account was refused midway)
 
 
 class _Error(msgspec.Struct, rename="pascal"):
@@ -481,6 +503,28 @@ def _limit_wait(code: str, now: datetime | None = None) -> float | None:
     return None
 
 
+def marketing_wait(now: datetime | None = None) -> float:
+    """Seconds until marketing SMS may go again: the next 08:00 Beijing time (UTC+8, no DST)."""
+    local = (now or datetime.now(UTC)).astimezone(BEIJING)
+    opens = local.replace(hour=MARKETING_OPENS, minute=0, second=0, microsecond=0)
+    if opens <= local < opens + CLOCK_SKEW:
+        return SKEWED_WAIT  # open by our clock, not yet by Tencent's
+    if opens <= local:
+        opens += timedelta(days=1)
+    return (opens - local).total_seconds()
+
+
+def _is_account_refusal(code: str) -> bool:
+    """A Code that refuses the account as a whole, wherever Tencent reports it."""
+    kind: CallKind | None = _lookup(CALL_ERRORS, code)
+    return kind == "account"
+
+
+def _is_marketing_hours(code: str) -> bool:
+    kind: CallKind | None = _lookup(CALL_ERRORS, code)
+    return kind == "deferred"
+
+
 def _read_answer(call: _Call, status: int, raw: bytes) -> _Answer:
     if status in GATEWAY_UNCERTAIN:
         error = gateway_uncertain(status, "Tencent")
@@ -499,19 +543,38 @@ def _read_answer(call: _Call, status: int, raw: bytes) -> _Answer:
         kind: CallKind = _lookup(CALL_ERRORS, response.error.code) or "failed"
         if kind == "transient":
             return _Answer("transient", reason=reason, retry_after=_limit_wait(response.error.code))
+        if kind == "deferred":  # flow control: nothing was sent, and nothing is wrong with it
+            wait = marketing_wait()
+            return _Answer(
+                "results",
+                [SendResult(m.id, Outcome.DEFERRED, None, None, reason, wait) for m in call.messages],
+            )
         return _Answer("refused" if kind == "account" else "failed", reason=reason)
     by_number: dict[str, list[_SendStatus]] = {}
     for entry in response.send_status_set:
         by_number.setdefault(_number_key(entry.phone_number), []).append(entry)
     results = []
+    refusal: str | None = None  # the first account-level Code among the numbers
     for message in call.messages:
         entries = by_number.get(_number_key(message.to))
         if not entries:
             error = f"no status for this number in the answer (RequestId {response.request_id})"
             results.append(SendResult(message.id, Outcome.UNKNOWN, error=error))
             continue
-        results.append(_per_number(message, entries.pop(0), response.request_id))
-    return _Answer("results", results)
+        entry = entries.pop(0)
+        if refusal is None and _is_account_refusal(entry.code):
+            refusal = f"Tencent {entry.code}: {entry.message} (RequestId {response.request_id})"
+        results.append(_per_number(message, entry, response.request_id))
+    if refusal is None:
+        return _Answer("results", results)
+    # The account itself is refused (an empty SMS package, arrears...), reported per number. When
+    # none of the call's numbers was taken (or may have been), nothing left: the call is refused as
+    # a whole, like the same Code in Response.Error, and may fail over. Otherwise some went out,
+    # so none of the call's messages may be offered to another account: the refused ones RETRY
+    # (the next attempt is refused as a whole), and no further call of this send starts.
+    if not any(r.outcome in (Outcome.SENT, Outcome.UNKNOWN) for r in results):
+        return _Answer("refused", results, reason=refusal)
+    return _Answer("results", results, reason=refusal, halts=True)
 
 
 def _per_number(message: OutboundMessage, entry: _SendStatus, request_id: str) -> SendResult:
@@ -521,6 +584,10 @@ def _per_number(message: OutboundMessage, entry: _SendStatus, request_id: str) -
     if entry.code == "Ok":
         return SendResult.sent(message.id, entry.serial_no or None, response)
     error = f"Tencent {entry.code}: {entry.message}"
+    if _is_account_refusal(entry.code):  # not this message's fault: the account cannot send now
+        return SendResult(message.id, Outcome.RETRY, None, response, f"{error} (the account is refused)")
+    if _is_marketing_hours(entry.code):
+        return SendResult(message.id, Outcome.DEFERRED, None, response, error, marketing_wait())
     if (_lookup(NUMBER_ERRORS, entry.code) or "failed") == "retry":
         # A per-number frequency limit is flow control (deferred), anything else a transient error.
         outcome = Outcome.DEFERRED if entry.code.startswith("LimitExceeded.") else Outcome.RETRY
@@ -535,7 +602,9 @@ def _settle(
     answers: Sequence[_Answer],
 ) -> list[SendResult]:
     """Per-message results; raise when calls were made and none got through, so the dispatcher
-    fails over (an account refusal first, then an outage, then refused content)."""
+    fails over (an account refusal first, then an outage, then refused content). Once one call
+    got through, nothing raises: the messages of a call that was answered per number keep those
+    results (an account refusal among them is RETRY, never FAILED), the others RETRY."""
     if answers and not any(a.kind == "results" for a in answers):
         refused = next((a for a in answers if a.kind == "refused"), None)
         if refused is not None:
@@ -568,7 +637,7 @@ def _settle(
 def _number_key(number: str) -> str:
     """A number as digits with its country code, however Tencent wrote it (+86..., 0086..., or a
     bare mainland mobile number)."""
-    digits = "".join(c for c in number if c.isdigit())
+    digits = "".join(c for c in number if c.isascii() and c.isdigit())
     if number.strip().startswith("+"):
         return digits
     if digits.startswith("00"):
@@ -592,6 +661,7 @@ __all__ = [
     "TencentProvider",
     "authorization",
     "canonical_request",
+    "marketing_wait",
     "string_to_sign",
     "tc3_signature",
 ]

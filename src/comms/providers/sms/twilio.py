@@ -78,12 +78,13 @@ ERROR_CODES: dict[int, Literal["failed", "retry", "account"]] = {
     21408: "failed",  # permission to send to this region is not enabled
     21602: "failed",  # message body is required
     21604: "failed",  # 'To' is required
-    21610: "failed",  # recipient unsubscribed (replied STOP)
+    21610: "failed",  # recipient unsubscribed (replied STOP): see ERROR_EXPLANATIONS
     21611: "retry",  # the sender has too many queued messages
     21612: "failed",  # 'To' is not reachable via SMS from this sender
     21614: "failed",  # 'To' is not a mobile number
     21617: "failed",  # body exceeds 1600 characters
     21635: "failed",  # 'To' cannot be a landline
+    21603: "account",  # 'From' is required: the account's sender is missing, for every message
     21606: "account",  # 'From' is not a message-capable Twilio number of this account
     21212: "account",  # invalid 'From' number
     21659: "account",  # 'From' is not a Twilio number
@@ -91,6 +92,12 @@ ERROR_CODES: dict[int, Literal["failed", "retry", "account"]] = {
     21704: "account",  # messaging service has no senders
     21705: "account",  # invalid messaging service sid
     30001: "retry",  # queue overflow
+}
+
+# What an error code means for the tenant, beyond Twilio's own short message.
+ERROR_EXPLANATIONS: dict[int, str] = {
+    21610: "the recipient unsubscribed from this sender at Twilio/the carrier (replied STOP); "
+    "nothing reaches them from it until they reply START",
 }
 
 # MessageStatus in a status callback -> our receipt status. Others (queued, accepted,
@@ -251,8 +258,11 @@ class TwilioProvider(Provider):
             params = form(body)
         except UnicodeDecodeError:
             return False
+        # Bytes, not str: compare_digest refuses a str with non-ASCII characters (a header is
+        # decoded as latin-1), which must be a mismatch, not an error.
+        given_bytes = given.encode("utf-8", "replace")
         return any(
-            hmac.compare_digest(signature(self.config.auth_token, candidate, params), given)
+            hmac.compare_digest(signature(self.config.auth_token, candidate, params).encode(), given_bytes)
             for candidate in _url_variants(url)
         )
 
@@ -409,6 +419,8 @@ def _classify(message: OutboundMessage, status: int, raw: bytes, retry_after: fl
         return _Answer(
             "transient", reason=text, retry_after=retry_after, halts=status == 429 or code == 20429
         )
+    if code in ERROR_EXPLANATIONS:
+        text = f"{text}: {ERROR_EXPLANATIONS[code]}"
     return _Answer("result", SendResult(message.id, Outcome.FAILED, response=f"HTTP {status}", error=text))
 
 
@@ -459,17 +471,24 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _url_variants(url: str) -> list[str]:
-    """The URL as given, and with the default port added or removed (Twilio's helper libraries
-    accept either, since a proxy may add or drop it)."""
+    """The URL as given; with any explicit port removed; without one, with the scheme's default
+    port added. Twilio's own validator (twilio-python RequestValidator) accepts a signature over
+    either form, since Twilio signs the URL as configured and a proxy in front of us may add or
+    drop the port (e.g. Twilio calls https://host/path, we see https://host:8443/path)."""
     parts = urlsplit(url)
-    default = {"https": 443, "http": 80}.get(parts.scheme)
     variants = [url]
-    if default is None or parts.hostname is None:
+    if parts.hostname is None:
         return variants
-    if parts.port is None:
-        variants.append(urlunsplit(parts._replace(netloc=f"{parts.netloc}:{default}")))
-    elif parts.port == default:
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range: no other form
+        return variants
+    if port is not None:
         variants.append(urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0])))
+        return variants
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    if default is not None:
+        variants.append(urlunsplit(parts._replace(netloc=f"{parts.netloc}:{default}")))
     return variants
 
 
