@@ -314,10 +314,26 @@ async def test_idempotency_key_replays_and_conflicts(service: Service, tenant: T
     assert first.status_code == again.status_code == 202
     assert first.json()["batch_id"] == again.json()["batch_id"]
     assert await count_rows(service) == (1, 2)
+    # The same JSON with other spacing and key order, or another page_size, is the same request.
+    body = sms()
+    reordered = json.dumps(dict(reversed(list(body.items()))), indent=2).encode()
+    for path, content in (("/communication/bulk", reordered), ("/communication/bulk?page_size=1", None)):
+        replay = await service.client.post(
+            path,
+            content=content or json.dumps(body).encode(),
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        assert replay.status_code == 202 and replay.json()["batch_id"] == first.json()["batch_id"], path
+        assert replay.json()["items"] == first.json()["items"]
     conflict = await service.client.post(
         "/communication/bulk", json=sms(content="other {{ code }}"), headers=headers
     )
     assert conflict.status_code == 409 and conflict.json()["code"] == 409
+    # Recipients shown raw are only replayed to a request that asks for them raw.
+    raw = await service.client.post(
+        "/communication/bulk?unmask=true", json=sms(), headers={**headers, **tenant.headers(tenant.pii_token)}
+    )
+    assert raw.status_code == 409
     assert await count_rows(service) == (1, 2)
     async with service.db.read() as session:
         assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 1
@@ -528,3 +544,33 @@ async def test_a_bulk_that_fails_after_its_items_leaves_nothing(
         async with service.db.begin() as session:
             await session.execute(delete(Message))
             await session.execute(delete(Batch))
+
+
+async def test_a_fault_part_way_through_a_large_bulk_leaves_the_pool_usable(
+    service: Service, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk's write runs while the next chunk is prepared: when preparing fails, the write in
+    flight ends before the transaction rolls back, nothing of the request is kept, and the
+    requests after it work (before: a connection went back to the pool mid-transaction)."""
+    from comms.messages import service as submit
+
+    original = submit._Normalizer.run
+    calls = 0
+
+    def failing_on_the_second_chunk(self: submit._Normalizer, chunk: list[object]) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("a fault while preparing the second chunk")
+        return original(self, chunk)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(submit._Normalizer, "run", failing_on_the_second_chunk)
+    body = sms(recipients=[f"138{i:08d}" for i in range(submit.CHUNK + 1)])
+    failed = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+    assert failed.status_code == 500 and failed.json()["code"] == 500
+    assert await count_rows(service) == (0, 0)
+    for _ in range(4):  # more than one connection of the pool: each must be usable
+        assert (
+            await service.client.post("/communication/bulk", json=sms(), headers=tenant.headers())
+        ).status_code == 202
+    assert await count_rows(service) == (4, 8)

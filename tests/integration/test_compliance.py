@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import dns.message
 import dns.rcode
@@ -506,6 +507,35 @@ async def test_08_quiet_hours_defer_marketing_sms_until_the_window_opens(
     assert [c.id for c in claimed] == [cn["id"]]
 
 
+async def test_08_rows_held_for_quiet_hours_rank_spread_by_position(
+    service: Service, tenant: TenantKeys, frozen_clock: list[datetime]
+) -> None:
+    """A bulk held back until the window opens is ranked from that time as a batch due then
+    would be (fairness.py): its rows do not all share one rank."""
+    from comms.messages.fairness import FAIR_SLICE, FAIR_STEP_MS
+
+    frozen_clock[0] = datetime(2026, 11, 26, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai
+    created = await bulk(
+        service,
+        tenant,
+        channel="sms",
+        category="announcement",
+        content="Maintenance tonight",
+        recipients=[f"138{i:08d}" for i in range(FAIR_SLICE + 100)],
+    )
+    async with service.db.read() as session:
+        ranks = (
+            await session.execute(
+                select(Message.queue_rank, func.count())
+                .where(Message.batch_id == created["batch_id"], Message.status == "deferred")
+                .group_by(Message.queue_rank)
+                .order_by(Message.queue_rank)
+            )
+        ).all()
+    opens = int(datetime(2026, 11, 27, 0, 0, tzinfo=UTC).timestamp() * 1000)  # 08:00 Shanghai
+    assert ranks == [(opens, FAIR_SLICE), (opens + FAIR_STEP_MS, 100)]
+
+
 # ---- 10 -----------------------------------------------------------------------------------------
 
 
@@ -707,6 +737,42 @@ async def test_13_erasure_reaches_raw_callbacks_in_the_vendors_spelling(
     assert left == {"other-number", "annxb"}
 
 
+async def test_an_address_with_a_slash_can_be_unsuppressed_and_its_consent_withdrawn(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """ "a/b@example.com" is a valid address (RFC 5322 allows "/" in the local part): its path
+    segment is sent encoded (%2F) and still names it."""
+    address = "a/b@example.com"
+    created = await service.client.post(
+        "/communication/suppressions",
+        json={"channel": "email", "address": address, "reason": "unsubscribed"},
+        headers=tenant.headers(),
+    )
+    assert created.status_code == 201, created.text
+    listed = await service.client.get(
+        f"/communication/suppressions?address={quote(address)}", headers=tenant.headers()
+    )
+    assert listed.json()["total"] == 1
+    removed = await service.client.delete(
+        f"/communication/suppressions/email/{quote(address, safe='@')}", headers=tenant.headers()
+    )
+    assert removed.status_code == 200, removed.text
+    assert (await service.client.get("/communication/suppressions", headers=tenant.headers())).json()[
+        "total"
+    ] == 0
+    await opt_in(service, tenant, "email", address)
+    withdrawn = await service.client.delete(
+        f"/communication/consents/email/{quote(address, safe='@')}", headers=tenant.headers()
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    latest = (
+        await service.client.get(
+            f"/communication/consents?address={quote(address)}", headers=tenant.headers()
+        )
+    ).json()
+    assert latest["items"][0]["status"] == "opted_out"
+
+
 async def test_14_consent_evidence_and_append_only_audit(service: Service, tenant: TenantKeys) -> None:
     await opt_in(service, tenant, "email", "ann@example.com")
     listed = (
@@ -718,6 +784,11 @@ async def test_14_consent_evidence_and_append_only_audit(service: Service, tenan
     assert (
         record["status"] == "opted_in" and record["basis"] == "opt_in" and record["source"] == "signup-form"
     )
+    # The channel may be left out: an address with an "@" is an email address (as in /logs).
+    by_address = await service.client.get(
+        "/communication/consents?address=Ann@Example.com", headers=tenant.headers()
+    )
+    assert by_address.status_code == 200 and by_address.json()["items"] == listed["items"]
     assert record["wording_version"] == "v3" and record["created_at"]
     withdrawn = await service.client.delete(
         "/communication/consents/email/ann@example.com", headers=tenant.headers()

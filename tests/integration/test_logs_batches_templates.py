@@ -128,11 +128,48 @@ async def test_batch_counts_cancel_and_retry(service: Service, tenant: TenantKey
     assert cancelled.status_code == 200
     assert cancelled.json()["data"]["counts"] == {"cancelled": 2, "rejected": 1}
     assert cancelled.json()["data"]["done"] is True and cancelled.json()["data"]["cancelled_at"]
+    again = await service.client.post(f"/communication/batches/{batch_id}/cancel", headers=tenant.headers())
+    assert again.json()["message"] == "nothing to cancel: every item is final"
+    assert again.json()["data"]["cancelled_at"] == cancelled.json()["data"]["cancelled_at"]
+    # A batch with nothing left to send is not marked cancelled by a cancel.
+    finished = await bulk(service, tenant, recipients=["bad"])
+    answer = await service.client.post(
+        f"/communication/batches/{finished['batch_id']}/cancel", headers=tenant.headers()
+    )
+    assert answer.status_code == 200 and answer.json()["message"] == "nothing to cancel: every item is final"
+    assert answer.json()["data"]["cancelled_at"] is None
     retried = await service.client.post(f"/communication/batches/{batch_id}/retry", headers=tenant.headers())
     assert retried.status_code == 200 and retried.json()["message"] == "re-queued 0 item(s)"
     assert (
         await service.client.get("/communication/batches/bat_nope", headers=tenant.headers())
     ).status_code == 404
+
+
+async def test_a_batch_retry_ranks_its_rows_like_a_new_batch(service: Service, tenant: TenantKeys) -> None:
+    """Re-queued rows are spread over virtual time by position (fairness.py), not all given one
+    rank: a 100k retry must not rank wholly ahead of a batch accepted a second later."""
+    from sqlalchemy import func, select, update
+
+    from comms.messages.fairness import FAIR_SLICE, FAIR_STEP_MS
+    from comms.models import Message
+
+    created = await bulk(service, tenant, recipients=[f"138{i:08d}" for i in range(2 * FAIR_SLICE + 200)])
+    batch_id = created["batch_id"]
+    async with service.db.begin() as session:
+        await session.execute(update(Message).where(Message.batch_id == batch_id).values(status="failed"))
+    retried = await service.client.post(f"/communication/batches/{batch_id}/retry", headers=tenant.headers())
+    assert retried.json()["message"] == f"re-queued {2 * FAIR_SLICE + 200} item(s)"
+    async with service.db.read() as session:
+        ranks = (
+            await session.execute(
+                select(Message.queue_rank, func.count())
+                .where(Message.batch_id == batch_id)
+                .group_by(Message.queue_rank)
+                .order_by(Message.queue_rank)
+            )
+        ).all()
+    assert [count for _, count in ranks] == [FAIR_SLICE, FAIR_SLICE, 200]
+    assert [rank - ranks[0][0] for rank, _ in ranks] == [0, FAIR_STEP_MS, 2 * FAIR_STEP_MS]
 
 
 async def test_templates_crud_and_use(service: Service, tenant: TenantKeys) -> None:

@@ -217,13 +217,17 @@ async def verify_domain(
     return reply(200, f"{name} {verdict}", data={"domain": name, **result.model_dump()})
 
 
-def _address_filter(principal: Principal, channel: Channel | None, address: str | None) -> str | None:
-    """The hash to filter a list by, for an ``address`` given in any format (channel required)."""
+def _address_filter(
+    principal: Principal, channel: Channel | None, address: str | None
+) -> tuple[Channel | None, str | None]:
+    """(channel, hash) to filter a list by, for an ``address`` given in any format; without a
+    channel, an address with an ``@`` is an email address, any other a phone number (as
+    /logs?recipient= reads it)."""
     if address is None:
-        return None
+        return channel, None
     if channel is None:
-        raise ValidationFailed.single("channel", "required with address")
-    return service.contact(principal.tenant, channel.value, address, _region(principal)).digest
+        channel = Channel.EMAIL if "@" in address else Channel.SMS
+    return channel, service.contact(principal.tenant, channel.value, address, _region(principal)).digest
 
 
 # ---- suppressions --------------------------------------------------------------------------------
@@ -252,7 +256,7 @@ async def list_suppressions(
     address: str | None = None,
 ) -> Any:
     """The caller's own suppressions only (CAN-SPAM forbids sharing opt-out lists); addresses masked."""
-    digest = _address_filter(principal, channel, address)
+    channel, digest = _address_filter(principal, channel, address)
     paging = Page(page, page_size)
     async with app_state(request).db.read() as session:
         rows, total = await SuppressionStore(session, principal.tenant_id).list(
@@ -277,7 +281,7 @@ async def add_suppression(
     return reply(201 if changed else 200, "suppressed" if changed else "already suppressed", data=data)
 
 
-@router.delete("/suppressions/{channel}/{address}", responses=ERROR_RESPONSES)
+@router.delete("/suppressions/{channel}/{address:path}", responses=ERROR_RESPONSES)
 async def delete_suppression(
     request: Request, channel: Channel, address: str, principal: SuppressionsWritePrincipal
 ) -> Any:
@@ -509,7 +513,7 @@ async def list_consents(
     address: str | None = None,
 ) -> Any:
     """Consent evidence (who, when, source, wording version), newest first."""
-    digest = _address_filter(principal, channel, address)
+    channel, digest = _address_filter(principal, channel, address)
     paging = Page(page, page_size)
     async with app_state(request).db.read() as session:
         rows, total = await ConsentStore(session, principal.tenant_id).list(
@@ -520,7 +524,7 @@ async def list_consents(
     )
 
 
-@router.delete("/consents/{channel}/{address}", responses=ERROR_RESPONSES)
+@router.delete("/consents/{channel}/{address:path}", responses=ERROR_RESPONSES)
 async def withdraw_consent(
     request: Request, channel: Channel, address: str, principal: SuppressionsWritePrincipal
 ) -> Any:

@@ -132,8 +132,9 @@ async def send_bulk(
         ip=_client_ip(request),
     )
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None and not body.dry_run else None
-    fingerprint = idempotency.request_fingerprint(request.url.path + "?" + request.url.query, raw)
+    fingerprint = ""
     if key is not None:
+        fingerprint = idempotency.request_fingerprint(request.url.path, body, options.unmask)
         async with state.db.read() as session:
             previous = await idempotency.find_previous(session, principal.tenant_id, key, fingerprint)
         if previous is not None:
@@ -332,8 +333,13 @@ async def cancel_batch(request: Request, batch_id: str, principal: SendPrincipal
             raise NotFound(f"no batch {batch_id}")
         messages = MessageRepository(session, principal.tenant_id)
         cancelled = await messages.cancel_pending(batch_id, now)
-        batch.cancelled_at = batch.cancelled_at or now
         counts = await messages.status_counts(batch_id)
+        if not cancelled and FINAL_STATUSES.issuperset(counts):
+            # Every item is final: nothing was cancelled, and the batch does not say it was.
+            return reply(200, "nothing to cancel: every item is final", data=_batch_data(batch, counts))
+        # Also when only items on their way to a provider are left: one that comes back (a retry,
+        # a deferral) is cancelled then (Dispatcher._deliver reads cancelled_at).
+        batch.cancelled_at = batch.cancelled_at or now
     return reply(200, f"cancelled {cancelled} item(s)", data=_batch_data(batch, counts))
 
 

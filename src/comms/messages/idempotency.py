@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
+from typing import Any
 
+import msgspec
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,8 +27,17 @@ MAX_KEY_LENGTH = 255
 KEY_TTL = timedelta(hours=24)
 
 
-def request_fingerprint(path: str, body: bytes) -> str:
-    return hashlib.sha256(path.encode() + b"\0" + body).hexdigest()
+_canonical = msgspec.json.Encoder(order="sorted").encode
+
+
+def request_fingerprint(path: str, body: Any, unmask: bool) -> str:
+    """The request as decoded, re-encoded with sorted keys: the same JSON with other spacing or
+    key order is the same request (CONTRACT.md: "the same key and body"). Of the query only
+    ``unmask`` counts: a replay of recipients shown raw must have asked for them raw (the
+    ``page_size`` of a retry does not change the first answer, which it gets)."""
+    digest = hashlib.sha256(path.encode() + b"\0" + (b"1" if unmask else b"0") + b"\0")
+    digest.update(_canonical(body))
+    return digest.hexdigest()
 
 
 def check_key(key: str) -> str:
@@ -43,7 +54,7 @@ async def find_previous(
     if row is None or row.created_at < utcnow() - KEY_TTL:
         return None
     if row.request_hash != fingerprint:
-        raise Conflict("Idempotency-Key was already used with a different request body")
+        raise Conflict("Idempotency-Key was already used with a different request")
     return row.status_code, row.response_body.encode()
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import BigInteger, ColumnElement, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.events.service import EVENT_COLUMNS, subscribed_statuses, tell_changed_rows
@@ -97,6 +98,15 @@ class LogItemWriter:
         if pending is not None:
             await pending
 
+    async def settle(self) -> None:
+        """The caller failed part-way: let a write in flight end (one chunk, milliseconds) before
+        the transaction is rolled back. Left running, it would still hold the connection when
+        the pool took it back, and the requests after would find it mid-transaction."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+
     async def _sqlite_write(self, rows: Sequence[tuple[Any, ...]], position: int) -> None:
         shared = self.shared
         params: dict[str, Any] = {c: getattr(shared, c) for c in _SHARED}
@@ -115,9 +125,11 @@ class LogItemWriter:
             packed = _json_encode([f"{row[0]}{row[1]}" for row in simple]).decode()
             await self._driver.execute(_SQLITE_INSERT_SIMPLE, {**params, "status": status, "rows": packed})
         if len(simple) < len(rows):
-            rest = [row for row in rows if not _is_simple(row, status)]
+            rest = [(i, row) for i, row in enumerate(rows) if not _is_simple(row, status)]
             encoded = _json_encode(
-                [_sqlite_due(row) for row in rest] if _has_own_due(rest) else rest
+                [_sqlite_due(row, position + i) for i, row in rest]
+                if _has_own_due([row for _, row in rest])
+                else [row for _, row in rest]
             ).decode()
             await self._driver.execute(_SQLITE_INSERT, {**params, "rows": encoded})
 
@@ -132,7 +144,9 @@ class LogItemWriter:
                 dumps(row[5]).decode() if row[5] else None,
                 *constants,
                 *(
-                    (row[6], rank_of(row[6]))
+                    # held back (quiet hours): spread from its own due time, as the batch's
+                    # others are from theirs, so its region's rows do not all rank alike
+                    (row[6], rank_of(row[6], position + i))
                     if row[6] is not None
                     else (due, rank0 + min((position + i) // FAIR_SLICE, MAX_SLICES) * FAIR_STEP_MS)
                     if row[3] in _DUE
@@ -171,9 +185,10 @@ def _has_own_due(rows: Sequence[tuple[Any, ...]]) -> bool:
     return any(row[6] is not None for row in rows)
 
 
-def _sqlite_due(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The row with its own due time in SQLite's stored text form, and the rank that goes with it."""
-    return row if row[6] is None else (*row[:6], raw_datetime(row[6], True), rank_of(row[6]))
+def _sqlite_due(row: tuple[Any, ...], position: int) -> tuple[Any, ...]:
+    """The row with its own due time in SQLite's stored text form, and the rank that goes with it
+    (``position``: the row's within its batch)."""
+    return row if row[6] is None else (*row[:6], raw_datetime(row[6], True), rank_of(row[6], position))
 
 
 _SQLITE_INSERT = (
@@ -291,20 +306,29 @@ class MessageRepository:
         return len(rows)
 
     async def requeue_failed(self, batch_id: str, now: datetime) -> int:
+        retryable = (
+            Message.batch_id == batch_id,
+            Message.tenant_id == self.tenant_id,
+            Message.status.in_(sorted(RETRYABLE)),
+            # Past log retention only the masked address is left: nothing to send to.
+            ~Message.recipient_key.startswith(ANONYMIZED_KEY_PREFIX, autoescape=True),
+        )
+        # Ranked as a new batch's rows are (fairness.py): spread by position, so a retry of 100k
+        # rows does not rank wholly ahead of a batch accepted a second later.
+        numbered = (
+            select(Message.id, (func.row_number().over(order_by=Message.id) - 1).label("n"))
+            .where(*retryable)
+            .subquery()
+        )
+        slices = case((numbered.c.n >= FAIR_SLICE * MAX_SLICES, MAX_SLICES), else_=numbered.c.n // FAIR_SLICE)
         result = await self.session.execute(
             update(Message)
-            .where(
-                Message.batch_id == batch_id,
-                Message.tenant_id == self.tenant_id,
-                Message.status.in_(sorted(RETRYABLE)),
-                # Past log retention only the masked address is left: nothing to send to.
-                ~Message.recipient_key.startswith(ANONYMIZED_KEY_PREFIX, autoescape=True),
-            )
+            .where(Message.id == numbered.c.id, *retryable)
             .values(
                 status="queued",
                 error=None,
                 due_at=now,
-                queue_rank=rank_of(now),
+                queue_rank=literal(rank_of(now), BigInteger) + slices * FAIR_STEP_MS,
                 updated_at=now,
                 delivered_at=None,
                 attempts=0,

@@ -599,25 +599,29 @@ async def _store(
     first: list[Accepted] = []
     told: list[Accepted] = []  # refused or held back at once: their events go out with the 202
     wanted: frozenset[str] | None = None  # what the tenant's webhook wants; read at the first refusal
-    for chunk in _chunks(body.recipients):
-        normalized = normalizer.run(chunk)
+    try:
+        for chunk in _chunks(body.recipients):
+            normalized = normalizer.run(chunk)
+            await writer.wait()
+            items = await _gated(gate, resolved, normalized)
+            if normalizer.has_own_variables:
+                items = [_with_secrets_encrypted(item, resolved.secret_names, secrets) for item in items]
+            counts.update(item.status for item in items)
+            if any(counts[status] for status in EVENT_STATUSES):
+                # Only a tenant whose webhook wants these costs an event each (most have none).
+                if wanted is None:
+                    hooks = await subscribed_statuses(session, [principal.tenant_id])
+                    wanted = hooks.get(principal.tenant_id, frozenset())
+                if wanted:
+                    told.extend(item for item in items if item.status in wanted)
+            if len(first) < options.page_size:
+                first.extend(items[: options.page_size - len(first)])
+            used += len(items)
+            await writer.start(items)
         await writer.wait()
-        items = await _gated(gate, resolved, normalized)
-        if normalizer.has_own_variables:
-            items = [_with_secrets_encrypted(item, resolved.secret_names, secrets) for item in items]
-        counts.update(item.status for item in items)
-        if any(counts[status] for status in EVENT_STATUSES):
-            # Only a tenant whose webhook wants these costs an event each (most have none).
-            if wanted is None:
-                hooks = await subscribed_statuses(session, [principal.tenant_id])
-                wanted = hooks.get(principal.tenant_id, frozenset())
-            if wanted:
-                told.extend(item for item in items if item.status in wanted)
-        if len(first) < options.page_size:
-            first.extend(items[: options.page_size - len(first)])
-        used += len(items)
-        await writer.start(items)
-    await writer.wait()
+    except BaseException:  # a fault part-way (the caller's transaction rolls back next)
+        await writer.settle()
+        raise
     batch.total = used
     await session.execute(_SET_TOTAL, {"batch_id": batch.id, "count": used})
     audit = AuditEvent(
