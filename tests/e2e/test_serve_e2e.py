@@ -436,6 +436,8 @@ def test_first_start_prints_demo_key_and_sigterm_drains(tmp_path: Path) -> None:
             assert [i["recipient"] for i in readme["items"]] == ["138****8000", "139****9000"]
             assert {i["content"] for i in readme["items"]} == {"Your verification code is ******"}
             wait_batch_done(client, readme["batch_id"], 2)
+            # The demo key has the default scopes: raw recipients need a pii:read key.
+            assert client.get("/communication/logs?unmask=true").status_code == 403
             for item, e164 in zip(readme["items"], ["+8613800138000", "+8613900139000"], strict=True):
                 payload = json.loads((data_dir / "outbox" / "sms" / f"{item['id']}.json").read_text())
                 assert payload == {

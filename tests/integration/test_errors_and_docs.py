@@ -36,6 +36,8 @@ async def test_openapi_uses_seed_dto_names(service: Service) -> None:
         "schema"
     ]
     assert body == {"$ref": "#/components/schemas/dto.BulkSendRequest"}
+    assert list(schema["components"]["securitySchemes"]) == ["bearerAuth"]  # the seed's name
+    assert "counts" in schema["components"]["schemas"]["dto.CommunicationLogListResponse"]["properties"]
     assert (await service.client.get("/docs")).status_code == 200
 
 
@@ -108,6 +110,17 @@ async def test_edge_inputs_are_enveloped_errors_that_change_nothing(
         ("POST", "/communication/suppressions", b"{bad", 400, ""),
         ("PUT", "/communication/settings", b"[" * 100_000 + b"]" * 100_000, 400, ""),
         ("GET", "/communication/logs?created_from=0001-01-01T00:00:00%2B01:00", None, 422, "created_from"),
+        # RFC 3339 date-times only (Python's fromisoformat alone takes these too)
+        ("GET", "/communication/logs?created_from=2026-04-15", None, 422, "created_from"),
+        ("GET", "/communication/logs?created_to=20261127T063000Z", None, 422, "created_to"),
+        ("GET", "/communication/logs?created_to=2026-11-27T06:30:00", None, 422, "created_to"),
+        (
+            "POST",
+            "/communication/bulk",
+            {**sms, "content": "hi", "send_at": "20270101T000000Z"},
+            422,
+            "send_at",
+        ),
         ("GET", "/communication/logs?created_to=9999-12-31T23:59:59-01:00", None, 422, "created_to"),
         ("GET", "/communication/logs?page=9223372036854775807", None, 422, "page"),
         ("GET", "/communication/templates?page=9223372036854775807", None, 422, "page"),

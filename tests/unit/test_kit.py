@@ -425,3 +425,34 @@ async def test_body_limit_streams_up_to_the_limit_and_answers_413_past_it() -> N
     seen.clear()
     own = await run([b"123456", b"789012"], path="/communication/bulk")  # reads its own, with its own limit
     assert own[0]["status"] == 204 and seen[0]["body"] == b"123456"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-04-15T10:00:00Z", datetime(2026, 4, 15, 10, tzinfo=UTC)),
+        ("2026-04-15t10:00:00z", datetime(2026, 4, 15, 10, tzinfo=UTC)),
+        ("2026-04-15 10:00:00+08:00", datetime(2026, 4, 15, 2, tzinfo=UTC)),
+        ("2026-04-15T10:00:00.123456789Z", datetime(2026, 4, 15, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-04-15T10:00:00.5-01:30", datetime(2026, 4, 15, 11, 30, 0, 500000, tzinfo=UTC)),
+    ],
+)
+def test_rfc3339_date_times_are_read_in_utc(value: str, expected: datetime) -> None:
+    assert clock.parse_rfc3339(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "missing_offset"),
+    [
+        ("2026-04-15", False),
+        ("20260415T100000Z", False),
+        ("2026-02-30T10:00:00Z", False),
+        ("9999-12-31T23:59:59-01:00", False),  # past year 9999 in UTC
+        ("\uff12\uff10\uff12\uff16-04-15T10:00:00Z", False),  # fullwidth digits
+        ("2026-04-15T10:00:00", True),
+    ],
+)
+def test_other_date_times_are_refused(value: str, missing_offset: bool) -> None:
+    with pytest.raises(clock.NotRfc3339) as refused:
+        clock.parse_rfc3339(value)
+    assert refused.value.missing_offset is missing_offset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -31,3 +32,38 @@ def epoch_ms(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return int(value.timestamp() * 1000)
+
+
+# RFC 3339 section 5.6 date-time (a space for the "T" as its note allows); Python's fromisoformat
+# alone also takes "2026-04-15", "20260415T100000Z" or no offset at all.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?",
+    re.ASCII,
+)
+
+
+class NotRfc3339(ValueError):
+    """Not an RFC 3339 date-time; ``missing_offset``: only its time zone offset (or Z) is missing."""
+
+    def __init__(self, missing_offset: bool) -> None:
+        super().__init__("missing time zone offset" if missing_offset else "not an RFC 3339 timestamp")
+        self.missing_offset = missing_offset
+
+
+def parse_rfc3339(value: str) -> datetime:
+    """An RFC 3339 date-time (``2026-04-15T10:00:00Z``, ``...+08:00``, fractions of a second) in
+    UTC; NotRfc3339 for anything else, a date-time without an offset included."""
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise NotRfc3339(False)
+    if match["offset"] is None:
+        raise NotRfc3339(True)
+    text = value[:-1] + "+00:00" if match["offset"] in ("Z", "z") else value
+    if "." in text:  # Python reads at most 6 digits of a fraction: keep the microseconds
+        head, _, rest = text.partition(".")
+        digits = len(rest) - 6  # the offset is 6 characters
+        text = f"{head}.{rest[:digits][:6].ljust(6, '0')}{rest[digits:]}"
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except (ValueError, OverflowError):  # Feb 30, hour 25; past year 9999 or before year 1 in UTC
+        raise NotRfc3339(False) from None

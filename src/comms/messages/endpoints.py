@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from comms import metrics
 from comms.dispatch.wakeup import notify_work
 from comms.errors import BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, ValidationFailed
-from comms.kit.clock import isoformat, utcnow
+from comms.kit.clock import NotRfc3339, isoformat, parse_rfc3339, utcnow
 from comms.kit.http import FastJSONResponse, encode_json, envelope, reply
 from comms.kit.ids import new_id
 from comms.kit.memory import release_free_memory
@@ -189,10 +189,12 @@ def _parse_time(name: str, value: str | None) -> datetime | None:
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):  # OverflowError: past year 9999 or before year 1 in UTC
-        raise ValidationFailed.single(name, "must be an RFC 3339 timestamp") from None
+        return parse_rfc3339(value)
+    except NotRfc3339 as exc:
+        offset = " (with a time zone offset or Z)" if exc.missing_offset else ""
+        raise ValidationFailed.single(
+            name, f"must be an RFC 3339 timestamp{offset}, e.g. 2026-04-15T10:00:00Z"
+        ) from None
 
 
 async def _replay(

@@ -148,6 +148,10 @@ class CommunicationLogListResponse(BaseModel):
     timestamp: str | None = None
     total: int | None = None
     batch_id: str | None = Field(default=None, description="Set on POST /communication/bulk.")
+    counts: dict[str, int] | None = Field(
+        default=None,
+        description="Set on POST /communication/bulk: how many of the request's items have each status.",
+    )
 
 
 class CommunicationLogEnvelope(BaseModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, update
@@ -25,7 +25,7 @@ from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.settings import TenantSettings, load_settings
 from comms.errors import FieldError, PayloadTooLarge, ValidationFailed
 from comms.events.service import EVENT_STATUSES, subscribed_statuses, tell_changed_rows
-from comms.kit.clock import utcnow
+from comms.kit.clock import NotRfc3339, parse_rfc3339, utcnow
 from comms.kit.ids import new_id, new_ids
 from comms.kit.secretbox import SecretBox
 from comms.messages.recipients import (
@@ -328,14 +328,12 @@ def _parse_send_at(value: str | None, errors: list[FieldError]) -> datetime | No
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(UTC)
-    except (ValueError, OverflowError):  # OverflowError: past year 9999 or before year 1 in UTC
-        errors.append(FieldError("send_at", "must be an RFC 3339 timestamp, e.g. 2026-04-15T10:00:00Z"))
-        return None
-    if parsed.tzinfo is None:
-        errors.append(FieldError("send_at", "must include a time zone offset or Z"))
+        parsed = parse_rfc3339(value)
+    except NotRfc3339 as exc:
+        message = "must be an RFC 3339 timestamp, e.g. 2026-04-15T10:00:00Z"
+        errors.append(
+            FieldError("send_at", "must include a time zone offset or Z" if exc.missing_offset else message)
+        )
         return None
     if parsed <= utcnow():
         errors.append(FieldError("send_at", "must be in the future"))

@@ -13,7 +13,11 @@ from comms.state import app_state
 from comms.tenants.scopes import Scope
 from comms.tenants.service import Principal, authenticate
 
-_bearer = HTTPBearer(auto_error=False, description="An API key created with `comms apikey create`.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearerAuth",  # the seed page's name for it
+    description="An API key created with `comms apikey create`.",
+)
 
 
 async def current_principal(

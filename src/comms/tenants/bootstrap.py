@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comms.kit.db import Database
 from comms.tenants.repository import TenantRepository
-from comms.tenants.scopes import ALL_SCOPES
+from comms.tenants.scopes import DEFAULT_SCOPES
 from comms.tenants.service import create_api_key, create_tenant
 
 DEMO_SETTINGS = {
@@ -19,5 +19,7 @@ async def bootstrap_demo_tenant(db: Database) -> tuple[str, str] | None:
         if await TenantRepository(session).count() > 0:
             return None
         tenant = await create_tenant(session, "Demo", "CN", DEMO_SETTINGS)
-        _, token = await create_api_key(session, tenant.id, ALL_SCOPES, name="demo")
+        # The scopes `comms apikey create` gives by default: raw recipients (pii:read) are a
+        # grant of their own, never a demo's default.
+        _, token = await create_api_key(session, tenant.id, DEFAULT_SCOPES, name="demo")
     return tenant.id, token
