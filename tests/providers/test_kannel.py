@@ -90,6 +90,7 @@ class KannelVendor(FakeVendor):
         self.in_flight = 0
         self.most_in_flight = 0
         self.latency = 0.0
+        self.token = TOKEN  # the account's callback_token, which each dlr-url must carry
 
     def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/cgi-bin/sendsms", self.sendsms)
@@ -159,7 +160,7 @@ class KannelVendor(FakeVendor):
         if dlr_url is not None:
             if not dlr_url.lower().startswith(("http://", "https://")):
                 return web.Response(status=400, text="DLR-URL field misformed, rejected")
-            if f"token={TOKEN}" not in dlr_url or "%d" not in dlr_url:
+            if f"token={self.token}" not in dlr_url or "%d" not in dlr_url:
                 self.refuse(f"dlr-url without the token or the type escape: {dlr_url}")
             if dlr_mask is None or not dlr_mask.isdigit() or not 0 <= int(dlr_mask) <= 63:
                 return web.Response(status=400, text="DLR-Mask field misformed, rejected")
@@ -306,6 +307,32 @@ async def test_sender_falls_back_to_the_account_default(
     provider = provider_for(vendor, http, tmp_path, from_number="10690000")
     [result] = await provider.send([sms(4, sender=None)])
     assert result.outcome is Outcome.SENT and vendor.request_for("+8613800000004")["from"] == "10690000"
+
+
+async def test_the_contracts_from_is_the_sender_and_from_number_still_reads(
+    vendor: KannelVendor, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The contract names the account's sender ``from`` (sendsms's own name); accounts stored
+    with ``from_number``, its earlier name, keep loading. Either way it goes as sendsms ``from``."""
+    base = {"sendsms_url": f"{vendor.url}/cgi-bin/sendsms", "username": USERNAME, "password": PASSWORD}
+    given = KannelConfig.model_validate({**base, "callback_token": TOKEN, "from": "10690001"})
+    legacy = KannelConfig.model_validate({**base, "callback_token": TOKEN, "from_number": "10690002"})
+    assert (given.from_number, legacy.from_number) == ("10690001", "10690002")
+    # Stored (and shown) under the contract's name; what is stored loads back unchanged.
+    dumped = given.model_dump(mode="json")
+    assert dumped["from"] == "10690001" and "from_number" not in dumped
+    assert KannelConfig.model_validate(dumped) == given
+    with pytest.raises(ValidationError):  # one sender, not two
+        KannelConfig.model_validate({**base, "callback_token": TOKEN, "from": "1", "from_number": "2"})
+    with pytest.raises(ValidationError):
+        KannelConfig.model_validate({**base, "callback_token": TOKEN, "from": "1069\n"})
+    for i, config in ((6, given), (7, legacy)):
+        context = ProviderContext(http=http, outbox_dir=tmp_path, status_url=STATUS_URL)
+        provider = KannelProvider.from_config(config, context)
+        [result] = await provider.send([sms(i, sender=None)])
+        assert result.outcome is Outcome.SENT
+        assert vendor.request_for(f"+86138{i:08d}")["from"] == config.from_number
+    assert vendor.problems == []
 
 
 async def test_without_a_status_url_no_reports_are_asked_for(

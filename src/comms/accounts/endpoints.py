@@ -100,7 +100,7 @@ async def list_accounts(request: Request, principal: AdminPrincipal, channel: Ch
 async def create_account(request: Request, body: AccountCreate, principal: AdminPrincipal) -> Any:
     state = app_state(request)
     cls = service.provider_class(body.provider, body.channel.value)
-    config = service.validate_config(cls, body.config)
+    config = service.validate_config(cls, service.with_generated_secrets(cls, body.config))
     now = utcnow()
     row = ProviderAccount(
         id=new_id("acc"),
@@ -148,6 +148,7 @@ async def update_account(
         cls = service.provider_class(row.provider, row.channel)
         if "config" in changes and changes["config"] is not None:
             merged = service.merge_for_update(cls, row.config, changes.pop("config"), state.secrets)
+            merged = service.with_generated_secrets(cls, merged)
             row.config = service.seal(cls, service.validate_config(cls, merged), state.secrets)
         for field, value in changes.items():
             if value is None and field in ("name", "priority", "enabled", "config"):

@@ -2,15 +2,26 @@
 
 Secret fields (the provider class names them) are encrypted with COMMS_SECRET_KEY before they
 are stored and never returned by the API; a PUT that leaves one out keeps the stored value.
+
+Vendors that sign nothing they push (Aliyun, Tencent, Kannel) authenticate their callbacks by a
+secret ``callback_token`` in the callback URLs (``Provider.callback_query``). The contract's
+config fields do not include it: when an account is created (or a config update leaves it unset,
+as on an Aliyun account stored before this rule) without one, comms generates a random one and
+stores it like any other secret; a tenant may still set its own.
+
+A config field with alternative names (a pydantic ``AliasChoices``, e.g. Kannel's ``from`` and the
+older ``from_number``) is stored and shown under its serialization alias; a stored config under
+an older name still loads, is shown under the current one, and an update naming either replaces it.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from comms.errors import FieldError, ValidationFailed, pydantic_field, pydantic_message
 from comms.kit.secretbox import SecretBox
@@ -37,6 +48,45 @@ def callback_urls(
     base = f"{public_url.rstrip('/')}/webhooks/{provider}/{account_id}"
     suffix = f"?{urlencode(query)}" if query else ""
     return {"status": f"{base}/status{suffix}", "inbound": f"{base}/inbound{suffix}"}
+
+
+# The secret that vendors signing nothing echo back in the callback URL (Provider.callback_query).
+CALLBACK_TOKEN = "callback_token"
+CALLBACK_TOKEN_BYTES = 32  # 256 random bits: 43 characters of A-Za-z0-9_-
+
+
+def generated_secret_fields(cls: type[Provider]) -> frozenset[str]:
+    """The secret fields comms fills in itself when a config leaves them unset: the
+    ``callback_token`` of providers whose callbacks a URL token authenticates."""
+    if CALLBACK_TOKEN in cls.secret_fields and CALLBACK_TOKEN in cls.Config.model_fields:
+        return frozenset({CALLBACK_TOKEN})
+    return frozenset()
+
+
+def new_callback_token() -> str:
+    return secrets.token_urlsafe(CALLBACK_TOKEN_BYTES)
+
+
+def with_generated_secrets(cls: type[Provider], config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (not yet validated) with each of :func:`generated_secret_fields` that is absent
+    or null set to a new random value; one already set (given, or kept from the stored config
+    by :func:`merge_for_update`) is never replaced."""
+    missing = [f for f in sorted(generated_secret_fields(cls)) if config.get(f) is None]
+    if not missing:
+        return config
+    return {**config, **{field: new_callback_token() for field in missing}}
+
+
+def _alias_names(cls: type[Provider]) -> list[tuple[str, tuple[str, ...]]]:
+    """(the name a field is stored and shown under, every name it is read from) for each config
+    field with alternative input names."""
+    names = []
+    for field_name, info in cls.Config.model_fields.items():
+        choices = info.validation_alias
+        if isinstance(choices, AliasChoices):
+            read = tuple(c for c in choices.choices if isinstance(c, str))
+            names.append((info.serialization_alias or info.alias or field_name, read))
+    return names
 
 
 def validate_config(cls: type[Provider], config: dict[str, Any]) -> BaseModel:
@@ -75,8 +125,15 @@ def _opened(cls: type[Provider], stored: dict[str, Any], box: SecretBox) -> dict
 
 
 def public_view(cls: type[Provider], stored: dict[str, Any]) -> dict[str, Any]:
-    """The config as the API shows it: secret fields left out (write-only)."""
-    return {k: v for k, v in stored.items() if k not in cls.secret_fields}
+    """The config as the API shows it: secret fields left out (write-only), a field stored under
+    an older name shown under its current one."""
+    view = {k: v for k, v in stored.items() if k not in cls.secret_fields}
+    for current, names in _alias_names(cls):
+        for name in names:
+            if name != current and name in view:
+                value = view.pop(name)
+                view.setdefault(current, value)
+    return view
 
 
 def merge_for_update(
@@ -86,5 +143,10 @@ def merge_for_update(
     Not validated here (the caller validates the result): a stored config that a newer rule
     refuses must still be fixable by the update that changes the refused field."""
     current = _opened(cls, stored, box)
+    for _, names in _alias_names(cls):
+        # A change under any of a field's names replaces the stored value under any other.
+        if any(name in changes for name in names):
+            for name in names:
+                current.pop(name, None)
     current.update(changes)
     return current
