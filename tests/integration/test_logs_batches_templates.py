@@ -113,6 +113,10 @@ async def test_other_tenants_objects_are_404(service: Service, tenant: TenantKey
     )
     assert cancel.status_code == 404
     assert (await service.client.get("/communication/logs", headers=other.headers())).json()["total"] == 0
+    theirs = await service.client.get(
+        f"/communication/logs?batch_id={mine['batch_id']}", headers=other.headers()
+    )
+    assert theirs.status_code == 200 and (theirs.json()["total"], theirs.json()["items"]) == (0, [])
 
 
 async def test_batch_counts_cancel_and_retry(service: Service, tenant: TenantKeys) -> None:
