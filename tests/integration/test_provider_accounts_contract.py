@@ -415,3 +415,34 @@ async def test_a_send_through_kannel_goes_from_the_accounts_from(live_service: S
             return await statuses(live_service, batch) == {"delivered": 1}
 
         await wait_until(applied)
+
+
+async def test_the_account_list_is_paged_in_the_order_accounts_are_tried(
+    service: Service, tenant: TenantKeys
+) -> None:
+    for priority, name in ((3, "c"), (1, "a"), (2, "b")):
+        created = await service.client.post(
+            "/communication/providers",
+            json={
+                "channel": "sms",
+                "provider": "webhook",
+                "name": name,
+                "priority": priority,
+                "config": {"url": "http://127.0.0.1:9/send", "secret": "s3cret-s3cret-s3cret"},
+            },
+            headers=tenant.headers(),
+        )
+        assert created.status_code == 201, created.text
+    pages = [
+        (
+            await service.client.get(
+                f"/communication/providers?page={n}&page_size=2", headers=tenant.headers()
+            )
+        ).json()
+        for n in (1, 2, 3)
+    ]
+    assert [[i["name"] for i in p["items"]] for p in pages] == [["a", "b"], ["c"], []]
+    assert {p["total"] for p in pages} == {3}
+    assert pages[0]["pagination"]["has_next"] is True and pages[1]["pagination"]["has_next"] is False
+    bad = await service.client.get("/communication/providers?page_size=-1", headers=tenant.headers())
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "page_size"

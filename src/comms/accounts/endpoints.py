@@ -15,7 +15,8 @@ from comms.errors import NotFound, ValidationFailed
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.http import reply
 from comms.kit.ids import new_id
-from comms.kit.pagination import Page
+from comms.kit.pagination import DEFAULT_PAGE_SIZE, Page
+from comms.messages.endpoints import PageQuery, PageSizeQuery
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import ProviderAccount
 from comms.providers.base import Provider
@@ -85,15 +86,21 @@ def _callback_query(cls: type[Provider], row: ProviderAccount, state: AppState) 
 
 
 @router.get("", responses=ERROR_RESPONSES)
-async def list_accounts(request: Request, principal: AdminPrincipal, channel: Channel | None = None) -> Any:
+async def list_accounts(
+    request: Request,
+    principal: AdminPrincipal,
+    channel: Channel | None = None,
+    page: PageQuery = 1,
+    page_size: PageSizeQuery = DEFAULT_PAGE_SIZE,
+) -> Any:
+    """In the order they are tried: priority, then id."""
     async with app_state(request).db.read() as session:
         rows = await ProviderAccountRepository(session, principal.tenant_id).list(
             channel.value if channel else None
         )
-    items = [account_data(request, r) for r in rows]
-    return reply(
-        200, "ok", items=items, total=len(items), pagination=Page(1, max(1, len(items))).info(len(items))
-    )
+    paging = Page(page, page_size)  # a tenant has a handful of accounts: paged here, not in SQL
+    items = [account_data(request, r) for r in rows[paging.offset : paging.offset + page_size]]
+    return reply(200, "ok", items=items, total=len(rows), pagination=paging.info(len(rows)))
 
 
 @router.post("", status_code=201, responses=ERROR_RESPONSES)
