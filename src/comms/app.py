@@ -64,7 +64,13 @@ def create_app(
         state = AppState(settings=settings, db=db, secrets=secrets, limiter=limiter)
         app.state.comms = state
         worker: Dispatcher | None = None
-        router = Router(settings.resolved_outbox_dir, db, secrets, settings.resolved_public_url)
+        router = Router(
+            settings.resolved_outbox_dir,
+            db,
+            secrets,
+            settings.resolved_public_url,
+            allow_private=settings.provider_allow_private,
+        )
         if run_dispatcher or settings.express_lane:
             worker = Dispatcher(db, settings, secrets, router, limiter)
             state.wake_dispatcher = worker.wake

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # Event webhooks may post to private, loopback and link-local addresses (an on-premises
     # deployment); off, only to public ones (kit/netguard.py).
     event_webhook_allow_private: bool = False
+    # Provider endpoints (an in-house gateway, Kannel, an SMTP relay) are often on the private
+    # network, so they may be by default; a deployment whose tenants are not trusted with the
+    # servers' network turns this off (kit/netguard.py, docs/deploy.md).
+    provider_allow_private: bool = True
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -784,3 +784,31 @@ async def test_messages_that_cannot_be_built_fail_alone() -> None:
     assert results[0].error == "no sender address"
     assert "CR or LF" in (results[2].error or "")
     assert [r.rcpt_tos for r in handler.received] == [["person1@example.com"]]
+
+
+async def test_with_private_networks_off_a_relay_is_reached_at_a_public_address_only(
+    tls: Tls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """COMMS_PROVIDER_ALLOW_PRIVATE=false: a relay whose name resolves to private addresses only
+    is refused for good; one at a public address is connected to through the address vetted as
+    it was resolved (here 127.0.0.1 is taken for public), and TLS still checks the certificate."""
+    from comms.errors import PermanentProviderError
+    from comms.providers.email import smtp as smtp_module
+
+    handler = Handler()
+    with running(handler, tls_context=tls.server, require_starttls=True) as controller:
+        config = {
+            "host": "127.0.0.1",
+            "port": controller.port,
+            "security": "starttls",
+            "ca_certificate": tls.ca_pem,
+        }
+        guarded = SmtpProvider(SmtpConfig.model_validate(config), allow_private=False)
+        with pytest.raises(PermanentProviderError, match="resolves to no public address"):
+            await guarded.send([outbound(1)])
+        assert handler.received == [] and guarded.connections_opened == 0
+        monkeypatch.setattr(smtp_module, "is_public", lambda address: address == "127.0.0.1")
+        results = await guarded.send([outbound(i) for i in range(3)])
+        await guarded.close()
+    assert [r.outcome for r in results] == [Outcome.SENT] * 3
+    assert len(handler.received) == 3 and all(r.cipher is not None for r in handler.received)

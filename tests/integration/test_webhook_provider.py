@@ -704,3 +704,74 @@ async def test_a_cookie_one_tenants_endpoint_sets_never_rides_along_with_another
     finally:
         await router.close()
         await runner.cleanup()
+
+
+async def test_with_private_networks_off_provider_endpoints_must_be_public(
+    service: Service, tenant: TenantKeys, tmp_path: Any
+) -> None:
+    """COMMS_PROVIDER_ALLOW_PRIVATE=false: a provider account naming a private, loopback or
+    link-local address is refused when it is set (nothing stored), and the HTTP pool the
+    providers share connects to public addresses only (a name is checked as it is resolved)."""
+    import aiohttp
+
+    from comms.dispatch.routing import Router
+
+    service.settings.provider_allow_private = False
+    cases = [
+        ("sms", "webhook", {"url": "http://127.0.0.1:9/send", "secret": SECRET}, "config.url"),
+        ("sms", "twilio", {"account_sid": "AC" + "0" * 32, "auth_token": "t" * 32,
+                           "from_number": "+14155550100", "endpoint": "http://169.254.169.254/latest"},
+         "config.endpoint"),
+        ("email", "smtp", {"host": "10.0.0.5"}, "config.host"),
+        ("email", "smtp", {"host": "localhost"}, "config.host"),
+        ("sms", "kannel", {"sendsms_url": "http://[::ffff:10.0.0.1]:13013/cgi-bin/sendsms", "username": "u",
+                           "password": "p", "from": "ACME"}, "config.sendsms_url"),
+        ("email", "ses", {"region": "eu-west-1", "access_key_id": "AKIA" + "A" * 16,
+                          "secret_access_key": "s" * 40, "sns_allow_http": True},
+         "config.sns_cert_host_suffix"),
+    ]  # fmt: skip
+    for channel, provider, config, field in cases:
+        body = {"channel": channel, "provider": provider, "name": provider, "config": config}
+        refused = await service.client.post("/communication/providers", json=body, headers=tenant.headers())
+        assert refused.status_code == 422, (provider, refused.text)
+        assert refused.json()["errors"][0]["field"] == field, refused.json()
+    listed = await service.client.get("/communication/providers", headers=tenant.headers())
+    assert listed.json()["total"] == 0
+    public = await add_account(service, tenant, "https://93.184.215.14/send")
+    moved = await service.client.put(
+        f"/communication/providers/{public['id']}",
+        json={"config": {"url": "http://localhost:8080/send"}},
+        headers=tenant.headers(),
+    )
+    assert moved.status_code == 422 and moved.json()["errors"][0]["field"] == "config.url"
+    kept = await service.client.get(f"/communication/providers/{public['id']}", headers=tenant.headers())
+    assert kept.json()["data"]["config"]["url"] == "https://93.184.215.14/send"
+    # The pool itself: a name that resolves to loopback only is not connected to (the same
+    # server is reached by a pool that allows private networks).
+    from aiohttp import web
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/send", ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    guarded, open_ = Router(tmp_path, allow_private=False), Router(tmp_path)
+    try:
+        http = guarded._context("webhook", "acc").http
+        assert http is not None
+        with pytest.raises(aiohttp.ClientConnectorDNSError) as refused_dns:
+            await http.post(f"http://localhost:{port}/send", data=b"{}")
+        assert "no public address" in str(refused_dns.value.os_error)
+        other = open_._context("webhook", "acc").http
+        assert other is not None
+        async with other.post(f"http://localhost:{port}/send", data=b"{}") as answer:
+            assert answer.status == 200
+    finally:
+        await guarded.close()
+        await open_.close()
+        await runner.cleanup()

@@ -108,6 +108,8 @@ async def create_account(request: Request, body: AccountCreate, principal: Admin
     state = app_state(request)
     cls = service.provider_class(body.provider, body.channel.value)
     config = service.validate_config(cls, service.with_generated_secrets(cls, body.config))
+    if not state.settings.provider_allow_private:
+        service.refuse_private_endpoints(config)
     now = utcnow()
     row = ProviderAccount(
         id=new_id("acc"),
@@ -156,7 +158,10 @@ async def update_account(
         if "config" in changes and changes["config"] is not None:
             merged = service.merge_for_update(cls, row.config, changes.pop("config"), state.secrets)
             merged = service.with_generated_secrets(cls, merged)
-            row.config = service.seal(cls, service.validate_config(cls, merged), state.secrets)
+            config = service.validate_config(cls, merged)
+            if not state.settings.provider_allow_private:
+                service.refuse_private_endpoints(config)
+            row.config = service.seal(cls, config, state.secrets)
         for field, value in changes.items():
             if value is None and field in ("name", "priority", "enabled", "config"):
                 raise ValidationFailed.single(field, "cannot be null")

@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 from pydantic import AliasChoices, BaseModel, ValidationError
 
 from comms.errors import FieldError, ValidationFailed, pydantic_field, pydantic_message
+from comms.kit.netguard import private_host
 from comms.kit.secretbox import SecretBox
 from comms.providers.base import Provider
 from comms.providers.registry import PROVIDERS
@@ -98,6 +99,39 @@ def validate_config(cls: type[Provider], config: dict[str, Any]) -> BaseModel:
             for e in exc.errors()
         ]
         raise ValidationFailed(errors[0].field + ": " + errors[0].message, errors) from None
+
+
+# The SES receipt options that let a certificate be fetched from elsewhere than Amazon (tests,
+# private deployments): not for a deployment that keeps providers off private networks.
+_AMAZON_CERT_HOSTS = frozenset({".amazonaws.com", ".amazonaws.com.cn"})
+
+
+def refuse_private_endpoints(config: BaseModel) -> None:
+    """COMMS_PROVIDER_ALLOW_PRIVATE=false: no URL or host in ``config`` may name a private,
+    loopback or link-local address (names are checked again as they are resolved)."""
+    for name, value in config.model_dump(by_alias=True).items():
+        if not isinstance(value, str) or not value:
+            continue
+        if "://" in value:
+            url = value
+        elif name == "host":  # an SMTP relay
+            url = f"//{value}"
+        else:
+            continue
+        try:
+            host = private_host(url)
+        except ValueError:  # unreadable: the provider's own model refused it already
+            continue
+        if host is not None:
+            raise ValidationFailed.single(f"config.{name}", f"{host} is not a public address")
+    data = config.model_dump()
+    if (
+        data.get("sns_allow_http")
+        or data.get("sns_cert_host_suffix", ".amazonaws.com") not in _AMAZON_CERT_HOSTS
+    ):
+        raise ValidationFailed.single(
+            "config.sns_cert_host_suffix", "certificates come from Amazon only on this deployment"
+        )
 
 
 def seal(cls: type[Provider], config: BaseModel, box: SecretBox) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from comms.accounts import service as accounts
 from comms.accounts.repository import ProviderAccountRepository
 from comms.dispatch.breaker import Breaker, BreakerState
 from comms.kit.db import Database
+from comms.kit.netguard import PublicOnlyResolver
 from comms.kit.secretbox import SecretBox
 from comms.models import ProviderAccount
 from comms.providers.base import Provider, ProviderContext
@@ -57,8 +58,10 @@ class Router:
         db: Database | None = None,
         secrets: SecretBox | None = None,
         public_url: str = "http://127.0.0.1:8000",
+        allow_private: bool = True,
     ) -> None:
         self._public_url = public_url
+        self._allow_private = allow_private
         self._db = db
         self._secrets = secrets
         self._outbox_dir = outbox_dir
@@ -72,7 +75,10 @@ class Router:
 
     def _context(self, provider: str, account_id: str) -> ProviderContext:
         if self._http is None or self._http.closed:
-            connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300)
+            resolver = None if self._allow_private else PublicOnlyResolver()
+            connector = aiohttp.TCPConnector(
+                limit=256, limit_per_host=128, ttl_dns_cache=300, resolver=resolver
+            )
             # No cookies: every tenant's calls share this session, and a cookie one tenant's
             # endpoint sets (Domain=amazonaws.com, say) must not ride along with another's.
             self._http = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
@@ -82,6 +88,7 @@ class Router:
             outbox_dir=self._outbox_dir,
             status_url=urls["status"],
             inbound_url=urls["inbound"],
+            allow_private=self._allow_private,
         )
 
     async def routes(self, tenant_id: str, channel: str) -> list[Route]:

@@ -122,6 +122,9 @@ class ProviderContext:
     outbox_dir: Path
     status_url: str | None = None
     inbound_url: str | None = None
+    # COMMS_PROVIDER_ALLOW_PRIVATE: False keeps connections off private addresses (kit/netguard.py);
+    # the HTTP pool resolves so already, a provider opening its own sockets (SMTP) checks itself.
+    allow_private: bool = True
 
 
 class Provider:

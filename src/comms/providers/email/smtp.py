@@ -55,6 +55,7 @@ import asyncio
 import base64
 import logging
 import re
+import socket
 import ssl
 import time
 from collections import deque
@@ -69,6 +70,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from comms.errors import PermanentProviderError, ProviderError, TransientProviderError
 from comms.kit.domains import normalize_domain, valid_selector
+from comms.kit.netguard import is_public
 from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext, SendResult
 from comms.providers.email.dkim_signing import DkimSigner
 from comms.providers.email.mime import message_id_for
@@ -367,8 +369,9 @@ class SmtpProvider(Provider):
     secret_fields: ClassVar[frozenset[str]] = frozenset({"password", "dkim_private_key"})
     max_batch: ClassVar[int] = 200
 
-    def __init__(self, config: SmtpConfig) -> None:
+    def __init__(self, config: SmtpConfig, allow_private: bool = True) -> None:
         self.config = config
+        self.allow_private = allow_private  # COMMS_PROVIDER_ALLOW_PRIVATE (kit/netguard.py)
         self._idle: list[_Session] = []
         self._slots = asyncio.Semaphore(config.max_connections)
         self._tls = tls_context(config) if config.security != "none" else None
@@ -382,7 +385,7 @@ class SmtpProvider(Provider):
     @classmethod
     def from_config(cls, config: Any, context: ProviderContext) -> Provider:
         assert isinstance(config, SmtpConfig)
-        return cls(config)
+        return cls(config, allow_private=context.allow_private)
 
     @classmethod
     def dkim_signer(cls, config: Any) -> tuple[str, str, str] | None:
@@ -624,13 +627,22 @@ class SmtpProvider(Provider):
     async def _open(self) -> _Session:
         """A new session: connected, TLS as configured, authenticated; raises ProviderError."""
         config = self.config
+        # Connected here to a public address only (the name checked as it is resolved, then the
+        # socket handed over: no second lookup that could answer otherwise); TLS still verifies
+        # the certificate against the host name.
+        sock = (
+            None
+            if self.allow_private
+            else await _public_socket(config.host, config.effective_port, config.timeout_seconds)
+        )
         client = aiosmtplib.SMTP(
             hostname=config.host,
-            port=config.effective_port,
+            port=None if sock is not None else config.effective_port,
             use_tls=config.security == "implicit",
             start_tls=False,  # decided below, where "offered or not" is visible
             tls_context=self._tls,
             timeout=config.timeout_seconds,
+            sock=sock,
         )
         try:
             await client.connect()
@@ -687,3 +699,31 @@ async def _ehlo(client: aiosmtplib.SMTP) -> None:
         await client.ehlo()
     except aiosmtplib.SMTPHeloError:
         await client.helo()
+
+
+async def _public_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """A socket connected to one of ``host``'s public addresses; PermanentProviderError when it
+    has none (the operator keeps providers off private networks), TransientProviderError when
+    none answers."""
+    loop = asyncio.get_running_loop()
+    try:
+        found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise TransientProviderError(f"cannot resolve {host}: {exc}") from exc
+    public = [info for info in found if is_public(str(info[4][0]))]
+    if not public:
+        raise PermanentProviderError(
+            f"{host} resolves to no public address, and providers may not reach private networks "
+            "(COMMS_PROVIDER_ALLOW_PRIVATE=false)"
+        )
+    last: Exception | None = None
+    for family, kind, proto, _, address in public:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+            return sock
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            last = exc
+    raise TransientProviderError(f"cannot connect to {host}: {last}")
