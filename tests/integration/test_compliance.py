@@ -187,9 +187,7 @@ async def test_03_marketing_blocked_without_consent_basis(
     # in San Francisco, and the countries without a legal window open all day.
     frozen_clock[0] = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
     always = "00:00-24:00"
-    tenant = await make_tenant(
-        service.db, "Acme", quiet_hours={"DE": always, "FR": always, "PR": always, "GU": always}
-    )
+    tenant = await make_tenant(service.db, "Acme", quiet_hours={"DE": always, "FR": always})
     body = {
         "channel": "sms",
         "category": "marketing",
@@ -378,7 +376,7 @@ def test_12_unsubscribe_tokens_last_over_a_year_and_are_unforgeable() -> None:
         ("退订", True),
         ("HELP", False),
         ("info", False),
-        ("please stop texting me about this", False),
+        ("please stop texting me about this", True),  # any reasonable means (47 CFR 64.1200(a)(10))
         ("hello", False),
     ],
 )
@@ -771,6 +769,40 @@ async def test_an_address_with_a_slash_can_be_unsuppressed_and_its_consent_withd
         )
     ).json()
     assert latest["items"][0]["status"] == "opted_out"
+
+
+async def test_the_law_is_the_floor_of_a_tenants_consent_policy(service: Service, tenant: TenantKeys) -> None:
+    """ePrivacy in the EEA and UK (soft opt-in at least), consent in China: a tenant may require
+    more, never less; a weaker policy stored before this rule is read as the law's."""
+    for weaker, field in (
+        ({"EU": "none"}, "consent_policy.EU"),
+        ({"de": "none"}, "consent_policy.DE"),
+        ({"GB": "none"}, "consent_policy.GB"),
+        ({"CN": "soft_opt_in"}, "consent_policy.CN"),
+    ):
+        refused = await service.client.put(
+            "/communication/settings", json={"consent_policy": weaker}, headers=tenant.headers()
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"] == field
+    for stronger in (
+        {"EU": "opt_in"},
+        {"US": "opt_in"},
+        {"*": "soft_opt_in"},
+        {"CN": "opt_in", "DE": "soft_opt_in"},
+    ):
+        allowed = await service.client.put(
+            "/communication/settings", json={"consent_policy": stronger}, headers=tenant.headers()
+        )
+        assert allowed.status_code == 200, allowed.text
+    async with service.db.begin() as session:
+        row = await session.get(Tenant, tenant.tenant_id)
+        assert row is not None
+        row.settings = {**row.settings, "consent_policy": {"EU": "none", "CN": "none"}}
+    sms = {"channel": "sms", "category": "marketing", "content": "Sale"}
+    for number in ("+4915112345678", "13800138000"):
+        item = (await bulk(service, tenant, **sms, recipients=[number]))["items"][0]
+        assert (item["status"], item["error"]) == ("rejected", "no marketing consent"), number
 
 
 async def test_14_consent_evidence_and_append_only_audit(service: Service, tenant: TenantKeys) -> None:
@@ -2036,6 +2068,16 @@ async def test_08_a_tenant_may_narrow_the_legal_windows_but_not_widen_them(
         )
         assert answer.status_code == 422, answer.text
         assert answer.json()["errors"][0]["field"] == "quiet_hours.US"
+    for territory in ("PR", "gu", "VI", "AS", "MP"):  # the TCPA's hours hold in US territories too
+        answer = await service.client.put(
+            "/communication/settings",
+            json={"quiet_hours": {territory: "00:00-24:00"}},
+            headers=tenant.headers(),
+        )
+        assert (
+            answer.status_code == 422
+            and answer.json()["errors"][0]["field"] == f"quiet_hours.{territory.upper()}"
+        )
     wider_cn = await service.client.put(
         "/communication/settings", json={"quiet_hours": {"CN": "08:00-22:00"}}, headers=tenant.headers()
     )
@@ -2062,6 +2104,10 @@ async def test_08_a_tenant_may_narrow_the_legal_windows_but_not_widen_them(
     assert quiet_hours.window_for(stored, "US") == (time(8, 0), time(21, 0))
     assert quiet_hours.window_for(stored, "CN") == (time(8, 0), time(20, 0))
     assert quiet_hours.window_for(stored, "DE") == (time(0, 0), time(23, 59, 59))
+    assert quiet_hours.window_for(TenantSettings(quiet_hours={"PR": "00:00-24:00"}), "PR") == (
+        time(8),
+        time(21),
+    )
 
 
 async def test_08_a_number_of_no_country_cannot_get_quiet_hours_sms(

@@ -90,12 +90,17 @@ def test_every_eea_and_uk_member_follows_the_tenants_eu_entry(region: str) -> No
     [
         # An explicit region beats the tenant's EU entry and every default.
         ({"DE": "opt_in", "EU": "none"}, "DE", "opt_in"),
-        ({"DE": "none"}, "DE", "none"),
-        ({"CN": "soft_opt_in"}, "CN", "soft_opt_in"),
+        (
+            {"DE": "none"},
+            "DE",
+            "soft_opt_in",
+        ),  # weaker than the law: the law's floor (stored before PUT refused it)
+        ({"CN": "soft_opt_in"}, "CN", "opt_in"),  # likewise
         ({"US": "opt_in"}, "US", "opt_in"),
         ({"GB": "opt_in"}, "GB", "opt_in"),
         # The tenant's EU entry covers members without their own entry...
-        ({"DE": "opt_in", "EU": "none"}, "FR", "none"),
+        ({"DE": "opt_in", "EU": "opt_in"}, "FR", "opt_in"),
+        ({"DE": "opt_in", "EU": "none"}, "FR", "soft_opt_in"),  # never under the law's floor
         ({"EU": "opt_in"}, "NO", "opt_in"),
         # ...but not non-members.
         ({"EU": "opt_in"}, "CH", "none"),

@@ -37,6 +37,41 @@ def test_help_and_start(text: str, keyword: Keyword) -> None:
     assert classify(text) is keyword
 
 
-@pytest.mark.parametrize("text", ["stop please", "Don't stop", "STOPP", "", "T T", "tea"])
-def test_a_keyword_must_be_the_whole_message(text: str) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Don't stop",
+        "STOPP",
+        "",
+        "T T",
+        "tea",
+        "Stopped by the store",
+        "when does the sale end?",
+        "HELP me",
+        "yes please",
+    ],
+)
+def test_help_start_and_the_chinese_letters_must_be_the_whole_message(text: str) -> None:
     assert classify(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "stop please",
+        "STOP ALL",
+        "Stop texting me",
+        "Unsubscribe me",
+        "cancel my subscription",
+        "please stop texting me about this",
+        "remove me from your list",
+        "don't text me",
+        "Don\u2019t text me anymore",
+        "opt-out please",
+        "no more messages!",
+        "\u6211\u8981\u9000\u8ba2",  # 我要退订
+    ],
+)
+def test_an_opt_out_in_more_words_opts_out(text: str) -> None:
+    """47 CFR 64.1200(a)(10): consent is taken back by any reasonable means, not only the keyword."""
+    assert classify(text) is Keyword.STOP

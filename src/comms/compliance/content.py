@@ -23,6 +23,7 @@ from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_address, unsu
 
 SUBSCRIPTION_CATEGORIES = frozenset({"marketing", "announcement"})
 DEFAULT_OPT_OUT = {"CN": "回T退订"}
+CN_OPT_OUT_WORD = "退订"  # "unsubscribe": what a Chinese marketing SMS's opt-out must say
 DEFAULT_OPT_OUT_OTHER = "Reply STOP to opt out"
 
 
@@ -76,7 +77,13 @@ class MessageDecorator:
                 text = signature + text
         if category == "marketing":
             opt_out = settings.sms_opt_out_text or (DEFAULT_OPT_OUT.get(region or "", DEFAULT_OPT_OUT_OTHER))
-            if opt_out not in text:
+            if region == "CN" and CN_OPT_OUT_WORD not in opt_out:
+                # Chinese carriers want the way out in Chinese (MIIT Order 31): a tenant's own
+                # English "Reply STOP" does not do there.
+                opt_out = DEFAULT_OPT_OUT["CN"]
+            # At the end, as the rules put it, and only taken as present when the text ends with
+            # it: an opt-out text that also occurs inside the message ("Thanks") must not vanish.
+            if not text.rstrip().endswith(opt_out):
                 text = f"{text} {opt_out}" if region != "CN" else f"{text}{opt_out}"
         return text
 

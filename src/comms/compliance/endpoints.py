@@ -29,6 +29,7 @@ from comms.compliance.dns_auth import (
 )
 from comms.compliance.domain_checks import dkim_signers
 from comms.compliance.feedback import COMPLAINT_TYPES, NotAFeedbackReport, parse_feedback_report
+from comms.compliance.gates import weakens_legal_consent
 from comms.compliance.quiet_hours import widens_legal_window
 from comms.compliance.repository import ConsentStore, SuppressionStore
 from comms.compliance.schemas import (
@@ -128,6 +129,12 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     why = unplanned_region(region) if isinstance(region, str) else None
     if why is not None:
         raise ValidationFailed.single("default_region", why)
+    policies = changes.get("consent_policy")
+    if isinstance(policies, dict):
+        for region, policy in policies.items():
+            why = weakens_legal_consent(str(region), policy) if isinstance(policy, str) else None
+            if why is not None:
+                raise ValidationFailed.single(f"consent_policy.{str(region).upper()}", why)
     hours = changes.get("quiet_hours")
     if isinstance(hours, dict):
         for region, window in hours.items():

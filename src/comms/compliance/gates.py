@@ -42,6 +42,32 @@ EEA_AND_UK = frozenset(
 )
 # Used where the tenant set no policy for a region: the strictest reading of the law there.
 DEFAULT_CONSENT_POLICY: dict[str, ConsentPolicy] = {"EU": "soft_opt_in", "CN": "opt_in", "*": "none"}
+# What the law requires at least for marketing, whatever the tenant's settings say: the ePrivacy
+# Directive (Art. 13; soft opt-in for a customer's own contact details, Art. 13(2)) in the EEA and
+# the UK (PECR), consent in China (Advertising Law Art. 44, MIIT Order 31). A tenant may ask for
+# more, never less (as with quiet hours).
+LEGAL_CONSENT_FLOOR: dict[str, ConsentPolicy] = {"EU": "soft_opt_in", "CN": "opt_in"}
+_STRENGTH: dict[str, int] = {"none": 0, "soft_opt_in": 1, "opt_in": 2}
+
+
+def legal_consent_floor(region: str) -> ConsentPolicy:
+    """The least basis the law accepts for marketing to ``region`` (a country, or EU)."""
+    region = region.upper()
+    if region in LEGAL_CONSENT_FLOOR:
+        return LEGAL_CONSENT_FLOOR[region]
+    return LEGAL_CONSENT_FLOOR["EU"] if region in EEA_AND_UK else "none"
+
+
+def weakens_legal_consent(region: str, policy: str) -> str | None:
+    """Why a tenant's ``consent_policy[region]`` would be weaker than the law's, or None."""
+    floor = legal_consent_floor(region)
+    if policy in _STRENGTH and _STRENGTH[policy] < _STRENGTH[floor]:
+        return (
+            f"{region.upper()}: the law requires at least {floor} for marketing; "
+            "a tenant may ask for more, not less"
+        )
+    return None
+
 
 SUPPRESSION_MESSAGES = {
     "unsubscribed": "recipient unsubscribed",
@@ -63,6 +89,13 @@ NO_WIRELESS_AUTHORIZATION = (
 
 def consent_policy_for(settings: TenantSettings, region: str | None) -> ConsentPolicy:
     region = (region or settings.default_region).upper()
+    chosen = _configured_policy(settings, region)
+    floor = legal_consent_floor(region)
+    # A setting stored weaker than the law (before PUT /settings refused such) is read as the law.
+    return chosen if _STRENGTH[chosen] >= _STRENGTH[floor] else floor
+
+
+def _configured_policy(settings: TenantSettings, region: str) -> ConsentPolicy:
     for source in (settings.consent_policy, DEFAULT_CONSENT_POLICY):
         if region in source:
             return source[region]

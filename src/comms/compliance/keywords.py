@@ -6,10 +6,16 @@
 * HELP, INFO: brand, support, frequency, "Msg&data rates may apply" and how to stop.
 * START, UNSTOP, YES: lift an SMS-keyword opt-out (never a bounce or complaint) and confirm.
 
-Matching is case-insensitive on the trimmed message, which must be the keyword alone, after
-Unicode compatibility folding (NFKC: the full-width letters a Chinese input method types are read as
-STOP or TD), with trailing full stops and exclamation marks of either width (and the ideographic
-full stop) dropped and hyphens read as spaces (OPT-OUT).
+Matching is case-insensitive on the trimmed message after Unicode compatibility folding (NFKC:
+the full-width letters a Chinese input method types are read as STOP or TD), with trailing full
+stops and exclamation marks of either width (and the ideographic full stop) dropped and hyphens
+read as spaces (OPT-OUT). HELP and START must be the whole message. An opt-out need not be: the
+FCC's rule (47 CFR 64.1200(a)(10), in force since April 2025) takes consent back by "any reasonable
+means", so a reply that starts with one of the opt-out words ("Stop please", "UNSUBSCRIBE ME",
+"cancel my subscription") or says so in other common words ("please stop texting me", "remove me
+from your list", "don't text me", 我要退订) opts out too. When in doubt the reply is taken for an
+opt-out: it costs a marketing recipient, where a missed one costs a text sent against the law. The
+single letters of the Chinese replies (T, TD, N, R) count alone only.
 """
 
 from __future__ import annotations
@@ -37,6 +43,16 @@ _STOP_CN = frozenset({"T", "TD", "N", "R", "退订"})
 _HELP = frozenset({"HELP", "INFO"})
 _START = frozenset({"START", "UNSTOP", "YES"})
 _SPACES = re.compile(r"\s+")
+# A reply that starts with one of these words opts out, whatever follows ("STOP ALL", "Stop please").
+_STOP_FIRST = frozenset({"STOP", "END", "CANCEL", "UNSUBSCRIBE", "QUIT", "REVOKE", "STOPALL", "OPTOUT"})
+# Anywhere in a reply: the common ways of saying so in other words.
+_STOP_PHRASES = re.compile(
+    r"\b(?:OPT ME OUT|OPT OUT|OPTOUT|UNSUBSCRIBE|STOP (?:TEXTING|MESSAGING|SENDING|CONTACTING|CALLING|ALL)"
+    r"|REMOVE ME|TAKE ME OFF|DO NOT (?:TEXT|MESSAGE|CONTACT|SEND)|DONT (?:TEXT|MESSAGE|CONTACT|SEND)"
+    r"|NO MORE (?:TEXTS|MESSAGES|SMS))\b"
+)
+_STOP_CN_ANYWHERE = ("退订", "拒收")
+_FIRST_WORD = re.compile(r"[A-Z]+")
 
 
 def classify(text: str) -> Keyword | None:
@@ -49,7 +65,16 @@ def classify(text: str) -> Keyword | None:
         return Keyword.HELP
     if word in _START:
         return Keyword.START
-    return None
+    return Keyword.STOP if _says_stop(word) else None
+
+
+def _says_stop(upper: str) -> bool:
+    """An opt-out in more words than the keyword (see the module's docstring)."""
+    first = _FIRST_WORD.match(upper)
+    if first is not None and first.group() in _STOP_FIRST:
+        return True
+    plain = upper.replace("'", "").replace("\u2019", "")  # DON'T (either apostrophe) -> DONT
+    return _STOP_PHRASES.search(plain) is not None or any(w in upper for w in _STOP_CN_ANYWHERE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,14 @@ from phonenumbers.tzdata import TIMEZONE_DATA
 from comms.compliance.settings import TenantSettings
 from comms.kit.clock import isoformat
 
-DEFAULT_WINDOWS = {"US": "08:00-21:00", "CN": "08:00-20:00"}
+# The legal windows (a tenant may narrow them, never widen): the TCPA's 8 a.m. to 9 p.m. (47 CFR
+# 64.1200(c)(1)) holds in the US and its territories, which share +1 but are regions of their
+# own (Puerto Rico, Guam, the US Virgin Islands, American Samoa, the Northern Mariana Islands).
+_TCPA = "08:00-21:00"
+DEFAULT_WINDOWS = {
+    **dict.fromkeys(("US", "PR", "GU", "VI", "AS", "MP"), _TCPA),
+    "CN": "08:00-20:00",
+}
 DEFAULT_WINDOW = "08:00-20:00"
 QUIET_CATEGORIES = frozenset({"marketing", "announcement"})
 
