@@ -20,6 +20,7 @@ from starlette.responses import PlainTextResponse, Response
 from comms import metrics, openapi
 from comms.accounts.endpoints import router as accounts_router
 from comms.compliance import wireless
+from comms.compliance.endpoints import MAX_REPORT_BYTES, MAX_UNSUBSCRIBE_BODY
 from comms.compliance.endpoints import public as unsubscribe_router
 from comms.compliance.endpoints import router as compliance_router
 from comms.config import Settings
@@ -39,6 +40,7 @@ from comms.kit.requestlog import RequestLogMiddleware, request_id_var
 from comms.kit.secretbox import SecretBox
 from comms.messages.endpoints import router as messages_router
 from comms.messages.schemas import BulkSendRequest
+from comms.receipts.endpoints import MAX_CALLBACK_BYTES
 from comms.receipts.endpoints import router as receipts_router
 from comms.state import AppState
 from comms.templates.endpoints import router as templates_router
@@ -102,7 +104,16 @@ def create_app(
         redirect_slashes=False,
     )
     _install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_request_bytes,
+        limits={
+            "/webhooks/": MAX_CALLBACK_BYTES,
+            "/u/": MAX_UNSUBSCRIBE_BODY,
+            "/communication/unsubscribe/mailto": MAX_REPORT_BYTES,
+            "/communication/complaints/arf": MAX_REPORT_BYTES,
+        },
+    )
     app.add_middleware(
         RequestLogMiddleware,
         on_finish=lambda method, route, status: metrics.REQUESTS.labels(method, route, str(status)).inc(),

@@ -619,11 +619,16 @@ async def test_10_a_provider_answer_quoting_the_address_is_masked_like_the_recip
     assert row is not None
     event = item_event(row, "failed", row.error, "smtp", None, utcnow())
     assert event["error"] == shown["error"] and event["recipient"] == "a***@example.com"
-    phone = "The 'To' number +14155550123 is not valid (4155550123)"
     sms_row = Message(
         id="log_x", channel="sms", recipient="+14155550123", batch_id="bat_x", category="marketing"
     )
-    assert "4155550123" not in str(item_event(sms_row, "failed", phone, "twilio", None, utcnow()))
+    for quoted in ("+14155550123", "4155550123", "+1 415-555-0123", "(415) 555-0123", "001 415 555 0123"):
+        told = item_event(
+            sms_row, "failed", f"The 'To' number {quoted} is not valid", "twilio", None, utcnow()
+        )
+        assert "555" not in told["error"] and told["error"].endswith("***0123 is not valid"), told
+    untouched = "serial 14155550123999 and 94155550123"  # other numbers that merely contain it
+    assert item_event(sms_row, "failed", untouched, "twilio", None, utcnow())["error"] == untouched
 
 
 # ---- 11, 13, 14, 15 -----------------------------------------------------------------------------
@@ -919,6 +924,40 @@ async def test_verification_flow_limit_holds_for_requests_at_the_same_instant(
             )
         ).all()
     assert dict(rows) == {"queued": 1, "rejected": 12}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite writes one at a time: no lock to wait for
+async def test_a_code_kept_waiting_for_another_requests_lock_is_429_and_a_dry_run_takes_none(
+    service: Service, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import text
+
+    from comms.compliance import repository
+
+    monkeypatch.setattr(repository, "_WAIT_AT_MOST", text("SET LOCAL lock_timeout = '200ms'"))
+    body = {
+        "channel": "sms",
+        "category": "verification",
+        "content": "Code {{ code }}",
+        "variables": {"code": "1"},
+        "recipients": ["13800138000"],
+    }
+    async with service.db.begin() as holder:  # a large verification request of the tenant's, in progress
+        await holder.execute(repository._LOCK_TENANT, {"tenant": tenant.tenant_id})
+        dry = await service.client.post(
+            "/communication/bulk", json={**body, "dry_run": True}, headers=tenant.headers()
+        )
+        assert dry.status_code == 200 and dry.json()["items"][0]["status"] == "queued"
+        busy = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+        assert busy.status_code == 429 and busy.headers["Retry-After"] == "1", busy.text
+        other = await make_tenant(service.db, "Other")  # another tenant's codes do not wait
+        assert (
+            await service.client.post("/communication/bulk", json=body, headers=other.headers())
+        ).status_code == 202
+    accepted = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+    assert accepted.status_code == 202 and accepted.json()["items"][0]["status"] == "queued"
+    async with service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Message)) == 2
 
 
 async def test_content_is_purged_after_retention(live_service: Service, live_tenant: TenantKeys) -> None:

@@ -176,6 +176,14 @@ async def test_edge_inputs_are_enveloped_errors_that_change_nothing(
             "send_at",
         ),
         ("POST", "/webhooks/twilio/acc%00/status", b"{}", 422, "path"),
+        # An outbox account's folder stays inside the outbox: refused when saved, not at a send.
+        (
+            "POST",
+            "/communication/providers",
+            {"channel": "sms", "provider": "outbox", "name": "o", "config": {"directory": "a/../../etc"}},
+            422,
+            "config.directory",
+        ),
         # Bodies the framework reads stop at COMMS_MAX_REQUEST_BYTES (4 MiB), before any parsing.
         (
             "POST",
@@ -185,6 +193,11 @@ async def test_edge_inputs_are_enveloped_errors_that_change_nothing(
             "",
         ),
         ("PUT", "/communication/settings", b" " * 4 * 1024 * 1024 + b"{}", 413, ""),
+        # Routes with limits of their own hold to them before anything reads the body (the NUL
+        # check, a callback's signature check before its account is even looked up).
+        ("POST", "/webhooks/aliyun/acc_nope/status", b" " * (1024 * 1024 + 1), 413, ""),
+        ("POST", "/communication/unsubscribe/mailto", b" " * (10 * 1024 * 1024 + 1), 413, ""),
+        ("POST", "/u/anything", b" " * (16 * 1024 + 1), 413, ""),
         # A trailing slash is another path: not found, in the envelope (not a bodiless redirect).
         ("GET", "/communication/logs/", None, 404, ""),
         ("POST", "/communication/bulk/", {**sms, "content": "hi"}, 404, ""),

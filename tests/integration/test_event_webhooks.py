@@ -144,6 +144,7 @@ async def test_event_webhooks_go_to_public_addresses_only(service: Service, tena
         "http://[2002:a9fe:a9fe::1]/e",
         "http://[::127.0.0.1]/e",
         "http://[::ffff:10.0.0.1]/e",
+        "http://[64:ff9b:1::a00:1]/e",  # RFC 8215's local-use NAT64 prefix
     ):
         refused = await service.client.put(
             "/communication/event-webhook", json={"url": url}, headers=tenant.headers()

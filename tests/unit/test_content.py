@@ -42,6 +42,7 @@ def test_the_list_id_stays_a_plain_structured_header_for_any_tenant_name() -> No
 def test_a_marketing_sms_ends_with_its_opt_out_whatever_the_tenant_set() -> None:
     """The tenant's own opt-out text replaces the default, except on a Chinese number, where it must
     say 退订 (MIIT Order 31); it is taken as present only at the end of the text."""
+
     def marketing(text: str, region: str, **settings: object) -> str:
         return MessageDecorator.sms_text(
             text, category="marketing", region=region, settings=TenantSettings.model_validate(settings)

@@ -383,9 +383,10 @@ def test_json_log_lines_carry_the_request_id() -> None:
 
 
 async def test_body_limit_streams_up_to_the_limit_and_answers_413_past_it() -> None:
-    """A body sent in chunks without a Content-Length is counted as it comes: past the limit the
-    answer is 413 in the envelope and the app never runs; within it the app reads the body as
-    sent, then the client's disconnect."""
+    """A body sent in chunks without a Content-Length is counted as it comes, against its path's
+    limit: past it the answer is 413 in the envelope and the app never runs; within it the app
+    reads the body as sent, then the client's disconnect; a client gone mid-body is a disconnect
+    to the app, not half a body. Only the bulk send, which streams its own, is left alone."""
     from comms.kit.bodylimit import BodyLimitMiddleware
 
     seen: list[dict[str, Any]] = []
@@ -396,22 +397,24 @@ async def test_body_limit_streams_up_to_the_limit_and_answers_413_past_it() -> N
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def run(chunks: list[bytes], path: str = "/communication/templates") -> list[dict[str, Any]]:
-        incoming = [
-            {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+    async def run(
+        chunks: list[bytes], path: str = "/communication/templates", gone: bool = False
+    ) -> list[dict[str, Any]]:
+        incoming: list[dict[str, Any]] = [
+            {"type": "http.request", "body": c, "more_body": gone or i < len(chunks) - 1}
             for i, c in enumerate(chunks)
         ]
         incoming.append({"type": "http.disconnect"})
         sent: list[dict[str, Any]] = []
 
         async def receive() -> dict[str, Any]:
-            return incoming.pop(0)
+            return incoming.pop(0) if incoming else {"type": "http.disconnect"}
 
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
         scope = {"type": "http", "method": "POST", "path": path, "headers": []}
-        await BodyLimitMiddleware(app, limit=10)(scope, receive, send)
+        await BodyLimitMiddleware(app, limit=10, limits={"/webhooks/": 4})(scope, receive, send)
         return sent
 
     over = await run([b"123456", b"789012"])
@@ -423,7 +426,12 @@ async def test_body_limit_streams_up_to_the_limit_and_answers_413_past_it() -> N
         {"type": "http.disconnect"},
     ]
     seen.clear()
-    own = await run([b"123456", b"789012"], path="/communication/bulk")  # reads its own, with its own limit
+    callback = await run([b"12345"], path="/webhooks/aliyun/acc_x/status")  # its own, smaller limit
+    assert callback[0]["status"] == 413 and seen == []
+    await run([b"12345"], gone=True)
+    assert seen[0] == {"type": "http.disconnect"}
+    seen.clear()
+    own = await run([b"123456", b"789012"], path="/communication/bulk")  # streams its own, with its own limit
     assert own[0]["status"] == 204 and seen[0]["body"] == b"123456"
 
 

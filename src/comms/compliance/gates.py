@@ -27,7 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance.addresses import address_hash
 from comms.compliance.repository import (
+    LOCK_EACH_UP_TO,
     ConsentRepository,
+    CountLock,
     SuppressionRepository,
     numbers_at_daily_limit,
     verification_counts,
@@ -158,6 +160,9 @@ class AcceptanceGate:
         self._check_flow = check_flow
         self._check_daily = check_daily
         self._flow: dict[str, tuple[int, int, int]] = {}
+        # How concurrent requests' counts of verification codes are kept apart (see
+        # verification_counts): nothing until the caller says it will store what it accepts.
+        self._serialize: CountLock = None
         self._at_daily_limit: set[str] = set()
         self._suppressed: dict[str, str] = {}
         self._consents: dict[str, Consent] = {}
@@ -186,10 +191,17 @@ class AcceptanceGate:
             session, tenant_id, channel, category, settings, salt, check_suppression, check_flow, check_daily
         )
 
+    def serialize_counts(self, recipients: int) -> None:
+        """The request will store what it accepts, for this many recipients in all: its counts of
+        verification codes are taken under a lock (a dry run stores nothing and takes none). The
+        kind of lock is chosen once for the whole request, so its chunks never mix the two."""
+        self._serialize = "tenant" if recipients > LOCK_EACH_UP_TO else "numbers"
+
     async def load(self, keys: Sequence[str]) -> None:
         """Fetch what is needed to :meth:`check` these recipients."""
         if self._check_flow and keys:
-            self._flow.update(await verification_counts(self.session, self.tenant_id, keys, utcnow()))
+            counts = await verification_counts(self.session, self.tenant_id, keys, utcnow(), self._serialize)
+            self._flow.update(counts)
         if self._check_daily and keys:
             self._at_daily_limit |= await numbers_at_daily_limit(
                 self.session, self.tenant_id, keys, utcnow(), self.settings.sms_daily_limit

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import bindparam, case, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.errors import RateLimited
 from comms.kit.db import is_sqlite, one_of
 from comms.models import Consent, Message, Suppression
 
@@ -79,17 +81,18 @@ _VERIFICATION_COUNTS = {
 
 
 async def verification_counts(
-    session: AsyncSession, tenant_id: str, keys: Sequence[str], now: datetime
+    session: AsyncSession, tenant_id: str, keys: Sequence[str], now: datetime, lock: CountLock = None
 ) -> dict[str, tuple[int, int, int]]:
-    """key -> verification SMS accepted for it in the last (minute, hour, day)."""
+    """key -> verification SMS accepted for it in the last (minute, hour, day); ``lock``: how the
+    count is kept apart from concurrent requests' (see _serialize), None for a look only."""
     since = {
         "minute": now - timedelta(minutes=1),
         "hour": now - timedelta(hours=1),
         "day": now - timedelta(days=1),
     }
     pg = not is_sqlite(session)
-    if pg:
-        await _serialize_per_number(session, tenant_id, keys)
+    if pg and lock is not None:
+        await _serialize(session, tenant_id, keys, lock)
     statement = _VERIFICATION_COUNTS[pg]
     counts: dict[str, tuple[int, int, int]] = {}
     for start in range(0, len(keys), _CHUNK):
@@ -102,26 +105,46 @@ async def verification_counts(
 
 # Requests for up to this many numbers lock each number; larger ones lock the tenant's codes.
 LOCK_EACH_UP_TO = 32
+CountLock = Literal["numbers", "tenant"] | None
+# A request waits at most this long for another's lock; then it is told to try again (429).
+LOCK_WAIT = "5s"
 _LOCK_TENANT = text("SELECT pg_advisory_xact_lock(hashtextextended(:tenant, 1))")
 _SHARE_TENANT = text("SELECT pg_advisory_xact_lock_shared(hashtextextended(:tenant, 1))")
 _LOCK_NUMBERS = text(
     "SELECT count(pg_advisory_xact_lock(hashtextextended(:tenant || ':' || k, 0)))"
     " FROM (SELECT k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k) AS s"
 )
+_WAIT_AT_MOST = text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+_WAIT_AS_BEFORE = text("SET LOCAL lock_timeout TO DEFAULT")
 
 
-async def _serialize_per_number(session: AsyncSession, tenant_id: str, keys: Sequence[str]) -> None:
+async def _serialize(session: AsyncSession, tenant_id: str, keys: Sequence[str], lock: CountLock) -> None:
     """Count-then-insert is a race under PostgreSQL's READ COMMITTED: requests for one number at
     the same instant would all count the codes before any of them and all pass the limit (OTP
     pumping, toll fraud). Each request's transaction, until it commits, holds a lock per number
-    (taken in one order: no deadlock), so the next one counts after it. A request for more numbers
-    than LOCK_EACH_UP_TO holds the tenant's lock exclusively instead, which the others hold shared
-    (the lock table has room for a few thousand locks in all). SQLite writes one at a time."""
-    if len(keys) > LOCK_EACH_UP_TO:
-        await session.execute(_LOCK_TENANT, {"tenant": tenant_id})
-        return
-    await session.execute(_SHARE_TENANT, {"tenant": tenant_id})
-    await session.execute(_LOCK_NUMBERS, {"tenant": tenant_id, "keys": list(keys)})
+    (taken in one statement, in one order: no deadlock), so the next one counts after it. A
+    request for more numbers than LOCK_EACH_UP_TO (the caller decides once per request: its
+    chunks never mix the two kinds) holds the tenant's lock exclusively instead, which the others
+    hold shared (the lock table has room for a few thousand locks in all). A request kept
+    waiting longer than LOCK_WAIT is answered 429. SQLite writes one at a time."""
+    await session.execute(_WAIT_AT_MOST)
+    try:
+        if lock == "tenant":
+            await session.execute(_LOCK_TENANT, {"tenant": tenant_id})
+        else:
+            await session.execute(_SHARE_TENANT, {"tenant": tenant_id})
+            await session.execute(_LOCK_NUMBERS, {"tenant": tenant_id, "keys": list(keys)})
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            raise RateLimited(
+                "verification codes for these numbers are being accepted by another request; try again",
+                retry_after=1.0,
+            ) from None
+        raise
+    await session.execute(_WAIT_AS_BEFORE)
+
+
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 # Notification and promotional SMS that reached a provider since ``since``, per recipient, for

@@ -22,6 +22,8 @@ from aiohttp.resolver import DefaultResolver
 # prefix (RFC 6052; an IPv6-only host behind NAT64 reaches private IPv4 through it) and the
 # deprecated IPv4-compatible form (::a.b.c.d). 6to4 (2002::/16) carries it in bits 16-48.
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# RFC 8215's local-use NAT64 prefix: a network's own translator, never a public destination.
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
@@ -39,6 +41,8 @@ def is_public(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip in _NAT64_LOCAL:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and (inner := _embedded_ipv4(ip)) is not None:
         # Python 3.11 calls some of these global whatever IPv4 address they lead to.

@@ -7,7 +7,9 @@ the workers can send (the rank only orders, the due time decides eligibility), b
 same priority accepted 2 s into a 100k bulk ranks ahead of the bulk's rows past its first ~2 s
 worth, so it waits for about one claim instead of the whole bulk (virtual clock scheduling).
 
-A row that is re-queued (retry, deferral, reaped lease) ranks at its new due time.
+A batch retry re-queues its failed rows spread the same way from the moment of the retry, and
+rows held back for quiet hours from the time the window opens (messages/repository.py). A row
+re-queued on its own (a retry of one message, a deferral, a reaped lease) ranks at its new due time.
 """
 
 from __future__ import annotations

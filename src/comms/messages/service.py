@@ -131,6 +131,8 @@ async def submit_bulk(
         category=resolved.category,
     )
     normalizer = _Normalizer(resolved, new_ids("log", len(body.recipients)))
+    if not body.dry_run:
+        gate.serialize_counts(len(body.recipients))
     if body.dry_run:
         items: list[Accepted] = []
         for chunk in _chunks(body.recipients):

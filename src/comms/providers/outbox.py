@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from comms.errors import TransientProviderError
 from comms.providers.base import OutboundMessage, Outcome, Provider, ProviderContext, SendResult
@@ -30,6 +30,14 @@ class OutboxConfig(BaseModel):
         pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
         description="A sub-folder of COMMS_OUTBOX_DIR (default: the outbox itself).",
     )
+
+    @field_validator("directory")
+    @classmethod
+    def _inside_the_outbox(cls, value: str | None) -> str | None:
+        # Refused when the account is saved, not at its first send ("." and ".." lead elsewhere).
+        if value is not None and any(part in (".", "..") for part in value.split("/")):
+            raise ValueError("must name a sub-folder of the outbox: no '.' or '..' parts")
+        return value
 
 
 class OutboxProvider(Provider):
