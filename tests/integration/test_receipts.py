@@ -206,6 +206,25 @@ async def test_hard_bounce_marks_undelivered_and_suppresses(
     assert again.json()["items"][0]["status"] == "suppressed"
 
 
+async def test_a_receipt_saying_the_recipient_opted_out_at_the_carrier_suppresses_marketing(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    log_id = await sent_message(live_service, live_tenant)
+    event = {
+        "event_id": "o1",
+        "id": log_id,
+        "status": "undelivered",
+        "error": "opted out",
+        "bounce": "opted_out",
+    }
+    assert (await post_receipt(live_service, account, [event])).status_code == 200
+    assert await status_of(live_service, log_id) == "undelivered"
+    async with live_service.db.read() as session:
+        suppression = await session.scalar(select(Suppression))
+    assert suppression is not None
+    assert (suppression.reason, suppression.source, suppression.scope) == ("stop", "provider", "marketing")
+
+
 async def test_inbound_stop_suppresses_and_confirms_exactly_once(
     live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
 ) -> None:

@@ -177,6 +177,48 @@ async def test_per_message_answers_map_to_statuses(
     assert sink.received[answer.json()["items"][1]["id"]] == 2  # the retried one was offered twice
 
 
+async def test_a_recipient_the_gateway_reports_opted_out_is_suppressed_for_marketing(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    """A STOP that went to the carrier or the vendor never reaches comms' inbound route; the
+    vendor's refusal says so (Twilio 21610, Tencent PhoneNumberInBlacklist, a gateway's
+    ``opted_out``): the message fails and the recipient is suppressed for marketing, as after a
+    STOP of comms' own, while transactional messages still go to them."""
+    await add_account(live_service, live_tenant, sink.url)
+    sink.per_message["+8613800100000"] = {"status": "opted_out"}
+    answer = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(2), headers=live_tenant.headers()
+    )
+    batch = answer.json()["batch_id"]
+
+    async def settled() -> bool:
+        return await statuses(live_service, batch) == {"failed": 1, "sent": 1}
+
+    await wait_until(settled)
+    refused = answer.json()["items"][0]["id"]
+    log = (
+        await live_service.client.get(f"/communication/logs/{refused}", headers=live_tenant.headers())
+    ).json()
+    assert log["data"]["error"] == "the recipient opted out at the gateway or the carrier"
+    listed = (
+        await live_service.client.get("/communication/suppressions", headers=live_tenant.headers())
+    ).json()
+    assert [(i["reason"], i["source"], i["scope"]) for i in listed["items"]] == [
+        ("stop", "provider", "marketing")
+    ]
+    marketing = sms_bulk(2, category="announcement", content="Store opens at 9")
+    later = await live_service.client.post(
+        "/communication/bulk", json=marketing, headers=live_tenant.headers()
+    )
+    first, second = later.json()["items"]
+    assert (first["status"], first["error"]) == ("suppressed", "recipient unsubscribed")
+    assert second["status"] in ("queued", "deferred")  # (deferred in Shanghai's quiet hours)
+    again = await live_service.client.post(
+        "/communication/bulk", json=sms_bulk(1), headers=live_tenant.headers()
+    )
+    assert again.json()["items"][0]["status"] == "queued"  # transactional: still sent to them
+
+
 async def test_failover_to_the_secondary_sends_each_message_once(
     live_service: Service, live_tenant: TenantKeys
 ) -> None:

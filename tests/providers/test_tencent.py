@@ -436,6 +436,8 @@ async def test_per_number_codes_map(
     )  # until midnight in Beijing
     assert "PhoneNumberInBlacklist" in (results[2].error or "")
     assert "IncorrectPhoneNumber" in (results[3].error or "")
+    # on the do-not-disturb list (it replied T/TD/退订 to the sign): comms suppresses it too
+    assert [r.opted_out for r in results] == [False, False, True, False, False]
     assert results[4].provider_message_id in vendor.serials
     assert len(vendor.calls) == 1
 

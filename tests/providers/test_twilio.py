@@ -356,6 +356,8 @@ async def test_error_codes_map_per_message(
     ]
     assert "21610" in (results[0].error or "") and "unsubscribed" in (results[0].error or "")
     assert "STOP" in (results[0].error or "")  # the tenant sees why: the recipient opted out
+    # ...and comms suppresses marketing to them (the STOP went to Twilio, not to comms)
+    assert [r.opted_out for r in results] == [True, False, False, False, False, False]
     assert "21408" in (results[1].error or "") and "21614" in (results[2].error or "")
     assert "20503" in (results[3].error or "") and results[4].retry_after == 7.0
     assert list(vendor.delivered) == [messages[5].to]
@@ -505,6 +507,10 @@ async def test_receipts_from_the_documented_callbacks(tmp_path: Path) -> None:
         urlencode(status_callback("SM1", "+14155550100", "failed", "30005")).encode()
     )
     assert dead[0].status == "undelivered" and dead[0].bounce == "hard"
+    stopped = provider.parse_receipts(
+        urlencode(status_callback("SM2", "+14155550100", "failed", "21610")).encode()
+    )
+    assert stopped[0].status == "undelivered" and stopped[0].bounce == "opted_out"  # suppressed by receipts
     with pytest.raises(ValueError):
         provider.parse_receipts(b"MessageStatus=delivered")
 

@@ -29,7 +29,16 @@ SuppressionReason = Literal[
     "unsubscribed", "stop", "objection", "hard_bounce", "complaint", "manual", "erasure"
 ]
 Source = Literal[
-    "one_click", "link", "mailto", "sms_keyword", "api", "complaint", "feedback_loop", "bounce", "erasure"
+    "one_click",
+    "link",
+    "mailto",
+    "sms_keyword",
+    "api",
+    "complaint",
+    "feedback_loop",
+    "bounce",
+    "erasure",
+    "provider",  # a vendor refused a send: the recipient opted out of the sender there
 ]
 # Complaints a provider or a mailbox provider reports: each counts in the complaint rate.
 REPORTED_COMPLAINT_SOURCES = frozenset({"complaint", "feedback_loop"})

@@ -29,11 +29,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms import metrics
 from comms.compliance import quiet_hours
+from comms.compliance.addresses import address_hash
 from comms.compliance.content import MessageDecorator
 from comms.compliance.domain_checks import DomainRechecker
 from comms.compliance.gates import AcceptanceGate
 from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.retention import RecipientAnonymizer, purge_expired_content
+from comms.compliance.service import Contact, suppress
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.config import Settings
 from comms.dispatch.backoff import deferral_wait, retry_delay
@@ -59,6 +61,7 @@ from comms.events.service import EventBuffer, Subscriptions, forget_old_deliveri
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.db import Database
 from comms.kit.ids import new_id
+from comms.kit.masking import ANONYMIZED_KEY_PREFIX
 from comms.kit.ratelimit import LocalLimiter, RateLimiter
 from comms.kit.secretbox import SecretBox
 from comms.messages import idempotency
@@ -505,6 +508,8 @@ class Dispatcher:
         now = utcnow()
         hooks = await self._subscriptions.statuses(session, {c.tenant_id for c in by_id.values()})
         updated = await complete(session, self.worker_id, now, rows, ids_set=bool(hooks))
+        if opted_out := [by_id[row["id"]] for row in rows if row.get("opted_out")]:
+            await _suppress_opted_out(session, opted_out)
         if not hooks:
             return False
         events = EventBuffer()
@@ -970,7 +975,27 @@ class Dispatcher:
         if result.outcome is Outcome.UNKNOWN:  # due_at: when it became unknown (see unknown_to_recheck)
             return self._row(c, now, status="unknown", error=result.error, due_at=now, **common)
         # Failed: the encrypted variables stay, so a batch retry can still send the real code.
+        if result.opted_out:  # the recipient opted out at the vendor or the carrier: suppressed too
+            return self._row(
+                c, now, status="failed", error=result.error or "failed", opted_out=True, **common
+            )
         return self._row(c, now, status="failed", error=result.error or "failed", **common)
+
+
+async def _suppress_opted_out(session: AsyncSession, claimed: list[ClaimedMessage]) -> None:
+    """Recipients a vendor refused because they opted out of the sender there (a STOP to the
+    carrier or the vendor, which never reached comms): suppressed for marketing like a STOP of
+    comms' own (COMPLIANCE.md S3), in the transaction that records the outcome."""
+    tenants: dict[str, Tenant | None] = {}
+    for c in claimed:
+        if c.tenant_id not in tenants:
+            tenants[c.tenant_id] = await session.get(Tenant, c.tenant_id)
+        tenant = tenants[c.tenant_id]
+        if tenant is None or c.recipient_key.startswith(ANONYMIZED_KEY_PREFIX):
+            continue
+        digest = address_hash(tenant.hash_salt, c.channel, c.recipient_key)
+        who = Contact(c.channel, c.recipient, c.recipient_key, digest)
+        await suppress(session, tenant, who, "stop", "provider")
 
 
 def _unfit(route: Route, message: OutboundMessage) -> str | None:

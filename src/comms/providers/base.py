@@ -76,6 +76,9 @@ class SendResult:
     response: str | None = None
     error: str | None = None
     retry_after: float | None = None
+    # FAILED because the recipient opted out of this sender at the vendor or the carrier (replied
+    # STOP there): comms suppresses marketing to them too, as if the STOP had come to it.
+    opted_out: bool = False
 
     @classmethod
     def sent(
@@ -93,7 +96,9 @@ class DeliveryEvent:
     provider_message_id: str | None
     status: str  # "delivered" | "undelivered"
     error: str | None = None
-    bounce: str | None = None  # "hard" | "soft" | "complaint": hard and complaint also suppress
+    # "hard" | "soft" | "complaint" | "opted_out" (the recipient opted out of the sender at the
+    # vendor or carrier): all but "soft" also suppress
+    bounce: str | None = None
     # E.164 or email: tells apart the recipients of one vendor id (Aliyun's BizId covers a call).
     recipient: str | None = None
     # Where the vendor's form of the number has more than one reading (Aliyun writes +1 and +86

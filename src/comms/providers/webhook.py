@@ -14,7 +14,9 @@ Request::
 ``batch_size`` messages per request (default 500; 1 for gateways that take one message at a
 time), up to ``concurrency`` requests in flight per process, shared by the batches in flight.
 Answer: any 2xx accepts every message; a JSON body ``{"results": [{"id": "log_...", "status":
-"accepted" | "retry" | "rejected", "message_id": "...", "error": "..."}]}`` decides per message.
+"accepted" | "retry" | "rejected" | "opted_out", "message_id": "...", "error": "..."}]}`` decides
+per message (``opted_out``: refused because the recipient opted out there; comms suppresses
+marketing to them as after a STOP).
 429 and 5xx are transient (Retry-After honoured), other 4xx permanent. Receivers should treat
 ``id`` as an idempotency key: a message whose first POST got no answer is posted once more with
 ``possible_duplicate: true``.
@@ -48,7 +50,13 @@ from comms.providers.base import (
 from comms.providers.calls import RequestPool, send_calls
 
 _encode = msgspec.json.Encoder().encode
-_STATUS = {"accepted": Outcome.SENT, "sent": Outcome.SENT, "retry": Outcome.RETRY, "rejected": Outcome.FAILED}
+_STATUS = {
+    "accepted": Outcome.SENT,
+    "sent": Outcome.SENT,
+    "retry": Outcome.RETRY,
+    "rejected": Outcome.FAILED,
+    "opted_out": Outcome.FAILED,  # the recipient opted out at the gateway or the carrier
+}
 
 
 class WebhookConfig(BaseModel):
@@ -200,7 +208,7 @@ class _Receipt(msgspec.Struct):
     id: str | None = None
     message_id: str | None = None
     error: str | None = None
-    bounce: Literal["hard", "soft", "complaint"] | None = None
+    bounce: Literal["hard", "soft", "complaint", "opted_out"] | None = None
 
 
 class _ReceiptBody(msgspec.Struct):
@@ -284,14 +292,19 @@ def _results(messages: Sequence[OutboundMessage], raw: bytes, status: int) -> li
         if entry is None:
             out.append(SendResult.sent(m.id, None, accepted))
             continue
-        outcome = _STATUS.get(str(entry.get("status", "accepted")), Outcome.SENT)
+        said = str(entry.get("status", "accepted"))
+        outcome = _STATUS.get(said, Outcome.SENT)
+        error = str(entry.get("error")) if outcome is not Outcome.SENT and entry.get("error") else None
+        if said == "opted_out":
+            error = error or "the recipient opted out at the gateway or the carrier"
         out.append(
             SendResult(
                 m.id,
                 outcome,
                 provider_message_id=str(entry["message_id"]) if entry.get("message_id") else None,
                 response=accepted,
-                error=str(entry.get("error")) if outcome is not Outcome.SENT and entry.get("error") else None,
+                error=error,
+                opted_out=said == "opted_out",
             )
         )
     return out

@@ -215,10 +215,12 @@ async def apply_receipt(
         error = None if target is Status.DELIVERED else str(values["error"])
         vendor_id = message.provider_message_id or event.provider_message_id
         events.add(tenant.id, item_event(message, target.value, error, message.provider, vendor_id, now))
-    if event.bounce in ("hard", "complaint"):
+    if event.bounce in ("hard", "complaint", "opted_out"):
         who = compliance.contact_of_message(tenant, message)
         if event.bounce == "hard":
             await compliance.suppress(session, tenant, who, "hard_bounce", "bounce")
+        elif event.bounce == "opted_out":  # a STOP that went to the carrier or vendor, not to comms
+            await compliance.suppress(session, tenant, who, "stop", "provider")
         else:
             counted = await first_complaint_about(session, tenant.id, message.id, account.provider)
             await compliance.suppress(session, tenant, who, "complaint", "complaint", counted=counted)

@@ -141,6 +141,9 @@ CLOCK_SKEW = timedelta(minutes=5)
 SKEWED_WAIT = 60.0
 
 RECEIPT_STATUS: dict[str, str] = {"SUCCESS": "delivered", "FAIL": "undelivered"}
+# "The number is on the do-not-disturb list": it replied T/TD/N/退订 to the sign before (or the
+# carrier's list has it). comms suppresses marketing to it as after a STOP of its own.
+OPTED_OUT_CODES = frozenset({"FailedOperation.PhoneNumberInBlacklist"})
 
 
 class TencentConfig(BaseModel):
@@ -593,7 +596,8 @@ def _per_number(message: OutboundMessage, entry: _SendStatus, request_id: str) -
         # A per-number frequency limit is flow control (deferred), anything else a transient error.
         outcome = Outcome.DEFERRED if entry.code.startswith("LimitExceeded.") else Outcome.RETRY
         return SendResult(message.id, outcome, None, response, error, _limit_wait(entry.code))
-    return SendResult(message.id, Outcome.FAILED, None, response, error)
+    opted_out = entry.code in OPTED_OUT_CODES
+    return SendResult(message.id, Outcome.FAILED, None, response, error, opted_out=opted_out)
 
 
 def _settle(

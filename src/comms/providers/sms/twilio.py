@@ -95,6 +95,8 @@ ERROR_CODES: dict[int, Literal["failed", "retry", "account"]] = {
 }
 
 # What an error code means for the tenant, beyond Twilio's own short message.
+# Refusals because the recipient replied STOP to this sender (Twilio's own opt-out handling).
+OPTED_OUT_CODES = frozenset({21610})
 ERROR_EXPLANATIONS: dict[int, str] = {
     21610: "the recipient unsubscribed from this sender at Twilio/the carrier (replied STOP); "
     "nothing reaches them from it until they reply START",
@@ -284,7 +286,10 @@ class TwilioProvider(Provider):
                 error += (
                     f" {code}: {DELIVERY_ERRORS.get(code, 'see https://www.twilio.com/docs/errors/' + code)}"
                 )
-            bounce = "hard" if code in HARD_BOUNCE_CODES else "soft"
+            if code is not None and code.isascii() and code.isdigit() and int(code) in OPTED_OUT_CODES:
+                bounce = "opted_out"  # replied STOP to the sender at Twilio: suppressed here too
+            else:
+                bounce = "hard" if code in HARD_BOUNCE_CODES else "soft"
         return [
             DeliveryEvent(
                 event_key=f"{sid}:{raw_status}",
@@ -421,7 +426,10 @@ def _classify(message: OutboundMessage, status: int, raw: bytes, retry_after: fl
         )
     if code in ERROR_EXPLANATIONS:
         text = f"{text}: {ERROR_EXPLANATIONS[code]}"
-    return _Answer("result", SendResult(message.id, Outcome.FAILED, response=f"HTTP {status}", error=text))
+    result = SendResult(
+        message.id, Outcome.FAILED, response=f"HTTP {status}", error=text, opted_out=code in OPTED_OUT_CODES
+    )
+    return _Answer("result", result)
 
 
 def _settle(messages: Sequence[OutboundMessage], answers: Sequence[_Answer]) -> list[SendResult]:
