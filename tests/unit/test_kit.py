@@ -443,6 +443,7 @@ async def test_body_limit_streams_up_to_the_limit_and_answers_413_past_it() -> N
         ("2026-04-15 10:00:00+08:00", datetime(2026, 4, 15, 2, tzinfo=UTC)),
         ("2026-04-15T10:00:00.123456789Z", datetime(2026, 4, 15, 10, 0, 0, 123456, tzinfo=UTC)),
         ("2026-04-15T10:00:00.5-01:30", datetime(2026, 4, 15, 11, 30, 0, 500000, tzinfo=UTC)),
+        ("2016-12-31T23:59:60Z", datetime(2017, 1, 1, tzinfo=UTC)),  # a leap second: the next instant
     ],
 )
 def test_rfc3339_date_times_are_read_in_utc(value: str, expected: datetime) -> None:

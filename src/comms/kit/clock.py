@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 _now: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
 
@@ -59,11 +59,16 @@ def parse_rfc3339(value: str) -> datetime:
     if match["offset"] is None:
         raise NotRfc3339(True)
     text = value[:-1] + "+00:00" if match["offset"] in ("Z", "z") else value
+    leap = text[17:19] == "60"  # a leap second (23:59:60Z): Python's datetime has none
+    if leap:
+        text = text[:17] + "59" + text[19:]
     if "." in text:  # Python reads at most 6 digits of a fraction: keep the microseconds
         head, _, rest = text.partition(".")
         digits = len(rest) - 6  # the offset is 6 characters
         text = f"{head}.{rest[:digits][:6].ljust(6, '0')}{rest[digits:]}"
     try:
-        return datetime.fromisoformat(text).astimezone(UTC)
+        parsed = datetime.fromisoformat(text).astimezone(UTC)
+        # read as the instant right after it, the next minute's first
+        return parsed.replace(microsecond=0) + timedelta(seconds=1) if leap else parsed
     except (ValueError, OverflowError):  # Feb 30, hour 25; past year 9999 or before year 1 in UTC
         raise NotRfc3339(False) from None
