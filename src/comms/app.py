@@ -66,13 +66,7 @@ def create_app(
         state = AppState(settings=settings, db=db, secrets=secrets, limiter=limiter)
         app.state.comms = state
         worker: Dispatcher | None = None
-        router = Router(
-            settings.resolved_outbox_dir,
-            db,
-            secrets,
-            settings.resolved_public_url,
-            allow_private=settings.provider_allow_private,
-        )
+        router = Router.from_settings(settings, db, secrets)
         if run_dispatcher or settings.express_lane:
             worker = Dispatcher(db, settings, secrets, router, limiter)
             state.wake_dispatcher = worker.wake

@@ -129,13 +129,7 @@ def worker(
     async def _run() -> None:
         db = Database(settings.resolved_database_url)
         secrets = SecretBox(settings.resolved_secret_key)
-        router = Router(
-            settings.resolved_outbox_dir,
-            db,
-            secrets,
-            settings.resolved_public_url,
-            allow_private=settings.provider_allow_private,
-        )
+        router = Router.from_settings(settings, db, secrets)
         limiter = make_limiter(settings.redis_url)
         dispatcher = Dispatcher(db, settings, secrets, router, limiter)
         stop = asyncio.Event()

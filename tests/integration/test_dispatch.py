@@ -29,7 +29,7 @@ async def standalone_dispatcher(service: Service) -> AsyncIterator[Dispatcher]:
     """A dispatcher beside `service` (which has none), as another worker process would be."""
     settings = service.settings
     secrets = SecretBox(settings.resolved_secret_key)
-    router = Router(settings.resolved_outbox_dir, service.db, secrets, settings.resolved_public_url)
+    router = Router.from_settings(settings, service.db, secrets)
     try:
         yield Dispatcher(service.db, settings, secrets, router)
     finally:

@@ -119,7 +119,7 @@ async def test_notify_wakes_a_worker_in_another_process_at_once(service: Service
     settings = service.settings.model_copy(update={"poll_interval_seconds": 30.0})
     db = Database(settings.resolved_database_url)
     secrets = SecretBox(settings.resolved_secret_key)
-    router = Router(settings.resolved_outbox_dir, db, secrets, settings.resolved_public_url)
+    router = Router.from_settings(settings, db, secrets)
     worker = Dispatcher(db, settings, secrets, router)  # its own pool and listener: another process's view
     worker.start()
     try:

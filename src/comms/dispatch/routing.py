@@ -19,6 +19,7 @@ import aiohttp
 
 from comms.accounts import service as accounts
 from comms.accounts.repository import ProviderAccountRepository
+from comms.config import Settings
 from comms.dispatch.breaker import Breaker, BreakerState
 from comms.kit.db import Database
 from comms.kit.netguard import PublicOnlyResolver
@@ -72,6 +73,17 @@ class Router:
         self._retiring: set[Provider] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self.breakers: dict[str, Breaker] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db: Database, secrets: SecretBox) -> Router:
+        """The process's router, as the settings say (API processes and workers alike)."""
+        return cls(
+            settings.resolved_outbox_dir,
+            db,
+            secrets,
+            settings.resolved_public_url,
+            allow_private=settings.provider_allow_private,
+        )
 
     def _context(self, provider: str, account_id: str) -> ProviderContext:
         if self._http is None or self._http.closed:
