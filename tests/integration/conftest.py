@@ -3,6 +3,7 @@ wire format, signature checked) and a tenant account that sends through it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -10,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from comms.dispatch.dispatcher import Dispatcher
+from comms.dispatch.routing import Router
+from comms.kit.secretbox import SecretBox
 from comms.providers.webhook import signature
 from tests.conftest import Service, TenantKeys
 from tests.webhook_sink import WebhookSink
@@ -59,3 +63,15 @@ def signed(payload: dict[str, Any], secret: str = SECRET, age: int = 0) -> tuple
         "X-Comms-Timestamp": timestamp,
         "X-Comms-Signature": signature(secret, timestamp, body),
     }
+
+
+@contextlib.asynccontextmanager
+async def standalone_dispatcher(service: Service) -> AsyncIterator[Dispatcher]:
+    """A dispatcher beside `service` (which has none), as another worker process would be."""
+    settings = service.settings
+    secrets = SecretBox(settings.resolved_secret_key)
+    router = Router.from_settings(settings, service.db, secrets)
+    try:
+        yield Dispatcher(service.db, settings, secrets, router)
+    finally:
+        await router.close()

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, time, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,9 +34,10 @@ from comms.compliance.settings import TenantSettings
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.dispatch.queue import claim_due
 from comms.kit.clock import isoformat, set_clock, utcnow
+from comms.kit.secretbox import SecretBox
 from comms.models import AuditEvent, Batch, Message, Suppression, Tenant
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_until
-from tests.integration.conftest import add_account, signed
+from tests.integration.conftest import add_account, signed, standalone_dispatcher
 from tests.webhook_sink import WebhookSink
 
 
@@ -2228,3 +2230,432 @@ async def test_sms_daily_limit_per_number_for_non_verification_sms(
     # A day later the window has moved on.
     frozen_clock[0] += timedelta(days=1, seconds=1)
     assert await settled({**notice, "recipients": [number]}) == {"+8613800138000": ("sent", None)}
+
+
+# ---- gaps the review found: behaviours no test would have caught breaking -----------------------
+
+
+async def dispatch_due(service: Service) -> list[str]:
+    """One claim of everything due now, processed by a fresh worker: the ids it claimed."""
+    async with standalone_dispatcher(service) as worker:
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, worker.worker_id, 100, utcnow(), timedelta(seconds=30))
+        if claimed:
+            await worker._process(claimed)
+    return [c.id for c in claimed]
+
+
+def outbox_files(service: Service, channel: str) -> list[str]:
+    folder = service.outbox / channel
+    return sorted(p.stem for p in folder.iterdir()) if folder.exists() else []
+
+
+async def test_08_quiet_hours_are_checked_again_at_dispatch(
+    service: Service, tenant: TenantKeys, frozen_clock: list[datetime]
+) -> None:
+    """S2: a marketing SMS accepted a minute before the window closes but claimed after it is
+    deferred by the dispatcher until the next window opens (nothing reaches a provider), and sent
+    then; a transactional SMS to the same number in the same claim is not held back."""
+    number = "+14155552671"  # San Francisco: 08:00-21:00 Pacific, UTC-8 in November
+    await opt_in(service, tenant, "sms", number, basis="written")
+    frozen_clock[0] = datetime(2026, 11, 27, 4, 59, tzinfo=UTC)  # 20:59 in San Francisco
+    promo = await bulk(
+        service, tenant, channel="sms", category="marketing", content="Sale", recipients=[number]
+    )
+    notice = await bulk(
+        service, tenant, channel="sms", category="transactional", content="Shipped", recipients=[number]
+    )
+    promo_id, notice_id = promo["items"][0]["id"], notice["items"][0]["id"]
+    assert (promo["items"][0]["status"], notice["items"][0]["status"]) == ("queued", "queued")
+    frozen_clock[0] = datetime(2026, 11, 27, 5, 0, 1, tzinfo=UTC)  # 21:00:01: the window has closed
+    assert sorted(await dispatch_due(service)) == sorted([promo_id, notice_id])
+    async with service.db.read() as session:
+        held = await session.get(Message, promo_id)
+    assert held is not None
+    assert (held.status, held.error) == ("deferred", "quiet hours: deferred until 2026-11-27T16:00:00Z")
+    assert outbox_files(service, "sms") == [notice_id]  # only the transactional one left
+    assert await statuses(service, notice["batch_id"]) == {"sent": 1}
+    frozen_clock[0] = datetime(2026, 11, 27, 15, 59, 59, tzinfo=UTC)  # 07:59:59: not yet
+    assert await dispatch_due(service) == []
+    frozen_clock[0] = datetime(2026, 11, 27, 16, 0, 1, tzinfo=UTC)  # 08:00:01: released
+    assert await dispatch_due(service) == [promo_id]
+    assert await statuses(service, promo["batch_id"]) == {"sent": 1}
+    assert outbox_files(service, "sms") == sorted([notice_id, promo_id])
+
+
+class _Links(HTMLParser):
+    """The text and the link targets of an HTML part."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.hrefs += [value for name, value in attrs if tag == "a" and name == "href" and value]
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+async def test_04_html_marketing_email_carries_address_disclosure_and_unsubscribe_link(
+    live_service: Service,
+) -> None:
+    """C3, C4, C5 in the HTML part too (what most recipients see): the ad disclosure, the postal
+    address and an unsubscribe link to the /u/ page, inside <body>, and the link works."""
+    tenant = await make_tenant(
+        live_service.db, "Shop", ad_disclosure="Ads & offers: this is an advertisement."
+    )
+    created = await live_service.client.post(
+        "/communication/templates",
+        json={
+            "code": "winter",
+            "channel": "email",
+            "category": "marketing",
+            "subject": "Our winter sale",
+            "content": "Hello {{ name }}, 20% off everything.",
+            "html": "<html><body><p>Hello {{ name }}, <b>20% off</b> everything.</p></body></html>",
+        },
+        headers=tenant.headers(),
+    )
+    assert created.status_code == 201, created.text
+    await opt_in(live_service, tenant, "email", "ann@example.com")
+    sent = await bulk(
+        live_service, tenant, channel="email", template="winter", variables={"name": "Ann"},
+        recipients=["ann@example.com"],
+    )  # fmt: skip
+
+    async def done() -> bool:
+        return await statuses(live_service, sent["batch_id"]) == {"sent": 1}
+
+    await wait_until(done)
+    message = eml(live_service, sent["items"][0]["id"])
+    url = message["List-Unsubscribe"].strip("<>")
+    assert url.startswith("https://comms.test/u/")
+    part = message.get_body(("html",))
+    assert part is not None and part.get_content_type() == "text/html"
+    html_body = part.get_content()
+    parsed = _Links()
+    parsed.feed(html_body)
+    text = "".join(parsed.text)
+    assert "Hello Ann" in text
+    assert "Ads & offers: this is an advertisement." in text  # escaped in the HTML, read back whole
+    assert "Shop, 1 Main St, Springfield" in text
+    assert parsed.hrefs == [url]
+    assert html_body.index('href="') < html_body.lower().rindex("</body>")  # in the body, not after it
+    page = await live_service.client.get(url.removeprefix("https://comms.test"))
+    assert page.status_code == 200 and "a***@example.com" in page.text
+
+
+async def test_04_announcement_email_is_subscription_mail_and_all_email_is_auto_submitted(
+    live_service: Service, live_tenant: TenantKeys
+) -> None:
+    """M1, M2: an announcement (subscription mail for Gmail) has List-Unsubscribe with one HTTPS
+    URI and the One-Click header, as marketing does. M8: Auto-Submitted on every email, receipts
+    and codes included, which carry no unsubscribe headers."""
+    service, tenant = live_service, live_tenant
+    batches = {
+        category: await bulk(service, tenant, **marketing_email(category=category, subject="Notice"))
+        for category in ("announcement", "transactional", "verification")
+    }
+
+    async def sent() -> bool:
+        return all([await statuses(service, b["batch_id"]) == {"sent": 1} for b in batches.values()])
+
+    await wait_until(sent)
+    mails = {category: eml(service, b["items"][0]["id"]) for category, b in batches.items()}
+    announcement = mails["announcement"]
+    (unsubscribe,) = announcement.get_all("List-Unsubscribe")
+    assert re.fullmatch(r"<https://comms\.test/u/log_[^<>,]+>", unsubscribe), unsubscribe
+    assert announcement.get_all("List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+    assert announcement["List-Id"] and unsubscribe.strip("<>") in announcement.get_content()
+    for category, mail in mails.items():
+        assert mail.get_all("Auto-Submitted") == ["auto-generated"], category
+    for category in ("transactional", "verification"):
+        assert (
+            mails[category]["List-Unsubscribe"] is None and mails[category]["List-Unsubscribe-Post"] is None
+        )
+
+
+async def test_11_complaint_rate_breaker_threshold_and_dispatch_hold(
+    service: Service, frozen_clock: list[datetime]
+) -> None:
+    """M6 at the default threshold (0.2%) and minimum volume (1000 emails): 1 complaint in 1000
+    sent (0.1%) leaves marketing going; the 2nd (0.2%) pauses it at acceptance, and marketing
+    accepted before the breaker tripped is held back at dispatch (deferred, retried later) while
+    transactional mail in the same claim goes out."""
+    from comms.compliance import reputation
+
+    tenant = await make_tenant(service.db, "Shop")
+    buyers = [f"buyer{i}@example.com" for i in range(1000)]
+    receipts = await bulk(service, tenant, **marketing_email(category="transactional", recipients=buyers))
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message).where(Message.batch_id == receipts["batch_id"]).values(status="sent")
+        )
+    await opt_in(service, tenant, "email", "ann@example.com")
+
+    async def complain(address: str) -> None:
+        answer = await service.client.post(
+            "/communication/suppressions",
+            json={"channel": "email", "address": address, "reason": "complaint"},
+            headers=tenant.headers(),
+        )
+        assert answer.status_code == 201, answer.text
+        reputation.forget(tenant.tenant_id)
+
+    await complain("buyer1@example.com")
+    early = await bulk(service, tenant, **marketing_email())  # 1 in 1000: 0.1% < 0.2%
+    assert early["items"][0]["status"] == "queued"
+    await complain("buyer2@example.com")
+    paused = await bulk(service, tenant, 422, **marketing_email())  # 2 in 1000: 0.2%, the threshold
+    assert "marketing_paused" in paused["errors"][0]["message"]
+    receipt = await bulk(service, tenant, **marketing_email(category="transactional"))
+    reputation.forget(tenant.tenant_id)
+    claimed = await dispatch_due(service)
+    assert sorted(claimed) == sorted([early["items"][0]["id"], receipt["items"][0]["id"]])
+    async with service.db.read() as session:
+        held = await session.get(Message, early["items"][0]["id"])
+    assert held is not None and held.status == "deferred"
+    assert held.error is not None and held.error.startswith("marketing paused")
+    assert isoformat(held.due_at) == isoformat(utcnow() + timedelta(hours=1))  # looked at again later
+    assert outbox_files(service, "email") == [receipt["items"][0]["id"]]
+
+
+async def test_11_below_the_minimum_volume_the_breaker_does_not_trip(service: Service) -> None:
+    """The rate counts only from complaint_rate_min_volume emails sent: 2 complaints in 999 do
+    not pause marketing; the 1000th email sent makes them count."""
+    from comms.compliance import reputation
+
+    tenant = await make_tenant(service.db, "Shop")
+    buyers = [f"buyer{i}@example.com" for i in range(1000)]
+    receipts = await bulk(service, tenant, **marketing_email(category="transactional", recipients=buyers))
+    last = receipts["items"][0]["id"]
+    async with service.db.begin() as session:
+        await session.execute(
+            update(Message)
+            .where(Message.batch_id == receipts["batch_id"], Message.id != last)
+            .values(status="sent")
+        )
+    await opt_in(service, tenant, "email", "ann@example.com")
+    for address in ("buyer1@example.com", "buyer2@example.com"):
+        await service.client.post(
+            "/communication/suppressions",
+            json={"channel": "email", "address": address, "reason": "complaint"},
+            headers=tenant.headers(),
+        )
+    reputation.forget(tenant.tenant_id)
+    assert (await bulk(service, tenant, **marketing_email()))["items"][0]["status"] == "queued"
+    async with service.db.begin() as session:
+        await session.execute(update(Message).where(Message.id == last).values(status="sent"))
+    reputation.forget(tenant.tenant_id)
+    await bulk(service, tenant, 422, **marketing_email())
+
+
+@pytest.mark.parametrize("word", ["YES", "UNSTOP", "START", "  yes! "])
+async def test_06_every_opt_in_keyword_lifts_a_stop(
+    service: Service, tenant: TenantKeys, frozen_clock: list[datetime], word: str
+) -> None:
+    """S4 (CTIA): START, UNSTOP and YES each lift an SMS-keyword opt-out, and marketing SMS to the
+    number is accepted again; the confirmation is sent once."""
+    frozen_clock[0] = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai: no quiet hours
+    number = "13800138000"
+    await opt_in(service, tenant, "sms", number)
+    promo = {"channel": "sms", "category": "marketing", "content": "Sale", "recipients": [number]}
+    async with service.db.begin() as session:
+        row = await session.get(Tenant, tenant.tenant_id)
+        assert row is not None
+        assert (await handle_inbound_sms(session, row, number, "STOP")).changed
+    stopped = (await bulk(service, tenant, **promo))["items"][0]
+    assert (stopped["status"], stopped["error"]) == ("suppressed", "recipient unsubscribed")
+    async with service.db.begin() as session:
+        row = await session.get(Tenant, tenant.tenant_id)
+        assert row is not None
+        lifted = await handle_inbound_sms(session, row, number, word)
+        again = await handle_inbound_sms(session, row, number, word)
+    assert lifted.changed and lifted.reply is not None and "subscribed again" in lifted.reply
+    assert not again.changed and again.reply is None  # one confirmation
+    async with service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+    assert (await bulk(service, tenant, **promo))["items"][0]["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("extra", "contact"),
+    [
+        ({}, "Support: news@acme.example."),  # the first email identity
+        ({"sender_identities": ["ACME"]}, "Support: 1 Main St, Springfield."),  # SMS only: the address
+        ({"sender_identities": ["ACME"], "postal_address": None}, "Support contact: not configured."),
+    ],
+)
+async def test_06_help_reply_names_frequency_and_a_support_contact(
+    service: Service, extra: dict[str, Any], contact: str
+) -> None:
+    """S4 (CTIA): HELP answers with the brand, the frequency, a support contact, "Msg&data rates
+    may apply" and how to stop. A tenant without an email identity gets its postal address as
+    the contact; one with neither is told plainly that none is configured."""
+    tenant = await make_tenant(service.db, "Acme", **extra)
+    async with service.db.begin() as session:
+        row = await session.get(Tenant, tenant.tenant_id)
+        assert row is not None
+        answer = await handle_inbound_sms(session, row, "13800138000", "HELP")
+    assert answer.reply is not None and not answer.changed
+    for must in ("Acme", "frequency", contact, "Msg&data rates may apply", "Reply STOP to opt out"):
+        assert must in answer.reply, (must, answer.reply)
+
+
+async def test_verification_sms_daily_limit_per_number(
+    service: Service, tenant: TenantKeys, frozen_clock: list[datetime]
+) -> None:
+    """S9: 10 codes a day per number. Ten spread 13 minutes apart (never 2 in a minute nor 5 in
+    an hour) are accepted over nearly two hours; the 11th within 24 hours of the first is
+    rejected, until the first is 24 hours old."""
+    body = {
+        "channel": "sms",
+        "category": "verification",
+        "content": "Code {{ code }}",
+        "variables": {"code": "1"},
+        "recipients": ["13800138000"],
+    }
+    start = frozen_clock[0]
+    for i in range(10):
+        frozen_clock[0] = start + timedelta(minutes=13 * i)
+        assert (await bulk(service, tenant, **body))["items"][0]["status"] == "queued", i
+    # 130 minutes in: 4 codes in the last hour, none in the last minute; 10 in the last day.
+    for at in (timedelta(minutes=130), timedelta(hours=24, seconds=-1)):
+        frozen_clock[0] = start + at
+        item = (await bulk(service, tenant, **body))["items"][0]
+        assert (item["status"], item["error"]) == ("rejected", "rate limited"), at
+    frozen_clock[0] = start + timedelta(hours=24, seconds=1)  # the first code has left the day
+    assert (await bulk(service, tenant, **body))["items"][0]["status"] == "queued"
+    frozen_clock[0] += timedelta(minutes=13)  # ...and the second; rejected tries never counted
+    assert (await bulk(service, tenant, **body))["items"][0]["status"] == "queued"
+
+
+async def test_14_consent_evidence_includes_the_persons_ip_for_pii_readers(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """E5: the person's IP and the collection time are kept with a consent and returned by GET
+    /communication/consents: the IP (and the raw address) only with unmask=true, which needs
+    pii:read and is audited as a PII reveal (P1)."""
+    collected = isoformat(utcnow() - timedelta(days=3))
+    await opt_in(service, tenant, "email", "ann@example.com", ip="203.0.113.7", collected_at=collected)
+    url = "/communication/consents?address=ann@example.com"
+
+    async def reveals() -> list[dict[str, Any]]:
+        async with service.db.read() as session:
+            rows = (
+                await session.scalars(select(AuditEvent).where(AuditEvent.action == "pii.revealed"))
+            ).all()
+        return [r.details for r in rows]
+
+    masked = await service.client.get(url, headers=tenant.headers(tenant.pii_token))
+    (record,) = masked.json()["items"]
+    assert (record["address"], record["ip"], record["collected_at"]) == ("a***@example.com", None, collected)
+    refused = await service.client.get(url + "&unmask=true", headers=tenant.headers())  # no pii:read
+    assert refused.status_code == 403, refused.text
+    assert await reveals() == []
+    raw = await service.client.get(url + "&unmask=true", headers=tenant.headers(tenant.pii_token))
+    assert raw.status_code == 200, raw.text
+    (record,) = raw.json()["items"]
+    assert (record["address"], record["ip"], record["collected_at"]) == (
+        "ann@example.com",
+        "203.0.113.7",
+        collected,
+    )
+    assert await reveals() == [{"route": "consents", "ids": [record["id"]]}]
+
+
+async def test_10_secret_variables_are_encrypted_at_rest_while_queued(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """P3: a recipient's own code (a default secret name) and a template's declared secret
+    variable are stored sealed with the secret box until sent; other variables stay as given."""
+    from comms.kit.secretbox import _PREFIX
+
+    for template in (
+        {"code": "otp", "category": "verification", "content": "Your code is {{ code }}"},
+        {"code": "pin", "category": "transactional", "content": "Hi {{ name }}, PIN {{ pin }}",
+         "secret_variables": ["pin"]},
+    ):  # fmt: skip
+        answer = await service.client.post(
+            "/communication/templates", json={"channel": "sms", **template}, headers=tenant.headers()
+        )
+        assert answer.status_code == 201, answer.text
+    otp = await bulk(
+        service, tenant, channel="sms", template="otp",
+        recipients=[{"to": "13800138000", "variables": {"code": "482913"}}],
+    )  # fmt: skip
+    pin = await bulk(
+        service, tenant, channel="sms", template="pin",
+        recipients=[{"to": "13800138000", "variables": {"name": "Ann", "pin": "7355"}}],
+    )  # fmt: skip
+    box = SecretBox(service.settings.resolved_secret_key)
+    async with service.db.read() as session:
+        coded = await session.get(Message, otp["items"][0]["id"])
+        pinned = await session.get(Message, pin["items"][0]["id"])
+    assert coded is not None and pinned is not None
+    assert (coded.status, pinned.status) == ("queued", "queued")
+    for row, name, secret in ((coded, "code", "482913"), (pinned, "pin", "7355")):
+        assert row.variables is not None
+        sealed = row.variables[name]
+        assert sealed.startswith(_PREFIX) and secret not in sealed
+        assert box.decrypt(sealed) == secret  # the real value, for the dispatcher only
+        assert secret not in str(row.content or "")
+    assert pinned.variables is not None and pinned.variables["name"] == "Ann"
+
+
+async def test_14_a_bulk_writes_exactly_one_submission_audit_event(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """P5: one `bulk.submitted` per accepted request (not per recipient, not again on an
+    Idempotency-Key replay, none for a dry run), with the key, IP, time, channel, category,
+    template id and version, and the counts per status."""
+    created = await service.client.post(
+        "/communication/templates",
+        json={"code": "notice", "channel": "email", "category": "transactional", "subject": "Notice",
+              "content": "Hello {{ name }}"},
+        headers=tenant.headers(),
+    )  # fmt: skip
+    template_id = created.json()["data"]["id"]
+    changed = await service.client.put(
+        f"/communication/templates/{template_id}",
+        json={"content": "Hello {{ name }}, again"},
+        headers=tenant.headers(),
+    )
+    assert changed.status_code == 200 and changed.json()["data"]["version"] == 2, changed.text
+    await service.client.post(
+        "/communication/suppressions",
+        json={"channel": "email", "address": "cat@example.com", "reason": "hard_bounce"},
+        headers=tenant.headers(),
+    )
+    body = {
+        "channel": "email",
+        "template": "notice",
+        "variables": {"name": "friend"},
+        "recipients": ["ann@example.com", "bob@example.com", "cat@example.com"],
+    }
+    dry = await service.client.post(
+        "/communication/bulk", json={**body, "dry_run": True}, headers=tenant.headers()
+    )
+    assert dry.status_code == 200, dry.text
+    headers = {**tenant.headers(), "Idempotency-Key": "p5-once"}
+    answers = [await service.client.post("/communication/bulk", json=body, headers=headers) for _ in range(2)]
+    assert [a.status_code for a in answers] == [202, 202]
+    assert answers[0].json()["batch_id"] == answers[1].json()["batch_id"]
+    async with service.db.read() as session:
+        events = (
+            await session.scalars(select(AuditEvent).where(AuditEvent.action == "bulk.submitted"))
+        ).all()
+        added = await session.scalar(select(AuditEvent).where(AuditEvent.action == "suppression.added"))
+    (event,) = events
+    assert added is not None and event.actor == added.actor and event.actor.startswith("key_")
+    assert event.tenant_id == tenant.tenant_id and event.ip == "127.0.0.1" and event.created_at
+    assert event.details == {
+        "batch_id": answers[0].json()["batch_id"],
+        "channel": "email",
+        "category": "transactional",
+        "template_id": template_id,
+        "template_version": 2,
+        "counts": {"queued": 2, "suppressed": 1},
+    }

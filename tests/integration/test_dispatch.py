@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.parser import BytesParser
@@ -15,25 +13,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from comms.dispatch.dispatcher import Dispatcher
 from comms.dispatch.queue import claim_due, release_expired_leases
-from comms.dispatch.routing import Router
 from comms.kit.clock import set_clock, utcnow
-from comms.kit.secretbox import SecretBox
 from comms.models import Message
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_for_message, wait_until
-
-
-@contextlib.asynccontextmanager
-async def standalone_dispatcher(service: Service) -> AsyncIterator[Dispatcher]:
-    """A dispatcher beside `service` (which has none), as another worker process would be."""
-    settings = service.settings
-    secrets = SecretBox(settings.resolved_secret_key)
-    router = Router.from_settings(settings, service.db, secrets)
-    try:
-        yield Dispatcher(service.db, settings, secrets, router)
-    finally:
-        await router.close()
+from tests.integration.conftest import standalone_dispatcher
 
 
 async def send(service: Service, tenant: TenantKeys, body: dict[str, Any]) -> dict[str, Any]:

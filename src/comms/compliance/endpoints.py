@@ -44,6 +44,7 @@ from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_token_of
 from comms.errors import (
     BadRequest,
     FieldError,
+    Forbidden,
     NotFound,
     Unavailable,
     ValidationFailed,
@@ -518,16 +519,28 @@ async def list_consents(
     page_size: PageSizeQuery = DEFAULT_PAGE_SIZE,
     channel: Channel | None = None,
     address: str | None = None,
+    unmask: Annotated[
+        bool, Query(description="Show raw addresses and the person's IP (needs the pii:read scope).")
+    ] = False,
 ) -> Any:
-    """Consent evidence (who, when, source, wording version), newest first."""
+    """Consent evidence (who, when, source, wording version, IP), newest first. Addresses are
+    masked and the person's IP left out unless ``unmask=true`` (scope ``pii:read``; audited)."""
+    if unmask and Scope.PII_READ.value not in principal.scopes:
+        raise Forbidden("unmask=true needs the 'pii:read' scope")
     channel, digest = _address_filter(principal, channel, address)
     paging = Page(page, page_size)
     async with app_state(request).db.read() as session:
         rows, total = await ConsentStore(session, principal.tenant_id).list(
             paging.offset, page_size, channel.value if channel else None, digest
         )
+    if unmask and rows:  # P1: every reveal of PII is audited, as for /logs
+        async with app_state(request).db.begin() as session:
+            audit.record(
+                session, principal.tenant_id, "pii.revealed", actor=principal.key_id, ip=_ip(request),
+                route="consents", ids=[r.id for r in rows],
+            )  # fmt: skip
     return reply(
-        200, "ok", items=[_consent_data(r, False) for r in rows], total=total, pagination=paging.info(total)
+        200, "ok", items=[_consent_data(r, unmask) for r in rows], total=total, pagination=paging.info(total)
     )
 
 

@@ -3,7 +3,8 @@
 * STOP, END, CANCEL, UNSUBSCRIBE, QUIT, OPT OUT, REVOKE, STOPALL (US/CTIA and FCC 24-24), and for
   China T, TD, N, R (Aliyun's 回T退订 and Huawei's 拒收请回复R), and 退订: suppress marketing SMS
   to that number for the tenant, at once, with ONE confirmation; a second STOP sends nothing.
-* HELP, INFO: brand, support, frequency, "Msg&data rates may apply" and how to stop.
+* HELP, INFO: brand, support contact (the first email identity, else the postal address),
+  frequency, "Msg&data rates may apply" and how to stop.
 * START, UNSTOP, YES: lift an SMS-keyword opt-out (never a bounce or complaint) and confirm.
 
 Matching is case-insensitive on the trimmed message after Unicode compatibility folding (NFKC:
@@ -118,8 +119,12 @@ async def handle_inbound_sms(
             f"{brand}: you are subscribed again. Reply STOP to opt out, HELP for help." if changed else None
         )
         return InboundResult(keyword, reply, changed)
-    support = next(iter(settings.email_senders()), None)
-    contact = f" Support: {support}." if support else ""
+    # CTIA wants a support contact in every HELP reply: the tenant's first email identity, else its
+    # postal address (an SMS-only tenant may have no email sender); with neither, the reply says so
+    # rather than leaving it out silently.
+    postal = (settings.postal_address or "").strip().rstrip(".")
+    support = next(iter(settings.email_senders()), None) or postal
+    contact = f" Support: {support}." if support else " Support contact: not configured."
     reply = (
         f"{brand}: account and marketing messages, frequency varies.{contact} "
         "Msg&data rates may apply. Reply STOP to opt out."
