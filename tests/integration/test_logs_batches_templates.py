@@ -52,6 +52,32 @@ async def test_logs_newest_first_with_pagination_math(service: Service, tenant: 
     assert beyond["items"] == [] and beyond["total"] == 26
 
 
+async def test_a_batchs_items_page_newest_first_without_the_others(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A batch's page is read as a range of the primary key (its ids share one head): it holds
+    exactly that batch's items, newest first, whatever was accepted before and after it."""
+    before = await bulk(service, tenant, recipients=[f"137001370{i:02d}" for i in range(7)])
+    batch = await bulk(service, tenant, recipients=[f"138001380{i:02d}" for i in range(25)])
+    after = await bulk(service, tenant, recipients=[f"139001390{i:02d}" for i in range(7)])
+    ids = sorted((i["id"] for i in batch["items"]), reverse=True)
+    seen: list[str] = []
+    for page in (1, 2, 3):
+        answer = await service.client.get(
+            f"/communication/logs?batch_id={batch['batch_id']}&page={page}&page_size=10",
+            headers=tenant.headers(),
+        )
+        body = answer.json()
+        assert body["total"] == 25 and body["pagination"]["has_next"] is (page < 3)
+        seen += [i["id"] for i in body["items"]]
+    assert seen == ids
+    for other in (before, after):
+        listed = await service.client.get(
+            f"/communication/logs?batch_id={other['batch_id']}", headers=tenant.headers()
+        )
+        assert {i["id"] for i in listed.json()["items"]} == {i["id"] for i in other["items"]}
+
+
 async def test_log_filters(service: Service, tenant: TenantKeys) -> None:
     a = await bulk(service, tenant, recipients=["13800138000", "13900139000"], user_id="usr_a")
     await bulk(service, tenant, recipients=["13700137000"], user_id="usr_b")

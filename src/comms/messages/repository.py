@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import BigInteger, ColumnElement, case, func, literal, select, update
+from sqlalchemy import BigInteger, ColumnElement, bindparam, case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.events.service import EVENT_COLUMNS, subscribed_statuses, tell_changed_rows
 from comms.kit.db import is_sqlite, raw_datetime
-from comms.kit.ids import first_id_at
+from comms.kit.ids import first_id_at, id_has_prefix
 from comms.kit.masking import ANONYMIZED_KEY_PREFIX
 from comms.messages.fairness import FAIR_SLICE, FAIR_STEP_MS, MAX_SLICES, rank_of
 from comms.messages.status import PENDING, RETRYABLE
@@ -212,6 +212,8 @@ _SQLITE_INSERT_SIMPLE = (
 )
 
 
+_ONE_OF_BATCH = select(Message.id).where(Message.batch_id == bindparam("batch_id")).limit(1)
+_ID_HEAD = len("log_") + 12  # the prefix and the 12 hex digits of the milliseconds (kit/ids.py)
 # How long before its row's created_at a log id may have been made: the request is read and its
 # recipients normalized first (a second or two for 100,000); generously more.
 ID_LEAD = timedelta(hours=1)
@@ -235,7 +237,7 @@ class MessageRepository:
 
     def _where(self, filters: LogFilters, tenant_checked: bool = False) -> list[ColumnElement[bool]]:
         # A batch's rows are all its tenant's: once the batch is known to be the caller's, the
-        # tenant condition only keeps the count from being read off ix_messages_batch_id_id
+        # tenant condition only keeps the count from being read off ix_messages_batch_id_status
         # alone (13 ms against 270 ms for a batch of 100k in a table of 2.4M).
         where: list[ColumnElement[bool]] = [] if tenant_checked else [Message.tenant_id == self.tenant_id]
         if filters.channel:
@@ -271,8 +273,17 @@ class MessageRepository:
             checked = True
         where = self._where(filters, tenant_checked=checked)
         total = int(await self.session.scalar(select(func.count()).select_from(Message).where(*where)) or 0)
+        page = where
+        if filters.batch_id and total:
+            # A batch's ids come from one new_ids() call: they share its 16-character head (the
+            # prefix and the millisecond), so the page is a short range of the primary key rather
+            # than a walk of the tenant's items by id that skips every other batch's.
+            sample = await self.session.scalar(_ONE_OF_BATCH, {"batch_id": filters.batch_id})
+            if sample is not None and id_has_prefix(sample, "log"):
+                head = sample[:_ID_HEAD]
+                page = [*where, Message.id >= head, Message.id < head + "g"]  # "g" sorts after any hex digit
         rows = await self.session.scalars(
-            select(Message).where(*where).order_by(Message.id.desc()).offset(offset).limit(limit)
+            select(Message).where(*page).order_by(Message.id.desc()).offset(offset).limit(limit)
         )
         return rows.all(), total
 
@@ -282,7 +293,7 @@ class MessageRepository:
 
     async def status_counts(self, batch_id: str) -> dict[str, int]:
         """Of a batch the caller has found to be the tenant's (BatchRepository.get): counted off
-        ix_messages_batch_id_id alone, without the tenant condition (see _where)."""
+        ix_messages_batch_id_status alone, without the tenant condition (see _where)."""
         rows = await self.session.execute(
             select(Message.status, func.count()).where(Message.batch_id == batch_id).group_by(Message.status)
         )

@@ -32,9 +32,11 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (
         Index("ix_messages_tenant_id_id", "tenant_id", "id"),
-        # A batch's items newest first (/logs?batch_id=, a page of 100k without reading them all)
-        # and its counts per status (read from the index alone).
-        Index("ix_messages_batch_id_id", "batch_id", "id", "status"),
+        # A batch's counts per status, read from the index alone. (Its items are listed through the
+        # primary key: they share one id prefix, see MessageRepository.list. An index on
+        # (batch_id, id, status) listed them too, but cost every claim and completion ~10-25%
+        # more PostgreSQL CPU: its keys never repeat, where these deduplicate.)
+        Index("ix_messages_batch_id_status", "batch_id", "status"),
         Index("ix_messages_tenant_id_recipient_key", "tenant_id", "recipient_key"),
         Index(
             "ix_messages_claim",
