@@ -23,7 +23,7 @@ import dns.rdata
 import dns.rdatatype
 import dns.rrset
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from comms.compliance import quiet_hours, retention, wireless
 from comms.compliance.addresses import address_hash
@@ -929,14 +929,11 @@ async def test_verification_flow_limit_holds_for_requests_at_the_same_instant(
 
 
 @pytest.mark.parametrize("backend", ["postgres"])  # SQLite writes one at a time: no lock to wait for
-async def test_a_code_kept_waiting_for_another_requests_lock_is_429_and_a_dry_run_takes_none(
-    service: Service, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+async def test_a_code_waits_for_another_request_for_its_number_and_a_dry_run_takes_no_lock(
+    service: Service, tenant: TenantKeys
 ) -> None:
-    from sqlalchemy import text
-
     from comms.compliance import repository
 
-    monkeypatch.setattr(repository, "_WAIT_AT_MOST", text("SET LOCAL lock_timeout = '200ms'"))
     body = {
         "channel": "sms",
         "category": "verification",
@@ -944,19 +941,33 @@ async def test_a_code_kept_waiting_for_another_requests_lock_is_429_and_a_dry_ru
         "variables": {"code": "1"},
         "recipients": ["13800138000"],
     }
-    async with service.db.begin() as holder:  # a large verification request of the tenant's, in progress
-        await holder.execute(repository._LOCK_TENANT, {"tenant": tenant.tenant_id})
+    params = {"tenant": tenant.tenant_id, "keys": ["+8613800138000"], "mask": repository.LOCK_BUCKETS - 1}
+    async with service.db.begin() as holder:  # another request for that number, not yet committed
+        await holder.execute(repository._LOCK_NUMBERS, params)
         dry = await service.client.post(
             "/communication/bulk", json={**body, "dry_run": True}, headers=tenant.headers()
         )
         assert dry.status_code == 200 and dry.json()["items"][0]["status"] == "queued"
-        busy = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
-        assert busy.status_code == 429 and busy.headers["Retry-After"] == "1", busy.text
         other = await make_tenant(service.db, "Other")  # another tenant's codes do not wait
         assert (
             await service.client.post("/communication/bulk", json=body, headers=other.headers())
         ).status_code == 202
-    accepted = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+        waiting = asyncio.create_task(
+            service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+        )
+
+        async def blocked() -> bool:  # its transaction waits for the holder's lock
+            async with service.db.read() as session:
+                found = await session.scalar(
+                    select(func.count())
+                    .select_from(text("pg_locks"))
+                    .where(text("locktype = 'advisory' AND NOT granted"))
+                )
+            return bool(found)
+
+        await wait_until(blocked)
+        assert not waiting.done()
+    accepted = await waiting
     assert accepted.status_code == 202 and accepted.json()["items"][0]["status"] == "queued"
     async with service.db.read() as session:
         assert await session.scalar(select(func.count()).select_from(Message)) == 2

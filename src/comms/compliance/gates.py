@@ -27,9 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance.addresses import address_hash
 from comms.compliance.repository import (
-    LOCK_EACH_UP_TO,
     ConsentRepository,
-    CountLock,
     SuppressionRepository,
     numbers_at_daily_limit,
     verification_counts,
@@ -162,7 +160,7 @@ class AcceptanceGate:
         self._flow: dict[str, tuple[int, int, int]] = {}
         # How concurrent requests' counts of verification codes are kept apart (see
         # verification_counts): nothing until the caller says it will store what it accepts.
-        self._serialize: CountLock = None
+        self._serialize = False
         self._at_daily_limit: set[str] = set()
         self._suppressed: dict[str, str] = {}
         self._consents: dict[str, Consent] = {}
@@ -191,11 +189,10 @@ class AcceptanceGate:
             session, tenant_id, channel, category, settings, salt, check_suppression, check_flow, check_daily
         )
 
-    def serialize_counts(self, recipients: int) -> None:
-        """The request will store what it accepts, for this many recipients in all: its counts of
-        verification codes are taken under a lock (a dry run stores nothing and takes none). The
-        kind of lock is chosen once for the whole request, so its chunks never mix the two."""
-        self._serialize = "tenant" if recipients > LOCK_EACH_UP_TO else "numbers"
+    def serialize_counts(self) -> None:
+        """The request will store what it accepts: its counts of verification codes are taken
+        under a lock (a dry run stores nothing and takes none)."""
+        self._serialize = True
 
     async def load(self, keys: Sequence[str]) -> None:
         """Fetch what is needed to :meth:`check` these recipients."""

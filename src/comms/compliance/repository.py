@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, case, func, select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -81,18 +81,19 @@ _VERIFICATION_COUNTS = {
 
 
 async def verification_counts(
-    session: AsyncSession, tenant_id: str, keys: Sequence[str], now: datetime, lock: CountLock = None
+    session: AsyncSession, tenant_id: str, keys: Sequence[str], now: datetime, lock: bool = False
 ) -> dict[str, tuple[int, int, int]]:
-    """key -> verification SMS accepted for it in the last (minute, hour, day); ``lock``: how the
-    count is kept apart from concurrent requests' (see _serialize), None for a look only."""
+    """key -> verification SMS accepted for it in the last (minute, hour, day); ``lock``: kept
+    apart from concurrent requests' counts until the transaction ends (see _serialize), for a
+    request that stores what it accepts."""
     since = {
         "minute": now - timedelta(minutes=1),
         "hour": now - timedelta(hours=1),
         "day": now - timedelta(days=1),
     }
     pg = not is_sqlite(session)
-    if pg and lock is not None:
-        await _serialize(session, tenant_id, keys, lock)
+    if pg and lock:
+        await _serialize(session, tenant_id, keys)
     statement = _VERIFICATION_COUNTS[pg]
     counts: dict[str, tuple[int, int, int]] = {}
     for start in range(0, len(keys), _CHUNK):
@@ -103,48 +104,37 @@ async def verification_counts(
     return counts
 
 
-# Requests for up to this many numbers lock each number; larger ones lock the tenant's codes.
-LOCK_EACH_UP_TO = 32
-CountLock = Literal["numbers", "tenant"] | None
-# A request waits at most this long for another's lock; then it is told to try again (429).
-LOCK_WAIT = "5s"
-_LOCK_TENANT = text("SELECT pg_advisory_xact_lock(hashtextextended(:tenant, 1))")
-_SHARE_TENANT = text("SELECT pg_advisory_xact_lock_shared(hashtextextended(:tenant, 1))")
+# Numbers are locked in this many buckets per tenant: a request for many numbers takes at most
+# this many locks (PostgreSQL's lock table holds a few thousand in all), one for a few numbers
+# takes one each. Two numbers in one bucket merely wait for each other a moment.
+LOCK_BUCKETS = 1024  # a power of two: a number's bucket is its hash's low bits
 _LOCK_NUMBERS = text(
-    "SELECT count(pg_advisory_xact_lock(hashtextextended(:tenant || ':' || k, 0)))"
-    " FROM (SELECT k FROM unnest(CAST(:keys AS text[])) AS k ORDER BY k) AS s"
+    "SELECT count(pg_advisory_xact_lock(b)) FROM (SELECT DISTINCT"
+    " hashtextextended(:tenant || ':' || (hashtextextended(k, 7) & :mask)::text, 0) AS b"
+    " FROM unnest(CAST(:keys AS text[])) AS k ORDER BY b) AS s"
 )
-_WAIT_AT_MOST = text(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
-_WAIT_AS_BEFORE = text("SET LOCAL lock_timeout TO DEFAULT")
+# A deadlock (two requests for many numbers, their chunks taking buckets in different orders) or
+# a lock that cannot be had: the request is told to try again.
+_TRY_AGAIN = frozenset({"40P01", "55P03"})
 
 
-async def _serialize(session: AsyncSession, tenant_id: str, keys: Sequence[str], lock: CountLock) -> None:
+async def _serialize(session: AsyncSession, tenant_id: str, keys: Sequence[str]) -> None:
     """Count-then-insert is a race under PostgreSQL's READ COMMITTED: requests for one number at
     the same instant would all count the codes before any of them and all pass the limit (OTP
-    pumping, toll fraud). Each request's transaction, until it commits, holds a lock per number
-    (taken in one statement, in one order: no deadlock), so the next one counts after it. A
-    request for more numbers than LOCK_EACH_UP_TO (the caller decides once per request: its
-    chunks never mix the two kinds) holds the tenant's lock exclusively instead, which the others
-    hold shared (the lock table has room for a few thousand locks in all). A request kept
-    waiting longer than LOCK_WAIT is answered 429. SQLite writes one at a time."""
-    await session.execute(_WAIT_AT_MOST)
+    pumping, toll fraud). Each request's transaction, until it commits, holds the lock of each of
+    its numbers' buckets (one statement, taken in order), so the next request for one of them
+    counts after it. SQLite writes one transaction at a time."""
     try:
-        if lock == "tenant":
-            await session.execute(_LOCK_TENANT, {"tenant": tenant_id})
-        else:
-            await session.execute(_SHARE_TENANT, {"tenant": tenant_id})
-            await session.execute(_LOCK_NUMBERS, {"tenant": tenant_id, "keys": list(keys)})
+        await session.execute(
+            _LOCK_NUMBERS, {"tenant": tenant_id, "keys": list(keys), "mask": LOCK_BUCKETS - 1}
+        )
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        if getattr(exc.orig, "sqlstate", None) in _TRY_AGAIN:
             raise RateLimited(
                 "verification codes for these numbers are being accepted by another request; try again",
                 retry_after=1.0,
             ) from None
         raise
-    await session.execute(_WAIT_AS_BEFORE)
-
-
-LOCK_NOT_AVAILABLE = "55P03"
 
 
 # Notification and promotional SMS that reached a provider since ``since``, per recipient, for

@@ -132,7 +132,7 @@ async def submit_bulk(
     )
     normalizer = _Normalizer(resolved, new_ids("log", len(body.recipients)))
     if not body.dry_run:
-        gate.serialize_counts(len(body.recipients))
+        gate.serialize_counts()
     if body.dry_run:
         items: list[Accepted] = []
         for chunk in _chunks(body.recipients):
