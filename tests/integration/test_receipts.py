@@ -209,6 +209,11 @@ async def test_hard_bounce_marks_undelivered_and_suppresses(
 async def test_a_receipt_saying_the_recipient_opted_out_at_the_carrier_suppresses_marketing(
     live_service: Service, live_tenant: TenantKeys, account: str
 ) -> None:
+    delivered_id = await sent_message(live_service, live_tenant, to="13900139000")
+    contradicting = {"event_id": "o0", "id": delivered_id, "status": "delivered", "bounce": "opted_out"}
+    assert (await post_receipt(live_service, account, [contradicting])).status_code == 200
+    async with live_service.db.read() as session:  # a delivered message was not refused: nothing more
+        assert await session.scalar(select(Suppression)) is None
     log_id = await sent_message(live_service, live_tenant)
     event = {
         "event_id": "o1",

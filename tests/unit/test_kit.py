@@ -459,6 +459,7 @@ def test_rfc3339_date_times_are_read_in_utc(value: str, expected: datetime) -> N
         ("9999-12-31T23:59:59-01:00", False),  # past year 9999 in UTC
         ("\uff12\uff10\uff12\uff16-04-15T10:00:00Z", False),  # fullwidth digits
         ("2026-04-15T10:00:00", True),
+        ("2026-04-15T10:00:60Z", False),  # a leap second is 23:59:60 only
     ],
 )
 def test_other_date_times_are_refused(value: str, missing_offset: bool) -> None:

@@ -122,7 +122,7 @@ async def handle_inbound_sms(
     # CTIA wants a support contact in every HELP reply: the tenant's first email identity, else its
     # postal address (an SMS-only tenant may have no email sender); with neither, the reply says so
     # rather than leaving it out silently.
-    postal = (settings.postal_address or "").strip().rstrip(".")
+    postal = " ".join((settings.postal_address or "").split()).rstrip(".")  # one line in an SMS
     support = next(iter(settings.email_senders()), None) or postal
     contact = f" Support: {support}." if support else " Support contact: not configured."
     reply = (

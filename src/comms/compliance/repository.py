@@ -105,17 +105,19 @@ async def verification_counts(
 
 
 # Numbers are locked in this many buckets per tenant: a request for many numbers takes at most
-# this many locks (PostgreSQL's lock table holds a few thousand in all), one for a few numbers
-# takes one each. Two numbers in one bucket merely wait for each other a moment.
-LOCK_BUCKETS = 1024  # a power of two: a number's bucket is its hash's low bits
+# this many locks (PostgreSQL's lock table is shared by the server and holds about 64 per
+# connection in all), one for a few numbers takes one each. Two numbers in one bucket merely
+# wait for each other's commit, as two requests for one number do.
+LOCK_BUCKETS = 64  # a power of two: a number's bucket is its hash's low bits
 _LOCK_NUMBERS = text(
     "SELECT count(pg_advisory_xact_lock(b)) FROM (SELECT DISTINCT"
     " hashtextextended(:tenant || ':' || (hashtextextended(k, 7) & :mask)::text, 0) AS b"
     " FROM unnest(CAST(:keys AS text[])) AS k ORDER BY b) AS s"
 )
-# A deadlock (two requests for many numbers, their chunks taking buckets in different orders) or
-# a lock that cannot be had: the request is told to try again.
-_TRY_AGAIN = frozenset({"40P01", "55P03"})
+# A deadlock (two requests for many numbers, their chunks taking buckets in different orders), a
+# lock the server's own lock_timeout gave up on, or a lock table that is full: the request is
+# told to try again.
+_TRY_AGAIN = frozenset({"40P01", "55P03", "53200"})
 
 
 async def _serialize(session: AsyncSession, tenant_id: str, keys: Sequence[str]) -> None:
@@ -123,7 +125,9 @@ async def _serialize(session: AsyncSession, tenant_id: str, keys: Sequence[str])
     the same instant would all count the codes before any of them and all pass the limit (OTP
     pumping, toll fraud). Each request's transaction, until it commits, holds the lock of each of
     its numbers' buckets (one statement, taken in order), so the next request for one of them
-    counts after it. SQLite writes one transaction at a time."""
+    counts after it: a code waits at most as long as the request before it takes to commit (a
+    verification bulk of 100,000 numbers, which holds all of its tenant's buckets: a second or
+    two). SQLite writes one transaction at a time."""
     try:
         await session.execute(
             _LOCK_NUMBERS, {"tenant": tenant_id, "keys": list(keys), "mask": LOCK_BUCKETS - 1}

@@ -995,7 +995,11 @@ async def _suppress_opted_out(session: AsyncSession, claimed: list[ClaimedMessag
             continue
         digest = address_hash(tenant.hash_salt, c.channel, c.recipient_key)
         who = Contact(c.channel, c.recipient, c.recipient_key, digest)
-        await suppress(session, tenant, who, "stop", "provider")
+        # An SMS opt-out is a STOP (a START lifts it); an email one is an unsubscribe.
+        if c.channel == "sms":
+            await suppress(session, tenant, who, "stop", "provider")
+        else:
+            await suppress(session, tenant, who, "unsubscribed", "provider")
 
 
 def _unfit(route: Route, message: OutboundMessage) -> str | None:

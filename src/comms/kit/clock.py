@@ -59,7 +59,7 @@ def parse_rfc3339(value: str) -> datetime:
     if match["offset"] is None:
         raise NotRfc3339(True)
     text = value[:-1] + "+00:00" if match["offset"] in ("Z", "z") else value
-    leap = text[17:19] == "60"  # a leap second (23:59:60Z): Python's datetime has none
+    leap = text[14:19] == "59:60"  # a leap second (23:59:60Z): Python's datetime has none
     if leap:
         text = text[:17] + "59" + text[19:]
     if "." in text:  # Python reads at most 6 digits of a fraction: keep the microseconds

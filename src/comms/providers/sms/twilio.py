@@ -401,7 +401,11 @@ def _classify(message: OutboundMessage, status: int, raw: bytes, retry_after: fl
         response = f"HTTP {status} {created.sid} {created.status}".strip()
         if created.status in FAILED_STATUSES:
             error = f"Twilio {created.error_code}: {created.error_message or created.status}"
-            return _Answer("result", SendResult(message.id, Outcome.FAILED, created.sid, response, error))
+            opted_out = created.error_code in OPTED_OUT_CODES
+            return _Answer(
+                "result",
+                SendResult(message.id, Outcome.FAILED, created.sid, response, error, opted_out=opted_out),
+            )
         return _Answer("result", SendResult.sent(message.id, created.sid, response))
     text = _error_text(status, raw)
     code = _error_code(raw)
@@ -523,7 +527,8 @@ def _reconciled(message: OutboundMessage, found: _TwilioMessage) -> SendResult:
     response = f"found {found.sid} {found.status}"
     if found.status in FAILED_STATUSES:
         error = f"Twilio {found.error_code}: {found.error_message or found.status}"
-        return SendResult(message.id, Outcome.FAILED, found.sid, response, error)
+        opted_out = found.error_code in OPTED_OUT_CODES
+        return SendResult(message.id, Outcome.FAILED, found.sid, response, error, opted_out=opted_out)
     return SendResult.sent(message.id, found.sid, response)
 
 
