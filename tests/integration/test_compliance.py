@@ -60,6 +60,19 @@ def marketing_email(**extra: Any) -> dict[str, Any]:
     return body
 
 
+def verification_sms(**extra: Any) -> dict[str, Any]:
+    """A one-time code to 13800138000, as the flow-limit tests send it."""
+    body: dict[str, Any] = {
+        "channel": "sms",
+        "category": "verification",
+        "content": "Code {{ code }}",
+        "variables": {"code": "1"},
+        "recipients": ["13800138000"],
+    }
+    body.update(extra)
+    return body
+
+
 async def opt_in(service: Service, tenant: TenantKeys, channel: str, address: str, **extra: Any) -> None:
     body = {
         "channel": channel,
@@ -877,13 +890,7 @@ async def test_15_promo_templates_get_marketing_rules(service: Service, tenant: 
 async def test_verification_sms_flow_limits_per_number(
     service: Service, tenant: TenantKeys, frozen_clock: list[datetime]
 ) -> None:
-    body = {
-        "channel": "sms",
-        "category": "verification",
-        "content": "Code {{ code }}",
-        "variables": {"code": "1"},
-        "recipients": ["13800138000"],
-    }
+    body = verification_sms()
     assert (await bulk(service, tenant, **body))["items"][0]["status"] == "queued"
     second = (await bulk(service, tenant, **body))["items"][0]
     assert (second["status"], second["error"]) == ("rejected", "rate limited")  # 1 per minute
@@ -902,13 +909,7 @@ async def test_verification_flow_limit_holds_for_requests_at_the_same_instant(
     """Twelve requests for one number at once (and a larger one naming it too): one code is
     accepted, every other is rate limited, on PostgreSQL (where the counts would race) as on
     SQLite."""
-    body = {
-        "channel": "sms",
-        "category": "verification",
-        "content": "Code {{ code }}",
-        "variables": {"code": "1"},
-        "recipients": ["13800138000"],
-    }
+    body = verification_sms()
     many = {**body, "recipients": ["13800138000", *(f"139001{i:05d}" for i in range(40))]}
     answers = await asyncio.gather(
         *(
@@ -934,13 +935,7 @@ async def test_a_code_waits_for_another_request_for_its_number_and_a_dry_run_tak
 ) -> None:
     from comms.compliance import repository
 
-    body = {
-        "channel": "sms",
-        "category": "verification",
-        "content": "Code {{ code }}",
-        "variables": {"code": "1"},
-        "recipients": ["13800138000"],
-    }
+    body = verification_sms()
     params = {"tenant": tenant.tenant_id, "keys": ["+8613800138000"], "mask": repository.LOCK_BUCKETS - 1}
     async with service.db.begin() as holder:  # another request for that number, not yet committed
         await holder.execute(repository._LOCK_NUMBERS, params)
@@ -2231,13 +2226,7 @@ async def test_sms_daily_limit_per_number_for_non_verification_sms(
     await opt_in(service, tenant, "sms", number)
     promo = {"channel": "sms", "category": "marketing", "content": "Sale", "recipients": [number]}
     assert await settled(promo) == {"+8613800138000": ("rejected", "rate limited")}
-    code = {
-        "channel": "sms",
-        "category": "verification",
-        "content": "Code {{ code }}",
-        "variables": {"code": "1"},
-    }
-    assert await settled({**code, "recipients": [number]}) == {"+8613800138000": ("sent", None)}
+    assert await settled(verification_sms(recipients=[number])) == {"+8613800138000": ("sent", None)}
     # A day later the window has moved on.
     frozen_clock[0] += timedelta(days=1, seconds=1)
     assert await settled({**notice, "recipients": [number]}) == {"+8613800138000": ("sent", None)}
@@ -2521,13 +2510,7 @@ async def test_verification_sms_daily_limit_per_number(
     """S9: 10 codes a day per number. Ten spread 13 minutes apart (never 2 in a minute nor 5 in
     an hour) are accepted over nearly two hours; the 11th within 24 hours of the first is
     rejected, until the first is 24 hours old."""
-    body = {
-        "channel": "sms",
-        "category": "verification",
-        "content": "Code {{ code }}",
-        "variables": {"code": "1"},
-        "recipients": ["13800138000"],
-    }
+    body = verification_sms()
     start = frozen_clock[0]
     for i in range(10):
         frozen_clock[0] = start + timedelta(minutes=13 * i)
