@@ -649,6 +649,31 @@ async def test_10_a_provider_answer_quoting_the_address_is_masked_like_the_recip
 # ---- 11, 13, 14, 15 -----------------------------------------------------------------------------
 
 
+async def test_11_a_broken_feedback_report_is_422_not_500(service: Service, tenant: TenantKeys) -> None:
+    """Reports quote spam: an unknown charset on the quoted headers, or a Message-ID like <@>,
+    made the standard library's parser raise (found by fuzzing). Such a report is not one of a
+    message comms sent: 422 in the envelope, nothing changed."""
+    head = (
+        b"Content-Type: multipart/report; report-type=feedback-report; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n\r\n--B\r\n"
+    )
+    bodies = [
+        head + b"Content-Type: text/rfc822-headers; charset=bogus\r\n\r\nMessage-ID: <x@y>\r\n\r\n--B--\r\n",
+        head + b'Content-Type: text/rfc822-headers; charset=""\r\n\r\nMessage-ID: <x@y>\r\n\r\n--B--\r\n',
+        head + b"Content-Type: message/rfc822\r\n\r\nMessage-ID: <@>\r\nSubject: hi\r\n\r\nbody\r\n--B--\r\n",
+        head + b"Content-Type: message/rfc822\r\n\r\nMessage-ID: <[@]>\r\n\r\nbody\r\n--B--\r\n",
+    ]
+    for body in bodies:
+        answer = await service.client.post(
+            "/communication/complaints/arf",
+            content=body,
+            headers={**tenant.headers(), "Content-Type": "message/rfc822"},
+        )
+        assert answer.status_code == 422 and answer.json()["code"] == 422, answer.text
+    async with service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+
+
 async def test_11_hard_bounces_and_complaints_suppress_everything_but_codes(
     service: Service, tenant: TenantKeys
 ) -> None:

@@ -38,6 +38,13 @@ async def test_openapi_uses_seed_dto_names(service: Service) -> None:
     assert body == {"$ref": "#/components/schemas/dto.BulkSendRequest"}
     assert list(schema["components"]["securitySchemes"]) == ["bearerAuth"]  # the seed's name
     assert "counts" in schema["components"]["schemas"]["dto.CommunicationLogListResponse"]["properties"]
+    # The public routes document what they answer besides success (found by schemathesis)
+    callback = schema["paths"]["/webhooks/{provider}/{account_id}/status"]["post"]["responses"]
+    assert {"400", "401", "404", "413", "422", "503"} <= set(callback)
+    assert callback["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/dto.SimpleResponse"
+    }
+    assert "text/html" in schema["paths"]["/u/{token}"]["get"]["responses"]["404"]["content"]
     assert (await service.client.get("/docs")).status_code == 200
 
 

@@ -646,7 +646,19 @@ async def _resolve_token(request: Request, token: str) -> tuple[Message | None, 
     return message, tenant
 
 
-@public.get("/u/{token}", response_class=HTMLResponse, include_in_schema=True)
+# The pages answer people: a link that is not valid is an HTML page too, not the JSON envelope.
+_ENVELOPE = {"$ref": "#/components/schemas/SimpleResponse"}  # renamed dto.SimpleResponse (openapi.py)
+_PAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Link not valid (an HTML page)", "content": {"text/html": {}}},
+    413: {"description": "Body over 16 KB", "content": {"application/json": {"schema": _ENVELOPE}}},
+    422: {
+        "description": "Invalid path (NUL characters)",
+        "content": {"application/json": {"schema": _ENVELOPE}},
+    },
+}
+
+
+@public.get("/u/{token}", response_class=HTMLResponse, include_in_schema=True, responses=_PAGE_ERRORS)
 async def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     """Shows what will happen. Never changes anything: mail scanners prefetch links."""
     found = await _resolve_token(request, token)
@@ -667,7 +679,7 @@ async def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     )
 
 
-@public.post("/u/{token}", response_class=HTMLResponse)
+@public.post("/u/{token}", response_class=HTMLResponse, responses=_PAGE_ERRORS)
 async def unsubscribe(request: Request, token: str) -> HTMLResponse:
     """RFC 8058 one-click (and the page's button): suppresses in this request, no redirect, idempotent.
 

@@ -41,6 +41,18 @@ class FeedbackReport:
 
 
 def parse_feedback_report(raw: bytes, signer: UnsubscribeSigner, now: datetime) -> FeedbackReport:
+    """NotAFeedbackReport for anything that is not a report of a message comms sent, however it is
+    broken: reports quote spam, and the standard library's parser raises on some of it (an unknown
+    charset: LookupError; a Message-ID like ``<@>``: IndexError deep in the header parser)."""
+    try:
+        return _parse(raw, signer, now)
+    except NotAFeedbackReport:
+        raise
+    except (ValueError, LookupError, IndexError, AttributeError, TypeError) as exc:
+        raise NotAFeedbackReport(f"unreadable report ({type(exc).__name__})") from None
+
+
+def _parse(raw: bytes, signer: UnsubscribeSigner, now: datetime) -> FeedbackReport:
     report = BytesParser(policy=policy.default).parsebytes(raw)
     if (
         report.get_content_type() != "multipart/report"
@@ -82,18 +94,22 @@ def _reported_headers(parts: list[MIMEPart]) -> MIMEPart | None:
             if isinstance(payload, list) and payload and isinstance(payload[0], MIMEPart):
                 return payload[0]
         if kind in ("text/rfc822-headers", "text/global-headers"):
-            text = part.get_content()
-            return BytesParser(policy=policy.default).parsebytes(text.encode(), headersonly=True)
+            # The bytes as sent (its charset may be unknown or made up): headers are ASCII, or UTF-8.
+            headers = part.get_payload(decode=True)
+            raw = headers if isinstance(headers, bytes) else b""
+            return BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
     return None
 
 
 def _log_id(original: MIMEPart, signer: UnsubscribeSigner, now: datetime) -> tuple[str, str] | None:
-    for header in original.get_all("List-Unsubscribe", []):
-        for uri in _ANGLE.findall(str(header)):
+    # The headers' raw values: the parsed ones raise on the malformed ids spam is full of.
+    raw = [(name.lower(), str(value)) for name, value in original.raw_items()]
+    for header in (value for name, value in raw if name == "list-unsubscribe"):
+        for uri in _ANGLE.findall(header):
             log_id = _verified(uri.strip(), signer, now)
             if log_id is not None:
                 return log_id, "list-unsubscribe"
-    for _, address in getaddresses([str(h) for h in original.get_all("Message-ID", [])]):
+    for _, address in getaddresses([value for name, value in raw if name == "message-id"]):
         left = address.partition("@")[0]
         if id_has_prefix(left, "log"):
             return left, "message-id"

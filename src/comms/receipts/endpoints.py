@@ -23,7 +23,7 @@ from comms.errors import ValidationFailed
 from comms.events.service import EventBuffer
 from comms.kit.clock import utcnow
 from comms.kit.http import reply
-from comms.messages.schemas import BulkSendBody
+from comms.messages.schemas import BulkSendBody, SimpleResponse
 from comms.messages.service import SubmitOptions, submit_bulk
 from comms.models import ProviderAccount, Tenant
 from comms.providers.base import Provider, ProviderContext
@@ -35,6 +35,18 @@ from comms.tenants.service import Principal
 router = APIRouter(prefix="/webhooks", tags=["Provider callbacks"])
 log = logging.getLogger("comms.receipts")
 MAX_CALLBACK_BYTES = 1024 * 1024
+# What a callback can be answered besides the vendor's own success form, each in the envelope.
+CALLBACK_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": SimpleResponse, "description": text}
+    for code, text in {
+        400: "Unreadable receipt or message",
+        401: "Bad signature or token",
+        404: "No such provider account",
+        413: "Body over 1 MiB",
+        422: "Invalid path or body (NUL characters)",
+        503: "The account's stored config is unusable, or the database is away: the vendor retries",
+    }.items()
+}
 
 
 async def _load(
@@ -100,8 +112,10 @@ def _answer(instance: Provider) -> Response:
     return Response(content, status_code=status, media_type=media_type)
 
 
-@router.get("/{provider}/{account_id}/status", operation_id="delivery_status_by_get")
-@router.post("/{provider}/{account_id}/status")
+@router.get(
+    "/{provider}/{account_id}/status", operation_id="delivery_status_by_get", responses=CALLBACK_ERRORS
+)
+@router.post("/{provider}/{account_id}/status", responses=CALLBACK_ERRORS)
 async def delivery_status(request: Request, provider: str, account_id: str) -> Response:
     checked = await _verified(request, provider, account_id)
     if isinstance(checked, Response):
@@ -125,8 +139,8 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
     return _answer(instance)
 
 
-@router.get("/{provider}/{account_id}/inbound", operation_id="inbound_by_get")
-@router.post("/{provider}/{account_id}/inbound")
+@router.get("/{provider}/{account_id}/inbound", operation_id="inbound_by_get", responses=CALLBACK_ERRORS)
+@router.post("/{provider}/{account_id}/inbound", responses=CALLBACK_ERRORS)
 async def inbound(request: Request, provider: str, account_id: str) -> Response:
     checked = await _verified(request, provider, account_id)
     if isinstance(checked, Response):
