@@ -339,6 +339,31 @@ async def test_idempotency_key_replays_and_conflicts(service: Service, tenant: T
         assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 1
 
 
+async def test_a_key_stored_before_the_fingerprint_changed_still_replays(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Keys stored by the earlier form (a hash of the raw body and the whole query) keep
+    answering their retries for the day they live: a retry straddling the upgrade is replayed."""
+    from sqlalchemy import update
+
+    from comms.messages import idempotency
+
+    headers = {**tenant.headers(), "Idempotency-Key": "before-upgrade", "Content-Type": "application/json"}
+    raw = json.dumps(sms()).encode()
+    first = await service.client.post("/communication/bulk", content=raw, headers=headers)
+    assert first.status_code == 202
+    async with service.db.begin() as session:  # as the earlier version stored it
+        earlier = idempotency.earlier_fingerprint("/communication/bulk?", raw)
+        await session.execute(update(IdempotencyKey).values(request_hash=earlier))
+    again = await service.client.post("/communication/bulk", content=raw, headers=headers)
+    assert again.status_code == 202 and again.json()["batch_id"] == first.json()["batch_id"]
+    other = await service.client.post(
+        "/communication/bulk", json=sms(content="other {{ code }}"), headers=headers
+    )
+    assert other.status_code == 409
+    assert await count_rows(service) == (1, 2)
+
+
 async def test_idempotency_keys_are_per_tenant(service: Service, tenant: TenantKeys) -> None:
     other = await make_tenant(service.db, "Other")
     headers_a = {**tenant.headers(), "Idempotency-Key": "k1"}

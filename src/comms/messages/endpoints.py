@@ -135,8 +135,15 @@ async def send_bulk(
     fingerprint = ""
     if key is not None:
         fingerprint = idempotency.request_fingerprint(request.url.path, body, options.unmask)
+        path_and_query = request.url.path + "?" + request.url.query
+
+        def earlier() -> str:
+            return idempotency.earlier_fingerprint(path_and_query, raw)
+
         async with state.db.read() as session:
-            previous = await idempotency.find_previous(session, principal.tenant_id, key, fingerprint)
+            previous = await idempotency.find_previous(
+                session, principal.tenant_id, key, fingerprint, earlier
+            )
         if previous is not None:
             return await _replay(request, principal, previous, options.unmask)
     try:

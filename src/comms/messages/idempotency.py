@@ -12,6 +12,7 @@ dispatcher's hourly maintenance deletes older keys, and an older key is free to 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,13 +48,27 @@ def check_key(key: str) -> str:
     return key
 
 
+def earlier_fingerprint(path_and_query: str, raw: bytes) -> str:
+    """The fingerprint keys were stored with before the decoded request was hashed (the raw body
+    and the whole query): a retry that straddles the upgrade still gets its replay. Keys live
+    KEY_TTL, so a day after the upgrade no such key is left."""
+    return hashlib.sha256(path_and_query.encode() + b"\0" + raw).hexdigest()
+
+
 async def find_previous(
-    session: AsyncSession, tenant_id: str, key: str, fingerprint: str
+    session: AsyncSession,
+    tenant_id: str,
+    key: str,
+    fingerprint: str,
+    earlier: Callable[[], str] | None = None,
 ) -> tuple[int, bytes] | None:
+    """The stored answer for this key and request; Conflict for this key and another request.
+    ``earlier``: the request's fingerprint in the form keys were stored with before (computed
+    only when the current one does not match)."""
     row = await session.get(IdempotencyKey, (tenant_id, key))
     if row is None or row.created_at < utcnow() - KEY_TTL:
         return None
-    if row.request_hash != fingerprint:
+    if row.request_hash != fingerprint and (earlier is None or row.request_hash != earlier()):
         raise Conflict("Idempotency-Key was already used with a different request")
     return row.status_code, row.response_body.encode()
 
