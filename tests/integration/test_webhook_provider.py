@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -32,6 +33,20 @@ def sms_bulk(n: int, **extra: Any) -> dict[str, Any]:
     }
     body.update(extra)
     return body
+
+
+async def send_until(
+    service: Service, tenant: TenantKeys, body: dict[str, Any], counts: dict[str, int]
+) -> httpx.Response:
+    """Send ``body`` and wait until its batch's items have these statuses: the 202."""
+    answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+    batch = answer.json()["batch_id"]
+
+    async def settled() -> bool:
+        return await statuses(service, batch) == counts
+
+    await wait_until(settled)
+    return answer
 
 
 async def test_provider_accounts_validate_and_keep_secrets_write_only(
@@ -156,15 +171,8 @@ async def test_per_message_answers_map_to_statuses(
     await add_account(live_service, live_tenant, sink.url)
     sink.per_message["+8613800100000"] = {"status": "rejected", "error": "number blacklisted"}
     sink.per_message["+8613800100001"] = {"status": "retry", "error": "busy"}
-    answer = await live_service.client.post(
-        "/communication/bulk", json=sms_bulk(3), headers=live_tenant.headers()
-    )
+    answer = await send_until(live_service, live_tenant, sms_bulk(3), {"failed": 2, "sent": 1})
     batch = answer.json()["batch_id"]
-
-    async def settled() -> bool:
-        return await statuses(live_service, batch) == {"failed": 2, "sent": 1}
-
-    await wait_until(settled)
     items = (
         await live_service.client.get(f"/communication/logs?batch_id={batch}", headers=live_tenant.headers())
     ).json()
@@ -186,15 +194,7 @@ async def test_a_recipient_the_gateway_reports_opted_out_is_suppressed_for_marke
     STOP of comms' own, while transactional messages still go to them."""
     await add_account(live_service, live_tenant, sink.url)
     sink.per_message["+8613800100000"] = {"status": "opted_out"}
-    answer = await live_service.client.post(
-        "/communication/bulk", json=sms_bulk(2), headers=live_tenant.headers()
-    )
-    batch = answer.json()["batch_id"]
-
-    async def settled() -> bool:
-        return await statuses(live_service, batch) == {"failed": 1, "sent": 1}
-
-    await wait_until(settled)
+    answer = await send_until(live_service, live_tenant, sms_bulk(2), {"failed": 1, "sent": 1})
     refused = answer.json()["items"][0]["id"]
     log = (
         await live_service.client.get(f"/communication/logs/{refused}", headers=live_tenant.headers())

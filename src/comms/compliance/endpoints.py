@@ -44,7 +44,6 @@ from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_token_of
 from comms.errors import (
     BadRequest,
     FieldError,
-    Forbidden,
     NotFound,
     Unavailable,
     ValidationFailed,
@@ -56,7 +55,7 @@ from comms.kit.domains import normalize_domain, valid_selector
 from comms.kit.http import reply
 from comms.kit.masking import mask_recipient
 from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Page
-from comms.messages.endpoints import read_body
+from comms.messages.endpoints import audit_reveal, may_unmask, read_body
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
@@ -130,18 +129,13 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     why = unplanned_region(region) if isinstance(region, str) else None
     if why is not None:
         raise ValidationFailed.single("default_region", why)
-    policies = changes.get("consent_policy")
-    if isinstance(policies, dict):
-        for region, policy in policies.items():
-            why = weakens_legal_consent(str(region), policy) if isinstance(policy, str) else None
+    # Legal floors a tenant may tighten, never loosen (anything else malformed: the model says so)
+    for name, weaker in (("consent_policy", weakens_legal_consent), ("quiet_hours", widens_legal_window)):
+        per_region = changes.get(name)
+        for region, value in per_region.items() if isinstance(per_region, dict) else ():
+            why = weaker(str(region), value) if isinstance(value, str) else None
             if why is not None:
-                raise ValidationFailed.single(f"consent_policy.{str(region).upper()}", why)
-    hours = changes.get("quiet_hours")
-    if isinstance(hours, dict):
-        for region, window in hours.items():
-            why = widens_legal_window(str(region), window) if isinstance(window, str) else None
-            if why is not None:
-                raise ValidationFailed.single(f"quiet_hours.{str(region).upper()}", why)
+                raise ValidationFailed.single(f"{name}.{str(region).upper()}", why)
     merged.update(changes)
     try:
         validated = TenantSettings.model_validate(merged)
@@ -525,8 +519,7 @@ async def list_consents(
 ) -> Any:
     """Consent evidence (who, when, source, wording version, IP), newest first. Addresses are
     masked and the person's IP left out unless ``unmask=true`` (scope ``pii:read``; audited)."""
-    if unmask and Scope.PII_READ.value not in principal.scopes:
-        raise Forbidden("unmask=true needs the 'pii:read' scope")
+    may_unmask(principal, unmask)
     channel, digest = _address_filter(principal, channel, address)
     paging = Page(page, page_size)
     async with app_state(request).db.read() as session:
@@ -534,11 +527,7 @@ async def list_consents(
             paging.offset, page_size, channel.value if channel else None, digest
         )
     if unmask and rows:  # P1: every reveal of PII is audited, as for /logs
-        async with app_state(request).db.begin() as session:
-            audit.record(
-                session, principal.tenant_id, "pii.revealed", actor=principal.key_id, ip=_ip(request),
-                route="consents", ids=[r.id for r in rows],
-            )  # fmt: skip
+        await audit_reveal(request, principal, {"route": "consents", "ids": [r.id for r in rows]})
     return reply(
         200, "ok", items=[_consent_data(r, unmask) for r in rows], total=total, pagination=paging.info(total)
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 from sqlalchemy import delete, or_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -54,7 +54,20 @@ class Contact:
     digest: str
 
 
-def contact_of_message(tenant: Tenant, message: Message) -> Contact:
+class Addressed(Protocol):
+    """A log item, or a claimed one: whom it was sent to."""
+
+    @property
+    def channel(self) -> str: ...
+
+    @property
+    def recipient(self) -> str: ...
+
+    @property
+    def recipient_key(self) -> str: ...
+
+
+def contact_of_message(tenant: Tenant, message: Addressed) -> Contact:
     """The recipient of a log item, already normalized when it was accepted. Past log retention
     the item keeps only the masked address and the salted hash, which is what suppressions and
     consents are keyed by: an unsubscribe from an old message still reaches the person."""
@@ -142,6 +155,14 @@ async def suppress(
         channel=who.channel, address_hash=who.digest, reason=reason, source=source,
     )  # fmt: skip
     return True
+
+
+async def suppress_opted_out(session: AsyncSession, tenant: Tenant, who: Contact) -> bool:
+    """The recipient opted out of the sender at the vendor or the carrier (a STOP comms never
+    saw): an SMS one is a STOP (a START lifts it), an email one an unsubscribe."""
+    if who.channel == "sms":
+        return await suppress(session, tenant, who, "stop", "provider")
+    return await suppress(session, tenant, who, "unsubscribed", "provider")
 
 
 async def unsuppress(

@@ -29,13 +29,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms import metrics
 from comms.compliance import quiet_hours
-from comms.compliance.addresses import address_hash
 from comms.compliance.content import MessageDecorator
 from comms.compliance.domain_checks import DomainRechecker
 from comms.compliance.gates import AcceptanceGate
 from comms.compliance.reputation import email_reputation, marketing_paused
 from comms.compliance.retention import RecipientAnonymizer, purge_expired_content
-from comms.compliance.service import Contact, suppress
+from comms.compliance.service import contact_of_message, suppress_opted_out
 from comms.compliance.unsubscribe import UnsubscribeSigner
 from comms.config import Settings
 from comms.dispatch.backoff import deferral_wait, retry_delay
@@ -61,7 +60,6 @@ from comms.events.service import EventBuffer, Subscriptions, forget_old_deliveri
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.db import Database
 from comms.kit.ids import new_id
-from comms.kit.masking import ANONYMIZED_KEY_PREFIX
 from comms.kit.ratelimit import LocalLimiter, RateLimiter
 from comms.kit.secretbox import SecretBox
 from comms.messages import idempotency
@@ -991,15 +989,8 @@ async def _suppress_opted_out(session: AsyncSession, claimed: list[ClaimedMessag
         if c.tenant_id not in tenants:
             tenants[c.tenant_id] = await session.get(Tenant, c.tenant_id)
         tenant = tenants[c.tenant_id]
-        if tenant is None or c.recipient_key.startswith(ANONYMIZED_KEY_PREFIX):
-            continue
-        digest = address_hash(tenant.hash_salt, c.channel, c.recipient_key)
-        who = Contact(c.channel, c.recipient, c.recipient_key, digest)
-        # An SMS opt-out is a STOP (a START lifts it); an email one is an unsubscribe.
-        if c.channel == "sms":
-            await suppress(session, tenant, who, "stop", "provider")
-        else:
-            await suppress(session, tenant, who, "unsubscribed", "provider")
+        if tenant is not None:
+            await suppress_opted_out(session, tenant, contact_of_message(tenant, c))
 
 
 def _unfit(route: Route, message: OutboundMessage) -> str | None:

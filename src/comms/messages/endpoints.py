@@ -54,7 +54,7 @@ def _client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-def _may_unmask(principal: Principal, unmask: bool) -> bool:
+def may_unmask(principal: Principal, unmask: bool) -> bool:
     if unmask and Scope.PII_READ.value not in principal.scopes:
         raise Forbidden("unmask=true needs the 'pii:read' scope")
     return unmask
@@ -127,7 +127,7 @@ async def send_bulk(
     options = SubmitOptions(
         max_recipients=state.settings.max_recipients,
         page_size=page_size,
-        unmask=_may_unmask(principal, unmask),
+        unmask=may_unmask(principal, unmask),
         api_key_id=principal.key_id,
         ip=_client_ip(request),
     )
@@ -177,7 +177,7 @@ async def send_bulk(
             raise
         return await _replay(request, principal, previous, options.unmask)
     if options.unmask and result.items and not body.dry_run:  # a dry run shows only what was sent
-        await _audit_reveal(
+        await audit_reveal(
             request, principal, {"route": "bulk", "ids": [i["id"] for i in result.items if i["id"]]}
         )
     if not body.dry_run:
@@ -211,11 +211,12 @@ async def _replay(
     payload = msgspec.json.decode(previous[1])
     if unmask and payload.get("items"):
         ids = [i["id"] for i in payload["items"] if i.get("id")]
-        await _audit_reveal(request, principal, {"route": "bulk", "ids": ids, "replay": True})
+        await audit_reveal(request, principal, {"route": "bulk", "ids": ids, "replay": True})
     return FastJSONResponse(payload, status_code=previous[0])
 
 
-async def _audit_reveal(request: Request, principal: Principal, what: dict[str, Any]) -> None:
+async def audit_reveal(request: Request, principal: Principal, what: dict[str, Any]) -> None:
+    """A ``pii.revealed`` audit event: raw recipients were shown (``what``: the route, the ids)."""
     async with app_state(request).db.begin() as session:
         session.add(
             AuditEvent(
@@ -247,7 +248,7 @@ async def list_logs(
     unmask: UnmaskQuery = False,
 ) -> FastJSONResponse:
     """Log items, newest first. `recipient` is matched exactly after normalization."""
-    show_raw = _may_unmask(principal, unmask)
+    show_raw = may_unmask(principal, unmask)
     key = None
     if recipient is not None:
         key = _recipient_filter_key(principal, recipient, channel)
@@ -270,7 +271,7 @@ async def list_logs(
     displays = {bid: BatchDisplay.of(b) for bid, b in batches.items()}
     items = [message_item(m, displays.get(m.batch_id), show_raw) for m in rows]
     if show_raw and items:
-        await _audit_reveal(request, principal, {"route": "logs", "ids": [m.id for m in rows]})
+        await audit_reveal(request, principal, {"route": "logs", "ids": [m.id for m in rows]})
     return reply(200, "ok", items=items, total=total, pagination=paging.info(total))
 
 
@@ -291,14 +292,14 @@ def _recipient_filter_key(principal: Principal, recipient: str, channel: Channel
 async def get_log(
     request: Request, log_id: str, principal: LogsPrincipal, unmask: UnmaskQuery = False
 ) -> Any:
-    show_raw = _may_unmask(principal, unmask)
+    show_raw = may_unmask(principal, unmask)
     async with app_state(request).db.read() as session:
         message = await MessageRepository(session, principal.tenant_id).get(log_id)
         if message is None:
             raise NotFound(f"no log item {log_id}")
         batch = await BatchRepository(session, principal.tenant_id).get(message.batch_id)
     if show_raw:
-        await _audit_reveal(request, principal, {"route": "log", "ids": [log_id]})
+        await audit_reveal(request, principal, {"route": "log", "ids": [log_id]})
     return reply(200, "ok", data=message_item(message, BatchDisplay.of(batch) if batch else None, show_raw))
 
 

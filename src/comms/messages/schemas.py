@@ -198,9 +198,13 @@ class BatchEnvelope(BaseModel):
     data: BatchResponse | None = None
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": SimpleResponse, "description": text}
-    for code, text in {
+def error_responses(texts: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for errors, each answered in the envelope (dto.SimpleResponse)."""
+    return {code: {"model": SimpleResponse, "description": text} for code, text in texts.items()}
+
+
+ERROR_RESPONSES = error_responses(
+    {
         400: "Malformed JSON",
         401: "Missing or invalid token",
         403: "Missing scope",
@@ -209,5 +213,5 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Body or recipient count over the limit",
         422: "Invalid fields",
         429: "Rate limited",
-    }.items()
-}
+    }
+)

@@ -23,7 +23,7 @@ from comms.errors import ValidationFailed
 from comms.events.service import EventBuffer
 from comms.kit.clock import utcnow
 from comms.kit.http import reply
-from comms.messages.schemas import BulkSendBody, SimpleResponse
+from comms.messages.schemas import BulkSendBody, error_responses
 from comms.messages.service import SubmitOptions, submit_bulk
 from comms.models import ProviderAccount, Tenant
 from comms.providers.base import Provider, ProviderContext
@@ -36,17 +36,16 @@ router = APIRouter(prefix="/webhooks", tags=["Provider callbacks"])
 log = logging.getLogger("comms.receipts")
 MAX_CALLBACK_BYTES = 1024 * 1024
 # What a callback can be answered besides the vendor's own success form, each in the envelope.
-CALLBACK_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": SimpleResponse, "description": text}
-    for code, text in {
+CALLBACK_ERRORS = error_responses(
+    {
         400: "Unreadable receipt or message",
         401: "Bad signature or token",
         404: "No such provider account",
         413: "Body over 1 MiB",
         422: "Invalid path or body (NUL characters)",
         503: "The account's stored config is unusable, or the database is away: the vendor retries",
-    }.items()
-}
+    }
+)
 
 
 async def _load(

@@ -219,13 +219,9 @@ async def apply_receipt(
         who = compliance.contact_of_message(tenant, message)
         if event.bounce == "hard":
             await compliance.suppress(session, tenant, who, "hard_bounce", "bounce")
-        elif event.bounce == "opted_out":  # at the carrier or vendor: a STOP comms never saw
-            # Only when it was refused for it; an SMS opt-out is a STOP (a START lifts it), an
-            # email one an unsubscribe.
-            if target is Status.UNDELIVERED and message.channel == "sms":
-                await compliance.suppress(session, tenant, who, "stop", "provider")
-            elif target is Status.UNDELIVERED:
-                await compliance.suppress(session, tenant, who, "unsubscribed", "provider")
+        elif event.bounce == "opted_out":  # at the carrier or vendor: only when refused for it
+            if target is Status.UNDELIVERED:
+                await compliance.suppress_opted_out(session, tenant, who)
         else:
             counted = await first_complaint_about(session, tenant.id, message.id, account.provider)
             await compliance.suppress(session, tenant, who, "complaint", "complaint", counted=counted)
