@@ -26,6 +26,7 @@ class WebhookSink:
     fail_status: int | None = None
     hang_seconds: float = 0.0
     hang_only: set[str] = field(default_factory=set)  # hang only requests of these categories
+    hold: asyncio.Event | None = None  # when given, every request waits for it before answering
     per_message: dict[str, dict[str, Any]] = field(default_factory=dict)
     received: Counter[str] = field(default_factory=Counter)
     bad_signatures: int = 0
@@ -68,6 +69,8 @@ class WebhookSink:
         if not hmac.compare_digest(expected, given) or abs(time.time() - int(timestamp or 0)) > 300:
             self.bad_signatures += 1
             return web.Response(status=401, text="bad signature")
+        if self.hold is not None:
+            await self.hold.wait()
         if self.hang_seconds:
             categories = {m.get("category") for m in msgspec.json.decode(body)["messages"]}
             if not self.hang_only or categories & self.hang_only:

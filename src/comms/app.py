@@ -30,7 +30,7 @@ from comms.dispatch.routing import Router
 from comms.errors import ApiError, RateLimited, pydantic_field, pydantic_message
 from comms.events.endpoints import router as events_router
 from comms.kit.bodylimit import BodyLimitMiddleware
-from comms.kit.db import Database, run_maintenance
+from comms.kit.db import Database, run_maintenance, try_sync_clock
 from comms.kit.http import reply
 from comms.kit.logging import quiet_parameter_loggers
 from comms.kit.memory import freeze_startup_heap
@@ -67,6 +67,7 @@ def create_app(
         app.state.comms = state
         worker: Dispatcher | None = None
         router = Router.from_settings(settings, db, secrets)
+        await try_sync_clock(db)  # before anything is accepted or claimed: the database's time
         if run_dispatcher or settings.express_lane:
             worker = Dispatcher(db, settings, secrets, router, limiter)
             state.wake_dispatcher = worker.wake

@@ -113,7 +113,7 @@ def worker(
     from comms.dispatch.dispatcher import Dispatcher
     from comms.dispatch.observe import serve_worker_metrics
     from comms.dispatch.routing import Router
-    from comms.kit.db import Database, run_maintenance
+    from comms.kit.db import Database, run_maintenance, try_sync_clock
     from comms.kit.logging import configure_logging
     from comms.kit.ratelimit import make_limiter
     from comms.kit.secretbox import SecretBox
@@ -139,6 +139,7 @@ def worker(
         # The exporter first: a port that is taken stops the worker before it claims anything.
         port = metrics_port if metrics_port is not None else settings.worker_metrics_port
         exporter = await serve_worker_metrics(db, dispatcher, settings.host, port) if port else None
+        await try_sync_clock(db)  # before the first claim: leases are on the database's clock
         dispatcher.start()
         freeze_startup_heap()
         maintenance = asyncio.create_task(run_maintenance(db, stop))

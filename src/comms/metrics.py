@@ -30,6 +30,15 @@ RECONCILED = Counter(
     ["provider"],
 )
 CLAIMED = Counter("comms_messages_claimed_total", "Messages claimed by this process's dispatcher.")
+REAPER_ROUNDS = Counter("comms_reaper_rounds_total", "Looks for expired leases by this process's dispatcher.")
+LEASES_EXPIRED = Counter(
+    "comms_leases_expired_total",
+    "Claimed messages this process's reaper took back: their worker died, hung or lost the database.",
+)
+CLOCK_OFFSET = Gauge(
+    "comms_clock_offset_seconds",
+    "How far this machine's clock is ahead of the database server's, which the process follows.",
+)
 RATE_LIMIT_FALLBACKS = Counter(
     "comms_rate_limit_fallbacks_total",
     "Rate-limit checks answered in-process because Redis could not be reached.",

@@ -35,7 +35,7 @@ def counter_of(value: str) -> int:
 
 def freeze_ids(monkeypatch: pytest.MonkeyPatch, millis: int, start: int) -> None:
     """Make the next new_ids call see ``millis`` as the time and ``start`` as its random start."""
-    monkeypatch.setattr(ids, "time", SimpleNamespace(time_ns=lambda: millis * 1_000_000 + 999_999))
+    monkeypatch.setattr(ids, "unix_time", lambda: (millis + 0.5) / 1000)
     monkeypatch.setattr(ids, "secrets", SimpleNamespace(randbits=lambda bits: start))
 
 
@@ -322,8 +322,38 @@ def test_isoformat_round_trips_through_fromisoformat() -> None:
 
 @pytest.fixture
 def restore_clock() -> Iterator[None]:
+    followed = clock._anchor
     yield
     clock.set_clock(None)
+    clock._anchor = followed
+
+
+def test_a_followed_clock_reads_the_reference_plus_monotonic_time_since(restore_clock: None) -> None:
+    clock.unfollow()
+    assert not clock.following() and clock.offset() == 0.0
+    behind = datetime.now(UTC) - timedelta(minutes=10)  # a database server 10 minutes behind us
+    offset = clock.follow(behind, time.monotonic())
+    assert clock.following()
+    assert 599.9 < offset < 600.1 and 599.9 < clock.offset() < 600.1
+    for now in (clock.utcnow(), clock.service_now()):
+        assert abs((now - behind).total_seconds()) < 0.1
+        assert now.utcoffset() == timedelta(0)
+    assert abs(clock.unix_time() - behind.timestamp()) < 0.1
+    # ids carry the followed clock too (created_at and the ids' time must agree)
+    made = ids.id_time(ids.new_id("log"), "log")
+    assert made is not None and abs((made - behind).total_seconds()) < 0.1
+    # a test's fixed clock still answers utcnow, but not the time vendors check signatures by
+    fixed = datetime(2030, 1, 1, tzinfo=UTC)
+    clock.set_clock(lambda: fixed)
+    assert clock.utcnow() == fixed
+    assert abs((clock.service_now() - behind).total_seconds()) < 0.1
+    clock.unfollow()
+    assert abs(clock.unix_time() - time.time()) < 0.1
+
+
+def test_following_a_naive_time_is_refused(restore_clock: None) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        clock.follow(datetime(2030, 1, 1), time.monotonic())
 
 
 def test_set_clock_moves_utcnow_and_none_restores_it(restore_clock: None) -> None:

@@ -57,8 +57,9 @@ from comms.dispatch.wakeup import WakeListener
 from comms.errors import PermanentProviderError, TransientProviderError
 from comms.events.delivery import EventSender
 from comms.events.service import EventBuffer, Subscriptions, forget_old_deliveries, item_event
+from comms.kit import clock
 from comms.kit.clock import isoformat, utcnow
-from comms.kit.db import Database
+from comms.kit.db import Database, sync_clock
 from comms.kit.ids import new_id
 from comms.kit.ratelimit import LocalLimiter, RateLimiter
 from comms.kit.secretbox import SecretBox
@@ -155,7 +156,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._maintenance: asyncio.Task[None] | None = None
-        self._last_reap = 0.0
+        self._reaper_task: asyncio.Task[None] | None = None
         self._listener: WakeListener | None = None
         self._last_purge = 0.0
         self._anonymizer = RecipientAnonymizer(db)
@@ -178,6 +179,7 @@ class Dispatcher:
             self._listener = WakeListener(self.db.url, self.wake)
             self._listener.start()
         self._loop_task = asyncio.create_task(self.run(), name="comms-dispatcher")
+        self._reaper_task = asyncio.create_task(self._reap_loop(), name="comms-reaper")
         self._events_task = asyncio.create_task(self.events.run(self._stopping), name="comms-events")
         self._express_task = asyncio.create_task(self._run_express(), name="comms-dispatcher-express")
 
@@ -200,7 +202,7 @@ class Dispatcher:
             self._maintenance.cancel()
         # The claim loop exits at its next check of _stopping (a claim in progress ends first);
         # the express lane may be sending a round of codes: both drain like the batches.
-        tasks = (self._loop_task, self._express_task, self._maintenance, self._events_task)
+        tasks = (self._loop_task, self._reaper_task, self._express_task, self._maintenance, self._events_task)
         running = {t for t in tasks if t is not None}
         if running:
             await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
@@ -217,7 +219,6 @@ class Dispatcher:
         while not self._stopping.is_set():
             holding = False  # a batch slot this round took and no task has taken over yet
             try:
-                await self._reap_if_due()
                 if not await self._take_slot():
                     break
                 holding = True
@@ -372,13 +373,27 @@ class Dispatcher:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _reap_if_due(self) -> None:
-        loop_now = asyncio.get_running_loop().time()
-        if loop_now - self._last_reap < min(10.0, self.settings.lease_seconds / 2):
-            return
-        self._last_reap = loop_now
+    async def _reap_loop(self) -> None:
+        """Every ``min(10 s, lease / 2)``, beside the claim loop (which may wait long for a batch
+        slot while a slow provider holds them all): take back the rows of expired leases."""
+        interval = min(10.0, self.settings.lease_seconds / 2)
+        while not self._stopping.is_set():
+            try:
+                await self._reap()
+            except Exception:
+                log.exception("reaper round failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=interval)
+
+    async def _reap(self) -> None:
+        if not self.db.is_sqlite and not clock.following():
+            # Leases are written on the database server's clock: a round on this machine's own
+            # could take back live ones (sent twice) if it runs ahead. Raises while it is away.
+            await sync_clock(self.db)
         async with self.db.begin() as session:
             reaped = await release_expired_leases(session, utcnow())
+        metrics.REAPER_ROUNDS.inc()
+        metrics.LEASES_EXPIRED.inc(reaped)
         if reaped:
             log.warning("re-queued messages whose lease expired", extra={"count": reaped})
             self._wake.set()

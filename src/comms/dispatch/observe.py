@@ -10,6 +10,7 @@ from aiohttp import web
 from comms import metrics
 from comms.dispatch.dispatcher import Dispatcher
 from comms.dispatch.queue import due_stats
+from comms.kit import clock
 from comms.kit.clock import utcnow
 from comms.kit.db import Database
 
@@ -17,7 +18,8 @@ log = logging.getLogger("comms.metrics")
 
 
 async def refresh_gauges(db: Database, dispatcher: Dispatcher | None) -> None:
-    """Queue depth and age from the database; this process's circuit breakers."""
+    """Queue depth and age from the database; this process's circuit breakers and clock."""
+    metrics.CLOCK_OFFSET.set(clock.offset())
     try:
         async with db.read() as session:
             depth, oldest = await due_stats(session, utcnow())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +20,7 @@ from datetime import datetime, timedelta
 import aiohttp
 from sqlalchemy import delete, func, select, update
 
-from comms.kit.clock import utcnow
+from comms.kit.clock import unix_time, utcnow
 from comms.kit.db import Database
 from comms.kit.netguard import PublicOnlyResolver, private_host
 from comms.kit.secretbox import SecretBox
@@ -183,7 +182,7 @@ class EventSender:
                 timeout=aiohttp.ClientTimeout(total=self.timeout_seconds),
             )
         body = post.payload.encode()
-        timestamp = str(int(time.time()))
+        timestamp = str(int(unix_time()))
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "comms-events/1",

@@ -1,12 +1,44 @@
-"""The one clock. Time is UTC inside; tests move it through :func:`set_clock`."""
+"""The one clock. Time is UTC inside; tests move it through :func:`set_clock`.
+
+On PostgreSQL every process follows the database server's clock (:func:`follow`, kept up by
+``kit/db.py::sync_clock``): leases, due times and the reaper compare times written by processes on
+other machines, and a machine whose clock runs ahead would otherwise take back live leases (sent
+twice) or claim scheduled messages early. The clock then reads the server's time at the last
+reading plus this machine's monotonic time since, so a step of the machine's own clock changes
+nothing either.
+"""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-_now: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
+# (the reference clock's reading, time.monotonic() at the moment it was read), once followed.
+_anchor: tuple[datetime, float] | None = None
+
+
+def _service_now() -> datetime:
+    anchor = _anchor
+    if anchor is None:
+        return datetime.now(UTC)
+    return anchor[0] + timedelta(seconds=time.monotonic() - anchor[1])
+
+
+_now: Callable[[], datetime] = _service_now
+
+
+def service_now() -> datetime:
+    """The followed clock, which :func:`set_clock` does not move: for times other parties check
+    against the real time (a vendor's request signature, a callback's age)."""
+    return _service_now()
+
+
+def unix_time() -> float:
+    """:func:`service_now` in seconds since the epoch (what ``time.time()`` gives on a machine
+    whose clock is right)."""
+    return _service_now().timestamp()
 
 
 def utcnow() -> datetime:
@@ -14,8 +46,40 @@ def utcnow() -> datetime:
 
 
 def set_clock(fn: Callable[[], datetime] | None) -> None:
+    """Tests: ``fn`` answers :func:`utcnow` until ``set_clock(None)`` gives it back."""
     global _now
-    _now = fn or (lambda: datetime.now(UTC))
+    _now = fn or _service_now
+
+
+def follow(reference: datetime, read_at: float) -> float:
+    """From now on this process's time is ``reference`` (read when ``time.monotonic()`` was
+    ``read_at``) plus the monotonic time since. Returns this machine's clock's offset from it in
+    seconds (positive: the machine is ahead)."""
+    global _anchor
+    if reference.tzinfo is None:
+        raise ValueError("the reference time must be timezone-aware")
+    _anchor = (reference.astimezone(UTC), read_at)
+    return offset()
+
+
+def unfollow() -> None:
+    """Back to this machine's own clock (SQLite: the database is on this machine)."""
+    global _anchor
+    _anchor = None
+
+
+def following() -> bool:
+    """Whether this process's time has been set from a reference clock."""
+    return _anchor is not None
+
+
+def offset() -> float:
+    """Seconds this machine's clock is ahead of the followed one (0.0 when following none)."""
+    anchor = _anchor
+    if anchor is None:
+        return 0.0
+    machine, mono = datetime.now(UTC), time.monotonic()
+    return (machine - (anchor[0] + timedelta(seconds=mono - anchor[1]))).total_seconds()
 
 
 def isoformat(value: datetime | None) -> str | None:

@@ -22,12 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ARRAY, DateTime, Text, any_, bindparam, event
+from sqlalchemy import ARRAY, DateTime, Text, any_, bindparam, event, text
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator
+
+from comms.kit import clock
 
 SQLITE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 WAL_RESET_BYTES = 64 * 1024 * 1024
@@ -261,9 +263,68 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+# The server's clock, not now(): now() is the start of the transaction.
+_SERVER_TIME = text("SELECT clock_timestamp()")
+CLOCK_READINGS = 3  # the one with the shortest round trip is kept: its midpoint is the closest
+CLOCK_RESYNC_SECONDS = 60.0
+CLOCK_WARN_SECONDS = 1.0
+_clock_log = logging.getLogger("comms.clock")
+_warned_offset: list[float] = []  # the offset last warned about, so a steady one is told once
+
+
+async def sync_clock(db: Database) -> float:
+    """Put this process's clock (kit/clock.py) on the PostgreSQL server's; returns how many
+    seconds this machine's clock is ahead of it. SQLite: the database is on this machine, whose
+    clock it uses: nothing to do (0.0). Raises when the database cannot be read."""
+    if db.is_sqlite:
+        return 0.0
+    best: tuple[datetime, float, float] | None = None
+    async with db.read_one() as session:
+        for _ in range(CLOCK_READINGS):
+            before = time.monotonic()
+            reading = (await session.execute(_SERVER_TIME)).scalar_one()
+            after = time.monotonic()
+            if best is None or after - before < best[2]:
+                best = (reading, (before + after) / 2, after - before)
+    assert best is not None
+    offset = clock.follow(best[0], best[1])
+    if abs(offset) > CLOCK_WARN_SECONDS and (
+        not _warned_offset or abs(offset - _warned_offset[-1]) > CLOCK_WARN_SECONDS
+    ):
+        _warned_offset[:] = [offset]
+        _clock_log.warning(
+            "this machine's clock is off the database server's; following the server's",
+            extra={"offset_seconds": round(offset, 3)},
+        )
+    return offset
+
+
+async def try_sync_clock(db: Database) -> bool:
+    """:func:`sync_clock` at a process's start: a database that is away is logged, not raised
+    (:func:`run_maintenance` tries again, and the reaper takes no lease back until it succeeds)."""
+    try:
+        await sync_clock(db)
+    except Exception:
+        _clock_log.warning("could not read the database server's clock", exc_info=True)
+        return False
+    return True
+
+
 async def run_maintenance(db: Database, stop: asyncio.Event, interval: float = 5.0) -> None:
-    """Background upkeep for as long as the process runs: WAL checkpoints on SQLite."""
+    """Background upkeep for as long as the process runs: WAL checkpoints on SQLite; on
+    PostgreSQL, this process's clock read again from the server's every minute (every
+    ``interval`` seconds until a first reading succeeds)."""
     if not db.is_sqlite:
+        while not stop.is_set():
+            wait = CLOCK_RESYNC_SECONDS if clock.following() else interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            if stop.is_set():
+                return
+            try:
+                await sync_clock(db)
+            except Exception:  # the database is away: the last reading holds meanwhile
+                _clock_log.warning("could not read the database server's clock", exc_info=True)
         return
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -35,6 +34,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.kit.clock import unix_time
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     GATEWAY_UNCERTAIN,
@@ -124,7 +124,7 @@ class WebhookProvider(Provider):
     async def _post(self, messages: Sequence[OutboundMessage]) -> list[SendResult]:
         """One request carrying ``messages``; raises when the gateway refused it as a whole."""
         body = _encode(_Batch([_wire(m) for m in messages]))
-        timestamp = str(int(time.time()))
+        timestamp = str(int(unix_time()))
         headers = {
             "Content-Type": "application/json",
             "X-Comms-Timestamp": timestamp,
@@ -169,7 +169,7 @@ class WebhookProvider(Provider):
         timestamp = headers.get("x-comms-timestamp", "")
         if (
             not (timestamp.isascii() and timestamp.isdigit())
-            or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE
+            or abs(unix_time() - int(timestamp)) > CALLBACK_MAX_AGE
         ):
             return False
         expected = self._sign(timestamp, body)

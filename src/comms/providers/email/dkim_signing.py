@@ -17,10 +17,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import time
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from comms.kit.clock import unix_time
 
 SIGNED_HEADERS = (
     b"from",
@@ -89,7 +90,7 @@ class DkimSigner:
             b"c=relaxed/relaxed",
             b"d=" + self.domain,
             b"s=" + self.selector,
-            b"t=%d" % int(time.time()),
+            b"t=%d" % int(unix_time()),
             b"h=" + b":".join(signed),
             b"bh=" + body_hash,
             b"b=",

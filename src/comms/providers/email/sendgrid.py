@@ -53,7 +53,6 @@ import base64
 import binascii
 import re
 import secrets
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.header import Header
@@ -67,6 +66,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.kit.clock import unix_time
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     GATEWAY_UNCERTAIN,
@@ -591,7 +591,7 @@ class SendGridProvider(Provider):
         timestamp = headers.get("x-twilio-email-event-webhook-timestamp", "")
         if (
             not (timestamp.isascii() and timestamp.isdigit())
-            or abs(time.time() - int(timestamp)) > CALLBACK_MAX_AGE
+            or abs(unix_time() - int(timestamp)) > CALLBACK_MAX_AGE
         ):
             return False
         try:
@@ -676,7 +676,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     reset = headers.get("x-ratelimit-reset")
     if reset is not None:
         try:
-            return max(0.0, float(reset) - time.time())
+            return max(0.0, float(reset) - unix_time())
         except ValueError:
             pass
     value = headers.get("retry-after")

@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.header import Header
@@ -56,6 +55,7 @@ from botocore.credentials import Credentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.kit.clock import unix_time
 from comms.kit.ids import id_has_prefix
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
@@ -377,7 +377,7 @@ class SesProvider(Provider):
             ):
                 if header in headers and headers[header] != value:
                     return False
-            age = time.time() - message.timestamp()
+            age = unix_time() - message.timestamp()
             if age > CALLBACK_MAX_AGE or age < -CALLBACK_MAX_SKEW:
                 return False
         except sns.SnsError:

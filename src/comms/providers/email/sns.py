@@ -24,7 +24,6 @@ import base64
 import binascii
 import logging
 import re
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +37,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from comms.kit.clock import unix_time
 
 log = logging.getLogger("comms.providers.sns")
 
@@ -174,7 +175,7 @@ def cached_key(url: str) -> rsa.RSAPublicKey | None:
     if entry is None:
         return None
     key, expires = entry
-    if time.time() >= expires:
+    if unix_time() >= expires:
         del _CERTS[url]
         return None
     _CERTS.move_to_end(url)
@@ -187,7 +188,7 @@ def remember(url: str, pem: bytes) -> rsa.RSAPublicKey:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError as exc:
         raise SnsError(f"not a PEM certificate: {exc}") from None
-    now = time.time()
+    now = unix_time()
     if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
         raise SnsError("the signing certificate is not valid now")
     key = cert.public_key()

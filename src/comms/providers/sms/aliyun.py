@@ -60,6 +60,7 @@ import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, ProviderError, TransientProviderError
+from comms.kit.clock import service_now
 from comms.kit.ids import id_has_prefix
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
@@ -325,7 +326,7 @@ class AliyunProvider(Provider):
     ) -> None:
         self.config = config
         self.http = http
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or service_now
         # The account's requests in flight in this process (see RequestPool).
         self._pool = RequestPool(MAX_CONCURRENT_CALLS)
 

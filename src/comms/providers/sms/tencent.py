@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -54,6 +53,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.kit.clock import unix_time
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     GATEWAY_UNCERTAIN,
@@ -302,7 +302,7 @@ class TencentProvider(Provider):
         if len(call.messages) == 1 and len(call.messages[0].id.encode()) <= MAX_SESSION_CONTEXT:
             body["SessionContext"] = call.messages[0].id
         payload = msgspec.json.encode(body)
-        timestamp = int(time.time())
+        timestamp = int(unix_time())
         headers = {
             "Authorization": authorization(
                 self.config.secret_id, self.config.secret_key, self.host, payload, timestamp

@@ -1,0 +1,3 @@
+from tests.e2e.workers import worker_database
+
+__all__ = ["worker_database"]
