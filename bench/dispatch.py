@@ -109,6 +109,14 @@ def sink_main() -> None:
 
         arrivals: dict[str, float]
         sample: dict[str, Any] | None
+        waiters: list[tuple[int, asyncio.Future[None]]]
+
+        def _wake_waiters(self) -> None:
+            if self.waiters:
+                seen = len(self.received)
+                for target, waiter in self.waiters:
+                    if seen >= target and not waiter.done():
+                        waiter.set_result(None)
 
         async def _handle(self, request: web.Request) -> web.Response:
             body = await request.read()  # aiohttp caches it: the parent's read() gets it again
@@ -121,17 +129,35 @@ def sink_main() -> None:
                     for m in messages:
                         if m.get("category") == "verification":
                             self.arrivals[m["id"]] = now
-            return await super()._handle(request)
+            try:
+                return await super()._handle(request)
+            finally:
+                self._wake_waiters()
 
     delay_ms = float(sys.argv[sys.argv.index("--sink") + 1])
 
     async def serve() -> None:
         sink = TimedSink(SINK_SECRET, keep_bodies=False, hang_seconds=delay_ms / 1000)
-        sink.arrivals, sink.sample = {}, None
+        sink.arrivals, sink.sample, sink.waiters = {}, None, []
         await sink.start()
 
         async def progress(_: web.Request) -> web.Response:
             return web.json_response({"unique": len(sink.received), "requests": sink.requests})
+
+        async def seen(request: web.Request) -> web.Response:
+            """Answers once ``n`` distinct messages arrived, or after ``timeout`` seconds: the
+            bench waits on one request instead of polling (which took CPU from what it measures)."""
+            target = int(request.query["n"])
+            waiter = asyncio.get_running_loop().create_future()
+            entry = (target, waiter)
+            sink.waiters.append(entry)
+            sink._wake_waiters()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter, float(request.query.get("timeout", "1")))
+            finally:
+                sink.waiters.remove(entry)
+            return web.json_response({"unique": len(sink.received)})
 
         async def stats(_: web.Request) -> web.Response:
             counts = sink.received.values()
@@ -161,6 +187,7 @@ def sink_main() -> None:
 
         control = web.Application()
         control.router.add_get("/progress", progress)
+        control.router.add_get("/seen", seen)
         control.router.add_get("/stats", stats)
         control.router.add_post("/reset", reset)
         control.router.add_get("/arrivals", arrivals)
@@ -552,16 +579,21 @@ class Bench:
         )
 
     async def wait_done(self, batch_id: str, n: int, timeout: float = 900) -> float:
-        """Monotonic time when no item of the batch is pending any more. Polls the sink (cheap, no
-        database load) until it has seen ``n`` messages, then the database every 20 ms."""
+        """Monotonic time when no item of the batch is pending any more. Waits on the sink (one
+        request that answers once it has seen ``n`` messages, or after a second: the database is
+        then looked at, in case some never reach it) and, once it has them all, polls the
+        database every 20 ms. Polling the sink over httpx every 20 ms instead cost ~0.09 of a
+        core, taken from the processes measured."""
         deadline = time.monotonic() + timeout
-        last_db = 0.0
         while time.monotonic() < deadline:
-            now = time.monotonic()
-            if await self.sink_unique() >= n or now - last_db > 1.0:
-                last_db = now
-                if await self.pending(batch_id) == 0:
-                    return time.monotonic()
+            answer = await self.ctl.get("/seen", params={"n": n, "timeout": 1.0})
+            if int(answer.json()["unique"]) >= n:
+                break
+            if await self.pending(batch_id) == 0:
+                return time.monotonic()
+        while time.monotonic() < deadline:
+            if await self.pending(batch_id) == 0:
+                return time.monotonic()
             await asyncio.sleep(0.02)
         raise RuntimeError(f"batch {batch_id} not done after {timeout} s")
 

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -66,14 +66,14 @@ class Workers:
     _logs: list[IO[bytes]] = field(default_factory=list)
     _log_paths: dict[int, Path] = field(default_factory=dict)
 
-    def start(self, prefix: Sequence[str] = (), env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """One more worker; ``prefix`` runs it through a wrapper (faketime), ``env`` adds to its
-        environment."""
+    def start(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """One more worker (a child of this process, so that killing it kills the worker);
+        ``env`` adds to its environment."""
         path = self.cwd / f"worker-{len(self._logs) + 1}.log"
         log = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._logs.append(log)
         process = subprocess.Popen(
-            [*prefix, str(COMMS), "worker"],
+            [str(COMMS), "worker"],
             env={**self.env, **(env or {})},
             cwd=self.cwd,
             stdout=log,
