@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from comms.app import create_app
 from comms.config import Settings
+from comms.kit import clock
 from comms.kit.db import Database
 from comms.migrations.runner import upgrade
 from comms.tenants.scopes import ALL_SCOPES, DEFAULT_SCOPES
@@ -45,6 +46,17 @@ TABLES = (
     "api_keys",
     "tenants",
 )
+
+
+@pytest.fixture(autouse=True)
+def own_clock() -> Iterator[None]:
+    """Each test starts on this machine's clock: an app or dispatcher on PostgreSQL makes the
+    process follow the server's (kit/clock.py), which must not carry over into the next test."""
+    clock.unfollow()
+    clock.set_clock(None)
+    yield
+    clock.unfollow()
+    clock.set_clock(None)
 
 
 def need_postgres() -> str:

@@ -82,7 +82,8 @@ async def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease_and_signs_on_
                     "channel": "sms",
                     "provider": "webhook",
                     "name": "sink",
-                    "config": {"url": sink.url, "secret": SINK_SECRET},
+                    # A's request is held while B starts (seconds on a busy machine): no timeout
+                    "config": {"url": sink.url, "secret": SINK_SECRET, "timeout_seconds": 120},
                 },
                 headers=tenant.headers(),
             )
@@ -146,6 +147,7 @@ async def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease_and_signs_on_
             await bulk(10, 40)
             await wait_until(lambda: all_sent(50), timeout=30)
     finally:
+        hold.set()  # a held request would keep the sink from stopping
         workers.close()
         await sink.stop()
     assert sink.bad_signatures == 0

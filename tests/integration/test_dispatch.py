@@ -11,10 +11,13 @@ from email.parser import BytesParser
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
+from comms.dispatch import dispatcher as dispatcher_module
 from comms.dispatch.queue import claim_due, release_expired_leases
+from comms.kit import clock
 from comms.kit.clock import set_clock, utcnow
+from comms.kit.db import run_maintenance, sync_clock
 from comms.models import Message
 from tests.conftest import Service, TenantKeys, make_tenant, statuses, wait_for_message, wait_until
 from tests.integration.conftest import standalone_dispatcher
@@ -230,6 +233,65 @@ async def test_expired_lease_is_requeued_once_and_flagged(service: Service, tena
     async with service.db.read() as session:
         row = await session.get(Message, log_id)
     assert row is not None and row.status == "unknown"
+
+
+async def test_the_process_follows_the_database_servers_clock_on_postgres_only(service: Service) -> None:
+    clock.follow(utcnow() - timedelta(hours=1), time.monotonic())  # as if synced to a server
+    offset = await sync_clock(service.db)
+    if service.db.is_sqlite:  # the database is on this machine: its clock is the one
+        assert offset == 0.0 and not clock.following()
+        return
+    assert clock.following() and abs(offset) < 1.0  # this server runs on the same machine
+    async with service.db.read_one() as session:
+        server = (await session.execute(text("SELECT clock_timestamp()"))).scalar_one()
+    assert abs((utcnow() - server).total_seconds()) < 0.5
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_no_lease_is_taken_back_or_written_before_a_first_reading_of_the_servers_clock(
+    service: Service, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = await send_sms(service, tenant, "13800138000")
+    log_id = created["items"][0]["id"]
+    async with service.db.begin() as session:  # a lease that has expired by the server's clock
+        await claim_due(session, "dead-worker", 10, utcnow(), timedelta(seconds=1))
+        await session.execute(
+            update(Message).where(Message.id == log_id).values(lease_until=utcnow() - timedelta(minutes=5))
+        )
+
+    async def server_away(_db: object) -> float:
+        raise ConnectionRefusedError("the database is away")
+
+    monkeypatch.setattr(dispatcher_module, "sync_clock", server_away)
+    clock.unfollow()
+    async with standalone_dispatcher(service) as dispatcher:
+        with pytest.raises(ConnectionRefusedError):
+            await dispatcher._reap()
+        with pytest.raises(ConnectionRefusedError):
+            await dispatcher._on_server_clock()  # what the claim loop and the express lane await first
+        async with service.db.read() as session:
+            row = await session.get(Message, log_id)
+        assert row is not None and row.status == "sending" and row.lease_owner == "dead-worker"
+        monkeypatch.setattr(dispatcher_module, "sync_clock", sync_clock)
+        await dispatcher._reap()
+        assert clock.following()
+    async with service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and row.status == "queued" and row.possible_duplicate is True
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_maintenance_reads_the_servers_clock_until_it_succeeds(service: Service) -> None:
+    clock.unfollow()
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_maintenance(service.db, stop, interval=0.05))
+
+    async def following() -> bool:
+        return clock.following()
+
+    await wait_until(following, timeout=10)
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
 
 
 async def test_a_possible_duplicate_is_reconciled_before_any_resend(

@@ -223,6 +223,7 @@ class Dispatcher:
                     break
                 holding = True
                 self._wake.clear()
+                await self._on_server_clock()
                 started = time.perf_counter()
                 # One transaction over the levels' statements: a failure part-way must not leave
                 # the levels claimed before it leased to nobody.
@@ -335,6 +336,7 @@ class Dispatcher:
         while not self._stopping.is_set():
             try:
                 self._express_wake.clear()
+                await self._on_server_clock()
                 # Codes only: one claim statement, which on PostgreSQL commits by itself (no
                 # BEGIN and COMMIT round trips before a code goes out).
                 async with self.db.write_one() as session:
@@ -385,11 +387,16 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
-    async def _reap(self) -> None:
+    async def _on_server_clock(self) -> None:
+        """Leases and due times are the database server's (kit/clock.py): until a first reading
+        of its clock, none is written or compared on this machine's own, which could be off (a
+        lease already expired to the other workers, a live one taken back, a scheduled message
+        claimed early). Raises while the database is away, as the statement after would."""
         if not self.db.is_sqlite and not clock.following():
-            # Leases are written on the database server's clock: a round on this machine's own
-            # could take back live ones (sent twice) if it runs ahead. Raises while it is away.
             await sync_clock(self.db)
+
+    async def _reap(self) -> None:
+        await self._on_server_clock()
         async with self.db.begin() as session:
             reaped = await release_expired_leases(session, utcnow())
         metrics.REAPER_ROUNDS.inc()

@@ -277,6 +277,7 @@ async def sync_clock(db: Database) -> float:
     seconds this machine's clock is ahead of it. SQLite: the database is on this machine, whose
     clock it uses: nothing to do (0.0). Raises when the database cannot be read."""
     if db.is_sqlite:
+        clock.unfollow()
         return 0.0
     best: tuple[datetime, float, float] | None = None
     async with db.read_one() as session:

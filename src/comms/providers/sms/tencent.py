@@ -53,7 +53,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from comms.errors import PermanentProviderError, TransientProviderError
-from comms.kit.clock import unix_time
+from comms.kit.clock import service_now, unix_time
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
     GATEWAY_UNCERTAIN,
@@ -501,7 +501,7 @@ def _limit_wait(code: str, now: datetime | None = None) -> float | None:
     if code in LIMIT_WAITS:
         return LIMIT_WAITS[code]
     if code in DAILY_LIMITS:
-        local = (now or datetime.now(UTC)).astimezone(BEIJING)
+        local = (now or service_now()).astimezone(BEIJING)
         midnight = (local + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
         return (midnight - local).total_seconds()
     return None
@@ -509,7 +509,7 @@ def _limit_wait(code: str, now: datetime | None = None) -> float | None:
 
 def marketing_wait(now: datetime | None = None) -> float:
     """Seconds until marketing SMS may go again: the next 08:00 Beijing time (UTC+8, no DST)."""
-    local = (now or datetime.now(UTC)).astimezone(BEIJING)
+    local = (now or service_now()).astimezone(BEIJING)
     opens = local.replace(hour=MARKETING_OPENS, minute=0, second=0, microsecond=0)
     if opens <= local < opens + CLOCK_SKEW:
         return SKEWED_WAIT  # open by our clock, not yet by Tencent's

@@ -35,7 +35,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -45,6 +45,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from comms.errors import PermanentProviderError, TransientProviderError
+from comms.kit.clock import service_now
 from comms.kit.ids import id_time
 from comms.kit.urls import HttpUrl
 from comms.providers.base import (
@@ -322,7 +323,7 @@ class TwilioProvider(Provider):
         """List the messages to ``message.to`` sent since our log item's day; match the body."""
         assert self.http is not None
         since = created_at(message.id)
-        day = (since or datetime.now(UTC)).date().isoformat()
+        day = (since or service_now()).date().isoformat()
         url: str | None = f"{self.base}/Messages.json"
         params: dict[str, str] | None = {"To": message.to, "DateSent>": day, "PageSize": "100"}
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds)
