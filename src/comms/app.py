@@ -11,7 +11,6 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,7 +24,7 @@ from comms.compliance.endpoints import public as unsubscribe_router
 from comms.compliance.endpoints import router as compliance_router
 from comms.config import Settings
 from comms.dispatch.dispatcher import Dispatcher
-from comms.dispatch.observe import refresh_gauges
+from comms.dispatch.observe import database_problem, refresh_gauges
 from comms.dispatch.routing import Router
 from comms.errors import ApiError, RateLimited, pydantic_field, pydantic_message
 from comms.events.endpoints import router as events_router
@@ -130,16 +129,8 @@ def create_app(
     async def readyz(request: Request) -> Any:
         """The database answers, and takes writes (a read-only standby after a failover does not)."""
         state: AppState = request.app.state.comms
-        try:
-            async with state.db.read() as session:
-                if state.db.is_sqlite:
-                    await session.execute(text("SELECT 1"))
-                elif await session.scalar(text("SELECT pg_is_in_recovery()")):
-                    return reply(503, "database is a read-only standby")
-        except Exception as exc:
-            log.warning("readiness check failed: %s", type(exc).__name__)
-            return reply(503, "database unreachable")
-        return reply(200, "ready")
+        problem = await database_problem(state.db)
+        return reply(200, "ready") if problem is None else reply(503, problem)
 
     @app.get(
         "/metrics",

@@ -105,7 +105,8 @@ def serve(
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Batches in flight at once.")] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Serve GET /metrics on this port (host: COMMS_HOST).")
+        int | None,
+        typer.Option(help="Serve GET /metrics, /healthz and /readyz on this port (host: COMMS_HOST)."),
     ] = None,
 ) -> None:
     """Run a dispatcher only (scale-out beside `comms serve --no-dispatcher`)."""

@@ -1,5 +1,6 @@
 """A `comms worker` is the process that sends in a scale-out deployment: it serves its own
-/metrics (--metrics-port) with what it sent, per tenant, channel, provider and status."""
+/metrics (--metrics-port) with what it sent, per tenant, channel, provider and status, and
+/healthz and /readyz for its supervisor."""
 
 from __future__ import annotations
 
@@ -71,6 +72,11 @@ async def test_a_worker_serves_its_own_metrics(service: Service, settings: Setti
             f'tenant="{tenant.tenant_id}"}} 1.0'
         )
         assert line in scraped and "comms_queue_due_messages" in scraped
+        assert "comms_reaper_rounds_total" in scraped and "comms_clock_offset_seconds" in scraped
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            health, ready = await client.get("/healthz"), await client.get("/readyz")
+        assert (health.status_code, health.json()["message"]) == (200, "ok")
+        assert (ready.status_code, ready.json()["message"]) == (200, "ready")
     finally:
         worker.terminate()
         try:

@@ -8,18 +8,21 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from bench._server import free_port
 from sqlalchemy import select, text
 
 from comms.config import Settings
 from comms.dispatch.dispatcher import Dispatcher
+from comms.dispatch.observe import serve_worker_metrics
 from comms.dispatch.routing import Router
 from comms.kit.db import Database
 from comms.kit.ratelimit import LocalLimiter, RedisLimiter
 from comms.kit.secretbox import SecretBox
 from comms.models import Message
 from tests.conftest import Service, TenantKeys, need_postgres, need_redis, wait_until
+from tests.integration.conftest import standalone_dispatcher
 
 
 def verification(to: str = "13800138000") -> dict[str, Any]:
@@ -433,3 +436,40 @@ async def test_the_wake_listener_connects_as_the_engine_does_and_notices_a_silen
         await direct.close()
         await listener.stop()
         await proxy.cut()
+
+
+async def test_a_worker_answers_health_and_readiness_on_its_metrics_port(service: Service) -> None:
+    port = free_port()
+    async with standalone_dispatcher(service) as dispatcher:
+        dispatcher.start()
+        runner = await serve_worker_metrics(service.db, dispatcher, "127.0.0.1", port)
+        unreachable = Database("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+        away = await serve_worker_metrics(unreachable, dispatcher, "127.0.0.1", 0)
+        away_port = away.addresses[0][1]
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                health = await client.get("/healthz")
+                assert (health.status_code, health.json()["message"]) == (200, "ok")
+                ready = await client.get("/readyz")
+                assert (ready.status_code, ready.json()["code"], ready.json()["message"]) == (
+                    200,
+                    200,
+                    "ready",
+                )
+                # The claim loop ended by itself (a bug): the process runs but sends nothing.
+                assert dispatcher._loop_task is not None
+                dispatcher._loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await dispatcher._loop_task
+                health = await client.get("/healthz")
+                assert health.status_code == 503
+                assert health.json()["message"] == "dispatcher task ended: comms-dispatcher"
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{away_port}") as client:
+                ready = await client.get("/readyz")
+                assert (ready.status_code, ready.json()["message"]) == (503, "database unreachable")
+        finally:
+            await away.cleanup()
+            await runner.cleanup()
+            await unreachable.dispose()
+            await dispatcher.stop()
+    assert dispatcher.stopped_tasks() == []  # a stopped dispatcher is not a crashed one

@@ -183,6 +183,14 @@ class Dispatcher:
         self._events_task = asyncio.create_task(self.events.run(self._stopping), name="comms-events")
         self._express_task = asyncio.create_task(self._run_express(), name="comms-dispatcher-express")
 
+    def stopped_tasks(self) -> list[str]:
+        """Names of this dispatcher's long-lived tasks that ended although it was not stopped
+        (a bug that escaped their own error handling): the process then sends nothing."""
+        if self._stopping.is_set():
+            return []
+        tasks = (self._loop_task, self._reaper_task, self._express_task, self._events_task)
+        return [task.get_name() for task in tasks if task is not None and task.done()]
+
     def wake(self) -> None:
         self._wake.set()
         self._express_wake.set()
