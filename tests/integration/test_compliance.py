@@ -81,6 +81,9 @@ async def opt_in(service: Service, tenant: TenantKeys, channel: str, address: st
         "basis": "opt_in",
         "source": "signup-form",
         "wording_version": "v3",
+        # These tests are about what the consent allows: no opt-in confirmation SMS among the
+        # messages they count (test_s4_* test it).
+        "send_confirmation": False,
     }
     body.update(extra)
     answer = await service.client.post("/communication/consents", json=body, headers=tenant.headers())
@@ -2678,3 +2681,95 @@ async def test_14_a_bulk_writes_exactly_one_submission_audit_event(
         "template_version": 2,
         "counts": {"queued": 2, "suppressed": 1},
     }
+
+
+async def test_s4_an_sms_opt_in_is_confirmed_once_and_a_resync_sends_nothing(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """S4 (CTIA Messaging Principles 5.1.2): right after an opt-in to recurring SMS, one message
+    names the brand, the frequency, a support contact, the cost and how to get help or stop. It
+    goes to a new opt-in collected lately; a number opted in already, a record collected long ago
+    (a CRM syncing), a number that stays suppressed, email and opt-outs get none; the caller may
+    ask for it or turn it off."""
+    number = "13800138000"
+
+    async def consent(address: str = number, channel: str = "sms", **extra: Any) -> dict[str, Any]:
+        body = {"channel": channel, "address": address, "status": "opted_in", "basis": "opt_in", **extra}
+        answer = await service.client.post("/communication/consents", json=body, headers=tenant.headers())
+        assert answer.status_code == 201, answer.text
+        return dict(answer.json())
+
+    first = await consent()
+    log_id = first["data"]["confirmation_id"]
+    assert log_id and first["message"] == "recorded; the opt-in confirmation SMS is queued"
+    item = (await service.client.get(f"/communication/logs/{log_id}", headers=tenant.headers())).json()[
+        "data"
+    ]
+    assert (item["channel"], item["category"], item["status"]) == ("sms", "transactional", "queued")
+    assert item["recipient"] != number  # masked, as every log item
+    for must in ("Acme", "subscribed", "frequency varies", "Support", "Msg&data rates may apply",
+                 "Reply HELP for help, STOP to opt out"):  # fmt: skip
+        assert must in item["content"], (must, item["content"])
+
+    assert (await consent())["data"]["confirmation_id"] is None  # opted in already
+    asked = await consent(send_confirmation=True)  # the caller asks for it again
+    assert asked["data"]["confirmation_id"] not in (None, log_id)
+    other = "13800138001"
+    old = isoformat(utcnow() - timedelta(days=30))
+    assert (await consent(other, collected_at=old))["data"]["confirmation_id"] is None  # a re-sync
+    assert (await consent("13800138002", send_confirmation=False))["data"]["confirmation_id"] is None
+    assert (await consent("ann@example.com", channel="email"))["data"]["confirmation_id"] is None
+
+    # STOP, then an opt-in collected before it: recorded, the number stays suppressed, and is not
+    # told it is subscribed (not even when asked).
+    async with service.db.begin() as session:
+        row = await session.get(Tenant, tenant.tenant_id)
+        assert row is not None
+        await handle_inbound_sms(session, row, "13800138003", "STOP")
+    for extra in ({}, {"send_confirmation": True}):
+        stale = await consent("13800138003", collected_at=isoformat(utcnow() - timedelta(hours=1)), **extra)
+        assert not stale["data"]["opt_out_lifted"] and stale["data"]["confirmation_id"] is None
+
+    out = await service.client.post(
+        "/communication/consents",
+        json={"channel": "sms", "address": "13800138004", "status": "opted_out"},
+        headers=tenant.headers(),
+    )
+    assert out.status_code == 201 and out.json()["data"]["confirmation_id"] is None
+    bad = await service.client.post(
+        "/communication/consents",
+        json={
+            "channel": "sms",
+            "address": number,
+            "status": "opted_in",
+            "basis": "opt_in",
+            "send_confirmation": "maybe",
+        },
+        headers=tenant.headers(),
+    )
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "send_confirmation"
+    async with service.db.read() as session:
+        confirmations = await session.scalar(
+            select(func.count()).where(
+                Message.tenant_id == tenant.tenant_id, Message.category == "transactional"
+            )
+        )
+    assert confirmations == 2  # the first opt-in's and the one asked for
+
+
+async def test_s4_a_brand_with_template_syntax_is_sent_as_written(service: Service) -> None:
+    """The confirmation (and every keyword reply) carries the tenant's brand and contact as text:
+    a name with "{{" in it is neither rendered nor refused as a template."""
+    tenant = await make_tenant(service.db, "Acme {{ x }} {% raw %}")
+    answer = await service.client.post(
+        "/communication/consents",
+        json={"channel": "sms", "address": "13800138000", "status": "opted_in", "basis": "opt_in"},
+        headers=tenant.headers(),
+    )
+    assert answer.status_code == 201, answer.text
+    log_id = answer.json()["data"]["confirmation_id"]
+    assert log_id is not None, answer.json()["message"]
+    item = (await service.client.get(f"/communication/logs/{log_id}", headers=tenant.headers())).json()[
+        "data"
+    ]
+    assert item["content"].startswith("Acme {{ x }} {% raw %}: you are subscribed")

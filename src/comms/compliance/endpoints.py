@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from comms.compliance import audit, service
+from comms.compliance import audit, keywords, service
 from comms.compliance.dns_auth import (
     DnsUnavailable,
     authenticate_domain,
@@ -42,6 +42,7 @@ from comms.compliance.schemas import (
 from comms.compliance.settings import READ_ONLY_FIELDS, TenantSettings, load_settings, unplanned_region
 from comms.compliance.unsubscribe import UnsubscribeSigner, mailto_token_of
 from comms.errors import (
+    ApiError,
     BadRequest,
     FieldError,
     NotFound,
@@ -58,6 +59,7 @@ from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Pag
 from comms.messages.endpoints import audit_reveal, may_unmask, read_body
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
+from comms.messages.system import send_system_sms
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
 from comms.receipts.service import first_complaint_about, record_once
 from comms.state import app_state
@@ -485,7 +487,9 @@ async def add_consent(request: Request, body: ConsentCreate, principal: Suppress
     if body.collected_at is not None and body.collected_at.year < 1970:
         raise ValidationFailed.single("collected_at", "is before 1970")
     who = service.contact(principal.tenant, body.channel.value, body.address, _region(principal))
-    async with app_state(request).db.begin() as session:
+    state = app_state(request)
+    async with state.db.begin() as session:
+        earlier = await service.latest_consent(session, principal.tenant, who)
         row, lifted = await service.record_consent(
             session,
             principal.tenant,
@@ -501,8 +505,39 @@ async def add_consent(request: Request, body: ConsentCreate, principal: Suppress
             subject_ip=body.ip,
             collected_at=body.collected_at,
         )
-    data = {**_consent_data(row, False), "opt_out_lifted": lifted}
-    return reply(201, "recorded; an earlier opt-out was lifted" if lifted else "recorded", data=data)
+        suppressed = await service.is_suppressed(session, principal.tenant, who)
+    message = "recorded; an earlier opt-out was lifted" if lifted else "recorded"
+    confirmation: str | None = None
+    if _confirms(body, earlier, suppressed):
+        try:
+            confirmation, status = await send_system_sms(
+                state.db,
+                state.secrets,
+                principal.tenant,
+                who.address,
+                keywords.opt_in_confirmation(principal.tenant),
+            )
+            state.wake_dispatcher()
+            message += "; the opt-in confirmation SMS is " + ("queued" if status == "queued" else status)
+        except ApiError as exc:  # the consent stands; the caller learns why nothing was sent
+            message += f"; the opt-in confirmation SMS was not sent: {exc.message}"
+    data = {**_consent_data(row, False), "opt_out_lifted": lifted, "confirmation_id": confirmation}
+    return reply(201, message, data=data)
+
+
+CONFIRM_WITHIN = timedelta(hours=24)
+
+
+def _confirms(body: ConsentCreate, earlier: str | None, suppressed: bool) -> bool:
+    """Whether an SMS opt-in gets its confirmation message (CTIA Messaging Principles 5.1.2): never
+    to a number that stays suppressed (an opt-in collected before its STOP does not lift it), and by
+    default only for a new opt-in collected lately, so a CRM syncing its records sends nothing."""
+    if body.channel.value != "sms" or body.status != "opted_in" or suppressed:
+        return False
+    if body.send_confirmation is not None:
+        return body.send_confirmation
+    fresh = body.collected_at is None or body.collected_at >= utcnow() - CONFIRM_WITHIN
+    return earlier != "opted_in" and fresh
 
 
 @router.get("/consents", responses=ERROR_RESPONSES)

@@ -119,14 +119,27 @@ async def handle_inbound_sms(
             f"{brand}: you are subscribed again. Reply STOP to opt out, HELP for help." if changed else None
         )
         return InboundResult(keyword, reply, changed)
-    # CTIA wants a support contact in every HELP reply: the tenant's first email identity, else its
-    # postal address (an SMS-only tenant may have no email sender); with neither, the reply says so
-    # rather than leaving it out silently.
-    postal = " ".join((settings.postal_address or "").split()).rstrip(".")  # one line in an SMS
-    support = next(iter(settings.email_senders()), None) or postal
-    contact = f" Support: {support}." if support else " Support contact: not configured."
     reply = (
-        f"{brand}: account and marketing messages, frequency varies.{contact} "
+        f"{brand}: account and marketing messages, frequency varies.{_support(tenant)} "
         "Msg&data rates may apply. Reply STOP to opt out."
     )
     return InboundResult(keyword, reply, False)
+
+
+def _support(tenant: Tenant) -> str:
+    """CTIA wants a support contact in every HELP reply (and opt-in confirmation): the tenant's
+    first email identity, else its postal address (an SMS-only tenant may have no email sender);
+    with neither, the text says so rather than leaving it out silently."""
+    settings = load_settings(tenant.settings)
+    postal = " ".join((settings.postal_address or "").split()).rstrip(".")  # one line in an SMS
+    support = next(iter(settings.email_senders()), None) or postal
+    return f" Support: {support}." if support else " Support contact: not configured."
+
+
+def opt_in_confirmation(tenant: Tenant) -> str:
+    """The one message CTIA's Messaging Principles (5.1.2) want right after an opt-in to recurring
+    messages: who, how often, the cost, and how to get help or stop."""
+    return (
+        f"{_brand(tenant)}: you are subscribed to marketing messages, frequency varies."
+        f"{_support(tenant)} Msg&data rates may apply. Reply HELP for help, STOP to opt out."
+    )

@@ -248,6 +248,19 @@ class ConsentStore:
             (Consent.created_at.desc(), Consent.id.desc()),
         )  # fmt: skip
 
+    async def latest_status(self, channel: str, digest: str) -> str | None:
+        """The status of the address's latest consent record, or None when it has none."""
+        return await self.session.scalar(
+            select(Consent.status)
+            .where(
+                Consent.tenant_id == self.tenant_id,
+                Consent.channel == channel,
+                Consent.address_hash == digest,
+            )
+            .order_by(Consent.created_at.desc(), Consent.id.desc())
+            .limit(1)
+        )
+
     async def forget_addresses(self, channel: str, digest: str) -> None:
         """Erasure: keep the consent history (its hash, times, wording) but drop the address."""
         await self.session.execute(

@@ -39,6 +39,13 @@ class ConsentCreate(BaseModel):
         "unsubscribe, STOP or objection of the person's own only when collected after it: without "
         "this time, or with an earlier one (a CRM syncing old records), the opt-out stays.",
     )
+    send_confirmation: bool | None = Field(
+        default=None,
+        description="SMS opt-ins: send the opt-in confirmation message CTIA asks for (brand, "
+        "frequency, rates, HELP and STOP). Unset: sent when the number was not opted in already and "
+        "the consent was collected within the last 24 hours (a re-sync of old records sends "
+        "nothing); true: sent whenever the number may receive marketing now; false: never.",
+    )
 
 
 class ErasureCreate(BaseModel):

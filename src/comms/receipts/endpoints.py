@@ -18,19 +18,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from comms.accounts import service as accounts
-from comms.dispatch.wakeup import notify_work
 from comms.errors import ValidationFailed
 from comms.events.service import EventBuffer
 from comms.kit.clock import utcnow
 from comms.kit.http import reply
-from comms.messages.schemas import BulkSendBody, error_responses
-from comms.messages.service import SubmitOptions, submit_bulk
+from comms.messages.schemas import error_responses
+from comms.messages.system import send_system_sms
 from comms.models import ProviderAccount, Tenant
 from comms.providers.base import Provider, ProviderContext
 from comms.receipts import service
 from comms.state import app_state
-from comms.tenants.scopes import ALL_SCOPES
-from comms.tenants.service import Principal
 
 router = APIRouter(prefix="/webhooks", tags=["Provider callbacks"])
 log = logging.getLogger("comms.receipts")
@@ -172,15 +169,7 @@ async def inbound(request: Request, provider: str, account_id: str) -> Response:
     sent = 0
     for to, text in replies:
         try:
-            async with state.db.begin() as session:
-                await submit_bulk(
-                    session,
-                    Principal(tenant=tenant, key_id="system", scopes=frozenset(ALL_SCOPES)),
-                    BulkSendBody(channel="sms", recipients=[to], content=text, category="transactional"),
-                    state.secrets,
-                    SubmitOptions(max_recipients=1, page_size=1, unmask=False, api_key_id=None, ip=None),
-                )
-                await notify_work(session)
+            await send_system_sms(state.db, state.secrets, tenant, to, text)
             sent += 1
         except Exception as exc:
             log.warning("keyword reply not sent", extra={"account": account.id, "error": str(exc)})
