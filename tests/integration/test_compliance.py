@@ -2688,9 +2688,11 @@ async def test_s4_an_sms_opt_in_is_confirmed_once_and_a_resync_sends_nothing(
 ) -> None:
     """S4 (CTIA Messaging Principles 5.1.2): right after an opt-in to recurring SMS, one message
     names the brand, the frequency, a support contact, the cost and how to get help or stop. It
-    goes to a new opt-in collected lately; a number opted in already, a record collected long ago
-    (a CRM syncing), a number that stays suppressed, email and opt-outs get none; the caller may
-    ask for it or turn it off."""
+    goes to a new opt-in collected in the last hour, or one that lifts a STOP; a number opted in
+    already, a record collected long ago or without a time (an import), email and opt-outs get
+    none; the caller may ask for it or turn it off; and a number a marketing SMS may not go to
+    (it stays suppressed, or it is a +1 number without written consent) is never told it is
+    subscribed, even when asked."""
     number = "13800138000"
 
     async def consent(address: str = number, channel: str = "sms", **extra: Any) -> dict[str, Any]:
@@ -2699,7 +2701,10 @@ async def test_s4_an_sms_opt_in_is_confirmed_once_and_a_resync_sends_nothing(
         assert answer.status_code == 201, answer.text
         return dict(answer.json())
 
-    first = await consent()
+    def now(seconds: int = 0) -> str | None:
+        return isoformat(utcnow() + timedelta(seconds=seconds))
+
+    first = await consent(collected_at=now())
     log_id = first["data"]["confirmation_id"]
     assert log_id and first["message"] == "recorded; the opt-in confirmation SMS is queued"
     item = (await service.client.get(f"/communication/logs/{log_id}", headers=tenant.headers())).json()[
@@ -2711,28 +2716,49 @@ async def test_s4_an_sms_opt_in_is_confirmed_once_and_a_resync_sends_nothing(
                  "Reply HELP for help, STOP to opt out"):  # fmt: skip
         assert must in item["content"], (must, item["content"])
 
-    assert (await consent())["data"]["confirmation_id"] is None  # opted in already
+    assert (await consent(collected_at=now()))["data"]["confirmation_id"] is None  # opted in already
     asked = await consent(send_confirmation=True)  # the caller asks for it again
     assert asked["data"]["confirmation_id"] not in (None, log_id)
-    other = "13800138001"
-    old = isoformat(utcnow() - timedelta(days=30))
-    assert (await consent(other, collected_at=old))["data"]["confirmation_id"] is None  # a re-sync
-    assert (await consent("13800138002", send_confirmation=False))["data"]["confirmation_id"] is None
-    assert (await consent("ann@example.com", channel="email"))["data"]["confirmation_id"] is None
+    for address, extra in (
+        ("13800138001", {"collected_at": now(-30 * 86400)}),  # a CRM re-syncing an old record
+        ("13800138002", {}),  # an import: no collection time
+        ("13800138003", {"collected_at": now(), "send_confirmation": False}),
+    ):
+        answer = await consent(address, **extra)
+        assert answer["data"]["confirmation_id"] is None and answer["message"] == "recorded", address
+    assert (await consent("ann@example.com", channel="email", collected_at=now()))["data"][
+        "confirmation_id"
+    ] is None
+
+    async def stop(address: str) -> None:
+        async with service.db.begin() as session:
+            row = await session.get(Tenant, tenant.tenant_id)
+            assert row is not None
+            await handle_inbound_sms(session, row, address, "STOP")
 
     # STOP, then an opt-in collected before it: recorded, the number stays suppressed, and is not
     # told it is subscribed (not even when asked).
-    async with service.db.begin() as session:
-        row = await session.get(Tenant, tenant.tenant_id)
-        assert row is not None
-        await handle_inbound_sms(session, row, "13800138003", "STOP")
+    await stop("13800138004")
     for extra in ({}, {"send_confirmation": True}):
-        stale = await consent("13800138003", collected_at=isoformat(utcnow() - timedelta(hours=1)), **extra)
+        stale = await consent("13800138004", collected_at=now(-1800), **extra)
         assert not stale["data"]["opt_out_lifted"] and stale["data"]["confirmation_id"] is None
+        assert "no opt-in confirmation SMS: marketing SMS to this number is suppressed" in stale["message"]
+    # Opted in, STOP, then a new opt-in after it: the STOP is lifted and the new opt-in confirmed.
+    await consent("13800138005", collected_at=now(), send_confirmation=False)
+    await stop("13800138005")
+    again = await consent("13800138005", collected_at=now(2))
+    assert again["data"]["opt_out_lifted"] and again["data"]["confirmation_id"] is not None
+    # A +1 number needs prior express written consent for marketing SMS (S1): without it, no
+    # "you are subscribed"; with it, the confirmation.
+    unwritten = await consent("+12025550123", collected_at=now())
+    assert unwritten["data"]["confirmation_id"] is None
+    assert "rejected (no prior express written consent)" in unwritten["message"]
+    written = await consent("+12025550124", collected_at=now(), written=True)
+    assert written["data"]["confirmation_id"] is not None
 
     out = await service.client.post(
         "/communication/consents",
-        json={"channel": "sms", "address": "13800138004", "status": "opted_out"},
+        json={"channel": "sms", "address": "13800138006", "status": "opted_out"},
         headers=tenant.headers(),
     )
     assert out.status_code == 201 and out.json()["data"]["confirmation_id"] is None
@@ -2754,7 +2780,7 @@ async def test_s4_an_sms_opt_in_is_confirmed_once_and_a_resync_sends_nothing(
                 Message.tenant_id == tenant.tenant_id, Message.category == "transactional"
             )
         )
-    assert confirmations == 2  # the first opt-in's and the one asked for
+    assert confirmations == 4  # the first opt-in, the one asked for, the STOP lifted, the written +1
 
 
 async def test_s4_a_brand_with_template_syntax_is_sent_as_written(service: Service) -> None:
@@ -2763,9 +2789,10 @@ async def test_s4_a_brand_with_template_syntax_is_sent_as_written(service: Servi
     tenant = await make_tenant(service.db, "Acme {{ x }} {% raw %}")
     answer = await service.client.post(
         "/communication/consents",
-        json={"channel": "sms", "address": "13800138000", "status": "opted_in", "basis": "opt_in"},
+        json={"channel": "sms", "address": "13800138000", "status": "opted_in", "basis": "opt_in",
+              "send_confirmation": True},
         headers=tenant.headers(),
-    )
+    )  # fmt: skip
     assert answer.status_code == 201, answer.text
     log_id = answer.json()["data"]["confirmation_id"]
     assert log_id is not None, answer.json()["message"]

@@ -59,10 +59,10 @@ from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Pag
 from comms.messages.endpoints import audit_reveal, may_unmask, read_body
 from comms.messages.recipients import InvalidRecipient, normalize_email, recipient_key
 from comms.messages.schemas import ERROR_RESPONSES, Channel
-from comms.messages.system import send_system_sms
+from comms.messages.system import marketing_verdict, send_system_sms
 from comms.models import AuditEvent, Consent, Message, Suppression, Tenant
 from comms.receipts.service import first_complaint_about, record_once
-from comms.state import app_state
+from comms.state import AppState, app_state
 from comms.tenants.auth import AnyPrincipal, require
 from comms.tenants.scopes import Scope
 from comms.tenants.service import Principal
@@ -505,39 +505,50 @@ async def add_consent(request: Request, body: ConsentCreate, principal: Suppress
             subject_ip=body.ip,
             collected_at=body.collected_at,
         )
-        suppressed = await service.is_suppressed(session, principal.tenant, who)
     message = "recorded; an earlier opt-out was lifted" if lifted else "recorded"
     confirmation: str | None = None
-    if _confirms(body, earlier, suppressed):
-        try:
-            confirmation, status = await send_system_sms(
-                state.db,
-                state.secrets,
-                principal.tenant,
-                who.address,
-                keywords.opt_in_confirmation(principal.tenant),
-            )
-            state.wake_dispatcher()
-            message += "; the opt-in confirmation SMS is " + ("queued" if status == "queued" else status)
-        except ApiError as exc:  # the consent stands; the caller learns why nothing was sent
-            message += f"; the opt-in confirmation SMS was not sent: {exc.message}"
+    if _asks_confirmation(body, earlier, lifted):
+        note, confirmation = await _confirm_opt_in(state, principal.tenant, who.address)
+        message += f"; {note}"
     data = {**_consent_data(row, False), "opt_out_lifted": lifted, "confirmation_id": confirmation}
     return reply(201, message, data=data)
 
 
-CONFIRM_WITHIN = timedelta(hours=24)
+CONFIRM_WITHIN = timedelta(hours=1)
+_MAY_GO = frozenset({"queued", "scheduled", "deferred"})
 
 
-def _confirms(body: ConsentCreate, earlier: str | None, suppressed: bool) -> bool:
-    """Whether an SMS opt-in gets its confirmation message (CTIA Messaging Principles 5.1.2): never
-    to a number that stays suppressed (an opt-in collected before its STOP does not lift it), and by
-    default only for a new opt-in collected lately, so a CRM syncing its records sends nothing."""
-    if body.channel.value != "sms" or body.status != "opted_in" or suppressed:
+def _asks_confirmation(body: ConsentCreate, earlier: str | None, lifted: bool) -> bool:
+    """Whether an SMS opt-in is due its confirmation message (CTIA Messaging Principles 5.1.2):
+    by default a new one (no opt-in on record, or one that lifted an opt-out) collected within
+    the last hour; one without ``collected_at`` (an import, perhaps of a whole list) only when
+    asked for with ``send_confirmation``."""
+    if body.channel.value != "sms" or body.status != "opted_in":
         return False
     if body.send_confirmation is not None:
         return body.send_confirmation
-    fresh = body.collected_at is None or body.collected_at >= utcnow() - CONFIRM_WITHIN
-    return earlier != "opted_in" and fresh
+    fresh = body.collected_at is not None and body.collected_at >= utcnow() - CONFIRM_WITHIN
+    return fresh and (earlier != "opted_in" or lifted)
+
+
+async def _confirm_opt_in(state: AppState, tenant: Tenant, address: str) -> tuple[str, str | None]:
+    """Send the confirmation, if a marketing SMS could go to the number now (the gate's own
+    verdict: a number that stays suppressed, or a +1 number without written consent, is never
+    told it is subscribed). (What to tell the caller, the confirmation's log id or None.) The
+    consent is committed already: nothing here may undo it."""
+    try:
+        status, error = await marketing_verdict(state.db, state.secrets, tenant, address)
+        if status not in _MAY_GO:
+            return f"no opt-in confirmation SMS: marketing SMS to this number is {status} ({error})", None
+        log_id, status = await send_system_sms(
+            state.db, state.secrets, tenant, address, keywords.opt_in_confirmation(tenant)
+        )
+    except Exception as exc:
+        log.warning("opt-in confirmation not sent", extra={"tenant": tenant.id}, exc_info=True)
+        reason = exc.message if isinstance(exc, ApiError) else "the service could not queue it"
+        return f"the opt-in confirmation SMS was not sent: {reason}", None
+    state.wake_dispatcher()
+    return f"the opt-in confirmation SMS is {status}", log_id
 
 
 @router.get("/consents", responses=ERROR_RESPONSES)

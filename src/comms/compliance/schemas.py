@@ -42,9 +42,10 @@ class ConsentCreate(BaseModel):
     send_confirmation: bool | None = Field(
         default=None,
         description="SMS opt-ins: send the opt-in confirmation message CTIA asks for (brand, "
-        "frequency, rates, HELP and STOP). Unset: sent when the number was not opted in already and "
-        "the consent was collected within the last 24 hours (a re-sync of old records sends "
-        "nothing); true: sent whenever the number may receive marketing now; false: never.",
+        "frequency, rates, HELP and STOP). Unset: sent for a new opt-in (none on record, or one "
+        "that lifts an opt-out) whose collected_at is within the last hour; without collected_at "
+        "(an import) nothing is sent. true: sent; false: never. Either way only when a marketing SMS "
+        "may go to the number now (consent, written consent for +1 numbers, not suppressed).",
     )
 
 

@@ -252,11 +252,6 @@ async def latest_consent(session: AsyncSession, tenant: Tenant, who: Contact) ->
     return await ConsentStore(session, tenant.id).latest_status(who.channel, who.digest)
 
 
-async def is_suppressed(session: AsyncSession, tenant: Tenant, who: Contact) -> bool:
-    """Whether the address is on the tenant's suppression list (no marketing goes to it)."""
-    return await SuppressionStore(session, tenant.id).get(who.channel, who.digest) is not None
-
-
 async def erase(
     session: AsyncSession, tenant: Tenant, who: Contact, *, actor: str | None, ip: str | None
 ) -> int:

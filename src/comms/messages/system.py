@@ -17,6 +17,31 @@ from comms.tenants.service import Principal
 _ONE = SubmitOptions(max_recipients=1, page_size=1, unmask=False, api_key_id=None, ip=None)
 
 
+async def marketing_verdict(
+    db: Database, secrets: SecretBox, tenant: Tenant, to: str
+) -> tuple[str, str | None]:
+    """What a marketing SMS to ``to`` would get now, from the acceptance gate itself (a dry run:
+    nothing is stored): (status, error). ``queued``, ``scheduled`` or ``deferred`` mean it may go
+    (consent, written consent for +1 numbers, the suppression list)."""
+    async with db.read() as session:
+        result = await submit_bulk(
+            session,
+            Principal(tenant=tenant, key_id="system", scopes=frozenset(ALL_SCOPES)),
+            BulkSendBody(
+                channel="sms",
+                recipients=[to],
+                content="{{ text }}",
+                variables={"text": "."},
+                category="marketing",
+                dry_run=True,
+            ),
+            secrets,
+            _ONE,
+        )
+    item = result.items[0]
+    return str(item["status"]), item.get("error")
+
+
 async def send_system_sms(
     db: Database, secrets: SecretBox, tenant: Tenant, to: str, text: str
 ) -> tuple[str, str]:
@@ -44,4 +69,4 @@ async def send_system_sms(
     return str(item["id"]), str(item["status"])
 
 
-__all__ = ["send_system_sms"]
+__all__ = ["marketing_verdict", "send_system_sms"]
