@@ -25,10 +25,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from comms.config import Settings
 from comms.models import CLAIMABLE, Message
 from tests.conftest import make_tenant
-from tests.e2e.workers import SECRET_KEY, Workers, api, held_by, status_counts, worker_env
+from tests.e2e.workers import api, api_settings, held_by, status_counts, workers_in
 from tests.webhook_sink import WebhookSink
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -49,16 +48,8 @@ async def test_sigkilled_workers_lose_nothing_and_flag_every_duplicate(
     rng = random.Random(SEED)
     started = time.monotonic()
     deadline = started + DEADLINE
-    settings = Settings(
-        _env_file=None,
-        data_dir=tmp_path / "api",
-        database_url=worker_database,
-        secret_key=SECRET_KEY,
-        public_url="https://comms.test",
-        express_lane=False,
-    )
-    (tmp_path / "workers").mkdir()
-    workers = Workers(worker_env(worker_database, tmp_path / "workers"), tmp_path / "workers")
+    settings = api_settings(worker_database, tmp_path)
+    workers = workers_in(worker_database, tmp_path)
     sink = await WebhookSink(SINK_SECRET, keep_bodies=False).start()
     kills: list[tuple[float, int]] = []  # (seconds since the bulk was accepted, rows the victim held)
     exit_codes: list[int | None] = []

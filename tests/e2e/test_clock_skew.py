@@ -20,10 +20,9 @@ import pytest
 from bench._server import free_port
 from sqlalchemy import func, select
 
-from comms.config import Settings
 from comms.models import Message
 from tests.conftest import REQUIRE_SERVICES, make_tenant, wait_until
-from tests.e2e.workers import SECRET_KEY, Workers, api, held_by, status_counts, worker_env
+from tests.e2e.workers import api, api_settings, held_by, status_counts, workers_in
 from tests.webhook_sink import WebhookSink
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -60,16 +59,8 @@ async def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease_and_signs_on_
     worker_database: str, tmp_path: Path
 ) -> None:
     ahead = faketime(AHEAD)
-    settings = Settings(
-        _env_file=None,
-        data_dir=tmp_path / "api",
-        database_url=worker_database,
-        secret_key=SECRET_KEY,
-        public_url="https://comms.test",
-        express_lane=False,
-    )
-    (tmp_path / "workers").mkdir()
-    workers = Workers(worker_env(worker_database, tmp_path / "workers"), tmp_path / "workers")
+    settings = api_settings(worker_database, tmp_path)
+    workers = workers_in(worker_database, tmp_path)
     hold = asyncio.Event()
     sink = await WebhookSink(SINK_SECRET, hold=hold).start()
     metrics_port = free_port()

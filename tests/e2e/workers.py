@@ -17,17 +17,37 @@ from typing import IO
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import func, select
 
 from comms.app import create_app
 from comms.config import Settings
 from comms.kit.db import Database
 from comms.migrations.runner import upgrade
 from comms.models import Message
-from tests.conftest import need_postgres
+from tests.conftest import _admin, need_postgres
 
 SECRET_KEY = "e2e-secret-key-shared-by-app-and-workers"
+
+
+def api_settings(database_url: str, tmp_path: Path) -> Settings:
+    """The in-process API's settings beside the workers: same database and key, no dispatcher
+    and no express lane (only the worker processes send)."""
+    return Settings(
+        _env_file=None,
+        data_dir=tmp_path / "api",
+        database_url=database_url,
+        secret_key=SECRET_KEY,
+        public_url="https://comms.test",
+        express_lane=False,
+    )
+
+
+def workers_in(database_url: str, tmp_path: Path) -> Workers:
+    """No worker yet; each started one logs to tmp_path/workers/worker-N.log."""
+    (tmp_path / "workers").mkdir()
+    return Workers(worker_env(database_url, tmp_path / "workers"), tmp_path / "workers")
+
+
 COMMS = Path(sys.executable).parent / "comms"
 
 
@@ -38,21 +58,13 @@ def worker_database() -> Iterator[str]:
     name = f"comms_e2e_{os.getpid()}"
     url = base.rsplit("/", 1)[0] + "/" + name
 
-    async def admin(statement: str) -> None:
-        engine = create_async_engine(base, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    asyncio.run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(_admin(base, f'CREATE DATABASE "{name}"'))
     try:
         upgrade(url)
         yield url
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(_admin(base, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @dataclass

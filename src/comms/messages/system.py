@@ -5,6 +5,10 @@ transactional SMS to one number, accepted, gated and logged like any other (so i
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from comms.dispatch.wakeup import notify_work
 from comms.kit.db import Database
 from comms.kit.secretbox import SecretBox
@@ -17,6 +21,34 @@ from comms.tenants.service import Principal
 _ONE = SubmitOptions(max_recipients=1, page_size=1, unmask=False, api_key_id=None, ip=None)
 
 
+async def _submit_one(
+    session: AsyncSession,
+    secrets: SecretBox,
+    tenant: Tenant,
+    to: str,
+    text: str,
+    category: str,
+    dry_run: bool,
+) -> dict[str, Any]:
+    result = await submit_bulk(
+        session,
+        Principal(tenant=tenant, key_id="system", scopes=frozenset(ALL_SCOPES)),
+        # The text as a variable, not as the template: a brand or an address with "{{" in it is
+        # sent as written, never read as template syntax.
+        BulkSendBody(
+            channel="sms",
+            recipients=[to],
+            content="{{ text }}",
+            variables={"text": text},
+            category=category,
+            dry_run=dry_run,
+        ),
+        secrets,
+        _ONE,
+    )
+    return result.items[0]
+
+
 async def marketing_verdict(
     db: Database, secrets: SecretBox, tenant: Tenant, to: str
 ) -> tuple[str, str | None]:
@@ -24,21 +56,7 @@ async def marketing_verdict(
     nothing is stored): (status, error). ``queued``, ``scheduled`` or ``deferred`` mean it may go
     (consent, written consent for +1 numbers, the suppression list)."""
     async with db.read() as session:
-        result = await submit_bulk(
-            session,
-            Principal(tenant=tenant, key_id="system", scopes=frozenset(ALL_SCOPES)),
-            BulkSendBody(
-                channel="sms",
-                recipients=[to],
-                content="{{ text }}",
-                variables={"text": "."},
-                category="marketing",
-                dry_run=True,
-            ),
-            secrets,
-            _ONE,
-        )
-    item = result.items[0]
+        item = await _submit_one(session, secrets, tenant, to, ".", "marketing", dry_run=True)
     return str(item["status"]), item.get("error")
 
 
@@ -49,23 +67,8 @@ async def send_system_sms(
     Raises as a bulk request would (no sender identity for transactional SMS, say). The caller
     wakes its in-process dispatcher."""
     async with db.begin() as session:
-        result = await submit_bulk(
-            session,
-            Principal(tenant=tenant, key_id="system", scopes=frozenset(ALL_SCOPES)),
-            # The text as a variable, not as the template: a brand or an address with "{{" in it
-            # is sent as written, never read as template syntax.
-            BulkSendBody(
-                channel="sms",
-                recipients=[to],
-                content="{{ text }}",
-                variables={"text": text},
-                category="transactional",
-            ),
-            secrets,
-            _ONE,
-        )
+        item = await _submit_one(session, secrets, tenant, to, text, "transactional", dry_run=False)
         await notify_work(session)
-    item = result.items[0]
     return str(item["id"]), str(item["status"])
 
 
