@@ -2800,3 +2800,126 @@ async def test_s4_a_brand_with_template_syntax_is_sent_as_written(service: Servi
         "data"
     ]
     assert item["content"].startswith("Acme {{ x }} {% raw %}: you are subscribed")
+
+
+def marketing_sms(number: str) -> dict[str, Any]:
+    return {"channel": "sms", "category": "marketing", "content": "20% off today", "recipients": [number]}
+
+
+async def test_e6_an_objection_covers_every_channel_the_tenant_linked(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """E6 (GDPR Art. 21): an objection to direct marketing is the person's. Once the tenant links
+    a person's addresses (PUT /communication/contacts/{its id for them}), an objection recorded on
+    one suppresses marketing to all of them at once, whichever comes first; transactional
+    messages still go; an address not linked is untouched; unlinking keeps the suppressions."""
+    for channel, address in (("sms", "13800138000"), ("email", "ann@example.com"), ("sms", "13900139000")):
+        await opt_in(service, tenant, channel, address)
+    linked = await service.client.put(
+        "/communication/contacts/crm-42",
+        json={"addresses": [{"channel": "sms", "address": "13800138000"},
+                            {"channel": "email", "address": "Ann@Example.com"},
+                            {"channel": "sms", "address": "+86 138 0013 8000"}]},  # the same number again
+        headers=tenant.headers(),
+    )  # fmt: skip
+    assert linked.status_code == 200, linked.text
+    data = linked.json()["data"]
+    assert data["addresses"] == [
+        {"channel": "sms", "address": "138****8000"},
+        {"channel": "email", "address": "A***@example.com"},  # the local part keeps its case
+    ]
+    assert data["suppressed"] == [] and linked.json()["message"] == "linked"
+    assert (await bulk(service, tenant, **marketing_email()))["items"][0]["status"] == "queued"
+
+    withdrawn = await service.client.delete(
+        "/communication/consents/sms/13800138000", headers=tenant.headers()
+    )
+    assert withdrawn.status_code == 200
+    assert (await bulk(service, tenant, **marketing_sms("13800138000")))["items"][0]["status"] == "suppressed"
+    email = (await bulk(service, tenant, **marketing_email()))["items"][0]
+    assert (email["status"], email["error"]) == ("suppressed", "recipient unsubscribed")
+    receipt = marketing_email(category="transactional", subject="Your receipt", content="Order 17 paid.")
+    assert (await bulk(service, tenant, **receipt))["items"][0]["status"] == "queued"
+    assert (await bulk(service, tenant, **marketing_sms("13900139000")))["items"][0]["status"] == "queued"
+    listed = await service.client.get(
+        "/communication/suppressions?channel=email&address=ann@example.com", headers=tenant.headers()
+    )
+    assert [(s["reason"], s["source"]) for s in listed.json()["items"]] == [("objection", "linked")]
+
+    # The other order: an objection recorded first, the link made later, covers the new address.
+    await service.client.post(
+        "/communication/consents",
+        json={"channel": "email", "address": "bob@example.com", "status": "opted_out"},
+        headers=tenant.headers(),
+    )
+    await opt_in(service, tenant, "sms", "13700137000")
+    later = await service.client.put(
+        "/communication/contacts/crm-43",
+        json={"addresses": [{"channel": "email", "address": "bob@example.com"},
+                            {"channel": "sms", "address": "13700137000"}]},
+        headers=tenant.headers(),
+    )  # fmt: skip
+    assert later.json()["data"]["suppressed"] == [{"channel": "sms", "address": "137****7000"}]
+    assert later.json()["message"] == "linked; an objection on one of them now covers the others"
+    assert (await bulk(service, tenant, **marketing_sms("13700137000")))["items"][0]["status"] == "suppressed"
+
+    shown = await service.client.get("/communication/contacts/crm-42", headers=tenant.headers())
+    assert shown.status_code == 200 and len(shown.json()["data"]["addresses"]) == 2
+    unlinked = await service.client.delete("/communication/contacts/crm-42", headers=tenant.headers())
+    assert unlinked.status_code == 200 and unlinked.json()["data"]["addresses"] == 2
+    assert (
+        await service.client.get("/communication/contacts/crm-42", headers=tenant.headers())
+    ).status_code == 404
+    assert (
+        await service.client.delete("/communication/contacts/crm-42", headers=tenant.headers())
+    ).status_code == 404
+    assert (await bulk(service, tenant, **marketing_email()))["items"][0]["status"] == "suppressed"
+    audit = (await service.client.get("/communication/audit?page_size=100", headers=tenant.headers())).json()
+    actions = {e["action"] for e in audit["items"]}
+    assert {"contact.linked", "contact.unlinked"} <= actions
+
+
+async def test_e6_bad_links_are_refused_and_change_nothing(service: Service, tenant: TenantKeys) -> None:
+    async def put(contact: str, body: Any, expect: int = 422) -> dict[str, Any]:
+        answer = await service.client.put(
+            f"/communication/contacts/{contact}", json=body, headers=tenant.headers()
+        )
+        assert answer.status_code == expect, answer.text
+        return dict(answer.json())
+
+    sms = {"channel": "sms", "address": "13800138000"}
+    assert (await put("c1", {"addresses": []}))["errors"][0]["field"] == "addresses"
+    assert (await put("c1", {"addresses": [sms] * 21}))["errors"][0]["field"] == "addresses"
+    bad = await put("c1", {"addresses": [sms, {"channel": "sms", "address": "12"}]})
+    assert bad["errors"][0]["field"] == "addresses[1].address"
+    assert (await put("c1", {"addresses": [{"channel": "fax", "address": "1"}]}))["errors"][0][
+        "field"
+    ].startswith("addresses")
+    assert (await put("c1", {"addresses": [sms], "extra": 1}))["errors"][0]["field"] == "extra"
+    assert (await put("c" * 201, {"addresses": [sms]}))["errors"][0]["field"] == "contact"
+    readonly = await service.client.put(
+        "/communication/contacts/c1",
+        json={"addresses": [sms]},
+        headers=tenant.headers(tenant.read_only_token),
+    )
+    assert readonly.status_code == 403
+    assert (
+        await service.client.get("/communication/contacts/c1", headers=tenant.headers())
+    ).status_code == 404
+
+
+async def test_e6_erasure_drops_the_address_from_its_contact(service: Service, tenant: TenantKeys) -> None:
+    await service.client.put(
+        "/communication/contacts/crm-7",
+        json={"addresses": [{"channel": "sms", "address": "13800138000"},
+                            {"channel": "email", "address": "ann@example.com"}]},
+        headers=tenant.headers(),
+    )  # fmt: skip
+    erased = await service.client.post(
+        "/communication/erasures",
+        json={"channel": "email", "address": "ann@example.com"},
+        headers=tenant.headers(),
+    )
+    assert erased.status_code == 200, erased.text
+    shown = (await service.client.get("/communication/contacts/crm-7", headers=tenant.headers())).json()
+    assert shown["data"]["addresses"] == [{"channel": "sms", "address": "138****8000"}]

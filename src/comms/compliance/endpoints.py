@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import msgspec
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as FastApiPath
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -31,9 +32,10 @@ from comms.compliance.domain_checks import dkim_signers
 from comms.compliance.feedback import COMPLAINT_TYPES, NotAFeedbackReport, parse_feedback_report
 from comms.compliance.gates import weakens_legal_consent
 from comms.compliance.quiet_hours import widens_legal_window
-from comms.compliance.repository import ConsentStore, SuppressionStore
+from comms.compliance.repository import ConsentStore, ContactLinkStore, SuppressionStore
 from comms.compliance.schemas import (
     ConsentCreate,
+    ContactLinks,
     DomainVerify,
     ErasureCreate,
     MailtoUnsubscribe,
@@ -600,6 +602,82 @@ async def withdraw_consent(
             ip=_ip(request),
         )
     return reply(200, "consent withdrawn; marketing suppressed")
+
+
+# ---- linked contacts (E6) ---------------------------------------------------------------------------
+
+ContactId = Annotated[
+    str, FastApiPath(min_length=1, max_length=200, description="The tenant's own id for the person.")
+]
+
+
+def _masked(channel: str, address: str) -> dict[str, str]:
+    return {"channel": channel, "address": mask_recipient(channel, address)}
+
+
+@router.put("/contacts/{contact}", responses=ERROR_RESPONSES)
+async def link_contact(
+    request: Request, contact: ContactId, body: ContactLinks, principal: SuppressionsWritePrincipal
+) -> Any:
+    """Link a person's addresses across channels (replacing those linked before): an objection to
+    direct marketing recorded on any of them (``DELETE /communication/consents/...`` or a consent
+    with ``status: opted_out``) suppresses marketing to all of them, GDPR Art. 21. One already
+    recorded applies at once: ``data.suppressed`` lists what it suppressed now."""
+    region = _region(principal)
+    addresses: dict[tuple[str, str], service.Contact] = {}
+    for i, given in enumerate(body.addresses):
+        who = service.contact(
+            principal.tenant, given.channel.value, given.address, region, field=f"addresses[{i}].address"
+        )
+        addresses.setdefault((who.channel, who.digest), who)
+    async with app_state(request).db.begin() as session:
+        newly = await service.link_contact(
+            session,
+            principal.tenant,
+            contact,
+            list(addresses.values()),
+            actor=principal.key_id,
+            ip=_ip(request),
+        )
+    data = {
+        "contact": contact,
+        "addresses": [_masked(a.channel, a.address) for a in addresses.values()],
+        "suppressed": [_masked(a.channel, a.address) for a in newly],
+    }
+    message = "linked; an objection on one of them now covers the others" if newly else "linked"
+    return reply(200, message, data=data)
+
+
+@router.get("/contacts/{contact}", responses=ERROR_RESPONSES)
+async def get_contact(request: Request, contact: ContactId, principal: LogsPrincipal) -> Any:
+    """The addresses linked as the person (masked)."""
+    async with app_state(request).db.read() as session:
+        rows = await ContactLinkStore(session, principal.tenant_id).addresses(contact)
+    if not rows:
+        raise NotFound("no addresses are linked as this contact")
+    return reply(
+        200, "ok", data={"contact": contact, "addresses": [_masked(r.channel, r.address) for r in rows]}
+    )
+
+
+@router.delete("/contacts/{contact}", responses=ERROR_RESPONSES)
+async def unlink_contact(request: Request, contact: ContactId, principal: SuppressionsWritePrincipal) -> Any:
+    """Unlink the person's addresses. Suppressions an objection made stay: an objection is lifted
+    only by a later opt-in of the address's own."""
+    async with app_state(request).db.begin() as session:
+        removed = await ContactLinkStore(session, principal.tenant_id).unlink(contact)
+        if removed:
+            audit.record(
+                session,
+                principal.tenant_id,
+                "contact.unlinked",
+                actor=principal.key_id,
+                ip=_ip(request),
+                contact=contact,
+            )
+    if not removed:
+        raise NotFound("no addresses are linked as this contact")
+    return reply(200, "unlinked", data={"contact": contact, "addresses": removed})
 
 
 @router.post("/erasures", responses=ERROR_RESPONSES)

@@ -6,13 +6,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, case, func, select, text, update
+from sqlalchemy import bindparam, case, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.errors import RateLimited
 from comms.kit.db import is_sqlite, one_of
-from comms.models import Consent, Message, Suppression
+from comms.models import Consent, ContactLink, Message, Suppression
 
 _CHUNK = 5000
 _COUNT_CHUNK = 10_000  # bind parameters per query: SQLite allows 32,766, asyncpg 32,767
@@ -271,6 +271,69 @@ class ConsentStore:
                 Consent.address_hash == digest,
             )
             .values(address=None, ip=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+class ContactLinkStore:
+    """The addresses a tenant links as one person's (``contact`` is the tenant's id for them)."""
+
+    def __init__(self, session: AsyncSession, tenant_id: str) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    async def addresses(self, contact: str) -> Sequence[ContactLink]:
+        return (
+            await self.session.scalars(
+                select(ContactLink)
+                .where(ContactLink.tenant_id == self.tenant_id, ContactLink.contact == contact)
+                .order_by(ContactLink.channel, ContactLink.created_at, ContactLink.address_hash)
+            )
+        ).all()
+
+    async def replace(self, contact: str, rows: Sequence[ContactLink]) -> None:
+        await self.unlink(contact)
+        self.session.add_all(rows)
+        await self.session.flush()
+
+    async def unlink(self, contact: str) -> int:
+        result = await self.session.execute(
+            delete(ContactLink)
+            .where(ContactLink.tenant_id == self.tenant_id, ContactLink.contact == contact)
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def linked_with(self, channel: str, digest: str) -> Sequence[ContactLink]:
+        """Every other address of every contact that has this one."""
+        contacts = (
+            select(ContactLink.contact)
+            .where(
+                ContactLink.tenant_id == self.tenant_id,
+                ContactLink.channel == channel,
+                ContactLink.address_hash == digest,
+            )
+            .scalar_subquery()
+        )
+        return (
+            await self.session.scalars(
+                select(ContactLink).where(
+                    ContactLink.tenant_id == self.tenant_id,
+                    ContactLink.contact.in_(contacts),
+                    ~((ContactLink.channel == channel) & (ContactLink.address_hash == digest)),
+                )
+            )
+        ).all()
+
+    async def forget_address(self, channel: str, digest: str) -> None:
+        """Erasure: the link itself is the person's data."""
+        await self.session.execute(
+            delete(ContactLink)
+            .where(
+                ContactLink.tenant_id == self.tenant_id,
+                ContactLink.channel == channel,
+                ContactLink.address_hash == digest,
+            )
             .execution_options(synchronize_session=False)
         )
 

@@ -49,6 +49,22 @@ class ConsentCreate(BaseModel):
     )
 
 
+class ContactAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channel: Channel
+    address: str = Field(min_length=1, max_length=320)
+
+
+class ContactLinks(BaseModel):
+    """``PUT /communication/contacts/{contact}``: the person's addresses, replacing any linked
+    before. An objection to direct marketing on one of them covers them all (E6)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    addresses: list[ContactAddress] = Field(min_length=1, max_length=20)
+
+
 class ErasureCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

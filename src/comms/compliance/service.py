@@ -6,6 +6,7 @@ same person however their address was written, and survives erasure of the addre
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -15,13 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import audit
 from comms.compliance.addresses import address_hash, address_spellings
-from comms.compliance.repository import ConsentStore, SuppressionStore
+from comms.compliance.repository import ConsentStore, ContactLinkStore, SuppressionStore
 from comms.errors import ValidationFailed
 from comms.kit.clock import utcnow
 from comms.kit.ids import new_id
 from comms.kit.masking import ANONYMIZED_KEY_PREFIX
 from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
-from comms.models import Consent, EventDelivery, Message, ReceiptEvent, Suppression, Tenant
+from comms.models import Consent, ContactLink, EventDelivery, Message, ReceiptEvent, Suppression, Tenant
 
 # Reasons that block every category but verification; an opt-out only blocks subscription mail.
 SCOPE_ALL_REASONS = frozenset({"hard_bounce", "complaint"})
@@ -39,6 +40,7 @@ Source = Literal[
     "bounce",
     "erasure",
     "provider",  # a vendor refused a send: the recipient opted out of the sender there
+    "linked",  # an objection on another address the tenant linked as the same person's (E6)
 ]
 # Complaints a provider or a mailbox provider reports: each counts in the complaint rate.
 REPORTED_COMPLAINT_SOURCES = frozenset({"complaint", "feedback_loop"})
@@ -238,6 +240,7 @@ async def record_consent(
     lifted = False
     if status == "opted_out":
         await suppress(session, tenant, who, "objection", "api", actor=actor, ip=ip, at=collected_at)
+        await _object_on_linked(session, tenant, who, actor=actor, ip=ip, at=collected_at)
     elif status == "opted_in" and collected_at is not None:
         # An opt-in given after an opt-out of the person's own lifts it; never a bounce or a complaint.
         lifted = await unsuppress(
@@ -245,6 +248,67 @@ async def record_consent(
             only_reasons=frozenset({"unsubscribed", "stop", "objection"}), given_after=collected_at,
         )  # fmt: skip
     return row, lifted
+
+
+def _linked_contact(link: ContactLink) -> Contact:
+    return Contact(link.channel, link.address, recipient_key(link.channel, link.address), link.address_hash)
+
+
+async def _object_on_linked(
+    session: AsyncSession,
+    tenant: Tenant,
+    who: Contact,
+    *,
+    actor: str | None,
+    ip: str | None,
+    at: datetime | None,
+) -> list[Contact]:
+    """E6: an objection to direct marketing is the person's, not one address's: it covers every
+    address the tenant linked with ``who``. Returns those it suppressed now."""
+    newly = []
+    for link in await ContactLinkStore(session, tenant.id).linked_with(who.channel, who.digest):
+        other = _linked_contact(link)
+        if await suppress(session, tenant, other, "objection", "linked", actor=actor, ip=ip, at=at):
+            newly.append(other)
+    return newly
+
+
+async def link_contact(
+    session: AsyncSession,
+    tenant: Tenant,
+    contact_id: str,
+    addresses: Sequence[Contact],
+    *,
+    actor: str | None,
+    ip: str | None,
+) -> list[Contact]:
+    """Make ``addresses`` (and only them) the addresses of the tenant's ``contact_id``. If the
+    person objected to direct marketing on any of them (its latest consent record is an opt-out),
+    the objection now covers the others too: returns those suppressed by it now."""
+    now = utcnow()
+    await ContactLinkStore(session, tenant.id).replace(
+        contact_id,
+        [
+            ContactLink(
+                tenant_id=tenant.id,
+                contact=contact_id,
+                channel=a.channel,
+                address_hash=a.digest,
+                address=a.address,
+                created_at=now,
+            )
+            for a in addresses
+        ],
+    )
+    audit.record(
+        session, tenant.id, "contact.linked", actor=actor, ip=ip, contact=contact_id, addresses=len(addresses)
+    )
+    consents = ConsentStore(session, tenant.id)
+    newly: list[Contact] = []
+    for who in addresses:
+        if await consents.latest_status(who.channel, who.digest) == "opted_out":
+            newly += await _object_on_linked(session, tenant, who, actor=actor, ip=ip, at=None)
+    return newly
 
 
 async def latest_consent(session: AsyncSession, tenant: Tenant, who: Contact) -> str | None:
@@ -269,6 +333,7 @@ async def erase(
         .execution_options(synchronize_session=False)
     )
     await ConsentStore(session, tenant.id).forget_addresses(who.channel, who.digest)
+    await ContactLinkStore(session, tenant.id).forget_address(who.channel, who.digest)
     # Raw provider callbacks (inbound replies, receipts) may quote the address, in the vendor's
     # own spelling: form-encoded (Twilio, Kannel) or national (Aliyun, Tencent).
     spellings = address_spellings(who.channel, who.address)

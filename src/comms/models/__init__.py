@@ -5,6 +5,7 @@ from comms.models.audit_event import AuditEvent
 from comms.models.base import Base
 from comms.models.batch import Batch
 from comms.models.consent import Consent
+from comms.models.contact_link import ContactLink
 from comms.models.event_webhook import DELIVERY_DUE_SQL, EventDelivery, EventWebhook
 from comms.models.idempotency_key import IdempotencyKey
 from comms.models.message import CLAIMABLE, CLAIMABLE_SQL, SENDING_SQL, Message
@@ -24,6 +25,7 @@ __all__ = [
     "Base",
     "Batch",
     "Consent",
+    "ContactLink",
     "EventDelivery",
     "EventWebhook",
     "IdempotencyKey",
