@@ -1,4 +1,4 @@
-"""The ``comms`` command: serve | worker | migrate | tenant | apikey | send."""
+"""The ``comms`` command: serve | worker | migrate | status | tenant | apikey | send."""
 
 from __future__ import annotations
 
@@ -159,6 +159,74 @@ def worker(
         uvloop.run(_run())
     except ImportError:  # pragma: no cover
         asyncio.run(_run())
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    top: Annotated[int, typer.Option(min=1, max=100, help="How many tenants with a backlog to list.")] = 10,
+) -> None:
+    """The queue across every tenant and worker: due now, due later, sending (per worker, with
+    expired leases), unknown, and the tenants with the most due messages."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from comms.dispatch.status import QueueStatus, queue_status
+    from comms.kit.clock import utcnow
+    from comms.kit.db import Database, sync_clock
+
+    settings = _settings()
+
+    async def _run() -> QueueStatus:
+        db = Database(settings.resolved_database_url)
+        try:
+            await sync_clock(db)  # lease times are the database server's
+            async with db.read() as session:
+                return await queue_status(session, utcnow(), top)
+        finally:
+            await db.dispose()
+
+    try:
+        found = asyncio.run(_run())
+    except Exception as exc:  # a database that is away or not migrated: say so, no traceback
+        typer.echo(
+            f"error: cannot read the queue: {type(exc).__name__}: {str(exc).splitlines()[0]}", err=True
+        )
+        raise typer.Exit(1) from None
+    data = found.as_dict()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console = Console()
+    age = data["oldest_due_seconds"]
+    console.print(f"queue at {data['now']}")
+    summary = Table(show_header=False)
+    for label, value in (
+        ("due now", f"{found.due:,}" + (f" (oldest waited {age:,.1f} s)" if age is not None else "")),
+        ("due later", f"{found.later:,}"),
+        (
+            "sending",
+            f"{found.sending:,}"
+            + (f" ({data['expired_leases']:,} with expired leases)" if data["expired_leases"] else ""),
+        ),
+        ("unknown", f"{found.unknown:,}"),
+    ):
+        summary.add_row(label, value)
+    console.print(summary)
+    if found.workers:
+        workers = Table(title="workers holding messages")
+        for column in ("worker", "messages", "expired", "lease until"):
+            workers.add_column(column)
+        for w in data["workers"]:
+            workers.add_row(w["worker"], f"{w['messages']:,}", f"{w['expired']:,}", w["lease_until"] or "")
+        console.print(workers)
+    if found.tenants:
+        tenants = Table(title="tenants with messages due")
+        for column in ("tenant", "name", "due"):
+            tenants.add_column(column)
+        for t in data["tenants"]:
+            tenants.add_row(t["id"], t["name"], f"{t['due']:,}")
+        console.print(tenants)
 
 
 @tenant_app.command("create")

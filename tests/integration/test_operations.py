@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -473,3 +477,62 @@ async def test_a_worker_answers_health_and_readiness_on_its_metrics_port(service
             await unreachable.dispose()
             await dispatcher.stop()
     assert dispatcher.stopped_tasks() == []  # a stopped dispatcher is not a crashed one
+
+
+async def test_comms_status_shows_the_queue_across_tenants_and_workers(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """`comms status`: due now and later, what each worker holds (expired leases counted), unknown
+    rows, and the tenants with the most due messages, from a real process on the same database."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from comms.dispatch.queue import claim_due
+    from comms.kit.clock import isoformat, utcnow
+
+    async def bulk(count: int, **extra: Any) -> None:
+        body = {
+            "channel": "sms",
+            "category": "transactional",
+            "content": "Parcel",
+            "recipients": [f"1380013{i:04d}" for i in range(count)],
+            **extra,
+        }
+        answer = await service.client.post("/communication/bulk", json=body, headers=tenant.headers())
+        assert answer.status_code == 202, answer.text
+
+    await bulk(5)
+    await bulk(2, send_at=isoformat(utcnow() + timedelta(hours=2)))
+    now = utcnow()
+    async with service.db.begin() as session:
+        held = await claim_due(session, "host-a:11:aaaa", 3, now, timedelta(seconds=60))
+        assert len(held) == 3
+        # one of them belonged to a worker that died long ago, and one answer never came twice
+        await session.execute(
+            update(Message).where(Message.id == held[0].id).values(lease_until=now - timedelta(minutes=5))
+        )
+        await session.execute(update(Message).where(Message.id == held[1].id).values(status="unknown"))
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "comms"), "status", "--json",
+        env={**os.environ, "COMMS_DATABASE_URL": service.settings.resolved_database_url,
+             "COMMS_DATA_DIR": str(service.settings.data_dir)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    status = json.loads(out)
+    assert (status["due"], status["later"], status["sending"], status["unknown"]) == (2, 2, 2, 1)
+    assert status["expired_leases"] == 1 and status["oldest_due_seconds"] >= 0
+    assert [(w["worker"], w["messages"], w["expired"]) for w in status["workers"]] == [
+        ("host-a:11:aaaa", 2, 1)
+    ]
+    assert status["tenants"] == [{"id": tenant.tenant_id, "name": "Acme", "due": 2}]
+    away = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "comms"), "status",
+        env={**os.environ, "COMMS_DATABASE_URL": "postgresql+asyncpg://nobody@127.0.0.1:1/none",
+             "COMMS_DATA_DIR": str(service.settings.data_dir)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(away.communicate(), timeout=60)
+    assert away.returncode == 1 and err.decode().startswith("error: cannot read the queue: ")
