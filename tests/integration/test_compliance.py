@@ -2846,13 +2846,14 @@ async def test_e6_an_objection_covers_every_channel_the_tenant_linked(
     )
     assert [(s["reason"], s["source"]) for s in listed.json()["items"]] == [("objection", "linked")]
 
-    # The other order: an objection recorded first, the link made later, covers the new address.
+    # The other order: an objection recorded first, the link made later, covers the new address
+    # (whose own opt-in is older than the objection: a later one would stand).
+    await opt_in(service, tenant, "sms", "13700137000")
     await service.client.post(
         "/communication/consents",
         json={"channel": "email", "address": "bob@example.com", "status": "opted_out"},
         headers=tenant.headers(),
     )
-    await opt_in(service, tenant, "sms", "13700137000")
     later = await service.client.put(
         "/communication/contacts/crm-43",
         json={"addresses": [{"channel": "email", "address": "bob@example.com"},
@@ -2866,7 +2867,7 @@ async def test_e6_an_objection_covers_every_channel_the_tenant_linked(
     shown = await service.client.get("/communication/contacts/crm-42", headers=tenant.headers())
     assert shown.status_code == 200 and len(shown.json()["data"]["addresses"]) == 2
     unlinked = await service.client.delete("/communication/contacts/crm-42", headers=tenant.headers())
-    assert unlinked.status_code == 200 and unlinked.json()["data"]["addresses"] == 2
+    assert unlinked.status_code == 200 and unlinked.json()["data"]["removed"] == 2
     assert (
         await service.client.get("/communication/contacts/crm-42", headers=tenant.headers())
     ).status_code == 404
@@ -2876,7 +2877,45 @@ async def test_e6_an_objection_covers_every_channel_the_tenant_linked(
     assert (await bulk(service, tenant, **marketing_email()))["items"][0]["status"] == "suppressed"
     audit = (await service.client.get("/communication/audit?page_size=100", headers=tenant.headers())).json()
     actions = {e["action"] for e in audit["items"]}
-    assert {"contact.linked", "contact.unlinked"} <= actions
+    assert {"contact.linked", "contact.unlinked", "objection.extended"} <= actions
+    assert "crm-42" not in str(audit)  # the tenant's id for the person is kept hashed
+
+
+async def test_e6_linking_again_never_revives_an_objection_the_person_lifted(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """An objection on A covers B; the person then opts in again on B (after the objection): B's
+    suppression is lifted, and the tenant's routine re-sync of the same link must not bring it
+    back, nor reach the addresses of another contact that shares A."""
+    a, b = {"channel": "sms", "address": "13800138000"}, {"channel": "email", "address": "ann@example.com"}
+    other = {"channel": "sms", "address": "13900139000"}
+
+    async def put(contact: str, *addresses: dict[str, str]) -> dict[str, Any]:
+        answer = await service.client.put(
+            f"/communication/contacts/{contact}",
+            json={"addresses": list(addresses)},
+            headers=tenant.headers(),
+        )
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["data"])
+
+    await opt_in(service, tenant, "email", "ann@example.com")
+    await opt_in(service, tenant, "sms", "13900139000")
+    await put("crm-1", a, b)
+    await service.client.delete("/communication/consents/sms/13800138000", headers=tenant.headers())
+    assert (await bulk(service, tenant, **marketing_email()))["items"][0]["status"] == "suppressed"
+    again = await service.client.post(
+        "/communication/consents",
+        json={"channel": "email", "address": "ann@example.com", "status": "opted_in", "basis": "opt_in",
+              "collected_at": isoformat(utcnow() + timedelta(seconds=2))},
+        headers=tenant.headers(),
+    )  # fmt: skip
+    assert again.json()["data"]["opt_out_lifted"] is True
+    assert (await put("crm-1", a, b))["suppressed"] == []  # the re-sync
+    assert (await bulk(service, tenant, **marketing_email()))["items"][0]["status"] == "queued"
+    # Another contact sharing A: linking it applies A's objection within that contact only.
+    assert (await put("crm-2", a, other))["suppressed"] == [{"channel": "sms", "address": "139****9000"}]
+    assert (await bulk(service, tenant, **marketing_email()))["items"][0]["status"] == "queued"
 
 
 async def test_e6_bad_links_are_refused_and_change_nothing(service: Service, tenant: TenantKeys) -> None:

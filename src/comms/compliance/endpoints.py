@@ -665,19 +665,12 @@ async def unlink_contact(request: Request, contact: ContactId, principal: Suppre
     """Unlink the person's addresses. Suppressions an objection made stay: an objection is lifted
     only by a later opt-in of the address's own."""
     async with app_state(request).db.begin() as session:
-        removed = await ContactLinkStore(session, principal.tenant_id).unlink(contact)
-        if removed:
-            audit.record(
-                session,
-                principal.tenant_id,
-                "contact.unlinked",
-                actor=principal.key_id,
-                ip=_ip(request),
-                contact=contact,
-            )
+        removed = await service.unlink_contact(
+            session, principal.tenant, contact, actor=principal.key_id, ip=_ip(request)
+        )
     if not removed:
         raise NotFound("no addresses are linked as this contact")
-    return reply(200, "unlinked", data={"contact": contact, "addresses": removed})
+    return reply(200, "unlinked", data={"contact": contact, "removed": removed})
 
 
 @router.post("/erasures", responses=ERROR_RESPONSES)

@@ -248,10 +248,10 @@ class ConsentStore:
             (Consent.created_at.desc(), Consent.id.desc()),
         )  # fmt: skip
 
-    async def latest_status(self, channel: str, digest: str) -> str | None:
-        """The status of the address's latest consent record, or None when it has none."""
+    async def latest(self, channel: str, digest: str) -> Consent | None:
+        """The address's latest consent record (its current state), or None when it has none."""
         return await self.session.scalar(
-            select(Consent.status)
+            select(Consent)
             .where(
                 Consent.tenant_id == self.tenant_id,
                 Consent.channel == channel,
@@ -275,12 +275,23 @@ class ConsentStore:
         )
 
 
+_LOCK_CONTACTS = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
 class ContactLinkStore:
     """The addresses a tenant links as one person's (``contact`` is the tenant's id for them)."""
 
     def __init__(self, session: AsyncSession, tenant_id: str) -> None:
         self.session = session
         self.tenant_id = tenant_id
+
+    async def lock(self) -> None:
+        """Until the transaction ends: links and objections of this tenant one at a time, so
+        an objection and a link made at the same instant never miss each other (PostgreSQL's
+        READ COMMITTED would let each see the other's state before it). SQLite writes one
+        transaction at a time already."""
+        if not is_sqlite(self.session):
+            await self.session.execute(_LOCK_CONTACTS, {"key": f"contacts:{self.tenant_id}"})
 
     async def addresses(self, contact: str) -> Sequence[ContactLink]:
         return (

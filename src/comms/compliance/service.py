@@ -265,11 +265,39 @@ async def _object_on_linked(
 ) -> list[Contact]:
     """E6: an objection to direct marketing is the person's, not one address's: it covers every
     address the tenant linked with ``who``. Returns those it suppressed now."""
-    newly = []
-    for link in await ContactLinkStore(session, tenant.id).linked_with(who.channel, who.digest):
-        other = _linked_contact(link)
-        if await suppress(session, tenant, other, "objection", "linked", actor=actor, ip=ip, at=at):
+    links = ContactLinkStore(session, tenant.id)
+    await links.lock()
+    others = [_linked_contact(link) for link in await links.linked_with(who.channel, who.digest)]
+    return await _extend_objection(session, tenant, who, others, actor=actor, ip=ip, at=at)
+
+
+async def _extend_objection(
+    session: AsyncSession,
+    tenant: Tenant,
+    objected: Contact,
+    others: Sequence[Contact],
+    *,
+    actor: str | None,
+    ip: str | None,
+    at: datetime | None,
+) -> list[Contact]:
+    """Suppress ``others`` for the objection recorded on ``objected`` at ``at`` (None: now), dated
+    as the objection, so a later opt-in of their own still lifts it; one whose own opt-in is later
+    than the objection keeps it."""
+    when = at or utcnow()
+    consents = ConsentStore(session, tenant.id)
+    newly: list[Contact] = []
+    for other in others:
+        own = await consents.latest(other.channel, other.digest)
+        if own is not None and own.status == "opted_in" and (own.collected_at or own.created_at) > when:
+            continue
+        if await suppress(session, tenant, other, "objection", "linked", actor=actor, ip=ip, at=when):
             newly.append(other)
+    if newly:
+        audit.record(
+            session, tenant.id, "objection.extended", actor=actor, ip=ip, channel=objected.channel,
+            address_hash=objected.digest, to=[f"{c.channel}:{c.digest}" for c in newly],
+        )  # fmt: skip
     return newly
 
 
@@ -283,10 +311,13 @@ async def link_contact(
     ip: str | None,
 ) -> list[Contact]:
     """Make ``addresses`` (and only them) the addresses of the tenant's ``contact_id``. If the
-    person objected to direct marketing on any of them (its latest consent record is an opt-out),
-    the objection now covers the others too: returns those suppressed by it now."""
+    person's current state on one of them is an objection (its latest consent record is an
+    opt-out), it now covers the others of this contact too, dated as it was made: returns those
+    suppressed by it now."""
+    links = ContactLinkStore(session, tenant.id)
+    await links.lock()
     now = utcnow()
-    await ContactLinkStore(session, tenant.id).replace(
+    await links.replace(
         contact_id,
         [
             ContactLink(
@@ -301,19 +332,41 @@ async def link_contact(
         ],
     )
     audit.record(
-        session, tenant.id, "contact.linked", actor=actor, ip=ip, contact=contact_id, addresses=len(addresses)
-    )
+        session, tenant.id, "contact.linked", actor=actor, ip=ip,
+        contact_hash=address_hash(tenant.hash_salt, "contact", contact_id),
+        addresses=[f"{a.channel}:{a.digest}" for a in addresses],
+    )  # fmt: skip
     consents = ConsentStore(session, tenant.id)
     newly: list[Contact] = []
     for who in addresses:
-        if await consents.latest_status(who.channel, who.digest) == "opted_out":
-            newly += await _object_on_linked(session, tenant, who, actor=actor, ip=ip, at=None)
+        own = await consents.latest(who.channel, who.digest)
+        if own is not None and own.status == "opted_out":
+            others = [a for a in addresses if a is not who and a not in newly]
+            newly += await _extend_objection(
+                session, tenant, who, others, actor=actor, ip=ip, at=own.collected_at or own.created_at
+            )
     return newly
+
+
+async def unlink_contact(
+    session: AsyncSession, tenant: Tenant, contact_id: str, *, actor: str | None, ip: str | None
+) -> int:
+    """Forget which addresses were ``contact_id``'s; how many. Suppressions stay."""
+    links = ContactLinkStore(session, tenant.id)
+    await links.lock()
+    removed = await links.unlink(contact_id)
+    if removed:
+        audit.record(
+            session, tenant.id, "contact.unlinked", actor=actor, ip=ip,
+            contact_hash=address_hash(tenant.hash_salt, "contact", contact_id),
+        )  # fmt: skip
+    return removed
 
 
 async def latest_consent(session: AsyncSession, tenant: Tenant, who: Contact) -> str | None:
     """The status (``opted_in`` / ``opted_out``) of the address's latest consent record, if any."""
-    return await ConsentStore(session, tenant.id).latest_status(who.channel, who.digest)
+    latest = await ConsentStore(session, tenant.id).latest(who.channel, who.digest)
+    return latest.status if latest is not None else None
 
 
 async def erase(
