@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from comms.messages.fairness import rank_of
 from comms.models import Message, ReceiptEvent, Suppression
-from tests.conftest import Service, TenantKeys, wait_until
+from tests.conftest import Service, TenantKeys, make_tenant, wait_until
 from tests.integration.conftest import add_account, signed
 from tests.webhook_sink import WebhookSink
 
@@ -493,3 +493,33 @@ async def test_an_early_receipt_through_the_account_a_retry_went_out_by_waits_fo
         )
     assert await live_service.app.state.dispatcher.retry_unmatched_receipts() == 1
     assert await status_of(live_service, log_id) == "delivered"
+
+
+async def test_another_tenants_account_cannot_touch_a_message_whatever_its_state(
+    live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
+) -> None:
+    """A message in flight or flagged for a re-send may be settled by a receipt through any of
+    its tenant's accounts of its channel (an earlier attempt may have gone there), never through
+    another tenant's: a signed receipt of a gateway of tenant B naming tenant A's log id changes
+    nothing."""
+    from sqlalchemy import update
+
+    log_id = await sent_message(live_service, live_tenant)
+    far = datetime(2999, 1, 1, tzinfo=UTC)
+    async with live_service.db.begin() as session:  # re-queued flagged: its attempt got no answer
+        await session.execute(
+            update(Message)
+            .where(Message.id == log_id)
+            .values(status="queued", possible_duplicate=True, due_at=far, queue_rank=rank_of(far))
+        )
+    intruder = await make_tenant(live_service.db, "Intruder")
+    theirs = await add_account(live_service, intruder, sink.url, secret=OTHER_SECRET, name="theirs")
+    event = {"event_id": "b1", "id": log_id, "status": "undelivered", "bounce": "hard"}
+    answer = await post_receipt(live_service, str(theirs["id"]), [event], secret=OTHER_SECRET)
+    assert answer.status_code == 200
+    assert await status_of(live_service, log_id) == "queued"
+    async with live_service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+    # The tenant's own account settles it, as before.
+    own = await post_receipt(live_service, account, [{**event, "event_id": "b2"}])
+    assert own.status_code == 200 and await status_of(live_service, log_id) == "undelivered"
