@@ -523,3 +523,44 @@ async def test_another_tenants_account_cannot_touch_a_message_whatever_its_state
     # The tenant's own account settles it, as before.
     own = await post_receipt(live_service, account, [{**event, "event_id": "b2"}])
     assert own.status_code == 200 and await status_of(live_service, log_id) == "undelivered"
+
+
+async def test_receipts_on_a_sibling_accounts_url_apply_when_the_vendor_account_is_the_same(
+    live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
+) -> None:
+    """Two comms accounts of one vendor account (here one gateway, one signing secret; two API
+    keys of one SendGrid account, one SNS topic, one Tencent SdkAppId) get their receipts on
+    whichever URL the vendor was given: a receipt arriving on the other account's URL applies
+    to the message, by our id or by the vendor's. An account of another vendor account still
+    cannot touch it."""
+    twin = await add_account(live_service, live_tenant, sink.url, name="twin", priority=9)  # same secret
+    stranger = await second_account(live_service, live_tenant, sink)  # a secret of its own
+    by_ours = await sent_message(live_service, live_tenant)  # through `account` (priority first)
+    by_theirs = await sent_message(live_service, live_tenant, to="13800138001")
+    async with live_service.db.read() as session:
+        carried = await session.get(Message, by_theirs)
+    assert carried is not None and carried.provider_account_id == account and carried.provider_message_id
+
+    refused = await post_receipt(
+        live_service,
+        stranger,
+        [{"event_id": "s1", "id": by_ours, "status": "delivered"}],
+        secret=OTHER_SECRET,
+    )
+    assert refused.status_code == 200 and await status_of(live_service, by_ours) == "sent"
+    answer = await post_receipt(
+        live_service,
+        str(twin["id"]),
+        [
+            {"event_id": "t1", "id": by_ours, "status": "delivered"},
+            {
+                "event_id": "t2",
+                "message_id": carried.provider_message_id,
+                "status": "undelivered",
+                "error": "absent",
+            },
+        ],
+    )
+    assert answer.status_code == 200
+    assert await status_of(live_service, by_ours) == "delivered"
+    assert await status_of(live_service, by_theirs) == "undelivered"

@@ -195,6 +195,14 @@ class Provider:
         """
         return False
 
+    def callback_scope(self) -> str | None:
+        """Where the vendor posts this account's callbacks, when that is set per vendor account
+        rather than per message: two comms accounts of a tenant with the same scope (two API keys
+        of one SendGrid account, one SNS topic, one Tencent SdkAppId) get each other's receipts
+        on either URL, and each is applied to the message whichever of them carried it. None:
+        the callback URL goes with each message (Twilio, Kannel), or there are no callbacks."""
+        return None
+
     async def prepare_callback(self, headers: Mapping[str, str], body: bytes) -> None:
         """Fetch what :meth:`verify_callback` needs and cannot fetch itself, being synchronous
         (e.g. the certificate an SNS message names). Awaited before it; must never raise."""

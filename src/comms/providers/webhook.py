@@ -165,6 +165,10 @@ class WebhookProvider(Provider):
             raise PermanentProviderError(f"HTTP {status}: {text[:200].decode(errors='replace')}")
         return _results(messages, text, status)
 
+    def callback_scope(self) -> str | None:
+        # One gateway (one signing secret) may post the receipts of several accounts to one URL.
+        return "webhook:" + hashlib.sha256(self.config.secret.encode()).hexdigest()
+
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         timestamp = headers.get("x-comms-timestamp", "")
         if (

@@ -54,20 +54,8 @@ async def _load(
         tenant = await session.get(Tenant, account.tenant_id) if account else None
     if account is None or tenant is None or account.provider != provider:
         return reply(404, "no such provider account")
-    cls = accounts.provider_class(account.provider, account.channel)
-    urls = accounts.callback_urls(state.settings.resolved_public_url, account.provider, account.id)
     try:
-        config = accounts.unseal(cls, account.config, state.secrets)
-        # Parsing and verifying need no connection pool; the context is only for sending.
-        instance = cls.from_config(
-            config,
-            ProviderContext(
-                http=None,
-                outbox_dir=state.settings.resolved_outbox_dir,
-                status_url=urls["status"],
-                inbound_url=urls["inbound"],
-            ),
-        )
+        instance = _instance(request, account)
     except Exception as exc:  # a configuration stored before a rule that now refuses it, a lost key
         log.warning(
             "callback for an account whose configuration cannot be used",
@@ -76,6 +64,23 @@ async def _load(
         # 503: the vendor tries again later, by when the tenant may have fixed the account.
         return reply(503, "this provider account's configuration cannot be used; the tenant must update it")
     return account, tenant, instance
+
+
+def _instance(request: Request, account: ProviderAccount) -> Provider:
+    """The account's provider, to verify and parse callbacks (no connection pool: the context
+    is only for sending). Raises when its stored config cannot be used."""
+    state = app_state(request)
+    cls = accounts.provider_class(account.provider, account.channel)
+    urls = accounts.callback_urls(state.settings.resolved_public_url, account.provider, account.id)
+    return cls.from_config(
+        accounts.unseal(cls, account.config, state.secrets),
+        ProviderContext(
+            http=None,
+            outbox_dir=state.settings.resolved_outbox_dir,
+            status_url=urls["status"],
+            inbound_url=urls["inbound"],
+        ),
+    )
 
 
 def _public_url(request: Request) -> str:
@@ -122,14 +127,19 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
     except (msgspec.DecodeError, ValueError, KeyError) as exc:
         return reply(400, f"unreadable receipt: {exc}")
     changes = EventBuffer()
+
+    def provider_of(row: ProviderAccount) -> Provider:
+        return instance if row.id == account.id else _instance(request, row)
+
     async with app_state(request).db.begin() as session:
+        sharing = await service.sharing_callbacks(session, account, provider_of)
         for event in events:
             event_id = await service.store_once(
                 session, account, "status", event.event_key, service.event_payload(event)
             )
             if event_id is None:
                 continue  # the same receipt again: already applied
-            outcome = await service.apply_receipt(session, tenant, account, event, changes)
+            outcome = await service.apply_receipt(session, tenant, account, event, changes, sharing)
             await service.mark(session, event_id, outcome)
         await changes.write(session, utcnow())
     return _answer(instance)

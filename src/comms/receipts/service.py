@@ -103,26 +103,58 @@ async def first_complaint_about(session: AsyncSession, tenant_id: str, log_id: s
     )
 
 
+async def sharing_callbacks(
+    session: AsyncSession, account: ProviderAccount, provider_of: Callable[[ProviderAccount], Provider]
+) -> frozenset[str]:
+    """The ids of the tenant's other accounts whose vendor posts their callbacks where it posts
+    ``account``'s (the same :meth:`Provider.callback_scope`): a receipt arriving on ``account``'s
+    URL may be for a message one of them carried. Accounts whose config cannot be read now are
+    left out."""
+    scope = provider_of(account).callback_scope()
+    if scope is None:
+        return frozenset()
+    others = (
+        await session.scalars(
+            select(ProviderAccount).where(
+                ProviderAccount.tenant_id == account.tenant_id,
+                ProviderAccount.provider == account.provider,
+                ProviderAccount.channel == account.channel,
+                ProviderAccount.id != account.id,
+            )
+        )
+    ).all()
+    sharing = set()
+    for other in others:
+        try:
+            if provider_of(other).callback_scope() == scope:
+                sharing.add(other.id)
+        except Exception:  # a config stored before a rule that now refuses it, a lost key
+            log.warning("provider account config unusable", extra={"account": other.id})
+    return frozenset(sharing)
+
+
 async def _find_message(
-    session: AsyncSession, account: ProviderAccount, event: DeliveryEvent
+    session: AsyncSession, account: ProviderAccount, event: DeliveryEvent, sharing: frozenset[str]
 ) -> Message | None:
     """By our log id where the vendor echoes it, else by the vendor's own id within the account
-    (and the recipient, where one vendor id covers several recipients). A message is only found
-    through the account that may have carried it (see :func:`_may_have_carried`)."""
+    and those ``sharing`` its callbacks (and the recipient, where one vendor id covers several
+    recipients). A message is only found through an account that may have carried it (see
+    :func:`_may_have_carried`)."""
     key = _recipient_key(event.recipient)
     if event.message_id is not None:
         found = await session.get(Message, event.message_id)
         if (
             found is not None
             and (key is None or found.recipient_key == key)
-            and _may_have_carried(account, found)
+            and _may_have_carried(account, found, sharing)
         ):
             return found
     if event.provider_message_id is None:
         return None
+    carriers = [account.id, *sorted(sharing)]
     for vendor_id in (event.provider_message_id, *event.other_provider_message_ids):
         query = select(Message).where(
-            Message.provider_account_id == account.id,
+            Message.provider_account_id.in_(carriers),
             Message.provider_message_id == vendor_id,
             text("provider_message_id IS NOT NULL"),
         )
@@ -147,16 +179,23 @@ async def _in_flight_elsewhere(session: AsyncSession, account: ProviderAccount, 
     )
 
 
-def _may_have_carried(account: ProviderAccount, message: Message) -> bool:
-    """Whether ``account`` may have carried ``message``: the account that recorded it, or, while
-    none has (a receipt faster than the send's own answer), any account of its channel; and any
-    for a possible duplicate, whose earlier attempt may have gone elsewhere. Without this, whoever
-    holds one account's callback secret (a gateway the tenant runs, a leaked token) could move the
-    status of every message of the tenant, or suppress its recipients through fake complaints."""
+def _may_have_carried(account: ProviderAccount, message: Message, sharing: frozenset[str]) -> bool:
+    """Whether ``account`` may have carried ``message``: the account that recorded it, or one
+    ``sharing`` its callbacks (the same vendor account: its receipts are as authentic for both);
+    or, while none has (a receipt faster than the send's own answer), any account of its channel;
+    and any for a possible duplicate, whose earlier attempt may have gone elsewhere. Without this,
+    whoever holds one account's callback secret (a gateway the tenant runs, a leaked token) could
+    move the status of every message of the tenant, or suppress its recipients through fake
+    complaints."""
     if message.channel != account.channel:
         return False
     not_recorded_yet = message.provider is None and message.provider_account_id is None
-    return not_recorded_yet or message.provider_account_id == account.id or message.possible_duplicate
+    return (
+        not_recorded_yet
+        or message.provider_account_id == account.id
+        or message.provider_account_id in sharing
+        or message.possible_duplicate
+    )
 
 
 def _recipient_key(recipient: str | None) -> str | None:
@@ -172,9 +211,12 @@ async def apply_receipt(
     account: ProviderAccount,
     event: DeliveryEvent,
     events: EventBuffer | None = None,
+    sharing: frozenset[str] = frozenset(),
 ) -> str:
-    """Apply one receipt; a status it changes goes into ``events`` for the tenant's webhook."""
-    message = await _find_message(session, account, event)
+    """Apply one receipt that arrived on ``account``'s URL (``sharing``: the accounts whose
+    callbacks arrive there too); a status it changes goes into ``events`` for the tenant's
+    webhook."""
+    message = await _find_message(session, account, event, sharing)
     if message is None and event.message_id is None and event.provider_message_id is not None:
         # Vendors that name only their own id can report before the dispatcher has recorded that
         # id (it records a whole claimed batch at once): kept, and applied again shortly.
@@ -294,6 +336,7 @@ async def retry_unmatched(
     waiting = list({row.id: row for row in (*oldest, *newest)}.values())
     applied = 0
     changes = EventBuffer()
+    sharing_of: dict[str, frozenset[str]] = {}
     for row in waiting:
         account = await session.get(ProviderAccount, row.account_id)
         tenant = await session.get(Tenant, row.tenant_id)
@@ -313,7 +356,10 @@ async def retry_unmatched(
         if event is None:
             row.outcome = "ignored: not in its payload"
             continue
-        row.outcome = (await apply_receipt(session, tenant, account, event, changes))[:200]
+        if account.id not in sharing_of:
+            sharing_of[account.id] = await sharing_callbacks(session, account, provider_for)
+        outcome = await apply_receipt(session, tenant, account, event, changes, sharing_of[account.id])
+        row.outcome = outcome[:200]
         applied += row.outcome != UNMATCHED
     await changes.write(session, now)
     return applied

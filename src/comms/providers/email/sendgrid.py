@@ -585,6 +585,11 @@ class SendGridProvider(Provider):
 
     # ---- Event Webhook ---------------------------------------------------------------------------
 
+    def callback_scope(self) -> str | None:
+        # One Event Webhook (one signing key) per SendGrid account or subuser, whatever API key sent.
+        key = self.config.webhook_public_key
+        return f"sendgrid:{''.join(key.split())}" if key else None
+
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         if self._key is None:
             return False

@@ -366,6 +366,11 @@ class SesProvider(Provider):
         except (sns.SnsError, ValueError) as exc:  # verify_callback then refuses the message
             log.warning("SNS signing certificate not fetched: %s", exc)
 
+    def callback_scope(self) -> str | None:
+        # Notifications come from one SNS topic, whichever identity or key sent.
+        topic = self.config.sns_topic_arn
+        return f"sns:{topic}" if topic else None
+
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         try:
             message = sns.parse(body)

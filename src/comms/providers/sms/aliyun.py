@@ -549,6 +549,10 @@ class AliyunProvider(Provider):
 
     # ---- callbacks ------------------------------------------------------------------------------
 
+    def callback_scope(self) -> str | None:
+        # Receipt pushes are configured per Aliyun account; one AccessKey is one account's.
+        return f"aliyun:{self.config.access_key_id}"
+
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         """Aliyun signs nothing it pushes: the registered URL carries ``?token=<callback_token>``."""
         expected = self.config.callback_token

@@ -339,6 +339,10 @@ class TencentProvider(Provider):
 
     # ---- callbacks -----------------------------------------------------------------------------
 
+    def callback_scope(self) -> str | None:
+        # Status reports are configured per SMS application (SdkAppId) in Tencent's console.
+        return f"tencent:{self.config.sdk_app_id}"
+
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         tokens = parse_qs(urlsplit(url).query).get("token", [])
         if len(tokens) != 1:
