@@ -564,3 +564,38 @@ async def test_receipts_on_a_sibling_accounts_url_apply_when_the_vendor_account_
     assert answer.status_code == 200
     assert await status_of(live_service, by_ours) == "delivered"
     assert await status_of(live_service, by_theirs) == "undelivered"
+
+
+async def test_an_account_whose_config_cannot_be_read_does_not_stall_the_receipt_sweep(
+    live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
+) -> None:
+    """The sweep of waiting receipts compares accounts' callback scopes, which reads their configs.
+    One that cannot be read now (a key lost, a rule that refuses what was stored) shares nothing,
+    and the sweep still applies the receipts of the others."""
+    from sqlalchemy import update
+
+    from comms.models import ProviderAccount
+    from comms.providers.base import DeliveryEvent
+    from comms.receipts.service import event_payload, record_once, retry_unmatched
+
+    broken = await second_account(live_service, live_tenant, sink)
+    log_id = await sent_message(live_service, live_tenant)
+    dispatcher = live_service.app.state.dispatcher
+    async with live_service.db.begin() as session:
+        row = await session.get(Message, log_id)
+        assert row is not None and row.provider_message_id is not None
+        theirs = DeliveryEvent("b1", None, "gw-never-sent", "delivered")
+        await record_once(
+            session, live_tenant.tenant_id, broken, "webhook", "status", "b1", event_payload(theirs)
+        )
+        ours = DeliveryEvent("o1", None, row.provider_message_id, "delivered")
+        await record_once(
+            session, live_tenant.tenant_id, account, "webhook", "status", "o1", event_payload(ours)
+        )
+        await session.execute(update(ReceiptEvent).values(outcome="unmatched"))
+        await session.execute(
+            update(ProviderAccount).where(ProviderAccount.id == broken).values(config={"url": "not a url"})
+        )
+    async with live_service.db.begin() as session:
+        assert await retry_unmatched(session, dispatcher.router.provider_for) == 1
+    assert await status_of(live_service, log_id) == "delivered"

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -166,8 +167,11 @@ class WebhookProvider(Provider):
         return _results(messages, text, status)
 
     def callback_scope(self) -> str | None:
-        # One gateway (one signing secret) may post the receipts of several accounts to one URL.
-        return "webhook:" + hashlib.sha256(self.config.secret.encode()).hexdigest()
+        # One gateway (one signing secret, one origin) may post the receipts of several accounts
+        # to one URL; two gateways that happen to share a secret are not one.
+        parts = urlsplit(str(self.config.url))
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        return f"webhook:{origin}:" + hashlib.sha256(self.config.secret.encode()).hexdigest()
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         timestamp = headers.get("x-comms-timestamp", "")

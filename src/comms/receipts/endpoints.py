@@ -132,7 +132,7 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
         return instance if row.id == account.id else _instance(request, row)
 
     async with app_state(request).db.begin() as session:
-        sharing = await service.sharing_callbacks(session, account, provider_of)
+        sharing = service.Sharing(session, account, provider_of)
         for event in events:
             event_id = await service.store_once(
                 session, account, "status", event.event_key, service.event_payload(event)

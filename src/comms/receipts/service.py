@@ -103,66 +103,99 @@ async def first_complaint_about(session: AsyncSession, tenant_id: str, log_id: s
     )
 
 
-async def sharing_callbacks(
-    session: AsyncSession, account: ProviderAccount, provider_of: Callable[[ProviderAccount], Provider]
-) -> frozenset[str]:
-    """The ids of the tenant's other accounts whose vendor posts their callbacks where it posts
+class Sharing:
+    """The tenant's other accounts whose vendor posts their callbacks where it posts
     ``account``'s (the same :meth:`Provider.callback_scope`): a receipt arriving on ``account``'s
-    URL may be for a message one of them carried. Accounts whose config cannot be read now are
-    left out."""
-    scope = provider_of(account).callback_scope()
-    if scope is None:
-        return frozenset()
-    others = (
-        await session.scalars(
-            select(ProviderAccount).where(
-                ProviderAccount.tenant_id == account.tenant_id,
-                ProviderAccount.provider == account.provider,
-                ProviderAccount.channel == account.channel,
-                ProviderAccount.id != account.id,
-            )
-        )
-    ).all()
-    sharing = set()
-    for other in others:
+    URL may be for a message one of them carried. Looked up once, and only when a receipt is not
+    the account's own (their configs are decrypted to compare). An account whose config cannot be
+    read now shares nothing."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        account: ProviderAccount,
+        provider_of: Callable[[ProviderAccount], Provider],
+    ) -> None:
+        self.session = session
+        self.account = account
+        self.provider_of = provider_of
+        self._ids: frozenset[str] | None = None
+
+    async def ids(self) -> frozenset[str]:
+        if self._ids is None:
+            self._ids = await self._look_up()
+        return self._ids
+
+    def _scope(self, row: ProviderAccount) -> str | None:
         try:
-            if provider_of(other).callback_scope() == scope:
-                sharing.add(other.id)
+            return self.provider_of(row).callback_scope()
         except Exception:  # a config stored before a rule that now refuses it, a lost key
-            log.warning("provider account config unusable", extra={"account": other.id})
-    return frozenset(sharing)
+            log.warning("provider account config unusable", extra={"account": row.id})
+            return None
+
+    async def _look_up(self) -> frozenset[str]:
+        scope = self._scope(self.account)
+        if scope is None:
+            return frozenset()
+        others = (
+            await self.session.scalars(
+                select(ProviderAccount).where(
+                    ProviderAccount.tenant_id == self.account.tenant_id,
+                    ProviderAccount.provider == self.account.provider,
+                    ProviderAccount.channel == self.account.channel,
+                    ProviderAccount.id != self.account.id,
+                )
+            )
+        ).all()
+        return frozenset(other.id for other in others if self._scope(other) == scope)
 
 
 async def _find_message(
-    session: AsyncSession, account: ProviderAccount, event: DeliveryEvent, sharing: frozenset[str]
+    session: AsyncSession, account: ProviderAccount, event: DeliveryEvent, sharing: Sharing | None
 ) -> Message | None:
-    """By our log id where the vendor echoes it, else by the vendor's own id within the account
-    and those ``sharing`` its callbacks (and the recipient, where one vendor id covers several
-    recipients). A message is only found through an account that may have carried it (see
-    :func:`_may_have_carried`)."""
+    """By our log id where the vendor echoes it, else by the vendor's own id within the account,
+    then within those ``sharing`` its callbacks (where exactly one of them has it), and the
+    recipient, where one vendor id covers several recipients. A message is only found through an
+    account that may have carried it (see :func:`_may_have_carried`)."""
     key = _recipient_key(event.recipient)
     if event.message_id is not None:
         found = await session.get(Message, event.message_id)
-        if (
-            found is not None
-            and (key is None or found.recipient_key == key)
-            and _may_have_carried(account, found, sharing)
-        ):
-            return found
+        if found is not None and (key is None or found.recipient_key == key):
+            if _may_have_carried(account, found, frozenset()):
+                return found
+            if (
+                sharing is not None
+                and found.provider_account_id is not None
+                and _may_have_carried(account, found, await sharing.ids())
+            ):
+                return found
     if event.provider_message_id is None:
         return None
-    carriers = [account.id, *sorted(sharing)]
-    for vendor_id in (event.provider_message_id, *event.other_provider_message_ids):
+    vendor_ids = (event.provider_message_id, *event.other_provider_message_ids)
+    found = await _by_vendor_id(session, [account.id], vendor_ids, key, unique=False)
+    if found is None and sharing is not None and (siblings := await sharing.ids()):
+        found = await _by_vendor_id(session, sorted(siblings), vendor_ids, key, unique=True)
+    return found
+
+
+async def _by_vendor_id(
+    session: AsyncSession, accounts: list[str], vendor_ids: tuple[str, ...], key: str | None, unique: bool
+) -> Message | None:
+    """A message of these accounts with one of these vendor ids. ``unique``: None when two have
+    it (ids of two accounts that happen to collide: settling either would be a guess)."""
+    for vendor_id in vendor_ids:
         query = select(Message).where(
-            Message.provider_account_id.in_(carriers),
+            Message.provider_account_id.in_(accounts),
             Message.provider_message_id == vendor_id,
             text("provider_message_id IS NOT NULL"),
         )
         if key is not None:
             query = query.where(Message.recipient_key == key)
-        found = (await session.scalars(query.limit(1))).first()
-        if found is not None:
-            return found
+        found = (await session.scalars(query.limit(2 if unique else 1))).all()
+        if len(found) == 1:
+            return found[0]
+        if found:
+            return None
     return None
 
 
@@ -211,7 +244,7 @@ async def apply_receipt(
     account: ProviderAccount,
     event: DeliveryEvent,
     events: EventBuffer | None = None,
-    sharing: frozenset[str] = frozenset(),
+    sharing: Sharing | None = None,
 ) -> str:
     """Apply one receipt that arrived on ``account``'s URL (``sharing``: the accounts whose
     callbacks arrive there too); a status it changes goes into ``events`` for the tenant's
@@ -336,7 +369,7 @@ async def retry_unmatched(
     waiting = list({row.id: row for row in (*oldest, *newest)}.values())
     applied = 0
     changes = EventBuffer()
-    sharing_of: dict[str, frozenset[str]] = {}
+    sharing_of: dict[str, Sharing] = {}
     for row in waiting:
         account = await session.get(ProviderAccount, row.account_id)
         tenant = await session.get(Tenant, row.tenant_id)
@@ -356,9 +389,8 @@ async def retry_unmatched(
         if event is None:
             row.outcome = "ignored: not in its payload"
             continue
-        if account.id not in sharing_of:
-            sharing_of[account.id] = await sharing_callbacks(session, account, provider_for)
-        outcome = await apply_receipt(session, tenant, account, event, changes, sharing_of[account.id])
+        sharing = sharing_of.setdefault(account.id, Sharing(session, account, provider_for))
+        outcome = await apply_receipt(session, tenant, account, event, changes, sharing)
         row.outcome = outcome[:200]
         applied += row.outcome != UNMATCHED
     await changes.write(session, now)

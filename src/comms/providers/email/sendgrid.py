@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -586,9 +587,14 @@ class SendGridProvider(Provider):
     # ---- Event Webhook ---------------------------------------------------------------------------
 
     def callback_scope(self) -> str | None:
-        # One Event Webhook (one signing key) per SendGrid account or subuser, whatever API key sent.
-        key = self.config.webhook_public_key
-        return f"sendgrid:{''.join(key.split())}" if key else None
+        # One Event Webhook (one signing key) per SendGrid account or subuser, whatever API key
+        # sent; the key as loaded, so PEM and base64 DER spellings of it agree.
+        if self._key is None:
+            return None
+        der = self._key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return "sendgrid:" + hashlib.sha256(der).hexdigest()
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         if self._key is None:

@@ -550,8 +550,11 @@ class AliyunProvider(Provider):
     # ---- callbacks ------------------------------------------------------------------------------
 
     def callback_scope(self) -> str | None:
-        # Receipt pushes are configured per Aliyun account; one AccessKey is one account's.
-        return f"aliyun:{self.config.access_key_id}"
+        # Receipt pushes are configured per Aliyun account (one AccessKey is one account's), and
+        # Aliyun signs none: only the URL's token proves a push, so two comms accounts share their
+        # receipts only when the tenant gave both the same callback_token as well.
+        token = hashlib.sha256((self.config.callback_token or "").encode()).hexdigest()
+        return f"aliyun:{self.config.access_key_id}:{token}" if self.config.callback_token else None
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         """Aliyun signs nothing it pushes: the registered URL carries ``?token=<callback_token>``."""

@@ -340,8 +340,11 @@ class TencentProvider(Provider):
     # ---- callbacks -----------------------------------------------------------------------------
 
     def callback_scope(self) -> str | None:
-        # Status reports are configured per SMS application (SdkAppId) in Tencent's console.
-        return f"tencent:{self.config.sdk_app_id}"
+        # Status reports are configured per SMS application (SdkAppId) in Tencent's console, and
+        # Tencent signs none: only the URL's token proves one, so two comms accounts share their
+        # receipts only when the tenant gave both the same callback_token as well.
+        token = hashlib.sha256(self.config.callback_token.encode()).hexdigest()
+        return f"tencent:{self.config.sdk_app_id}:{token}"
 
     def verify_callback(self, headers: Mapping[str, str], body: bytes, url: str) -> bool:
         tokens = parse_qs(urlsplit(url).query).get("token", [])
