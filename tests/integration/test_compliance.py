@@ -2962,3 +2962,21 @@ async def test_e6_erasure_drops_the_address_from_its_contact(service: Service, t
     assert erased.status_code == 200, erased.text
     shown = (await service.client.get("/communication/contacts/crm-7", headers=tenant.headers())).json()
     assert shown["data"]["addresses"] == [{"channel": "sms", "address": "138****8000"}]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_s4_two_opt_ins_of_one_number_at_once_send_one_confirmation(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A form submitted twice (or a CRM and a form at the same instant): the number is new to
+    both requests only if they do not see each other; they are serialized, so one is confirmed."""
+    body = {"channel": "sms", "address": "13800138000", "status": "opted_in", "basis": "opt_in",
+            "collected_at": isoformat(utcnow())}  # fmt: skip
+    answers = await asyncio.gather(
+        *(
+            service.client.post("/communication/consents", json=body, headers=tenant.headers())
+            for _ in range(4)
+        )
+    )
+    assert [a.status_code for a in answers] == [201] * 4
+    assert sum(a.json()["data"]["confirmation_id"] is not None for a in answers) == 1

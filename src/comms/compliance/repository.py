@@ -286,10 +286,11 @@ class ContactLinkStore:
         self.tenant_id = tenant_id
 
     async def lock(self) -> None:
-        """Until the transaction ends: links and objections of this tenant one at a time, so
-        an objection and a link made at the same instant never miss each other (PostgreSQL's
-        READ COMMITTED would let each see the other's state before it). SQLite writes one
-        transaction at a time already."""
+        """Until the transaction ends: links and consent records of this tenant one at a time,
+        so an objection and a link made at the same instant never miss each other, and two
+        opt-ins of one number at the same instant never both find it new (two confirmations)
+        (PostgreSQL's READ COMMITTED would let each see the other's state before it). SQLite
+        writes one transaction at a time already."""
         if not is_sqlite(self.session):
             await self.session.execute(_LOCK_CONTACTS, {"key": f"contacts:{self.tenant_id}"})
 

@@ -363,6 +363,12 @@ async def unlink_contact(
     return removed
 
 
+async def serialize_consents(session: AsyncSession, tenant: Tenant) -> None:
+    """Until the transaction ends, the tenant's consent records and contact links change one
+    transaction at a time (ContactLinkStore.lock): what one reads, the next sees."""
+    await ContactLinkStore(session, tenant.id).lock()
+
+
 async def latest_consent(session: AsyncSession, tenant: Tenant, who: Contact) -> str | None:
     """The status (``opted_in`` / ``opted_out``) of the address's latest consent record, if any."""
     latest = await ConsentStore(session, tenant.id).latest(who.channel, who.digest)
