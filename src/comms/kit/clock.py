@@ -15,15 +15,16 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-# (the reference clock's reading, time.monotonic() at the moment it was read), once followed.
-_anchor: tuple[datetime, float] | None = None
+# (time.monotonic() when the reference clock was read, its reading in seconds since the epoch),
+# once followed. Floats: the clock is read for every vendor request and every id.
+_anchor: tuple[float, float] | None = None
 
 
 def _service_now() -> datetime:
     anchor = _anchor
     if anchor is None:
         return datetime.now(UTC)
-    return anchor[0] + timedelta(seconds=time.monotonic() - anchor[1])
+    return datetime.fromtimestamp(anchor[1] + (time.monotonic() - anchor[0]), UTC)
 
 
 _now: Callable[[], datetime] = _service_now
@@ -37,8 +38,11 @@ def service_now() -> datetime:
 
 def unix_time() -> float:
     """:func:`service_now` in seconds since the epoch (what ``time.time()`` gives on a machine
-    whose clock is right)."""
-    return _service_now().timestamp()
+    whose clock is right). Plain arithmetic on floats: it signs every vendor request."""
+    anchor = _anchor
+    if anchor is None:
+        return time.time()
+    return anchor[1] + (time.monotonic() - anchor[0])
 
 
 def utcnow() -> datetime:
@@ -58,7 +62,7 @@ def follow(reference: datetime, read_at: float) -> float:
     global _anchor
     if reference.tzinfo is None:
         raise ValueError("the reference time must be timezone-aware")
-    _anchor = (reference.astimezone(UTC), read_at)
+    _anchor = (read_at, reference.timestamp())
     return offset()
 
 
@@ -78,8 +82,7 @@ def offset() -> float:
     anchor = _anchor
     if anchor is None:
         return 0.0
-    machine, mono = datetime.now(UTC), time.monotonic()
-    return (machine - (anchor[0] + timedelta(seconds=mono - anchor[1]))).total_seconds()
+    return time.time() - unix_time()
 
 
 def isoformat(value: datetime | None) -> str | None:
