@@ -2980,3 +2980,29 @@ async def test_s4_two_opt_ins_of_one_number_at_once_send_one_confirmation(
     )
     assert [a.status_code for a in answers] == [201] * 4
     assert sum(a.json()["data"]["confirmation_id"] is not None for a in answers) == 1
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_e6_an_objection_and_a_link_at_the_same_instant_both_succeed(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """An objection on A while the tenant links A with B, on which the person objected before:
+    both write A's suppression. They take the tenant's consent lock in one order (it deadlocked,
+    a 500, when the objection took it only after writing)."""
+    for i in range(6):
+        a, b = f"1380013{i:04d}", f"b{i}@example.com"
+        await service.client.post(
+            "/communication/consents",
+            json={"channel": "email", "address": b, "status": "opted_out"},
+            headers=tenant.headers(),
+        )
+        withdrawn, linked = await asyncio.gather(
+            service.client.delete(f"/communication/consents/sms/{a}", headers=tenant.headers()),
+            service.client.put(
+                f"/communication/contacts/p{i}",
+                json={"addresses": [{"channel": "sms", "address": a}, {"channel": "email", "address": b}]},
+                headers=tenant.headers(),
+            ),
+        )
+        assert (withdrawn.status_code, linked.status_code) == (200, 200), (withdrawn.text, linked.text)
+        assert (await bulk(service, tenant, **marketing_sms(a)))["items"][0]["status"] == "suppressed"

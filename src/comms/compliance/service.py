@@ -215,6 +215,10 @@ async def record_consent(
     An opt-in lifts an earlier opt-out of the person's own only when ``collected_at`` says it was
     given after it (a re-sync of old records must not undo an unsubscribe). Returns the record and
     whether an opt-out was lifted."""
+    # The tenant's consent lock before any write: objections and links take it too, and taking it
+    # after this consent's suppression row (as the objection's spread once did) could deadlock
+    # against a link holding the lock and writing that row.
+    await serialize_consents(session, tenant)
     row = Consent(
         id=new_id("cns"),
         tenant_id=tenant.id,

@@ -1,7 +1,7 @@
 """The queue across every tenant and worker, as an operator sees it: ``comms status``.
 
-Every count goes through an index the dispatcher itself uses (the claim, lease and unknown partial
-indexes), so it stays cheap on a table of millions of finished rows.
+Every count goes through a partial index the dispatcher itself uses (claim, lease, unknown), so it
+stays cheap on a table of millions of finished rows.
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, select, text
+from sqlalchemy import Integer, String, column, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.selectable import TextualSelect
 
-from comms.dispatch.queue import due_stats
 from comms.kit.clock import isoformat
-from comms.models import CLAIMABLE_SQL, SENDING_SQL, Message, Tenant
-
-_UNKNOWN_SQL = text("status = 'unknown'")  # as the partial index ix_messages_unknown is written
+from comms.kit.db import UTCDateTime, is_sqlite, raw_datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,46 +64,66 @@ class QueueStatus:
         }
 
 
+def _from(sqlite: bool, index: str) -> str:
+    """SQLite's planner has no statistics (nothing runs ANALYZE) and, left alone, counted these by
+    walking an index of every row (0.4 s at 300k rows instead of 2 ms): there the partial index
+    is named. PostgreSQL picks it itself."""
+    return f"messages INDEXED BY {index}" if sqlite else "messages"
+
+
+def statements(sqlite: bool) -> dict[str, TextualSelect]:
+    """The four reads, as SQL (SQLAlchemy's SQLite dialect has no table hints). The status
+    conditions are written as the partial indexes' own (models/message.py)."""
+    claimable = "status IN ('queued', 'scheduled', 'deferred')"
+    return {
+        # One statement, so "due" and "later" are counted from one snapshot.
+        "claimable": text(
+            "SELECT count(*) FILTER (WHERE due_at <= :now) AS due,"
+            " min(due_at) FILTER (WHERE due_at <= :now) AS oldest, count(*) AS claimable"
+            f" FROM {_from(sqlite, 'ix_messages_claim')} WHERE {claimable}"
+        ).columns(column("due", Integer), column("oldest", UTCDateTime), column("claimable", Integer)),
+        "unknown": text(
+            f"SELECT count(*) AS n FROM {_from(sqlite, 'ix_messages_unknown')} WHERE status = 'unknown'"
+        ).columns(column("n", Integer)),
+        "held": text(
+            "SELECT lease_owner, count(*) AS n,"
+            " sum(CASE WHEN lease_until < :now THEN 1 ELSE 0 END) AS expired, max(lease_until) AS until"
+            f" FROM {_from(sqlite, 'ix_messages_lease')} WHERE status = 'sending'"
+            " GROUP BY lease_owner ORDER BY count(*) DESC, lease_owner"
+        ).columns(
+            column("lease_owner", String),
+            column("n", Integer),
+            column("expired", Integer),
+            column("until", UTCDateTime),
+        ),
+        "tenants": text(
+            "SELECT b.tenant_id, t.name, b.due FROM (SELECT tenant_id, count(*) AS due"
+            f" FROM {_from(sqlite, 'ix_messages_claim')} WHERE {claimable} AND due_at <= :now"
+            " GROUP BY tenant_id ORDER BY count(*) DESC, tenant_id LIMIT :top) AS b"
+            " JOIN tenants AS t ON t.id = b.tenant_id ORDER BY b.due DESC, b.tenant_id"
+        ).columns(column("tenant_id", String), column("name", String), column("due", Integer)),
+    }
+
+
+_STATEMENTS = {True: statements(True), False: statements(False)}
+
+
 async def queue_status(session: AsyncSession, now: datetime, top: int = 10) -> QueueStatus:
-    due, oldest = await due_stats(session, now)
-    claimable = int(await session.scalar(select(func.count()).select_from(Message).where(CLAIMABLE_SQL)) or 0)
-    unknown = int(await session.scalar(select(func.count()).select_from(Message).where(_UNKNOWN_SQL)) or 0)
-    held = (
-        await session.execute(
-            select(
-                Message.lease_owner,
-                func.count(),
-                func.sum(case((Message.lease_until < now, 1), else_=0)),
-                func.max(Message.lease_until),
-            )
-            .where(SENDING_SQL)
-            .group_by(Message.lease_owner)
-            .order_by(func.count().desc(), Message.lease_owner)
-        )
-    ).all()
+    sqlite = is_sqlite(session)
+    sql = _STATEMENTS[sqlite]
+    at = {"now": raw_datetime(now, sqlite)}
+    due, oldest, claimable = (await session.execute(sql["claimable"], at)).one()
+    unknown = int((await session.execute(sql["unknown"])).scalar_one() or 0)
+    held = (await session.execute(sql["held"], at)).all()
     workers = [
         WorkerHold(str(owner or "?"), int(n), int(expired or 0), until) for owner, n, expired, until in held
     ]
-    backlog = (
-        select(Message.tenant_id, func.count().label("due"))
-        .where(CLAIMABLE_SQL, Message.due_at <= now)
-        .group_by(Message.tenant_id)
-        .order_by(func.count().desc(), Message.tenant_id)
-        .limit(top)
-        .subquery()
-    )
-    tenants = (
-        await session.execute(
-            select(backlog.c.tenant_id, Tenant.name, backlog.c.due)
-            .join(Tenant, Tenant.id == backlog.c.tenant_id)
-            .order_by(backlog.c.due.desc(), backlog.c.tenant_id)
-        )
-    ).all()
+    tenants = (await session.execute(sql["tenants"], {**at, "top": top})).all()
     return QueueStatus(
         now=now,
-        due=due,
+        due=int(due or 0),
         oldest_due=oldest,
-        later=claimable - due,
+        later=int(claimable or 0) - int(due or 0),
         sending=sum(w.messages for w in workers),
         unknown=unknown,
         workers=workers,
@@ -113,4 +131,4 @@ async def queue_status(session: AsyncSession, now: datetime, top: int = 10) -> Q
     )
 
 
-__all__ = ["QueueStatus", "WorkerHold", "queue_status"]
+__all__ = ["QueueStatus", "WorkerHold", "queue_status", "statements"]

@@ -268,6 +268,7 @@ _SERVER_TIME = text("SELECT clock_timestamp()")
 CLOCK_READINGS = 3  # the one with the shortest round trip is kept: its midpoint is the closest
 CLOCK_RESYNC_SECONDS = 60.0
 CLOCK_WARN_SECONDS = 1.0
+CLOCK_START_TIMEOUT = 5.0
 _clock_log = logging.getLogger("comms.clock")
 _warned_offset: list[float] = []  # the offset last warned about, so a steady one is told once
 
@@ -304,7 +305,9 @@ async def try_sync_clock(db: Database) -> bool:
     """:func:`sync_clock` at a process's start: a database that is away is logged, not raised
     (:func:`run_maintenance` tries again, and the reaper takes no lease back until it succeeds)."""
     try:
-        await sync_clock(db)
+        # Bounded: a database host that drops packets must not hold a process's start for the
+        # driver's connect timeout (a minute).
+        await asyncio.wait_for(sync_clock(db), timeout=CLOCK_START_TIMEOUT)
     except Exception:
         _clock_log.warning("could not read the database server's clock", exc_info=True)
         return False
