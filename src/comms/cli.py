@@ -175,7 +175,7 @@ def status(
     from comms.kit.clock import utcnow
     from comms.kit.db import Database, sync_clock
 
-    settings = _settings()
+    settings = Settings()  # reads only: no data folder is made
 
     async def _run() -> QueueStatus:
         db = Database(settings.resolved_database_url)
