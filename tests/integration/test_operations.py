@@ -216,6 +216,9 @@ async def proxied_service(postgres_database: str, tmp_path: Any) -> AsyncIterato
         public_url="https://comms.test",
         poll_interval_seconds=0.2,
         retry_base_seconds=0.05,
+        # A claim whose answer the cut lost (committed by the server, never seen by the worker)
+        # is recovered by the reaper once its lease expires: 2 s here, not the default minute.
+        lease_seconds=2.0,
     )
     async for service in _service(settings, dispatcher=True):
         yield service, proxy
