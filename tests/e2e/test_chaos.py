@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from comms.models import CLAIMABLE, Message
 from tests.conftest import make_tenant
-from tests.e2e.workers import api, api_settings, held_by, status_counts, workers_in
+from tests.e2e.workers import add_sink_account, api, api_settings, held_by, status_counts, workers_in
 from tests.webhook_sink import WebhookSink
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -56,17 +56,7 @@ async def test_sigkilled_workers_lose_nothing_and_flag_every_duplicate(
     try:
         async with api(settings) as (client, db):
             tenant = await make_tenant(db, "Chaos")
-            answer = await client.post(
-                "/communication/providers",
-                json={
-                    "channel": "sms",
-                    "provider": "webhook",
-                    "name": "sink",
-                    "config": {"url": sink.url, "secret": SINK_SECRET},
-                },
-                headers=tenant.headers(),
-            )
-            assert answer.status_code == 201, answer.text
+            await add_sink_account(client, tenant, sink)
 
             for _ in range(WORKERS):
                 workers.start()

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from comms.models import Message
 from tests.conftest import REQUIRE_SERVICES, make_tenant, wait_until
-from tests.e2e.workers import api, api_settings, held_by, status_counts, workers_in
+from tests.e2e.workers import add_sink_account, api, api_settings, held_by, status_counts, workers_in
 from tests.webhook_sink import WebhookSink
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -67,18 +67,8 @@ async def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease_and_signs_on_
     try:
         async with api(settings) as (client, db):
             tenant = await make_tenant(db, "Skew")
-            answer = await client.post(
-                "/communication/providers",
-                json={
-                    "channel": "sms",
-                    "provider": "webhook",
-                    "name": "sink",
-                    # A's request is held while B starts (seconds on a busy machine): no timeout
-                    "config": {"url": sink.url, "secret": SINK_SECRET, "timeout_seconds": 120},
-                },
-                headers=tenant.headers(),
-            )
-            assert answer.status_code == 201, answer.text
+            # A's request is held while B starts (seconds on a busy machine): no timeout
+            await add_sink_account(client, tenant, sink, timeout_seconds=120)
 
             async def bulk(count: int, first: int) -> None:
                 answer = await client.post(

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -24,7 +24,8 @@ from comms.config import Settings
 from comms.kit.db import Database
 from comms.migrations.runner import upgrade
 from comms.models import Message
-from tests.conftest import _admin, need_postgres
+from tests.conftest import TenantKeys, _admin, need_postgres
+from tests.webhook_sink import WebhookSink
 
 SECRET_KEY = "e2e-secret-key-shared-by-app-and-workers"
 
@@ -40,6 +41,23 @@ def api_settings(database_url: str, tmp_path: Path) -> Settings:
         public_url="https://comms.test",
         express_lane=False,
     )
+
+
+async def add_sink_account(
+    client: httpx.AsyncClient, tenant: TenantKeys, sink: WebhookSink, **config: Any
+) -> None:
+    """The tenant's SMS goes to ``sink`` through a ``webhook`` provider account."""
+    answer = await client.post(
+        "/communication/providers",
+        json={
+            "channel": "sms",
+            "provider": "webhook",
+            "name": "sink",
+            "config": {"url": sink.url, "secret": sink.secret, **config},
+        },
+        headers=tenant.headers(),
+    )
+    assert answer.status_code == 201, answer.text
 
 
 def workers_in(database_url: str, tmp_path: Path) -> Workers:

@@ -491,9 +491,7 @@ async def add_consent(request: Request, body: ConsentCreate, principal: Suppress
     who = service.contact(principal.tenant, body.channel.value, body.address, _region(principal))
     state = app_state(request)
     async with state.db.begin() as session:
-        await service.serialize_consents(session, principal.tenant)
-        earlier = await service.latest_consent(session, principal.tenant, who)
-        row, lifted = await service.record_consent(
+        row, lifted, earlier = await service.record_consent(
             session,
             principal.tenant,
             who,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from sqlalchemy import delete, or_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -195,6 +195,12 @@ async def unsuppress(
     return True
 
 
+class RecordedConsent(NamedTuple):
+    row: Consent
+    lifted: bool  # an earlier opt-out of the person's own was lifted
+    earlier: str | None  # the address's state before: "opted_in", "opted_out", or no record
+
+
 async def record_consent(
     session: AsyncSession,
     tenant: Tenant,
@@ -210,15 +216,18 @@ async def record_consent(
     ip: str | None,
     subject_ip: str | None = None,
     collected_at: datetime | None = None,
-) -> tuple[Consent, bool]:
+) -> RecordedConsent:
     """Append a consent record (who, when, source, wording, IP); opting out also suppresses (E6).
     An opt-in lifts an earlier opt-out of the person's own only when ``collected_at`` says it was
-    given after it (a re-sync of old records must not undo an unsubscribe). Returns the record and
-    whether an opt-out was lifted."""
-    # The tenant's consent lock before any write: objections and links take it too, and taking it
-    # after this consent's suppression row (as the objection's spread once did) could deadlock
-    # against a link holding the lock and writing that row.
-    await serialize_consents(session, tenant)
+    given after it (a re-sync of old records must not undo an unsubscribe). Returns the record,
+    whether an opt-out was lifted, and the address's state before it."""
+    # The tenant's consent lock before any read or write (ContactLinkStore.lock): links take it
+    # too, and taking it after this consent's suppression row (as the objection's spread once did)
+    # deadlocked against a link holding the lock and writing that row; under it, two opt-ins of
+    # one number at once cannot both find it new.
+    consents = ConsentStore(session, tenant.id)
+    await ContactLinkStore(session, tenant.id).lock()
+    before = await consents.latest(who.channel, who.digest)
     row = Consent(
         id=new_id("cns"),
         tenant_id=tenant.id,
@@ -235,7 +244,7 @@ async def record_consent(
         collected_at=collected_at,
         created_at=utcnow(),
     )
-    ConsentStore(session, tenant.id).add(row)
+    consents.add(row)
     audit.record(
         session, tenant.id, "consent.recorded", actor=actor, ip=ip,
         channel=who.channel, address_hash=who.digest, status=status, basis=basis, source=source,
@@ -251,7 +260,7 @@ async def record_consent(
             session, tenant, who, "api", actor=actor, ip=ip,
             only_reasons=frozenset({"unsubscribed", "stop", "objection"}), given_after=collected_at,
         )  # fmt: skip
-    return row, lifted
+    return RecordedConsent(row, lifted, before.status if before is not None else None)
 
 
 def _linked_contact(link: ContactLink) -> Contact:
@@ -268,9 +277,9 @@ async def _object_on_linked(
     at: datetime | None,
 ) -> list[Contact]:
     """E6: an objection to direct marketing is the person's, not one address's: it covers every
-    address the tenant linked with ``who``. Returns those it suppressed now."""
+    address the tenant linked with ``who``. Returns those it suppressed now. The caller holds the
+    tenant's consent lock (record_consent)."""
     links = ContactLinkStore(session, tenant.id)
-    await links.lock()
     others = [_linked_contact(link) for link in await links.linked_with(who.channel, who.digest)]
     return await _extend_objection(session, tenant, who, others, actor=actor, ip=ip, at=at)
 
@@ -365,18 +374,6 @@ async def unlink_contact(
             contact_hash=address_hash(tenant.hash_salt, "contact", contact_id),
         )  # fmt: skip
     return removed
-
-
-async def serialize_consents(session: AsyncSession, tenant: Tenant) -> None:
-    """Until the transaction ends, the tenant's consent records and contact links change one
-    transaction at a time (ContactLinkStore.lock): what one reads, the next sees."""
-    await ContactLinkStore(session, tenant.id).lock()
-
-
-async def latest_consent(session: AsyncSession, tenant: Tenant, who: Contact) -> str | None:
-    """The status (``opted_in`` / ``opted_out``) of the address's latest consent record, if any."""
-    latest = await ConsentStore(session, tenant.id).latest(who.channel, who.digest)
-    return latest.status if latest is not None else None
 
 
 async def erase(

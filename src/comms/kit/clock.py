@@ -21,10 +21,7 @@ _anchor: tuple[float, float] | None = None
 
 
 def _service_now() -> datetime:
-    anchor = _anchor
-    if anchor is None:
-        return datetime.now(UTC)
-    return datetime.fromtimestamp(anchor[1] + (time.monotonic() - anchor[0]), UTC)
+    return datetime.now(UTC) if _anchor is None else datetime.fromtimestamp(unix_time(), UTC)
 
 
 _now: Callable[[], datetime] = _service_now
@@ -79,10 +76,7 @@ def following() -> bool:
 
 def offset() -> float:
     """Seconds this machine's clock is ahead of the followed one (0.0 when following none)."""
-    anchor = _anchor
-    if anchor is None:
-        return 0.0
-    return time.time() - unix_time()
+    return 0.0 if _anchor is None else time.time() - unix_time()
 
 
 def isoformat(value: datetime | None) -> str | None:
