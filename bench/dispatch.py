@@ -46,6 +46,10 @@ Flags (defaults):
   --latency-messages (100000)   the bulk dispatched during phase 4
   --latency-samples (40)        verification SMS sent during it; --idle-samples (10) before it
   --skip-latency, --skip-scaling  leave out phase 4 / the 2-worker phase
+  --minimal                     also time a minimal persistent queue between phases 1 and 2 (its own
+                                process: claim 100 rows, post, mark sent; minimal_worker_main): the
+                                floor any design that keeps each message's state in PostgreSQL
+                                meets on this machine, printed as minimal/bare and comms/minimal
   --steps                       one more 1-worker dispatch with timers around the dispatcher's steps
                                 and the garbage collector's pauses
   --profile [--py-spy PATH]     one more 1-worker dispatch sampled by py-spy (PATH, or on PATH),
@@ -333,6 +337,77 @@ def timed_worker_main() -> None:
 
     sys.argv = ["comms", "worker"]
     comms_main()
+
+
+# ---- a minimal persistent queue, for scale (--minimal) ---------------------------------------------
+
+
+MINIMAL_CLAIM = 100  # rows per claim, as PERFORMANCE.md's "table -> POST -> mark sent" floor
+
+
+def minimal_worker_main() -> None:
+    """`bench/dispatch.py --minimal-worker DSN URL CONCURRENCY BATCH`: the least a persistent queue
+    can do per message, in a process of its own as a comms worker is. It claims
+    max(MINIMAL_CLAIM, BATCH) rows of ``bench_minimal`` at a time (FOR UPDATE SKIP LOCKED, one
+    commit), posts their messages (decoded from the rows, encoded and signed as the bare loop does)
+    BATCH per request with CONCURRENCY requests in flight, and marks each claim's rows sent in one
+    UPDATE. No compliance, no rendering, no routing, no events, no leases: what comms does beyond
+    this is comms' own cost."""
+    dsn, url, concurrency, batch = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    claim = max(MINIMAL_CLAIM, batch)
+
+    async def run() -> None:
+        pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=128, ttl_dns_cache=300)
+        slots = asyncio.Semaphore(concurrency)
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        claims: set[asyncio.Task[None]] = set()
+        async with aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar()) as http:
+
+            async def post(raws: list[str]) -> None:
+                async with slots:
+                    body = _encode({"messages": [msgspec.json.decode(raw) for raw in raws]})
+                    timestamp = str(int(time.time()))
+                    headers = {
+                        "Content-Type": "application/json",
+                        "X-Comms-Timestamp": timestamp,
+                        "X-Comms-Signature": _signature(SINK_SECRET, timestamp, body),
+                    }
+                    async with http.post(url, data=body, headers=headers, timeout=timeout) as answer:
+                        await answer.read()
+                        if answer.status != 200:
+                            raise RuntimeError(f"sink answered {answer.status}")
+
+            async def deliver(rows: list[Any]) -> None:
+                bodies = [r["body"] for r in rows]
+                await asyncio.gather(*(post(bodies[i : i + batch]) for i in range(0, len(bodies), batch)))
+                await pool.execute(
+                    "UPDATE bench_minimal SET status = 'sent' WHERE id = ANY($1::text[])",
+                    [r["id"] for r in rows],
+                )
+
+            print("minimal worker ready", flush=True)
+            while True:
+                # Keep about two claims' worth ahead of the requests in flight.
+                while len(claims) * claim >= concurrency * batch + 2 * claim:
+                    await asyncio.wait(claims, return_when=asyncio.FIRST_COMPLETED)
+                rows = await pool.fetch(
+                    "UPDATE bench_minimal SET status = 'sending' WHERE id IN (SELECT id FROM bench_minimal"
+                    " WHERE status = 'queued' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                    " RETURNING id, body",
+                    claim,
+                )
+                if not rows:
+                    if claims:
+                        await asyncio.wait(claims, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        await asyncio.sleep(0.005)
+                    continue
+                task = asyncio.get_running_loop().create_task(deliver(rows))
+                claims.add(task)
+                task.add_done_callback(claims.discard)
+
+    run_loop(run())
 
 
 # ---- CPU accounting from /proc ---------------------------------------------------------------------
@@ -628,6 +703,67 @@ class Bench:
             print(f"    !! sink: {stats}", flush=True)
         return done - accepted, accepted - posted, meter
 
+    async def minimal_dispatch(self, template: dict[str, Any], n: int, tag: int) -> tuple[float, CpuMeter]:
+        """(seconds until all n are marked sent, cpu) through minimal_worker_main's queue."""
+        await self.db.execute(
+            "CREATE TABLE IF NOT EXISTS bench_minimal (id text PRIMARY KEY, body text NOT NULL,"
+            " status text NOT NULL)"
+        )
+        await self.db.execute(
+            "CREATE INDEX IF NOT EXISTS bench_minimal_queued ON bench_minimal (id) WHERE status = 'queued'"
+        )
+        await self.db.execute("TRUNCATE bench_minimal")
+        rows = [
+            (
+                f"log_mini{tag:04d}{i:024x}",
+                _encode(
+                    {
+                        **template,
+                        "id": f"log_mini{tag:04d}{i:024x}",
+                        "to": f"+86{13_200_000_000 + tag * 100_000 + i}",
+                    }
+                ).decode(),
+                "held",
+            )
+            for i in range(n)
+        ]
+        await self.db.copy_records_to_table("bench_minimal", records=rows, columns=["id", "body", "status"])
+        await self.db.execute("VACUUM ANALYZE bench_minimal")
+        await self.sink_reset()
+        args = self.args
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--minimal-worker",
+                self.dsn,
+                self.sink.url,
+                str(args.request_concurrency if args.batch_size < MAX_BATCH else args.concurrency),
+                str(args.batch_size),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert process.stdout is not None
+            if process.stdout.readline().strip() != b"minimal worker ready":
+                raise RuntimeError("the minimal worker did not start")
+            pids = {"bench": os.getpid(), "sink": self.sink.process.pid, "minimal": process.pid}
+            meter = CpuMeter(pids, self.db)
+            await meter.start()
+            await self.db.execute("UPDATE bench_minimal SET status = 'queued'")
+            started = time.monotonic()
+            while int((await self.ctl.get("/seen", params={"n": n, "timeout": 5.0})).json()["unique"]) < n:
+                if process.poll() is not None:
+                    raise RuntimeError("the minimal worker died")
+            while await self.db.fetchval("SELECT count(*) FROM bench_minimal WHERE status <> 'sent'"):
+                await asyncio.sleep(0.005)
+            elapsed = time.monotonic() - started
+            await meter.stop()
+        finally:
+            stop_process(process)
+        return elapsed, meter
+
     async def seed_history(self, rows: int) -> None:
         """The table state every timed bulk starts from: ``rows`` already-sent messages (copies of
         one the warm-up sent), statistics taken while nothing is pending, as autovacuum leaves a
@@ -732,6 +868,7 @@ async def run_all(bench: Bench) -> None:
         bare_rate: list[float] = []
         one_rate: list[float] = []
         two_rate: list[float] = []
+        minimal_rate: list[float] = []
         ratios: list[float] = []
         speedups: list[float] = []
         # comms: C batches of 500 in flight; their requests share the account's K slots.
@@ -759,6 +896,15 @@ async def run_all(bench: Bench) -> None:
                 f"  bare aiohttp loop:   {bare_s:6.2f} s  {n / bare_s:8,.0f} msg/s   {meter.describe(bare_s)}"
             )
 
+            if args.minimal:
+                minimal_s, meter = await bench.minimal_dispatch(template, n, run)
+                minimal_rate.append(n / minimal_s)
+                print(
+                    f"  minimal queue:       {minimal_s:6.2f} s  {n / minimal_s:8,.0f} msg/s   "
+                    f"{meter.describe(minimal_s)}"
+                )
+                print(f"  ratio minimal/bare:  {minimal_rate[-1] / bare_rate[-1]:.2f}")
+
             one_s, accept_s, meter = await bench.comms_dispatch(n)
             one_rate.append(n / one_s)
             ratios.append(one_rate[-1] / bare_rate[-1])
@@ -767,6 +913,8 @@ async def run_all(bench: Bench) -> None:
                 f"  [accept {accept_s:.2f} s]"
             )
             print(f"  ratio comms/bare:    {ratios[-1]:.2f}")
+            if minimal_rate:
+                print(f"  ratio comms/minimal: {one_rate[-1] / minimal_rate[-1]:.2f}")
             if not args.skip_scaling:
                 second = bench.start_worker()
                 await bench.warm_up()
@@ -803,6 +951,13 @@ async def run_all(bench: Bench) -> None:
             f"ratio comms/bare:         {med(ratios):.2f}  (target >= 0.8: {verdict(med(ratios) >= 0.8)}; "
             f"per run {', '.join(f'{r:.2f}' for r in ratios)})"
         )
+        if minimal_rate:
+            minimal_ratios = [m / b for m, b in zip(minimal_rate, bare_rate, strict=True)]
+            print(
+                f"minimal queue:            {med(minimal_rate):,.0f} msg/s; minimal/bare "
+                f"{med(minimal_ratios):.2f} (per run {', '.join(f'{r:.2f}' for r in minimal_ratios)}); "
+                f"comms/minimal {med(o / m for o, m in zip(one_rate, minimal_rate, strict=True)):.2f}"
+            )
         if two_rate:
             print(f"comms, 2 workers:         {med(two_rate):,.0f} msg/s")
             print(
@@ -1053,6 +1208,9 @@ def main() -> None:
     if "--timed-worker" in sys.argv[1:]:
         timed_worker_main()
         return
+    if sys.argv[1:2] == ["--minimal-worker"]:
+        minimal_worker_main()
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -1066,6 +1224,11 @@ def main() -> None:
     parser.add_argument("--idle-samples", type=int, default=10)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-scaling", action="store_true", help="no 2-worker phase")
+    parser.add_argument(
+        "--minimal",
+        action="store_true",
+        help="also time a minimal persistent queue (claim, post, mark sent) against the same sink",
+    )
     parser.add_argument("--profile", action="store_true", help="end with a profiled 1-worker dispatch")
     parser.add_argument("--steps", action="store_true", help="end with a step-timed 1-worker dispatch")
     parser.add_argument(
