@@ -106,6 +106,19 @@ def frozen_clock() -> Iterator[list[datetime]]:
     set_clock(None)
 
 
+@pytest.fixture
+def daytime_clock() -> Iterator[None]:
+    """The service's clock running on from 09:00 in Shanghai (01:00 UTC), so marketing SMS to the
+    tenant's CN numbers are inside their quiet-hours window whatever time the suite runs at; it
+    advances, unlike frozen_clock, for tests whose events must come one after another."""
+    import time as wall
+
+    start, base = wall.monotonic(), datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
+    set_clock(lambda: base + timedelta(seconds=wall.monotonic() - start))
+    yield
+    set_clock(None)
+
+
 # ---- 1 ------------------------------------------------------------------------------------------
 
 
@@ -2807,7 +2820,7 @@ def marketing_sms(number: str) -> dict[str, Any]:
 
 
 async def test_e6_an_objection_covers_every_channel_the_tenant_linked(
-    service: Service, tenant: TenantKeys
+    service: Service, tenant: TenantKeys, daytime_clock: None
 ) -> None:
     """E6 (GDPR Art. 21): an objection to direct marketing is the person's. Once the tenant links
     a person's addresses (PUT /communication/contacts/{its id for them}), an objection recorded on
@@ -2984,7 +2997,7 @@ async def test_s4_two_opt_ins_of_one_number_at_once_send_one_confirmation(
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def test_e6_an_objection_and_a_link_at_the_same_instant_both_succeed(
-    service: Service, tenant: TenantKeys
+    service: Service, tenant: TenantKeys, daytime_clock: None
 ) -> None:
     """An objection on A while the tenant links A with B, on which the person objected before:
     both write A's suppression. They take the tenant's consent lock in one order (it deadlocked,
