@@ -35,7 +35,9 @@ async def test_logs_newest_first_with_pagination_math(service: Service, tenant: 
         "total_pages": 3,
         "has_next": True,
         "has_prev": False,
+        "next_cursor": page1["pagination"]["next_cursor"],
     }
+    assert isinstance(page1["pagination"]["next_cursor"], str)
     assert page1["items"][0]["batch_id"] == second["batch_id"]
     page3 = (
         await service.client.get("/communication/logs?page_size=10&page=3", headers=tenant.headers())
@@ -48,6 +50,7 @@ async def test_logs_newest_first_with_pagination_math(service: Service, tenant: 
     ids = [i["id"] for i in page1["items"]]
     assert ids == sorted(ids, reverse=True)
     assert all(i["batch_id"] == first["batch_id"] for i in page3["items"])
+    assert page3["pagination"]["next_cursor"] is None
     beyond = (await service.client.get("/communication/logs?page=9", headers=tenant.headers())).json()
     assert beyond["items"] == [] and beyond["total"] == 26
 
@@ -76,6 +79,118 @@ async def test_a_batchs_items_page_newest_first_without_the_others(
             f"/communication/logs?batch_id={other['batch_id']}", headers=tenant.headers()
         )
         assert {i["id"] for i in listed.json()["items"]} == {i["id"] for i in other["items"]}
+
+
+async def pages_by_cursor(
+    service: Service, tenant: TenantKeys, query: str, between: Any = None
+) -> list[dict[str, Any]]:
+    """Every page of /logs?<query>, following pagination.next_cursor from the first page;
+    ``between`` (a coroutine function) runs after each page."""
+    pages: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        suffix = f"&cursor={cursor}" if cursor else ""
+        answer = await service.client.get(f"/communication/logs?{query}{suffix}", headers=tenant.headers())
+        assert answer.status_code == 200, answer.text
+        pages.append(answer.json())
+        cursor = pages[-1]["pagination"]["next_cursor"]
+        if cursor is None:
+            return pages
+        if between is not None:
+            await between()
+        assert len(pages) < 50
+
+
+async def test_a_cursor_walks_every_item_once_while_new_items_arrive(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """Page numbers shift when items arrive between two reads (OFFSET counts from the newest);
+    a cursor is a position: every item listed exactly once, in order, whatever arrives."""
+    first = await bulk(service, tenant, recipients=[f"138001380{i:02d}" for i in range(23)])
+    listed_first = sorted((i["id"] for i in first["items"]), reverse=True)
+    arrived: list[str] = []
+
+    async def another() -> None:
+        arrived.extend(i["id"] for i in (await bulk(service, tenant, recipients=["13900139000"]))["items"])
+
+    pages = await pages_by_cursor(service, tenant, "page_size=10", between=another)
+    seen = [i["id"] for p in pages for i in p["items"]]
+    assert seen == listed_first and len(pages) == 3 and len(arrived) == 2
+    assert [len(p["items"]) for p in pages] == [10, 10, 3]
+    assert pages[0]["pagination"]["page"] == 1 and pages[0]["pagination"]["has_prev"] is False
+    for later in pages[1:]:  # reached by a position, not a page number
+        assert later["pagination"]["page"] is None and later["pagination"]["has_prev"] is True
+    assert [p["pagination"]["has_next"] for p in pages] == [True, True, False]
+    # total still counts every match, the ones that arrived meanwhile too
+    assert pages[-1]["total"] == 25 and pages[-1]["pagination"]["total_pages"] == 3
+    # the same walk by page numbers would have shown an item twice
+    by_number = []
+    for page in (1, 2, 3):
+        got = await service.client.get(
+            f"/communication/logs?page_size=10&page={page}", headers=tenant.headers()
+        )
+        by_number += [i["id"] for i in got.json()["items"]]
+        if page == 1:
+            await another()
+    assert len(by_number) != len(set(by_number))
+
+
+async def test_a_cursor_keeps_the_filters_and_the_tenant(service: Service, tenant: TenantKeys) -> None:
+    """The cursor is only a position: the request's own filters and tenant always apply, and a
+    batch is still read as a range of the primary key."""
+    batch = await bulk(service, tenant, recipients=[f"138001380{i:02d}" for i in range(12)])
+    await bulk(service, tenant, recipients=[f"137001370{i:02d}" for i in range(5)])
+    pages = await pages_by_cursor(service, tenant, f"batch_id={batch['batch_id']}&page_size=5")
+    assert [i["id"] for p in pages for i in p["items"]] == sorted(
+        (i["id"] for i in batch["items"]), reverse=True
+    )
+    assert all(p["total"] == 12 for p in pages)
+    other = await make_tenant(service.db, "Other")
+    await bulk(service, other, recipients=["13600136000"])
+    cursor = pages[0]["pagination"]["next_cursor"]
+    theirs = await service.client.get(f"/communication/logs?cursor={cursor}", headers=other.headers())
+    assert theirs.status_code == 200 and theirs.json()["items"] == []  # their one item is newer
+
+
+async def test_logs_without_counting(service: Service, tenant: TenantKeys) -> None:
+    """count=false: no count of the matches (total and total_pages null); has_next and the cursor
+    come from reading one item more than the page."""
+    await bulk(service, tenant, recipients=[f"138001380{i:02d}" for i in range(7)])
+    h = tenant.headers()
+    first = (await service.client.get("/communication/logs?page_size=3&count=false", headers=h)).json()
+    info = first["pagination"]
+    assert first["total"] is None and info["total"] is None and info["total_pages"] is None
+    assert info["has_next"] is True and len(first["items"]) == 3
+    last = (await service.client.get("/communication/logs?page_size=3&page=3&count=false", headers=h)).json()
+    assert len(last["items"]) == 1 and last["pagination"]["has_next"] is False
+    exact = (await service.client.get("/communication/logs?page_size=7&count=false", headers=h)).json()
+    assert len(exact["items"]) == 7 and exact["pagination"]["has_next"] is False
+    assert exact["pagination"]["next_cursor"] is None
+    pages = await pages_by_cursor(service, tenant, "page_size=3&count=false&status=queued")
+    assert sum(len(p["items"]) for p in pages) == 7 and all(p["total"] is None for p in pages)
+
+
+async def test_bad_cursors_are_422_naming_the_cursor(service: Service, tenant: TenantKeys) -> None:
+    from comms.kit.pagination import encode_cursor
+
+    created = await bulk(service, tenant, recipients=["13800138000", "13900139000"])
+    good = encode_cursor(created["items"][0]["id"])
+    for query in (
+        f"cursor={good}&page=2",  # a position and a page number
+        "cursor=not-a-cursor",
+        "cursor=%00",
+        f"cursor={encode_cursor('bat_' + '0' * 32)}",  # another kind of id
+        f"cursor={encode_cursor('log_zz')}",
+        f"cursor={created['items'][0]['id']}",  # a log id as it is: cursors are opaque
+        "cursor=" + "A" * 201,
+    ):
+        answer = await service.client.get(f"/communication/logs?{query}", headers=tenant.headers())
+        assert answer.status_code == 422, (query, answer.text)
+        assert answer.json()["errors"][0]["field"] == "cursor", (query, answer.text)
+    bad_count = await service.client.get("/communication/logs?count=maybe", headers=tenant.headers())
+    assert bad_count.status_code == 422 and bad_count.json()["errors"][0]["field"] == "count"
+    fine = await service.client.get(f"/communication/logs?cursor={good}&page=1", headers=tenant.headers())
+    assert fine.status_code == 200
 
 
 async def test_log_filters(service: Service, tenant: TenantKeys) -> None:

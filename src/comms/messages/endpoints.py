@@ -15,10 +15,18 @@ from comms.dispatch.wakeup import notify_work
 from comms.errors import BadRequest, FieldError, Forbidden, NotFound, PayloadTooLarge, ValidationFailed
 from comms.kit.clock import NotRfc3339, isoformat, parse_rfc3339, utcnow
 from comms.kit.http import FastJSONResponse, encode_json, envelope, reply
-from comms.kit.ids import new_id
+from comms.kit.ids import id_time, new_id
 from comms.kit.memory import release_free_memory
 from comms.kit.nul import refuse_in_body
-from comms.kit.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, Page
+from comms.kit.pagination import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE,
+    MAX_PAGE_SIZE,
+    KeysetPage,
+    Page,
+    decode_cursor,
+    encode_cursor,
+)
 from comms.messages import idempotency
 from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
 from comms.messages.repository import BatchRepository, LogFilters, MessageRepository
@@ -246,9 +254,27 @@ async def list_logs(
     created_from: str | None = None,
     created_to: str | None = None,
     unmask: UnmaskQuery = False,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="`pagination.next_cursor` of the page before: the items after it, however "
+            "many there are and however many arrived since (instead of `page`).",
+        ),
+    ] = None,
+    count: Annotated[
+        bool,
+        Query(
+            description="false: leave `total` and `total_pages` null and do not count the matching "
+            "items (a pass over them on a tenant with millions); `has_next` still tells.",
+        ),
+    ] = True,
 ) -> FastJSONResponse:
-    """Log items, newest first. `recipient` is matched exactly after normalization."""
+    """Log items, newest first. `recipient` is matched exactly after normalization. Page by
+    `page`, or by `cursor` (`pagination.next_cursor`), which stays in place while items arrive
+    and costs the same however deep it goes."""
     show_raw = may_unmask(principal, unmask)
+    before = _cursor_position(cursor, page)
     key = None
     if recipient is not None:
         key = _recipient_filter_key(principal, recipient, channel)
@@ -262,17 +288,38 @@ async def list_logs(
         created_from=_parse_time("created_from", created_from),
         created_to=_parse_time("created_to", created_to),
     )
-    paging = Page(page, page_size)
+    offset = 0 if before is not None else Page(page, page_size).offset
     async with app_state(request).db.read() as session:
-        rows, total = await MessageRepository(session, principal.tenant_id).list(
-            filters, paging.offset, page_size
+        rows, total, more = await MessageRepository(session, principal.tenant_id).list(
+            filters, offset, page_size, before=before, count=count
         )
         batches = await BatchRepository(session, principal.tenant_id).get_many({m.batch_id for m in rows})
     displays = {bid: BatchDisplay.of(b) for bid, b in batches.items()}
     items = [message_item(m, displays.get(m.batch_id), show_raw) for m in rows]
     if show_raw and items:
         await audit_reveal(request, principal, {"route": "logs", "ids": [m.id for m in rows]})
-    return reply(200, "ok", items=items, total=total, pagination=paging.info(total))
+    paging = KeysetPage(
+        page=None if before is not None else page,
+        page_size=page_size,
+        total=total,
+        has_next=more,
+        # A cursor is made from a page that came before (and offset 0 is the first page).
+        has_prev=before is not None or page > 1,
+        next_cursor=encode_cursor(rows[-1].id) if more and rows else None,
+    )
+    return reply(200, "ok", items=items, total=total, pagination=paging.info())
+
+
+def _cursor_position(cursor: str | None, page: int) -> str | None:
+    """The log id a cursor names; a request gives either a cursor or a page number."""
+    if cursor is None:
+        return None
+    if page != 1:
+        raise ValidationFailed.single("cursor", "give either cursor or page, not both")
+    position = decode_cursor(cursor)
+    if position is None or id_time(position, "log") is None:
+        raise ValidationFailed.single("cursor", "not a cursor this API gave (pagination.next_cursor)")
+    return position
 
 
 def _recipient_filter_key(principal: Principal, recipient: str, channel: Channel | None) -> str:

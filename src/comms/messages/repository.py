@@ -265,27 +265,46 @@ class MessageRepository:
                 where.append(Message.id < above)
         return where
 
-    async def list(self, filters: LogFilters, offset: int, limit: int) -> tuple[Sequence[Message], int]:
+    async def list(
+        self, filters: LogFilters, offset: int, limit: int, *, before: str | None = None, count: bool = True
+    ) -> tuple[Sequence[Message], int | None, bool]:
+        """(up to ``limit`` items newest first, how many match in all or None when ``count`` is
+        off, whether more come after these). ``before``: a keyset position (a log id) the items
+        must be older than: a cursor's page, read from the index at that id however deep it is,
+        where ``offset`` reads and drops every row before it."""
         checked = False
         if filters.batch_id:
             if await BatchRepository(self.session, self.tenant_id).get(filters.batch_id) is None:
-                return [], 0  # no such batch of this tenant's: nothing to list
+                return [], (0 if count else None), False  # no such batch of this tenant's
             checked = True
         where = self._where(filters, tenant_checked=checked)
-        total = int(await self.session.scalar(select(func.count()).select_from(Message).where(*where)) or 0)
-        page = where
-        if filters.batch_id and total:
+        total: int | None = None
+        if count:
+            total = int(
+                await self.session.scalar(select(func.count()).select_from(Message).where(*where)) or 0
+            )
+        # The page keeps the tenant condition: it lets PostgreSQL walk ix_messages_tenant_id_id
+        # backward from the range's top (0.2 ms for a page of a 100k batch). Without it, on a
+        # batch its statistics had not seen yet, it chose the batch's index and sorted every row
+        # of the batch for each page (80 ms).
+        page = self._where(filters) if checked else where
+        if filters.batch_id and total != 0:
             # A batch's ids come from one new_ids() call: they share its 16-character head (the
             # prefix and the millisecond), so the page is a short range of the primary key rather
             # than a walk of the tenant's items by id that skips every other batch's.
             sample = await self.session.scalar(_ONE_OF_BATCH, {"batch_id": filters.batch_id})
             if sample is not None and id_has_prefix(sample, "log"):
                 head = sample[:_ID_HEAD]
-                page = [*where, Message.id >= head, Message.id < head + "g"]  # "g" sorts after any hex digit
-        rows = await self.session.scalars(
-            select(Message).where(*page).order_by(Message.id.desc()).offset(offset).limit(limit)
-        )
-        return rows.all(), total
+                page = [*page, Message.id >= head, Message.id < head + "g"]  # "g" sorts after any hex digit
+        if before is not None:
+            page = [*page, Message.id < before]
+        # One row more than asked: whether another page follows, without counting.
+        rows = (
+            await self.session.scalars(
+                select(Message).where(*page).order_by(Message.id.desc()).offset(offset).limit(limit + 1)
+            )
+        ).all()
+        return rows[:limit], total, len(rows) > limit
 
     async def get(self, log_id: str) -> Message | None:
         message = await self.session.get(Message, log_id)

@@ -109,6 +109,11 @@ class PageInfo(BaseModel):
     page_size: int | None = None
     total: int | None = None
     total_pages: int | None = None
+    next_cursor: str | None = Field(
+        default=None,
+        description="GET /communication/logs: pass as `cursor` for the items after this page "
+        "(stable while new items arrive; no page is skipped over). Null on the last page.",
+    )
 
 
 class CommunicationLogResponse(BaseModel):
