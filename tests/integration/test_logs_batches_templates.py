@@ -152,6 +152,31 @@ async def test_a_cursor_keeps_the_filters_and_the_tenant(service: Service, tenan
     assert theirs.status_code == 200 and theirs.json()["items"] == []  # their one item is newer
 
 
+async def test_oldest_first_lists_a_batch_in_the_order_of_its_request(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """order=oldest: a batch in the order the request named its recipients (as the 202 listed
+    them); its cursor walks on into what arrives later, and only ever forward."""
+    numbers = [f"138001380{i:02d}" for i in (7, 3, 11, 0, 5, 9, 1)]
+    created = await bulk(service, tenant, recipients=numbers)
+    in_request_order = [i["id"] for i in created["items"]]
+    query = f"batch_id={created['batch_id']}&order=oldest&page_size=3"
+    pages = await pages_by_cursor(service, tenant, query)
+    assert [i["id"] for p in pages for i in p["items"]] == in_request_order
+    assert [i["recipient"] for p in pages for i in p["items"]] == [i["recipient"] for i in created["items"]]
+    numbered = await service.client.get(f"/communication/logs?{query}&page=3", headers=tenant.headers())
+    assert [i["id"] for i in numbered.json()["items"]] == in_request_order[6:]
+    arrived: list[str] = []
+
+    async def another() -> None:
+        arrived.extend(i["id"] for i in (await bulk(service, tenant, recipients=["13900139000"]))["items"])
+
+    everything = await pages_by_cursor(service, tenant, "order=oldest&page_size=4", between=another)
+    listed = [i["id"] for p in everything for i in p["items"]]
+    assert listed == sorted(listed) and len(listed) == len(set(listed))
+    assert listed[:7] == in_request_order and set(arrived) <= set(listed) and len(arrived) >= 1
+
+
 async def test_logs_without_counting(service: Service, tenant: TenantKeys) -> None:
     """count=false: no count of the matches (total and total_pages null); has_next and the cursor
     come from reading one item more than the page."""
@@ -174,14 +199,18 @@ async def test_bad_cursors_are_422_naming_the_cursor(service: Service, tenant: T
     from comms.kit.pagination import encode_cursor
 
     created = await bulk(service, tenant, recipients=["13800138000", "13900139000"])
-    good = encode_cursor(created["items"][0]["id"])
+    log_id = created["items"][0]["id"]
+    good = encode_cursor(f"newest:{log_id}")
     for query in (
         f"cursor={good}&page=2",  # a position and a page number
+        f"cursor={good}&order=oldest",  # made for the other order: another place in it
         "cursor=not-a-cursor",
         "cursor=%00",
-        f"cursor={encode_cursor('bat_' + '0' * 32)}",  # another kind of id
-        f"cursor={encode_cursor('log_zz')}",
-        f"cursor={created['items'][0]['id']}",  # a log id as it is: cursors are opaque
+        f"cursor={encode_cursor('newest:bat_' + '0' * 32)}",  # another kind of id
+        f"cursor={encode_cursor('newest:log_zz')}",
+        f"cursor={encode_cursor(log_id)}",  # no order
+        f"cursor={encode_cursor('sideways:' + log_id)}",
+        f"cursor={log_id}",  # a log id as it is: cursors are opaque
         "cursor=" + "A" * 201,
     ):
         answer = await service.client.get(f"/communication/logs?{query}", headers=tenant.headers())
@@ -189,6 +218,8 @@ async def test_bad_cursors_are_422_naming_the_cursor(service: Service, tenant: T
         assert answer.json()["errors"][0]["field"] == "cursor", (query, answer.text)
     bad_count = await service.client.get("/communication/logs?count=maybe", headers=tenant.headers())
     assert bad_count.status_code == 422 and bad_count.json()["errors"][0]["field"] == "count"
+    bad_order = await service.client.get("/communication/logs?order=random", headers=tenant.headers())
+    assert bad_order.status_code == 422 and bad_order.json()["errors"][0]["field"] == "order"
     fine = await service.client.get(f"/communication/logs?cursor={good}&page=1", headers=tenant.headers())
     assert fine.status_code == 200
 

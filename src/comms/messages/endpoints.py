@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any
 
 import msgspec
@@ -60,6 +61,14 @@ UnmaskQuery = Annotated[bool, Query(description="Show raw recipients (needs the 
 
 def _client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
+
+
+class LogOrder(StrEnum):
+    NEWEST = "newest"
+    OLDEST = "oldest"
+
+
+_ORDERS = frozenset(o.value for o in LogOrder)
 
 
 def may_unmask(principal: Principal, unmask: bool) -> bool:
@@ -269,12 +278,19 @@ async def list_logs(
             "items (a pass over them on a tenant with millions); `has_next` still tells.",
         ),
     ] = True,
+    order: Annotated[
+        LogOrder,
+        Query(
+            description="newest (default) or oldest first; a batch oldest first is in the order "
+            "of the request's recipients, as the 202 listed them.",
+        ),
+    ] = LogOrder.NEWEST,
 ) -> FastJSONResponse:
-    """Log items, newest first. `recipient` is matched exactly after normalization. Page by
-    `page`, or by `cursor` (`pagination.next_cursor`), which stays in place while items arrive
-    and costs the same however deep it goes."""
+    """Log items, newest first (or `order=oldest`). `recipient` is matched exactly after
+    normalization. Page by `page`, or by `cursor` (`pagination.next_cursor`), which stays in
+    place while items arrive and costs the same however deep it goes."""
     show_raw = may_unmask(principal, unmask)
-    before = _cursor_position(cursor, page)
+    after = _cursor_position(cursor, page, order)
     key = None
     if recipient is not None:
         key = _recipient_filter_key(principal, recipient, channel)
@@ -288,10 +304,10 @@ async def list_logs(
         created_from=_parse_time("created_from", created_from),
         created_to=_parse_time("created_to", created_to),
     )
-    offset = 0 if before is not None else Page(page, page_size).offset
+    offset = 0 if after is not None else Page(page, page_size).offset
     async with app_state(request).db.read() as session:
         rows, total, more = await MessageRepository(session, principal.tenant_id).list(
-            filters, offset, page_size, before=before, count=count
+            filters, offset, page_size, after=after, oldest_first=order == LogOrder.OLDEST, count=count
         )
         batches = await BatchRepository(session, principal.tenant_id).get_many({m.batch_id for m in rows})
     displays = {bid: BatchDisplay.of(b) for bid, b in batches.items()}
@@ -299,26 +315,31 @@ async def list_logs(
     if show_raw and items:
         await audit_reveal(request, principal, {"route": "logs", "ids": [m.id for m in rows]})
     paging = KeysetPage(
-        page=None if before is not None else page,
+        page=None if after is not None else page,
         page_size=page_size,
         total=total,
         has_next=more,
         # A cursor is made from a page that came before (and offset 0 is the first page).
-        has_prev=before is not None or page > 1,
-        next_cursor=encode_cursor(rows[-1].id) if more and rows else None,
+        has_prev=after is not None or page > 1,
+        next_cursor=encode_cursor(f"{order.value}:{rows[-1].id}") if more and rows else None,
     )
     return reply(200, "ok", items=items, total=total, pagination=paging.info())
 
 
-def _cursor_position(cursor: str | None, page: int) -> str | None:
-    """The log id a cursor names; a request gives either a cursor or a page number."""
+def _cursor_position(cursor: str | None, page: int, order: LogOrder) -> str | None:
+    """The log id a cursor names (it carries the order it was made in: the same id is another
+    place in the other order); a request gives either a cursor or a page number."""
     if cursor is None:
         return None
     if page != 1:
         raise ValidationFailed.single("cursor", "give either cursor or page, not both")
-    position = decode_cursor(cursor)
-    if position is None or id_time(position, "log") is None:
+    made_for, _, position = (decode_cursor(cursor) or "").partition(":")
+    if made_for not in _ORDERS or id_time(position, "log") is None:
         raise ValidationFailed.single("cursor", "not a cursor this API gave (pagination.next_cursor)")
+    if made_for != order.value:
+        raise ValidationFailed.single(
+            "cursor", f"this cursor lists order={made_for}; give that order with it"
+        )
     return position
 
 

@@ -266,12 +266,19 @@ class MessageRepository:
         return where
 
     async def list(
-        self, filters: LogFilters, offset: int, limit: int, *, before: str | None = None, count: bool = True
+        self,
+        filters: LogFilters,
+        offset: int,
+        limit: int,
+        *,
+        after: str | None = None,
+        oldest_first: bool = False,
+        count: bool = True,
     ) -> tuple[Sequence[Message], int | None, bool]:
-        """(up to ``limit`` items newest first, how many match in all or None when ``count`` is
-        off, whether more come after these). ``before``: a keyset position (a log id) the items
-        must be older than: a cursor's page, read from the index at that id however deep it is,
-        where ``offset`` reads and drops every row before it."""
+        """(up to ``limit`` items newest first, or oldest first, how many match in all or None
+        when ``count`` is off, whether more come after these). ``after``: a keyset position (a log
+        id) the items come after in that order: a cursor's page, read from the index at that id
+        however deep it is, where ``offset`` reads and drops every row before it."""
         checked = False
         if filters.batch_id:
             if await BatchRepository(self.session, self.tenant_id).get(filters.batch_id) is None:
@@ -296,12 +303,13 @@ class MessageRepository:
             if sample is not None and id_has_prefix(sample, "log"):
                 head = sample[:_ID_HEAD]
                 page = [*page, Message.id >= head, Message.id < head + "g"]  # "g" sorts after any hex digit
-        if before is not None:
-            page = [*page, Message.id < before]
+        if after is not None:
+            page = [*page, Message.id > after if oldest_first else Message.id < after]
+        order = Message.id.asc() if oldest_first else Message.id.desc()
         # One row more than asked: whether another page follows, without counting.
         rows = (
             await self.session.scalars(
-                select(Message).where(*page).order_by(Message.id.desc()).offset(offset).limit(limit + 1)
+                select(Message).where(*page).order_by(order).offset(offset).limit(limit + 1)
             )
         ).all()
         return rows[:limit], total, len(rows) > limit
