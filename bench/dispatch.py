@@ -367,12 +367,7 @@ def minimal_worker_main() -> None:
             async def post(raws: list[str]) -> None:
                 async with slots:
                     body = _encode({"messages": [msgspec.json.decode(raw) for raw in raws]})
-                    timestamp = str(int(time.time()))
-                    headers = {
-                        "Content-Type": "application/json",
-                        "X-Comms-Timestamp": timestamp,
-                        "X-Comms-Signature": _signature(SINK_SECRET, timestamp, body),
-                    }
+                    headers = _signed_headers(body)
                     async with http.post(url, data=body, headers=headers, timeout=timeout) as answer:
                         await answer.read()
                         if answer.status != 200:
@@ -491,6 +486,16 @@ def _signature(secret: str, timestamp: str, body: bytes) -> str:
     return "v1=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
+def _signed_headers(body: bytes) -> dict[str, str]:
+    """The headers comms' webhook provider sends with ``body``, signed for the sink."""
+    timestamp = str(int(time.time()))
+    return {
+        "Content-Type": "application/json",
+        "X-Comms-Timestamp": timestamp,
+        "X-Comms-Signature": _signature(SINK_SECRET, timestamp, body),
+    }
+
+
 async def bare_send(
     url: str, template: dict[str, Any], n: int, concurrency: int, tag: int, batch: int = MAX_BATCH
 ) -> float:
@@ -511,12 +516,7 @@ async def bare_send(
         async def post(chunk: list[dict[str, Any]]) -> None:
             nonlocal accepted
             body = _encode({"messages": chunk})
-            timestamp = str(int(time.time()))
-            headers = {
-                "Content-Type": "application/json",
-                "X-Comms-Timestamp": timestamp,
-                "X-Comms-Signature": _signature(SINK_SECRET, timestamp, body),
-            }
+            headers = _signed_headers(body)
             async with http.post(url, data=body, headers=headers, timeout=timeout) as answer:
                 raw = await answer.read()
                 if answer.status != 200:
