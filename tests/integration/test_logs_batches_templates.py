@@ -208,6 +208,9 @@ async def test_bad_cursors_are_422_naming_the_cursor(service: Service, tenant: T
         "cursor=%00",
         f"cursor={encode_cursor('newest:bat_' + '0' * 32)}",  # another kind of id
         f"cursor={encode_cursor('newest:log_zz')}",
+        f"cursor={encode_cursor('newest:' + log_id[:16] + chr(0) * 20)}",  # a NUL once decoded
+        f"cursor={encode_cursor('newest:' + log_id[:16] + 'é' * 20)}",
+        f"cursor={encode_cursor('newest:' + log_id.upper())}",
         f"cursor={encode_cursor(log_id)}",  # no order
         f"cursor={encode_cursor('sideways:' + log_id)}",
         f"cursor={log_id}",  # a log id as it is: cursors are opaque

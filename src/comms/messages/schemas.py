@@ -112,7 +112,8 @@ class PageInfo(BaseModel):
     next_cursor: str | None = Field(
         default=None,
         description="GET /communication/logs: pass as `cursor` for the items after this page "
-        "(stable while new items arrive; no page is skipped over). Null on the last page.",
+        "(a position: newest first, items that arrive meanwhile do not shift the pages). Null on "
+        "the last page.",
     )
 
 
