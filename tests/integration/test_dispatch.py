@@ -805,11 +805,36 @@ async def test_a_worker_stopping_mid_send_never_causes_a_third_send(
     async with service.db.begin() as session:
         assert len(await claim_due(session, "w", 10, now, timedelta(seconds=30))) == 2
     async with service.db.begin() as session:
-        await release_claims(session, [fresh, resent], "w", now)
+        await release_claims(session, [(fresh, 1), (resent, 1)], "w", now)
     async with service.db.read() as session:
         first, second = await session.get(Message, fresh), await session.get(Message, resent)
     assert first is not None and (first.status, first.possible_duplicate) == ("queued", True)
     assert second is not None and second.status == "unknown" and second.lease_owner is None
+
+
+async def test_giving_back_a_claim_leaves_a_later_claim_of_the_same_row_alone(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """The reaper took a slow send's row back and the same worker claimed it again (attempt 2):
+    giving back the first claim (a stop past the drain) must not undo the second, whose holder
+    is still sending it."""
+    from comms.dispatch.queue import release_claims
+
+    log_id = (await send_sms(service, tenant, "13800138000"))["items"][0]["id"]
+    now = utcnow()
+    async with service.db.begin() as session:
+        assert len(await claim_due(session, "w", 10, now, timedelta(seconds=30))) == 1
+    async with service.db.begin() as session:  # the first lease ran out: taken back, flagged
+        assert await release_expired_leases(session, now + timedelta(minutes=1)) == 1
+    async with service.db.begin() as session:
+        again = await claim_due(session, "w", 10, now + timedelta(minutes=1), timedelta(seconds=30))
+    assert [(c.id, c.attempts) for c in again] == [(log_id, 2)]
+    async with service.db.begin() as session:
+        await release_claims(session, [(log_id, 1)], "w", now, unsent=[log_id])
+        await release_claims(session, [(log_id, 1)], "w", now)
+    async with service.db.read() as session:
+        row = await session.get(Message, log_id)
+    assert row is not None and (row.status, row.lease_owner, row.attempts) == ("sending", "w", 2)
 
 
 @pytest.mark.parametrize("handed", [True, False], ids=["handed-to-the-provider", "not-yet-handed"])
@@ -842,6 +867,125 @@ async def test_stop_is_bounded_even_with_every_slot_taken_and_gives_claims_back(
         row = await session.get(Message, created["items"][0]["id"])
     assert row is not None and (row.status, row.lease_owner) == ("queued", None)
     assert (row.possible_duplicate, row.attempts) == ((True, 1) if handed else (False, 0))
+
+
+async def test_a_stop_past_the_drain_records_what_the_provider_already_accepted(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A batch sent in parts (a rate limit spreads its calls over seconds) is stopped past the drain
+    timeout after its first part was accepted: that part is recorded `sent`, as the provider
+    answered, and is not given back (a provider that cannot be asked would get it twice); the part
+    whose call was under way goes back flagged."""
+    from comms.providers.base import SendResult
+
+    created = await send_sms(service, tenant, "13800138000", "13800138001")
+    accepted, in_call = (item["id"] for item in created["items"])
+    stuck = asyncio.Event()
+
+    async def first_part_answered(routes: Any, every: Any, messages: Any, batch_of: Any = None) -> Any:
+        progress = dispatcher_module._PROGRESS.get()
+        assert progress is not None
+        progress.handed.update(m.id for m in messages)
+        progress.decided[accepted] = (SendResult.sent(accepted, "gw-accepted-1", "accepted"), routes[0])
+        stuck.set()
+        await asyncio.Event().wait()  # the second part's call never answers
+
+    async with standalone_dispatcher(service) as worker:
+        worker._send_with_failover = first_part_answered  # type: ignore[method-assign]
+        worker.start()
+        await asyncio.wait_for(stuck.wait(), timeout=10)
+        await asyncio.wait_for(worker.stop(timeout=0.2), timeout=20)
+    async with service.db.read() as session:
+        sent, back = await session.get(Message, accepted), await session.get(Message, in_call)
+    assert sent is not None and back is not None
+    assert (sent.status, sent.provider_message_id, sent.provider, sent.lease_owner) == (
+        "sent",
+        "gw-accepted-1",
+        "outbox",
+        None,
+    )
+    assert sent.possible_duplicate is False and sent.content == "x"
+    assert (back.status, back.possible_duplicate, back.lease_owner) == ("queued", True, None)
+
+
+async def test_a_fault_of_ours_keeps_the_outcomes_already_known(service: Service, tenant: TenantKeys) -> None:
+    """A fault of ours after the provider answered for part of a batch: the answered part keeps
+    its answer; only what cannot be recorded goes back flagged."""
+    created = await send_sms(service, tenant, "13800138000", "13800138001")
+    fine, broken_id = (item["id"] for item in created["items"])
+    async with standalone_dispatcher(service) as worker:
+        build = worker._result_row
+
+        def breaks_for_one(c: Any, *args: Any) -> Any:
+            if c.id == broken_id:
+                raise RuntimeError("a bug of ours for one message")
+            return build(c, *args)
+
+        worker._result_row = breaks_for_one  # type: ignore[method-assign]
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, worker.worker_id, 10, utcnow(), timedelta(seconds=30))
+        await worker._process(claimed)
+    async with service.db.read() as session:
+        ok, flagged = await session.get(Message, fine), await session.get(Message, broken_id)
+    assert ok is not None and (ok.status, ok.provider, ok.possible_duplicate) == ("sent", "outbox", False)
+    assert flagged is not None and (flagged.status, flagged.possible_duplicate) == ("queued", True)
+
+
+async def test_an_unknown_row_keeps_whom_to_ask_and_is_settled_there(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A possible duplicate whose earlier attempt reached the outbox, claimed when its batch is
+    cancelled, ends `unknown` with that route kept (rows written by this attempt used to clear
+    it, leaving nobody to ask); the re-check then finds it there and settles it `sent`. A row
+    interrupted before any route was recorded is asked about at the primary route."""
+    created = await send_sms(service, tenant, "13800138000", "13800138001")
+    recorded, never_recorded = (item["id"] for item in created["items"])
+    async with standalone_dispatcher(service) as worker:
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, worker.worker_id, 10, utcnow(), timedelta(seconds=30))
+        await worker._process(claimed)  # both reach the outbox
+        now = utcnow()
+        async with service.db.begin() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id == recorded)
+                .values(
+                    status="queued",
+                    possible_duplicate=True,
+                    provider_message_id=None,
+                    due_at=now,
+                    queue_rank=0,
+                )
+            )
+            await session.execute(
+                update(Message)
+                .where(Message.id == never_recorded)
+                .values(status="unknown", possible_duplicate=True, provider=None, provider_message_id=None)
+            )
+        async with service.db.begin() as session:
+            claimed = await claim_due(session, worker.worker_id, 10, utcnow(), timedelta(seconds=30))
+        assert [c.id for c in claimed] == [recorded]
+        cancel = await service.client.post(
+            f"/communication/batches/{created['batch_id']}/cancel", headers=tenant.headers()
+        )
+        assert cancel.status_code == 200, cancel.text
+        await worker._process(claimed)
+        async with service.db.read() as session:
+            row = await session.get(Message, recorded)
+        assert row is not None and (row.status, row.provider) == ("unknown", "outbox")
+        async with service.db.begin() as session:  # became unknown a while ago, not looked at since
+            await session.execute(
+                update(Message)
+                .where(Message.id.in_([recorded, never_recorded]))
+                .values(due_at=now - timedelta(minutes=5), updated_at=now - timedelta(minutes=5))
+            )
+        assert await worker.recheck_unknown() == 2
+    async with service.db.read() as session:
+        settled = [await session.get(Message, i) for i in (recorded, never_recorded)]
+    assert [(m.status, m.provider_message_id) for m in settled if m is not None] == [
+        ("sent", recorded),
+        ("sent", never_recorded),
+    ]
 
 
 async def test_a_batch_retry_sends_again_instead_of_reconciling_the_earlier_attempt(

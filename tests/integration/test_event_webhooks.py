@@ -459,6 +459,6 @@ async def test_the_reapers_unknown_and_a_settled_recheck_are_told(
             .values(status="sending", lease_owner="w-stopping", lease_until=now + timedelta(minutes=1))
         )
     async with service.db.begin() as session:
-        await release_claims(session, [once], "w-stopping", now)
+        await release_claims(session, [(once, 0)], "w-stopping", now)
     told = await _told(service)
     assert [(e["log_id"], e["status"]) for e in told[2:]] == [(once, "unknown")]

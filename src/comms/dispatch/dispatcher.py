@@ -104,11 +104,14 @@ class _Progress:
 
     ``handed``: ids given to a provider's send and not refused as a whole: if the batch is stopped
     or meets a fault of ours mid-way, only these may have left. ``decided``: the results known so
-    far, by message id. ``cancel_checked``: when the claimed messages were checked for a cancel of
-    their batches (time.monotonic()), and ``batch_checked`` when a batch was checked again since."""
+    far, by message id, and ``composed`` what was sent for each (to record a decided result if the
+    batch is stopped before it ends). ``cancel_checked``: when the claimed messages were checked
+    for a cancel of their batches (time.monotonic()), and ``batch_checked`` when a batch was
+    checked again since."""
 
     handed: set[str] = field(default_factory=set)
     decided: dict[str, tuple[SendResult, Route | None]] = field(default_factory=dict)
+    composed: dict[str, Composed] = field(default_factory=dict)
     cancel_checked: float = field(default_factory=time.monotonic)
     batch_checked: dict[str, float] = field(default_factory=dict)
 
@@ -291,7 +294,12 @@ class Dispatcher:
             for c, account_id in waiting:
                 if time.monotonic() - started > RECHECK_BUDGET:
                     break  # slow providers: the rest waits for the next round
-                route = await self.router.route_of(c.provider, account_id)
+                if c.provider is None and account_id is None:
+                    # Interrupted before any attempt recorded where it went: the primary route
+                    # most likely has it, as for a possible duplicate (_previous_route).
+                    route = _previous_route(await self.router.all_routes(c.tenant_id, c.channel), c)
+                else:
+                    route = await self.router.route_of(c.provider, account_id)
                 outcomes.append(await self._recheck_one(c, route, contexts[c.batch_id], now))
             async with self.db.begin() as session:
                 await settle_unknown(session, now, outcomes)
@@ -311,6 +319,8 @@ class Dispatcher:
         try:
             message = compose(c, context, self._cache, self._decorator, _region(c)).message
             answer = (await route.provider.reconcile([message]))[0]
+            if answer.provider_message_id in await self._ids_held_elsewhere(route, [answer]):
+                return {"id": c.id}  # the record is another message's: it says nothing of this one
         except Exception as exc:
             log.warning("reconcile failed", extra={"provider": route.name, "error": str(exc)})
             return {"id": c.id}
@@ -478,23 +488,36 @@ class Dispatcher:
         # one batch after another in one task, each setting it anew).
         progress = _Progress()
         _PROGRESS.set(progress)
+        by_id = {c.id: c for c in claimed}
         try:
             rows = await self._deliver(claimed)
         except asyncio.CancelledError:
-            # Stopped past the drain timeout: a request may have left for what was handed to a
-            # provider, so that goes back flagged; the rest goes back as it was.
-            unsent = [c.id for c in claimed if c.id not in progress.handed]
+            # Stopped past the drain timeout. What a provider has already answered is recorded:
+            # given back, a message it accepted would go out a second time. Of the rest, what was
+            # handed to a provider may have left, so it goes back flagged; the rest as it was.
+            now = utcnow()
+            recorded: set[str] = set()
+            if decided := self._decided_rows(claimed, progress, now):
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(FINAL_COMPLETE_TIMEOUT), self.db.begin() as session:
+                        await self._record(session, decided, by_id)
+                    recorded = {row["id"] for row in decided}
+            rest = [c for c in claimed if c.id not in recorded]
+            unsent = [c.id for c in rest if c.id not in progress.handed]
             async with self.db.begin() as session:
-                await release_claims(session, [c.id for c in claimed], self.worker_id, utcnow(), unsent)
+                await release_claims(session, [(c.id, c.attempts) for c in rest], self.worker_id, now, unsent)
             raise
         except Exception as exc:
-            # A fault of ours (a database hiccup, a secret that cannot be decrypted): back off like
-            # a transient provider error, so it neither spins nor retries forever.
+            # A fault of ours (a database hiccup, a secret that cannot be decrypted): what a
+            # provider has already answered stands; the rest backs off like a transient provider
+            # error, so it neither spins nor retries forever.
             log.exception("dispatch failed")
             now = utcnow()
             error = f"dispatch error: {type(exc).__name__}: {exc}"
-            rows = [self._after_fault(c, now, error, c.id in progress.handed) for c in claimed]
-        by_id = {c.id: c for c in claimed}
+            known = {row["id"]: row for row in self._decided_rows(claimed, progress, now)}
+            rows = [
+                known.get(c.id) or self._after_fault(c, now, error, c.id in progress.handed) for c in claimed
+            ]
         try:
             told = await self._complete(rows, by_id)
         except asyncio.CancelledError:
@@ -512,6 +535,22 @@ class Dispatcher:
         )
         for labels, count in finished.items():  # one labelled child per group, not per message
             metrics.FINISHED.labels(*labels).inc(count)
+
+    def _decided_rows(
+        self, claimed: list[ClaimedMessage], progress: _Progress, now: datetime
+    ) -> list[dict[str, Any]]:
+        """The rows of the claimed messages whose result is already known (a provider answered,
+        or reconciliation found them), for a batch stopped or failed before its end. A row that
+        cannot be built (the fault being handled may be in that very code) is left out: its
+        message is then given back as one whose request may have left."""
+        rows = []
+        for c in claimed:
+            if c.id in progress.decided and c.id in progress.composed:
+                try:
+                    rows.append(self._result_row(c, progress.composed[c.id], *progress.decided[c.id], now))
+                except Exception:
+                    log.exception("recording a known outcome failed", extra={"log_id": c.id})
+        return rows
 
     async def _complete(self, rows: list[dict[str, Any]], by_id: dict[str, ClaimedMessage]) -> bool:
         """Record the outcomes (and their events); a database hiccup is retried, because rows
@@ -551,6 +590,7 @@ class Dispatcher:
 
     async def _deliver(self, claimed: list[ClaimedMessage]) -> list[dict[str, Any]]:
         now = utcnow()
+        progress = _PROGRESS.get()
         rows: list[dict[str, Any]] = []
         contexts: dict[str, BatchContext] = {}
         gates: dict[tuple[str, str, str], AcceptanceGate] = {}
@@ -564,7 +604,7 @@ class Dispatcher:
             # Read fresh, not from the cache: rows in flight when their batch was cancelled come
             # back here after a retry, a deferral or a dead worker, and must not go out.
             cancelled = set(await session.scalars(_CANCELLED, {"ids": list(batch_ids)}))
-            if (progress := _PROGRESS.get()) is not None:
+            if progress is not None:
                 progress.cancel_checked = time.monotonic()
             if cancelled:
                 rows.extend(self._cancelled_row(c, now) for c in claimed if c.batch_id in cancelled)
@@ -624,6 +664,8 @@ class Dispatcher:
                 rows.append(self._retry_or_fail(c, now, str(exc)))
                 continue
             outgoing[(c.tenant_id, c.channel)].append(composed)
+            if progress is not None:
+                progress.composed[c.id] = composed
         by_id = {c.id: c for c in claimed}
         for (tenant_id, channel), composed_list in outgoing.items():
             messages = [x.message for x in composed_list]
@@ -919,8 +961,10 @@ class Dispatcher:
             "id": c.id,
             "status": "failed",
             "error": None,
-            "provider": None,
-            "account": None,
+            # Where an earlier attempt went, until this one goes somewhere: a row that ends
+            # unknown or is sent again flagged must still say whom to ask (_previous_route).
+            "provider": c.provider,
+            "account": c.provider_account_id,
             "pmid": None,
             "response": None,
             "content": None,
@@ -943,8 +987,8 @@ class Dispatcher:
     def _result_row(
         self, c: ClaimedMessage, item: Composed, result: SendResult, route: Route | None, now: datetime
     ) -> dict[str, Any]:
-        provider = route.name if route else None
-        account = route.account_id if route else None
+        provider = route.name if route else c.provider
+        account = route.account_id if route else c.provider_account_id
         response = result.response[:RESPONSE_LIMIT] if result.response else None
         common = {
             "provider": provider,

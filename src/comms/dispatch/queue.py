@@ -14,7 +14,7 @@ from functools import cache, lru_cache
 from typing import Any
 
 import msgspec
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.events.service import EVENT_COLUMNS, tell_changed_rows
@@ -300,19 +300,26 @@ async def extend_leases(
 
 
 async def release_claims(
-    session: AsyncSession, ids: Sequence[str], owner: str, now: datetime, unsent: Sequence[str] = ()
+    session: AsyncSession,
+    claims: Sequence[tuple[str, int]],
+    owner: str,
+    now: datetime,
+    unsent: Sequence[str] = (),
 ) -> None:
-    """Give back rows this worker claimed and is abandoning (stopped mid-send). A request may have
+    """Give back rows this worker claimed and is abandoning (stopped mid-send): ``claims`` are
+    (id, the claim's attempt number), so a later claim of the same row (the reaper took it back,
+    this worker claimed it again in another task) is left to its own holder. A request may have
     left, so they are handled as the reaper handles them: flagged ``possible_duplicate`` and
     re-queued the first time, ``unknown`` when they were already re-sent once (never a third send).
     ``unsent``: those of them no request was made for yet: re-queued as they were, this attempt
     not counted."""
     untouched = set(unsent)
-    maybe_sent = [i for i in ids if i not in untouched]
-    if untouched:
+    held_now = (Message.lease_owner == owner, Message.status == "sending")
+    mine = [claim for claim in claims if claim[0] not in untouched]
+    if fresh := [claim for claim in claims if claim[0] in untouched]:
         await session.execute(
             update(Message)
-            .where(Message.id.in_(untouched), Message.lease_owner == owner, Message.status == "sending")
+            .where(tuple_(Message.id, Message.attempts).in_(fresh), *held_now)
             .values(
                 status="queued",
                 lease_owner=None,
@@ -324,9 +331,8 @@ async def release_claims(
             )
             .execution_options(synchronize_session=False)
         )
-    if maybe_sent:
-        held = (Message.id.in_(maybe_sent), Message.lease_owner == owner, Message.status == "sending")
-        await _give_back(session, held, now)
+    if mine:
+        await _give_back(session, (tuple_(Message.id, Message.attempts).in_(mine), *held_now), now)
 
 
 async def _give_back(session: AsyncSession, held: tuple[Any, ...], now: datetime) -> None:
