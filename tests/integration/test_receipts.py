@@ -404,6 +404,88 @@ async def test_a_callback_on_another_account_cannot_touch_a_message_it_did_not_c
     assert carried.status_code == 200 and await status_of(live_service, log_id) == "undelivered"
 
 
+async def test_a_message_no_account_has_sent_takes_no_receipt_from_any(
+    live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
+) -> None:
+    """Any account of a channel may report on a message whose send is under way and not yet
+    recorded (a receipt faster than the send's answer); a message not being sent at all
+    (scheduled here; or queued, cancelled, refused) has no receipt to get: a signed fake one
+    moves nothing and suppresses no one, complaint or hard bounce."""
+    from datetime import timedelta
+
+    from comms.kit.clock import isoformat, utcnow
+
+    other_id = await second_account(live_service, live_tenant, sink)
+    answer = await live_service.client.post(
+        "/communication/bulk",
+        json={
+            "channel": "sms",
+            "category": "transactional",
+            "content": "x",
+            "recipients": ["13800138000"],
+            "send_at": isoformat(utcnow() + timedelta(days=30)),
+        },
+        headers=live_tenant.headers(),
+    )
+    assert answer.status_code == 202, answer.text
+    log_id = answer.json()["items"][0]["id"]
+    for i, (secret_of, bounce) in enumerate(((other_id, "complaint"), (account, "hard"))):
+        event = {"event_id": f"s{i}", "id": log_id, "status": "undelivered", "bounce": bounce}
+        secret = OTHER_SECRET if secret_of == other_id else None
+        posted = await post_receipt(
+            live_service, secret_of, [event], **({"secret": secret} if secret else {})
+        )
+        assert posted.status_code == 200, posted.text
+    assert await status_of(live_service, log_id) == "scheduled"
+    async with live_service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+
+
+async def test_a_possible_duplicates_other_account_suppresses_no_one_by_a_receipt_that_moves_nothing(
+    live_service: Service, live_tenant: TenantKeys, account: str, sink: WebhookSink
+) -> None:
+    """A possible duplicate may take receipts from any account of its channel (its earlier attempt
+    may have gone anywhere). Once its re-send is recorded `delivered` by its carrier, another
+    account's signed hard bounce moves nothing, and then suppresses no one either."""
+    from sqlalchemy import update
+
+    other_id = await second_account(live_service, live_tenant, sink)
+    log_id = await sent_message(live_service, live_tenant)  # through `account`
+    async with live_service.db.begin() as session:
+        await session.execute(
+            update(Message).where(Message.id == log_id).values(status="delivered", possible_duplicate=True)
+        )
+    event = {"event_id": "d1", "id": log_id, "status": "undelivered", "bounce": "hard"}
+    answer = await post_receipt(live_service, other_id, [event], secret=OTHER_SECRET)
+    assert answer.status_code == 200
+    assert await status_of(live_service, log_id) == "delivered"
+    async with live_service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+    late = await post_receipt(live_service, account, [{**event, "event_id": "d2"}])  # its carrier's
+    assert late.status_code == 200
+    async with live_service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 1
+
+
+async def test_an_email_accounts_secret_opts_no_number_out(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    """Replies and keywords are SMS: a signed STOP on an email account's inbound URL is a 404 in
+    the envelope and suppresses nothing."""
+    email = await add_account(
+        live_service, live_tenant, sink.url, channel="email", name="mail", secret=OTHER_SECRET
+    )
+    body, headers = signed(
+        {"messages": [{"event_id": "m1", "from": "+8613800138000", "text": "STOP"}]}, secret=OTHER_SECRET
+    )
+    answer = await live_service.client.post(
+        f"/webhooks/webhook/{email['id']}/inbound", content=body, headers=headers
+    )
+    assert answer.status_code == 404 and answer.json()["code"] == 404, answer.text
+    async with live_service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+
+
 async def test_a_batch_retry_forgets_the_earlier_attempts_provider(
     service: Service, tenant: TenantKeys
 ) -> None:

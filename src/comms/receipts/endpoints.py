@@ -152,6 +152,9 @@ async def inbound(request: Request, provider: str, account_id: str) -> Response:
     if isinstance(checked, Response):
         return checked
     (account, tenant, instance), body = checked
+    if account.channel != "sms":
+        # Replies and keywords are SMS: an email account's secret must not opt numbers out.
+        return reply(404, "this account takes no inbound messages (only SMS accounts do)")
     try:
         messages = instance.parse_inbound(body)
     except (msgspec.DecodeError, ValueError, KeyError) as exc:

@@ -215,14 +215,17 @@ async def _in_flight_elsewhere(session: AsyncSession, account: ProviderAccount, 
 def _may_have_carried(account: ProviderAccount, message: Message, sharing: frozenset[str]) -> bool:
     """Whether ``account`` may have carried ``message``: the account that recorded it, or one
     ``sharing`` its callbacks (the same vendor account: its receipts are as authentic for both);
-    or, while none has (a receipt faster than the send's own answer), any account of its channel;
-    and any for a possible duplicate, whose earlier attempt may have gone elsewhere. Without this,
-    whoever holds one account's callback secret (a gateway the tenant runs, a leaked token) could
-    move the status of every message of the tenant, or suppress its recipients through fake
-    complaints."""
+    or, while none has and its send is under way (a receipt faster than the send's own answer),
+    any account of its channel; and any for a possible duplicate, whose earlier attempt may have
+    gone elsewhere. Without this, whoever holds one account's callback secret (a gateway the
+    tenant runs, a leaked token) could move the status of every message of the tenant, or
+    suppress its recipients through fake complaints. (A message scheduled, queued, cancelled or
+    refused before any send has no account either, and no receipt can be about it.)"""
     if message.channel != account.channel:
         return False
-    not_recorded_yet = message.provider is None and message.provider_account_id is None
+    not_recorded_yet = (
+        message.provider is None and message.provider_account_id is None and message.status == "sending"
+    )
     return (
         not_recorded_yet
         or message.provider_account_id == account.id
@@ -290,7 +293,14 @@ async def apply_receipt(
         error = None if target is Status.DELIVERED else str(values["error"])
         vendor_id = message.provider_message_id or event.provider_message_id
         events.add(tenant.id, item_event(message, target.value, error, message.provider, vendor_id, now))
-    if event.bounce in ("hard", "complaint", "opted_out"):
+    if event.bounce in ("hard", "complaint", "opted_out") and (
+        changed
+        or message.provider_account_id == account.id
+        or (sharing is not None and message.provider_account_id in await sharing.ids())
+    ):
+        # A bounce suppresses the recipient only from the account that carried the message, or
+        # with the status it moved: a possible duplicate's other account, whose receipt moved
+        # nothing, says nothing of this recipient that the carrier did not.
         who = compliance.contact_of_message(tenant, message)
         if event.bounce == "hard":
             await compliance.suppress(session, tenant, who, "hard_bounce", "bounce")
