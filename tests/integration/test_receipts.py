@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from comms.messages.fairness import rank_of
 from comms.models import Message, ReceiptEvent, Suppression
 from tests.conftest import Service, TenantKeys, make_tenant, wait_until
-from tests.integration.conftest import add_account, signed
+from tests.integration.conftest import SECRET, add_account, signed
 from tests.webhook_sink import WebhookSink
 
 
@@ -484,6 +484,54 @@ async def test_an_email_accounts_secret_opts_no_number_out(
     assert answer.status_code == 404 and answer.json()["code"] == 404, answer.text
     async with live_service.db.read() as session:
         assert await session.scalar(select(func.count()).select_from(Suppression)) == 0
+
+
+async def test_odd_callbacks_are_4xx_never_500(
+    live_service: Service, live_tenant: TenantKeys, account: str
+) -> None:
+    """Whatever reaches a callback URL gets a 4xx in the envelope: a timestamp header too long for
+    int() (unsigned: 401), JSON nested thousands deep (unsigned, which SES's check parses: 401;
+    signed: 400), and an email account's inbound URL (404, before any SNS control message is
+    handled)."""
+    from comms.providers.webhook import signature
+
+    deep = b'{"events": [], "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    timestamp = "1" * 5000
+    headers = {"X-Comms-Timestamp": timestamp, "X-Comms-Signature": signature(SECRET, "1", b"{}")}
+    too_long = await live_service.client.post(
+        f"/webhooks/webhook/{account}/status", content=b"{}", headers=headers
+    )
+    assert too_long.status_code == 401 and too_long.json()["code"] == 401, too_long.text
+    _, signed_headers = signed({})
+    nested = deep
+    signed_headers["X-Comms-Signature"] = signature(SECRET, signed_headers["X-Comms-Timestamp"], nested)
+    for kind in ("status", "inbound"):
+        answer = await live_service.client.post(
+            f"/webhooks/webhook/{account}/{kind}", content=nested, headers=signed_headers
+        )
+        assert answer.status_code == 400 and answer.json()["code"] == 400, (kind, answer.text)
+    ses = await live_service.client.post(
+        "/communication/providers",
+        json={
+            "channel": "email",
+            "provider": "ses",
+            "name": "ses",
+            "config": {
+                "region": "eu-west-1",
+                "access_key_id": "A" * 16,
+                "secret_access_key": "x",
+                "sns_topic_arn": "arn:aws:sns:eu-west-1:123456789012:comms",
+            },
+        },
+        headers=live_tenant.headers(),
+    )
+    assert ses.status_code == 201, ses.text
+    ses_id = ses.json()["data"]["id"]
+    unsigned = await live_service.client.post(f"/webhooks/ses/{ses_id}/status", content=b"[" * 5000)
+    assert unsigned.status_code == 401 and unsigned.json()["code"] == 401, unsigned.text
+    control = {"Type": "SubscriptionConfirmation", "SubscribeURL": "https://sns.eu-west-1.amazonaws.com/x"}
+    inbound = await live_service.client.post(f"/webhooks/ses/{ses_id}/inbound", json=control)
+    assert inbound.status_code == 404 and inbound.json()["code"] == 404, inbound.text
 
 
 async def test_a_batch_retry_forgets_the_earlier_attempts_provider(

@@ -90,7 +90,9 @@ def _public_url(request: Request) -> str:
     return f"{base}{request.url.path}" + (f"?{query}" if query else "")
 
 
-async def _verified(request: Request, provider: str, account_id: str) -> tuple[Any, bytes] | Response:
+async def _verified(
+    request: Request, provider: str, account_id: str, inbound: bool = False
+) -> tuple[Any, bytes] | Response:
     body = request.url.query.encode() if request.method == "GET" else await request.body()
     if len(body) > MAX_CALLBACK_BYTES:
         return reply(413, "callback body too large")
@@ -98,14 +100,28 @@ async def _verified(request: Request, provider: str, account_id: str) -> tuple[A
     if isinstance(loaded, Response):
         return loaded
     account, tenant, instance = loaded
+    if inbound and account.channel != "sms":
+        # Replies and keywords are SMS: an email account's secret must not opt numbers out (nor
+        # its URL confirm a subscription for messages it would then refuse).
+        return reply(404, "this account takes no inbound messages (only SMS accounts do)")
     headers = {k.lower(): v for k, v in request.headers.items()}
-    await instance.prepare_callback(headers, body)
-    if not instance.verify_callback(headers, body, _public_url(request)):
+    try:
+        await instance.prepare_callback(headers, body)
+        authentic = instance.verify_callback(headers, body, _public_url(request))
+    except Exception as exc:  # whatever an unsigned body makes a check raise (nesting, sizes)
+        log.warning("callback check failed", extra={"account": account_id, "error": type(exc).__name__})
+        authentic = False
+    if not authentic:
         log.warning("callback with a bad signature", extra={"account": account_id})
         return reply(401, "bad signature")
     if await instance.handle_control(headers, body):
         return _answer(instance)
     return (account, tenant, instance), body
+
+
+# What parsing a signed but odd body may raise: a 400, not a 500 (RecursionError: JSON nested
+# thousands deep, which msgspec walks even to skip an unknown field).
+UNREADABLE = (msgspec.DecodeError, ValueError, KeyError, RecursionError)
 
 
 def _answer(instance: Provider) -> Response:
@@ -124,7 +140,7 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
     (account, tenant, instance), body = checked
     try:
         events = instance.parse_receipts(body)
-    except (msgspec.DecodeError, ValueError, KeyError) as exc:
+    except UNREADABLE as exc:
         return reply(400, f"unreadable receipt: {exc}")
     changes = EventBuffer()
 
@@ -148,16 +164,13 @@ async def delivery_status(request: Request, provider: str, account_id: str) -> R
 @router.get("/{provider}/{account_id}/inbound", operation_id="inbound_by_get", responses=CALLBACK_ERRORS)
 @router.post("/{provider}/{account_id}/inbound", responses=CALLBACK_ERRORS)
 async def inbound(request: Request, provider: str, account_id: str) -> Response:
-    checked = await _verified(request, provider, account_id)
+    checked = await _verified(request, provider, account_id, inbound=True)
     if isinstance(checked, Response):
         return checked
     (account, tenant, instance), body = checked
-    if account.channel != "sms":
-        # Replies and keywords are SMS: an email account's secret must not opt numbers out.
-        return reply(404, "this account takes no inbound messages (only SMS accounts do)")
     try:
         messages = instance.parse_inbound(body)
-    except (msgspec.DecodeError, ValueError, KeyError) as exc:
+    except UNREADABLE as exc:
         return reply(400, f"unreadable message: {exc}")
     state = app_state(request)
     replies: list[tuple[str, str]] = []
