@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, select
@@ -209,6 +210,116 @@ async def test_a_recipient_whose_own_values_render_to_nothing_fails_instead_of_g
     blank = answer.json()["items"][1]["id"]
     row = await wait_for_message(live_service, blank, lambda m: m.status not in ("queued", "sending"))
     assert (row.status, row.error) == ("failed", "the message renders to nothing (an empty text)")
+
+
+def email(**extra: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "channel": "email",
+        "category": "transactional",
+        "subject": "Order {{ ref }}",
+        "content": "Your order {{ ref }} has shipped.",
+        "recipients": ["ann@example.com"],
+        "variables": {"ref": "42"},
+    }
+    body.update(extra)
+    return body
+
+
+async def test_a_subject_that_renders_to_two_lines_is_refused_at_acceptance(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A header holds no line break: a subject that renders to two lines (the shared values or the
+    first recipient's: a 422 naming them; a later recipient's own: that recipient `rejected`) is
+    refused now, not accepted to fail at dispatch; a dry run says the same."""
+    injection = "42\r\nBcc: x@evil.example"
+    for body, field in (
+        (email(variables={"ref": injection}), "variables.ref"),
+        (
+            email(variables={}, recipients=[{"to": "ann@example.com", "variables": {"ref": injection}}]),
+            "recipients[0]",
+        ),
+        (email(subject="Order {{ ref ~ '\\n' }}"), "subject"),
+    ):
+        for dry_run in (False, True):
+            answer = await service.client.post(
+                "/communication/bulk", json={**body, "dry_run": dry_run}, headers=tenant.headers()
+            )
+            assert answer.status_code == 422, answer.text
+            assert answer.json()["errors"][0]["field"] == field, answer.text
+            assert "more than one line" in answer.json()["errors"][0]["message"]
+    assert await count_rows(service) == (0, 0)
+    later = email(
+        variables={},
+        recipients=[
+            {"to": "ann@example.com", "variables": {"ref": "42"}},
+            {"to": "bo@example.com", "variables": {"ref": injection}},
+        ],
+    )
+    for dry_run in (True, False):
+        answer = await service.client.post(
+            "/communication/bulk", json={**later, "dry_run": dry_run}, headers=tenant.headers()
+        )
+        assert answer.status_code == (200 if dry_run else 202), answer.text
+        items = answer.json()["items"]
+        assert [i["status"] for i in items] == ["queued", "rejected"]
+        assert "line break" in items[1]["error"]
+
+
+async def test_metadata_is_bounded(service: Service, tenant: TenantKeys) -> None:
+    """metadata rides on every log item of the batch: at most 50 keys and 10,000 characters."""
+    for metadata, message in (
+        ({f"k{i}": "v" for i in range(51)}, "at most 50 keys"),
+        ({"note": "x" * 10_000}, "at most 10000 characters"),
+    ):
+        answer = await service.client.post(
+            "/communication/bulk", json=sms(metadata=metadata), headers=tenant.headers()
+        )
+        assert answer.status_code == 422, answer.text
+        error = answer.json()["errors"][0]
+        assert error["field"] == "metadata" and error["message"].startswith(message), answer.text
+    assert await count_rows(service) == (0, 0)
+    fine = {f"k{i}": "v" * 150 for i in range(50)}
+    answer = await service.client.post(
+        "/communication/bulk", json=sms(metadata=fine), headers=tenant.headers()
+    )
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["items"][0]["metadata"] == fine
+
+
+async def test_a_dry_run_renders_once_per_distinct_set_of_values(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A dry run renders each distinct set of the recipients' own values once (and counts segments
+    once per rendering and region), while still reporting every recipient's own text."""
+    from comms.templates import rendering
+
+    renders = 0
+    original = rendering.CompiledTemplate.render
+
+    def counted(self: rendering.CompiledTemplate, variables: Any) -> str:
+        nonlocal renders
+        renders += 1
+        return original(self, variables)
+
+    recipients: list[Any] = [f"1380013{i:04d}" for i in range(300)]
+    recipients += [
+        {"to": "13900139000", "variables": {"code": "777"}},
+        {"to": "13900139001", "variables": {"code": "777"}},
+    ]
+    rendering.CompiledTemplate.render = counted  # type: ignore[method-assign]
+    try:
+        answer = await service.client.post(
+            "/communication/bulk?page_size=200",
+            json=sms(recipients=recipients, dry_run=True),
+            headers=tenant.headers(),
+        )
+    finally:
+        rendering.CompiledTemplate.render = original  # type: ignore[method-assign]
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["counts"] == {"queued": 302}
+    # acceptance's own check (1) + one per distinct set (2) + the shown text of each page item (200)
+    assert renders <= 1 + 2 + 200, renders
+    assert answer.json()["items"][0]["content"] == "Your verification code is ******"
 
 
 async def test_malformed_json_is_400(service: Service, tenant: TenantKeys) -> None:

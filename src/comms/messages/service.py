@@ -136,7 +136,9 @@ async def submit_bulk(
     if body.dry_run:
         items: list[Accepted] = []
         for chunk in _chunks(body.recipients):
-            items.extend(await _gated(gate, resolved, normalizer.run(chunk)))
+            items.extend(
+                await _gated(gate, resolved, _with_subjects_checked(normalizer.run(chunk), resolved))
+            )
         return _dry_run_result(principal, body, resolved, items, options)
     return await _store(session, principal, body, resolved, gate, normalizer, secrets, options)
 
@@ -245,6 +247,8 @@ async def _resolve(session: AsyncSession, principal: Principal, body: BulkSendBo
         _check_from_domain(sender, category, settings, errors)
     if body.user_id is not None and len(body.user_id) > 200:
         errors.append(FieldError("user_id", "must be at most 200 characters"))
+    if body.metadata:
+        _check_metadata(body.metadata, errors)
     if errors:
         raise ValidationFailed(errors[0].message if len(errors) == 1 else "invalid request", errors)
 
@@ -302,6 +306,24 @@ def _check_marketing_email(
     if subject is not None and not subject.is_static and not subject.literal_text().strip(" \t-:|,.!?"):
         errors.append(
             FieldError("subject", "a marketing subject must not consist only of variables (CAN-SPAM)")
+        )
+
+
+# metadata rides on every log item of the batch, in every list of them: as SendGrid bounds its
+# custom_args (10,000 bytes), so that a page of 200 items stays a few megabytes at most.
+MAX_METADATA_KEYS = 50
+MAX_METADATA_CHARACTERS = 10_000
+
+
+def _check_metadata(metadata: dict[str, str], errors: list[FieldError]) -> None:
+    if len(metadata) > MAX_METADATA_KEYS:
+        errors.append(FieldError("metadata", f"at most {MAX_METADATA_KEYS} keys ({len(metadata)} given)"))
+    elif (size := sum(len(k) + len(v) for k, v in metadata.items())) > MAX_METADATA_CHARACTERS:
+        errors.append(
+            FieldError(
+                "metadata",
+                f"at most {MAX_METADATA_CHARACTERS} characters of keys and values together ({size} given)",
+            )
         )
 
 
@@ -483,6 +505,39 @@ def _check_renders(body: BulkSendBody, resolved: Resolved) -> None:
             raise ValidationFailed.single(field if name == "content" or own else name, str(exc)) from None
     if not rendered["content"].strip() and not rendered.get("html", "").strip():
         raise ValidationFailed.single(field, "the message renders to nothing (an empty text)")
+    subject = rendered.get("subject", "")
+    if "\r" in subject or "\n" in subject:
+        broken = (
+            sorted(n for n in resolved.subject.variables if _multiline(merged.get(n)))
+            if resolved.subject
+            else []
+        )
+        where = field if own else f"variables.{broken[0]}" if broken else "subject"
+        raise ValidationFailed.single(
+            where, "the subject renders to more than one line (a header holds no line break)"
+        )
+
+
+def _multiline(value: str | None) -> bool:
+    return value is not None and ("\r" in value or "\n" in value)
+
+
+def _with_subjects_checked(items: list[Accepted], resolved: Resolved) -> list[Accepted]:
+    """Recipients whose own values would put a line break into the subject are ``rejected`` now
+    (the message could not be built: a header holds no line break), instead of failing at
+    dispatch. One dictionary look-up per recipient with variables of its own."""
+    names = resolved.subject.variables if resolved.subject is not None else frozenset()
+    if not names:
+        return items
+    error = "the subject would hold a line break from this recipient's variables"
+    return [
+        item._replace(status="rejected", error=error)
+        if item.status == "queued"
+        and item.variables
+        and any(_multiline(item.variables.get(n)) for n in names)
+        else item
+        for item in items
+    ]
 
 
 class _Normalizer:
@@ -602,6 +657,8 @@ async def _store(
     try:
         for chunk in _chunks(body.recipients):
             normalized = normalizer.run(chunk)
+            if normalizer.has_own_variables:
+                normalized = _with_subjects_checked(normalized, resolved)
             await writer.wait()
             items = await _gated(gate, resolved, normalized)
             if normalizer.has_own_variables:
@@ -684,29 +741,32 @@ def _dry_run_result(
     now = utcnow()
     counts: dict[str, int] = {}
     page: list[dict[str, Any]] = []
+    # One rendering per distinct set of the recipients' own values, and one segment count per
+    # rendering and region: a 100k dry run whose recipients share their values renders once (each
+    # rendering of a long text is milliseconds, and the event loop waits for all of them).
+    renders: dict[Any, tuple[str | None, str | None]] = {}
+    segment_counts: dict[tuple[Any, str | None], int] = {}
     for item in items:
         counts[item.status] = counts.get(item.status, 0) + 1
-        merged = dict(resolved.shared)
-        if item.variables:
-            merged.update(item.variables)
-        error = item.error
-        try:
-            text = resolved.content.render(merged)
-            if resolved.subject is not None:
-                resolved.subject.render(merged)
-        except TemplateError as exc:
-            text, error = None, str(exc)
+        key = tuple(sorted(item.variables.items())) if item.variables else None
+        if key not in renders:
+            renders[key] = _dry_render(resolved, item.variables)
+        text, render_error = renders[key]
+        error = render_error or item.error
         segments = None
         if text is not None and resolved.channel == Channel.SMS:
-            # Count what will really be sent: with the signature and opt-out text added at dispatch.
-            sent_text = MessageDecorator.sms_text(
-                text,
-                category=resolved.category,
-                region=region_of_phone(item.recipient),
-                settings=resolved.settings,
-            )
-            segments = count_segments(sent_text).segments
+            region = region_of_phone(item.recipient)
+            if (key, region) not in segment_counts:
+                # What will really be sent: with the signature and opt-out text added at dispatch.
+                sent_text = MessageDecorator.sms_text(
+                    text, category=resolved.category, region=region, settings=resolved.settings
+                )
+                segment_counts[key, region] = count_segments(sent_text).segments
+            segments = segment_counts[key, region]
         if len(page) < options.page_size:
+            merged = dict(resolved.shared)
+            if item.variables:
+                merged.update(item.variables)
             entry = log_item(
                 id=None,
                 tenant_id=principal.tenant_id,
@@ -727,3 +787,15 @@ def _dry_run_result(
             )
             page.append(entry)
     return SubmitResult(batch_id=None, total=len(items), items=page, counts=counts)
+
+
+def _dry_render(resolved: Resolved, own: dict[str, str] | None) -> tuple[str | None, str | None]:
+    """(the text, or None and why it cannot be rendered) with ``own`` over the shared values."""
+    merged = {**resolved.shared, **own} if own else resolved.shared
+    try:
+        text = resolved.content.render(merged)
+        if resolved.subject is not None:
+            resolved.subject.render(merged)
+    except TemplateError as exc:
+        return None, str(exc)
+    return text, None
