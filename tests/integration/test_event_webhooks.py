@@ -145,6 +145,11 @@ async def test_event_webhooks_go_to_public_addresses_only(service: Service, tena
         "http://[::127.0.0.1]/e",
         "http://[::ffff:10.0.0.1]/e",
         "http://[64:ff9b:1::a00:1]/e",  # RFC 8215's local-use NAT64 prefix
+        # Forms the HTTP client reads as 127.0.0.1 (yarl normalizes the host), never resolved
+        "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:8080/e",  # full-width digits
+        "http://127\u30020\u30020\u30021/e",  # ideographic full stops
+        "http://\u2460\u2461\u2466.0.0.1/e",  # circled digits
+        "http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/e",  # full-width localhost
     ):
         refused = await service.client.put(
             "/communication/event-webhook", json={"url": url}, headers=tenant.headers()

@@ -125,7 +125,14 @@ class EventSender:
             )
             query = (
                 select(EventDelivery)
-                .where(EventDelivery.id.in_(select(ranked.c.id).where(ranked.c.n <= self.per_tenant)))
+                .where(
+                    EventDelivery.id.in_(select(ranked.c.id).where(ranked.c.n <= self.per_tenant)),
+                    # Again on the locked rows: PostgreSQL re-checks only this level's conditions
+                    # on a row another worker leased and committed while this statement ran; with
+                    # the subquery's alone, that row (its lease now in the future) came back too.
+                    DELIVERY_DUE_SQL,
+                    EventDelivery.next_attempt_at <= now,
+                )
                 .order_by(EventDelivery.next_attempt_at)
                 .limit(self.batch * 4)
             )

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits and reach it: NAT64's well-known
 # prefix (RFC 6052; an IPv6-only host behind NAT64 reaches private IPv4 through it) and the
@@ -52,15 +53,27 @@ def is_public(address: str) -> bool:
 
 def private_host(url: str) -> str | None:
     """The host of ``url`` when it is an address (or name) that is certainly not public, else None
-    (a name is checked when it is resolved)."""
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return host
+    (a name is checked when it is resolved).
+
+    The host is read as the HTTP client will read it (yarl, which aiohttp uses) as well as by the
+    standard library: yarl normalizes a host written in other forms (full-width digits, ideographic
+    full stops, circled digits all read as 127.0.0.1), and an address literal never goes through
+    the resolver's check."""
     try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    return None if is_public(host) else host
+        client_host = URL(url).host or ""
+    except (ValueError, TypeError):
+        return url  # not a URL the client could use: refused rather than guessed
+    for raw in (urlsplit(url).hostname or "", client_host):
+        host = raw.rstrip(".").lower()
+        if host == "localhost" or host.endswith(".localhost"):
+            return host
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        if not is_public(host):
+            return host
+    return None
 
 
 class PublicOnlyResolver(AbstractResolver):
