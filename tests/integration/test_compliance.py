@@ -252,6 +252,11 @@ async def test_03_marketing_blocked_without_consent_basis(
     )
     assert items["151****5678"]["status"] == "queued"
     assert items["61*****78"]["error"] == "no marketing consent"
+    # The EU's outermost regions (Reunion, Guadeloupe, ...) have numbers of their own; EU law applies
+    overseas = await bulk(service, tenant, **{**body, "recipients": ["+262692123456", "+590690123456"]})
+    assert [(i["status"], i["error"]) for i in overseas["items"]] == [
+        ("rejected", "no marketing consent")
+    ] * 2
     await opt_in(service, tenant, "sms", "+14155552671", basis="written")
     again = await bulk(service, tenant, **{**body, "recipients": ["+14155552671"]})
     assert again["items"][0]["status"] == "queued"
@@ -458,6 +463,35 @@ async def test_06_start_resubscribes_after_stop_only(service: Service, tenant: T
         row = await session.get(Tenant, tenant.tenant_id)
         assert row is not None
         assert not (await handle_inbound_sms(session, row, "13700137000", "YES")).changed
+    # Nor one recorded after a STOP of the same number (the suppression takes the firmer reason),
+    # nor a tenant's own suppression on top of a STOP.
+    for number, firmer in (("13600136000", "objection"), ("13500135000", "manual")):
+        async with service.db.begin() as session:
+            row = await session.get(Tenant, tenant.tenant_id)
+            assert row is not None
+            assert (await handle_inbound_sms(session, row, number, "STOP")).changed
+        if firmer == "objection":
+            answer = await service.client.delete(
+                f"/communication/consents/sms/{number}", headers=tenant.headers()
+            )
+        else:
+            answer = await service.client.post(
+                "/communication/suppressions",
+                json={"channel": "sms", "address": number, "reason": "manual"},
+                headers=tenant.headers(),
+            )
+        assert answer.status_code in (200, 201), answer.text
+        async with service.db.begin() as session:
+            row = await session.get(Tenant, tenant.tenant_id)
+            assert row is not None
+            assert not (await handle_inbound_sms(session, row, number, "YES")).changed, firmer
+        async with service.db.read() as session:
+            reasons = set(
+                await session.scalars(
+                    select(Suppression.reason).where(Suppression.tenant_id == tenant.tenant_id)
+                )
+            )
+        assert firmer in reasons
 
 
 # ---- 7 ------------------------------------------------------------------------------------------
@@ -760,7 +794,8 @@ async def test_13_erasure_reaches_raw_callbacks_in_the_vendors_spelling(
     service: Service, tenant: TenantKeys
 ) -> None:
     """Vendors quote a number form-encoded (Twilio, Kannel) or in national form (Aliyun,
-    Tencent): the stored raw callbacks go in every spelling. `_` and `%` in an address are
+    Tencent), in any letter case: the stored raw callbacks go in every spelling (on PostgreSQL
+    too, where LIKE is case-sensitive). `_` and `%` in an address are
     literal characters, not wildcards that reach other people's callbacks."""
     from comms.models import ReceiptEvent
 
@@ -771,6 +806,9 @@ async def test_13_erasure_reaches_raw_callbacks_in_the_vendors_spelling(
         "other-number": "From=%2B8613900139000&Body=STOP",
         "ann_b": '{"email":"ann_b@example.com"}',
         "annxb": '{"email":"annxb@example.com"}',
+        # in another letter case: the vendor's spelling, an email's or %2b's
+        "Ann_B": '{"email":"Ann_B@Example.COM"}',
+        "lower-encoded": "From=%2b8613800138000&Body=STOP",
     }
     async with service.db.begin() as session:
         for key, payload in payloads.items():

@@ -39,6 +39,11 @@ from comms.models import Consent
 
 EEA_AND_UK = frozenset(
     "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE IS LI NO GB".split()  # noqa: SIM905
+    # The EU's outermost regions with numbers of their own (TFEU Art. 355(1): Guadeloupe, French
+    # Guiana, Martinique, Reunion, Mayotte, Saint-Martin) and Aland (part of Finland): EU law
+    # applies there as in the rest of the Union. (The Azores, Madeira and the Canaries have
+    # Portuguese and Spanish numbers.)
+    + "GP GF MQ RE YT MF AX".split()  # noqa: SIM905
 )
 # Used where the tenant set no policy for a region: the strictest reading of the law there.
 DEFAULT_CONSENT_POLICY: dict[str, ConsentPolicy] = {"EU": "soft_opt_in", "CN": "opt_in", "*": "none"}

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
-from sqlalchemy import delete, or_
+from sqlalchemy import Text, delete, func, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import audit
@@ -42,6 +42,23 @@ Source = Literal[
     "provider",  # a vendor refused a send: the recipient opted out of the sender there
     "linked",  # an objection on another address the tenant linked as the same person's (E6)
 ]
+
+
+def _lowered(column: Any) -> Any:
+    return func.lower(column, type_=Text)
+
+
+# What may lift a suppression of each reason: 0 a START keyword too, 1 an opt-in given after it
+# (record_consent), 2 only the tenant deleting it. A suppression takes the firmest reason given.
+_DURABILITY: dict[str, int] = {
+    "stop": 0,
+    "unsubscribed": 1,
+    "objection": 1,
+    "manual": 2,
+    "erasure": 2,
+    "hard_bounce": 2,
+    "complaint": 2,
+}
 # Complaints a provider or a mailbox provider reports: each counts in the complaint rate.
 REPORTED_COMPLAINT_SOURCES = frozenset({"complaint", "feedback_loop"})
 
@@ -135,9 +152,16 @@ async def suppress(
     if existing is not None:
         if existing.created_at < when:  # a later opt-out: an opt-in must come after this one
             existing.created_at = when
-        if existing.scope == "all" or scope == existing.scope:
+        widens = existing.scope != "all" and scope != existing.scope
+        # A reason fewer things may lift replaces one more may (a START lifts a STOP, never an
+        # objection recorded on top of it), whatever the scope does.
+        firmer = _DURABILITY[reason] > _DURABILITY.get(existing.reason, 2)
+        if not widens and not firmer:
             return False
-        existing.scope, existing.reason = scope, reason
+        if widens:
+            existing.scope = scope
+        if firmer or widens:
+            existing.reason = reason
     else:
         store.add(
             Suppression(
@@ -395,13 +419,15 @@ async def erase(
     await ConsentStore(session, tenant.id).forget_addresses(who.channel, who.digest)
     await ContactLinkStore(session, tenant.id).forget_address(who.channel, who.digest)
     # Raw provider callbacks (inbound replies, receipts) may quote the address, in the vendor's
-    # own spelling: form-encoded (Twilio, Kannel) or national (Aliyun, Tencent).
+    # own spelling: form-encoded (Twilio, Kannel) or national (Aliyun, Tencent), and in any
+    # letter case (an email's, %2b for +): matched case-insensitively on both databases (LIKE is
+    # case-sensitive on PostgreSQL).
     spellings = address_spellings(who.channel, who.address)
     await session.execute(
         delete(ReceiptEvent)
         .where(
             ReceiptEvent.tenant_id == tenant.id,
-            or_(*(ReceiptEvent.payload.contains(s, autoescape=True) for s in spellings)),
+            or_(*(_lowered(ReceiptEvent.payload).contains(s.lower(), autoescape=True) for s in spellings)),
         )
         .execution_options(synchronize_session=False)
     )
@@ -411,7 +437,7 @@ async def erase(
         delete(EventDelivery)
         .where(
             EventDelivery.tenant_id == tenant.id,
-            or_(*(EventDelivery.payload.contains(s, autoescape=True) for s in spellings)),
+            or_(*(_lowered(EventDelivery.payload).contains(s.lower(), autoescape=True) for s in spellings)),
         )
         .execution_options(synchronize_session=False)
     )
