@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -157,7 +158,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.errors:
             extra["errors"] = [{"field": e.field, "message": e.message} for e in exc.errors]
         if isinstance(exc, RateLimited):
-            headers = {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))}
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}  # whole seconds, never early
         if exc.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return reply(exc.status, exc.message, headers=headers, **extra)

@@ -1,4 +1,4 @@
-"""The ``comms`` command: serve | worker | migrate | status | tenant | apikey | send."""
+"""The ``comms`` command: serve | worker | migrate | status | tenant | apikey (create, revoke) | send."""
 
 from __future__ import annotations
 
@@ -309,6 +309,39 @@ def apikey_create(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps({"id": key_id, "token": token}) if as_json else token)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    key_id: Annotated[
+        str, typer.Argument(help="The key's id (key_..., the part of the token after comms_).")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Revoke an API key: every request with it is refused from now on (401)."""
+    from comms.kit.db import Database
+    from comms.tenants.service import revoke_api_key
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def _run() -> bool:
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.begin() as session:
+                return await revoke_api_key(session, key_id, actor="cli")
+        finally:
+            await db.dispose()
+
+    try:
+        revoked = asyncio.run(_run())
+    except LookupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    message = "revoked" if revoked else "already revoked"
+    typer.echo(
+        json.dumps({"id": key_id, "revoked": True, "message": message}) if as_json else f"{key_id}: {message}"
+    )
 
 
 def _read_recipients(path: Path) -> list[Any]:

@@ -2194,6 +2194,11 @@ async def test_08_a_tenant_may_narrow_the_legal_windows_but_not_widen_them(
         )
         assert answer.status_code == 422, answer.text
         assert answer.json()["errors"][0]["field"] == "quiet_hours.US"
+        padded = await service.client.put(  # stored as US: checked as US
+            "/communication/settings", json={"quiet_hours": {" us ": window}}, headers=tenant.headers()
+        )
+        assert padded.status_code == 422, padded.text
+        assert padded.json()["errors"][0]["field"] == "quiet_hours.US"
     for territory in ("PR", "gu", "VI", "AS", "MP"):  # the TCPA's hours hold in US territories too
         answer = await service.client.put(
             "/communication/settings",

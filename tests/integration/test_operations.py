@@ -541,6 +541,42 @@ async def test_comms_status_shows_the_queue_across_tenants_and_workers(
     assert away.returncode == 1 and err.decode().startswith("error: cannot read the queue: ")
 
 
+async def test_comms_apikey_revoke_refuses_the_key_from_then_on(service: Service, tenant: TenantKeys) -> None:
+    """A leaked key is revoked from the command line: the next request with it is a 401, the
+    tenant's other keys still work, the revocation is in the audit trail; revoking again says so,
+    and an unknown id exits 2 with one line."""
+    from comms.models import AuditEvent
+
+    key_id = tenant.token.removeprefix("comms_")[: len("key_") + 32]
+    assert (await service.client.get("/communication/logs", headers=tenant.headers())).status_code == 200
+
+    async def revoke(*args: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "comms"), "apikey", "revoke", *args,
+            env={**os.environ, "COMMS_DATABASE_URL": service.settings.resolved_database_url,
+                 "COMMS_DATA_DIR": str(service.settings.data_dir)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        return int(process.returncode or 0), out.decode(), err.decode()
+
+    code, out, _ = await revoke(key_id, "--json")
+    assert code == 0 and json.loads(out) == {"id": key_id, "revoked": True, "message": "revoked"}
+    refused = await service.client.get("/communication/logs", headers=tenant.headers())
+    assert refused.status_code == 401 and refused.json()["code"] == 401
+    other = await service.client.get("/communication/logs", headers=tenant.headers(tenant.read_only_token))
+    assert other.status_code == 200
+    code, out, _ = await revoke(key_id)
+    assert code == 0 and out.strip() == f"{key_id}: already revoked"
+    code, _, err = await revoke("key_" + "0" * 32)
+    assert code == 2 and err.strip() == f"error: no API key key_{'0' * 32}"
+    async with service.db.read() as session:
+        actions = list(
+            await session.scalars(select(AuditEvent.action).where(AuditEvent.tenant_id == tenant.tenant_id))
+        )
+    assert actions.count("apikey.revoked") == 1
+
+
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 async def test_comms_status_reads_the_partial_indexes_on_sqlite(service: Service) -> None:
     """Nothing runs ANALYZE on SQLite, and without statistics its planner counted the queue by

@@ -137,9 +137,10 @@ async def put_settings(request: Request, principal: AdminPrincipal) -> Any:
     for name, weaker in (("consent_policy", weakens_legal_consent), ("quiet_hours", widens_legal_window)):
         per_region = changes.get(name)
         for region, value in per_region.items() if isinstance(per_region, dict) else ():
-            why = weaker(str(region), value) if isinstance(value, str) else None
+            key = str(region).strip()  # as the settings store it (" us" is US)
+            why = weaker(key, value) if isinstance(value, str) else None
             if why is not None:
-                raise ValidationFailed.single(f"{name}.{str(region).upper()}", why)
+                raise ValidationFailed.single(f"{name}.{key.upper()}", why)
     merged.update(changes)
     try:
         validated = TenantSettings.model_validate(merged)

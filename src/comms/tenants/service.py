@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from comms.compliance import audit
 from comms.compliance.settings import load_settings
 from comms.errors import Unauthorized
 from comms.kit.clock import utcnow
@@ -89,6 +90,20 @@ async def create_api_key(
     ApiKeyRepository(session).add(key)
     await session.flush()
     return key, f"{TOKEN_PREFIX}{key.id}_{secret}"
+
+
+async def revoke_api_key(session: AsyncSession, key_id: str, actor: str | None = None) -> bool:
+    """Revoke a key at once (every request after this commit is refused); True when it was live
+    until now, False when it was revoked before. LookupError when there is no such key."""
+    found = await ApiKeyRepository(session).get_with_tenant(key_id)
+    if found is None:
+        raise LookupError(f"no API key {key_id}")
+    key = found[0]
+    if key.revoked_at is not None:
+        return False
+    key.revoked_at = utcnow()
+    audit.record(session, key.tenant_id, "apikey.revoked", actor=actor, key_id=key.id)
+    return True
 
 
 async def authenticate(session: AsyncSession, token: str) -> Principal:
