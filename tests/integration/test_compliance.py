@@ -834,6 +834,32 @@ async def test_13_erasure_reaches_raw_callbacks_in_the_vendors_spelling(
     assert left == {"other-number", "annxb"}
 
 
+async def test_13_erasure_strikes_the_address_from_a_stored_unmasked_answer(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A bulk answered with unmask=true keeps that answer a day for its Idempotency-Key: an
+    erasure strikes the address out of it, and a retry of the request still replays (it does not
+    run, and send, again)."""
+    body = {
+        "channel": "sms",
+        "category": "transactional",
+        "content": "x",
+        "recipients": ["13800138000", "13900139000"],
+    }
+    headers = {**tenant.headers(tenant.pii_token), "Idempotency-Key": "order-77"}
+    first = await service.client.post("/communication/bulk?unmask=true", json=body, headers=headers)
+    assert first.status_code == 202 and "+8613800138000" in first.text, first.text
+    erased = await service.client.post(
+        "/communication/erasures", json={"channel": "sms", "address": "13800138000"}, headers=tenant.headers()
+    )
+    assert erased.status_code == 200, erased.text
+    replay = await service.client.post("/communication/bulk?unmask=true", json=body, headers=headers)
+    assert replay.status_code == 202, replay.text
+    assert "13800138000" not in replay.text and "+8613900139000" in replay.text
+    assert [i["recipient"] for i in replay.json()["items"]] == ["[erased]", "+8613900139000"]
+    assert replay.json()["batch_id"] == first.json()["batch_id"]
+
+
 async def test_an_address_with_a_slash_can_be_unsuppressed_and_its_consent_withdrawn(
     service: Service, tenant: TenantKeys
 ) -> None:

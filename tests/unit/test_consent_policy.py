@@ -49,8 +49,12 @@ def test_default_policy_table() -> None:
 
 
 def test_eea_and_uk_membership() -> None:
-    assert len(EEA_AND_UK) == 31  # EU 27 + IS, LI, NO + GB
-    assert {"DE", "FR", "GB", "NO", "IS", "LI", "IE", "SE", "GR"} <= EEA_AND_UK
+    # EU 27 + IS, LI, NO + GB, and 7 regions of the EU with numbers of their own (outermost: GP GF
+    # MQ RE YT MF; and AX, Aland, part of Finland)
+    assert len(EEA_AND_UK) == 31 + 7
+    assert {"DE", "FR", "GB", "NO", "IS", "LI", "IE", "SE", "GR", "RE", "GP", "AX"} <= EEA_AND_UK
+    # Overseas countries and territories (not EU territory) and the Crown Dependencies are not
+    assert EEA_AND_UK.isdisjoint({"PF", "NC", "BL", "PM", "WF", "GL", "AW", "CW", "GI", "IM", "JE", "GG"})
     assert EEA_AND_UK.isdisjoint({"CH", "US", "CN", "UK", "EU", "TR", "RU"})
 
 

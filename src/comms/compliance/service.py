@@ -6,12 +6,13 @@ same person however their address was written, and survives erasure of the addre
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, Protocol
 
-from sqlalchemy import Text, delete, func, or_
+from sqlalchemy import Text, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import audit
@@ -22,7 +23,16 @@ from comms.kit.clock import utcnow
 from comms.kit.ids import new_id
 from comms.kit.masking import ANONYMIZED_KEY_PREFIX
 from comms.messages.recipients import InvalidRecipient, normalize_email, normalize_phone, recipient_key
-from comms.models import Consent, ContactLink, EventDelivery, Message, ReceiptEvent, Suppression, Tenant
+from comms.models import (
+    Consent,
+    ContactLink,
+    EventDelivery,
+    IdempotencyKey,
+    Message,
+    ReceiptEvent,
+    Suppression,
+    Tenant,
+)
 
 # Reasons that block every category but verification; an opt-out only blocks subscription mail.
 SCOPE_ALL_REASONS = frozenset({"hard_bounce", "complaint"})
@@ -42,6 +52,31 @@ Source = Literal[
     "provider",  # a vendor refused a send: the recipient opted out of the sender there
     "linked",  # an objection on another address the tenant linked as the same person's (E6)
 ]
+
+
+ERASED = "[erased]"
+
+
+async def _strike_from_stored_answers(
+    session: AsyncSession, tenant_id: str, spellings: Iterable[str]
+) -> None:
+    rows = await session.scalars(
+        select(IdempotencyKey).where(
+            IdempotencyKey.tenant_id == tenant_id,
+            or_(
+                *(
+                    _lowered(IdempotencyKey.response_body).contains(s.lower(), autoescape=True)
+                    for s in spellings
+                )
+            ),
+        )
+    )
+    # Longest first: "+8613800138000" goes whole, not as "+86" and the national number.
+    pattern = re.compile(
+        "|".join(re.escape(s) for s in sorted(spellings, key=len, reverse=True)), re.IGNORECASE
+    )
+    for row in rows:
+        row.response_body = pattern.sub(ERASED, row.response_body)
 
 
 def _lowered(column: Any) -> Any:
@@ -441,6 +476,10 @@ async def erase(
         )
         .execution_options(synchronize_session=False)
     )
+    # A bulk answered with unmask=true keeps that answer for its Idempotency-Key's replays (a
+    # day): the address is struck out of it, and the replay kept (forgotten, a retry of the same
+    # request would run, and send, again).
+    await _strike_from_stored_answers(session, tenant.id, spellings)
     store = SuppressionStore(session, tenant.id)
     existing = await store.get(who.channel, who.digest)
     if existing is None:
