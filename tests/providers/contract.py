@@ -52,7 +52,8 @@ class FakeVendor:
     ``mode`` switches behaviour at run time: ``"ok"``; ``"fail"`` (the vendor is down or
     throttling: answer as the vendor does then, e.g. HTTP 500/503); ``"hang"`` (read the request,
     then answer nothing for ``hang_seconds``); ``"reset"`` (read the request, then reset the
-    connection); ``"gateway 502"`` / ``"gateway 504"`` (a proxy in front of the vendor answers
+    connection); ``"garbled"`` (read the request, then answer a status line the client cannot
+    parse); ``"gateway 502"`` / ``"gateway 504"`` (a proxy in front of the vendor answers
     so after reading the request, as a load balancer does when the vendor behind it fails or is
     slow); ``"reject"`` (the vendor's permanent refusal for
     the messages, e.g. an invalid number or an unapproved template).
@@ -91,6 +92,12 @@ class FakeVendor:
         if self.mode.startswith("gateway "):  # a proxy's own error page, not the vendor's answer
             status = int(self.mode.split()[1])
             raise _gateway_error(status)
+        if self.mode == "garbled":  # an answer the client cannot parse, after the request was read
+            transport = request.transport
+            assert transport is not None
+            transport.write(b"HTTP/1.1 2x0 OK\r\nContent-Length: nope\r\n\r\n")
+            transport.close()
+            raise ConnectionResetError("the vendor answered with a garbled status line")
         if self.mode == "reset":
             transport = request.transport
             assert transport is not None
@@ -272,6 +279,17 @@ class ProviderContract:
         messages, so they are UNKNOWN (reconciled or re-sent once, flagged), never offered to the
         next account as unsent."""
         vendor.mode = "reset"
+        results = await provider.send(self.outbound(2))
+        assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.UNKNOWN]
+        assert vendor.requests >= 1
+
+    async def test_a_garbled_answer_after_the_request_is_unknown_never_raised(
+        self, vendor: FakeVendor, provider: Provider
+    ) -> None:
+        """The vendor read the request and answered something the client cannot parse (a bad
+        status line or header): it may have taken the messages, so they are UNKNOWN, never
+        refused (which would send them again, or through another account, unflagged)."""
+        vendor.mode = "garbled"
         results = await provider.send(self.outbound(2))
         assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.UNKNOWN]
         assert vendor.requests >= 1

@@ -125,6 +125,8 @@ class SesVendor(FakeVendor):
         self.bulk_status: str | None = None  # every bulk entry answered with this Status
         self.fail_after: int | None = None  # accept this many sends, then answer 429
         self.bulk_calls: list[int] = []  # entries per SendBulkEmail
+        self.portal_page = False  # answer 200 with an HTML page (a proxy's, not SES's)
+        self.drop_first_result = False  # answer one SendBulkEmail result short
         self.cert_fetches = 0
         self.confirmed: list[str] = []  # tokens of confirmed subscriptions
 
@@ -211,6 +213,10 @@ class SesVendor(FakeVendor):
         )
 
     async def send_email(self, request: web.Request) -> web.Response:
+        if self.portal_page:
+            await request.read()
+            self.requests += 1
+            return web.Response(text="<html>Welcome to the hotel network</html>", content_type="text/html")
         payload, refusal = await self.preamble(request)
         if refusal is not None:
             return refusal
@@ -303,6 +309,8 @@ class SesVendor(FakeVendor):
             }
             self.accept(recipients[0])
             results.append({"Status": "SUCCESS", "MessageId": message_id})
+        if self.drop_first_result:
+            results = results[1:]
         return web.json_response({"BulkEmailEntryResults": results})
 
     # ---- SNS -----------------------------------------------------------------------------------
@@ -546,6 +554,28 @@ async def test_a_stored_template_goes_as_send_bulk_email_in_fifties(
         assert sent["headers"]["List-Unsubscribe"] == f"<https://comms.test/u/tok{i:04d}>"
         assert sent["tags"] == {"comms_id": m.id, "comms_tenant": "ten_test"}
         assert str(make_header(decode_header(sent["from"]))) == "Äcme <news@acme.example>"
+
+
+async def test_a_200_that_is_not_ses_answer_is_unknown(vendor: SesVendor, provider: SesProvider) -> None:
+    """A 200 without a MessageId (a proxy's or a captive portal's page) says nothing of the mail:
+    UNKNOWN (reconciled or sent once more, flagged), never SENT."""
+    vendor.portal_page = True
+    results = await provider.send([mail(0)])
+    assert [r.outcome for r in results] == [Outcome.UNKNOWN]
+    assert "without a MessageId" in (results[0].error or "")
+
+
+async def test_bulk_results_that_do_not_match_the_entries_are_unknown(
+    vendor: SesVendor, provider: SesProvider
+) -> None:
+    """SES answers one result per entry, in order, naming no recipient: one short, no result can
+    be matched to its message (a vendor id on the wrong one would take its receipts)."""
+    vendor.drop_first_result = True
+    messages = [mail(i, provider_template={"ses": {"template_name": "welcome"}}) for i in range(3)]
+    results = await provider.send(messages)
+    assert [r.outcome for r in results] == [Outcome.UNKNOWN] * 3
+    assert all(r.provider_message_id is None for r in results)
+    assert "2 results for 3 entries" in (results[0].error or "")
 
 
 @pytest.mark.parametrize(

@@ -471,7 +471,7 @@ async def test_numbers_written_without_a_plus_still_map(
 @pytest.mark.parametrize(
     ("code", "raised", "wait"),
     [
-        ("InternalError.Timeout", TransientProviderError, None),
+        ("InternalError.OtherError", TransientProviderError, None),
         ("RequestLimitExceeded", TransientProviderError, None),
         ("LimitExceeded.PhoneNumberOneHourLimit", TransientProviderError, 3600.0),
         ("UnauthorizedOperation.SerivceSuspendDueToArrears", PermanentProviderError, None),
@@ -493,6 +493,26 @@ async def test_whole_call_errors(
     if isinstance(caught.value, TransientProviderError):
         assert caught.value.retry_after == wait
     assert not vendor.delivered
+
+
+@pytest.mark.parametrize("code", ["InternalError.Timeout", "InternalError.SendAndRecvFail"])
+async def test_a_send_that_timed_out_at_tencent_is_unknown(
+    vendor: TencentVendor, http: aiohttp.ClientSession, tmp_path: Path, code: str
+) -> None:
+    """Tencent's own "the send timed out" (请求下发短信超时) and "exchange with the carrier failed",
+    for the whole call or for one number: the SMS may have gone, so UNKNOWN (reconciled or sent
+    once more, flagged), never a refusal to fail over on or a plain retry."""
+    vendor.call_error = code
+    results = await make(vendor, http, tmp_path).send([sms(1), sms(2)])
+    assert [r.outcome for r in results] == [Outcome.UNKNOWN, Outcome.UNKNOWN]
+    assert all(code in (r.error or "") for r in results)
+    vendor.call_error = None
+    canned = json.loads((HERE / "send_response.json").read_text())
+    canned["Response"]["SendStatusSet"][1]["Code"] = code
+    vendor.canned = canned
+    to = [e["PhoneNumber"] for e in canned["Response"]["SendStatusSet"]]
+    per_number = await make(vendor, http, tmp_path).send([sms(i, to=n) for i, n in enumerate(to)])
+    assert per_number[1].outcome is Outcome.UNKNOWN and code in (per_number[1].error or "")
 
 
 async def test_an_outage_answered_503_is_transient(

@@ -43,6 +43,28 @@ def gateway_uncertain(status: int, vendor: str) -> str:
     return f"HTTP {status} from a gateway in front of {vendor}: the request may have reached it"
 
 
+def certainly_unsent(exc: BaseException) -> bool:
+    """Whether an aiohttp error proves the request never reached the vendor: no connection was
+    made, or the URL could not be used. Any other, once connected (a garbled status line, a bad
+    header in the answer, too many redirects), came after the request may have been read: its
+    messages are UNKNOWN, never refused (which would send them again, or through another vendor)."""
+    return isinstance(
+        exc,
+        (
+            aiohttp.ClientConnectorError,
+            aiohttp.ConnectionTimeoutError,
+            aiohttp.InvalidURL,
+            aiohttp.ServerFingerprintMismatch,
+        ),
+    )
+
+
+def client_error_text(exc: BaseException) -> str:
+    """An aiohttp error as a log item may show it: its type and message, never its repr (which
+    names the request's headers: credentials, callback tokens)."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 # Per-message values: not frozen, because a frozen dataclass is built through object.__setattr__
 # per field (measured 2.6 µs against 0.23 µs for 12 fields) and a few are built per message
 # sent. They are never changed after construction.

@@ -46,6 +46,8 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    certainly_unsent,
+    client_error_text,
     gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, send_calls
@@ -154,7 +156,10 @@ class WebhookProvider(Provider):
             )
             return [SendResult(m.id, Outcome.UNKNOWN, error=reason) for m in messages]
         except aiohttp.ClientError as exc:
-            raise TransientProviderError(f"request failed: {exc}") from exc
+            if certainly_unsent(exc):
+                raise TransientProviderError(f"request failed: {client_error_text(exc)}") from exc
+            error = f"unreadable answer: {client_error_text(exc)}"
+            return [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in messages]
         if status in GATEWAY_UNCERTAIN:
             return [
                 SendResult(m.id, Outcome.UNKNOWN, error=gateway_uncertain(status, "the webhook endpoint"))

@@ -77,6 +77,8 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    certainly_unsent,
+    client_error_text,
     gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, send_calls
@@ -582,7 +584,9 @@ class SendGridProvider(Provider):
         ):
             return None
         except aiohttp.ClientError as exc:
-            raise TransientProviderError(f"request to SendGrid failed: {exc}") from exc
+            if certainly_unsent(exc):
+                raise TransientProviderError(f"request to SendGrid failed: {client_error_text(exc)}") from exc
+            return None  # an answer that could not be read, after the request may have arrived
 
     # ---- Event Webhook ---------------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    certainly_unsent,
+    client_error_text,
     gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, send_calls
@@ -298,9 +300,10 @@ class SesProvider(Provider):
         if 200 <= status < 300:
             if not call.bulk:
                 message_id = payload.get("MessageId")
-                return [
-                    SendResult.sent(call.messages[0].id, str(message_id) if message_id else None, "HTTP 200")
-                ]
+                if not message_id:  # not SES's answer (a proxy's or portal's page): may have gone
+                    error = f"unreadable answer: HTTP {status} without a MessageId"
+                    return [SendResult(call.messages[0].id, Outcome.UNKNOWN, error=error)]
+                return [SendResult.sent(call.messages[0].id, str(message_id), "HTTP 200")]
             return _bulk_results(call.messages, payload)
         if status in GATEWAY_UNCERTAIN and not payload:
             error = gateway_uncertain(status, "SES")
@@ -345,7 +348,9 @@ class SesProvider(Provider):
         ):
             return None
         except aiohttp.ClientError as exc:
-            raise TransientProviderError(f"request to SES failed: {exc}") from exc
+            if certainly_unsent(exc):
+                raise TransientProviderError(f"request to SES failed: {client_error_text(exc)}") from exc
+            return None  # an answer that could not be read, after the request may have arrived
 
     # ---- SNS callbacks -------------------------------------------------------------------------
 
@@ -519,9 +524,15 @@ def _template_data(m: OutboundMessage) -> str:
 
 def _bulk_results(messages: Sequence[OutboundMessage], payload: Mapping[str, Any]) -> list[SendResult]:
     entries = _list(payload.get("BulkEmailEntryResults"))
+    if len(entries) != len(messages):
+        # SES answers one result per entry, in order, naming no recipient: with one missing or
+        # extra, none can be matched to its message (a vendor id on the wrong one would take its
+        # receipts). What happened to them is unknown.
+        error = f"SES answered {len(entries)} results for {len(messages)} entries"
+        return [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in messages]
     statuses = [str(_dict(e).get("Status", "")) for e in entries]
     kinds = [BULK_STATUSES.get(s, Outcome.FAILED) for s in statuses]
-    if len(entries) == len(messages) and kinds and all(k in ("transient", "account") for k in kinds):
+    if kinds and all(k in ("transient", "account") for k in kinds):
         # Nothing went: the account cannot send now. Raised, so the next route gets them.
         reason = "SES " + ", ".join(sorted(set(statuses)))
         if all(k == "transient" for k in kinds):
@@ -529,9 +540,6 @@ def _bulk_results(messages: Sequence[OutboundMessage], payload: Mapping[str, Any
         raise PermanentProviderError(reason)
     out = []
     for index, m in enumerate(messages):
-        if index >= len(entries):
-            out.append(SendResult(m.id, Outcome.UNKNOWN, error="SES answered no entry for it"))
-            continue
         entry = _dict(entries[index])
         kind = kinds[index]
         text = f"SES {statuses[index]}" + (f": {entry['Error']}" if entry.get("Error") else "")

@@ -72,6 +72,8 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    certainly_unsent,
+    client_error_text,
     gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, bounded_map, carries_code, fault
@@ -459,7 +461,9 @@ class AliyunProvider(Provider):
         except aiohttp.ClientOSError as exc:  # connected, then the socket failed: it may have arrived
             raise _NoAnswer(f"connection to aliyun failed mid-call: {exc}") from exc
         except aiohttp.ClientError as exc:
-            raise TransientProviderError(f"request failed: {exc}") from exc
+            if certainly_unsent(exc):
+                raise TransientProviderError(f"request failed: {client_error_text(exc)}") from exc
+            raise _NoAnswer(f"unreadable answer from aliyun: {client_error_text(exc)}") from exc
         payload = _decode(raw)
         code = str(payload.get("Code") or "")
         text = f"{code}: {payload.get('Message') or ''}" if code else f"HTTP {status}: {raw[:200]!r}"

@@ -68,6 +68,7 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    client_error_text,
     gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, fault, is_code
@@ -268,7 +269,7 @@ class KannelProvider(Provider):
             reason = (
                 "no answer within the timeout"
                 if isinstance(exc, TimeoutError)
-                else f"connection lost: {exc!r}"
+                else f"connection lost: {client_error_text(exc)}"
             )
             return SendResult(message.id, Outcome.UNKNOWN, error=reason)
         answer_text = f"HTTP {status}: {text[:200]}"

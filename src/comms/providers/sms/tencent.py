@@ -64,6 +64,8 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    certainly_unsent,
+    client_error_text,
     gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, carries_code, fault
@@ -100,6 +102,11 @@ CALL_ERRORS: dict[str, CallKind] = {
     "MissingParameter": "failed",
     "UnsupportedOperation": "failed",
 }
+
+# Internal errors Tencent's error-code page describes as the send itself timing out or its
+# exchange with the carrier failing (InternalError.Timeout: 请求下发短信超时): the SMS may have gone,
+# so its messages are UNKNOWN, as after a 504, never a refusal to send again or fail over on.
+UNCERTAIN_CODES = frozenset({"InternalError.Timeout", "InternalError.SendAndRecvFail"})
 
 # SendStatusSet[].Code per number, by dotted prefix: "retry" later or "failed" for good. Codes
 # CALL_ERRORS reads "account" or "deferred" are read so first (see _per_number).
@@ -334,7 +341,10 @@ class TencentProvider(Provider):
             error = f"connection lost: {exc}"
             return _Answer("results", [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in call.messages])
         except aiohttp.ClientError as exc:
-            return _Answer("transient", reason=f"request failed: {exc}")
+            if certainly_unsent(exc):
+                return _Answer("transient", reason=f"request failed: {client_error_text(exc)}")
+            error = f"unreadable answer: {client_error_text(exc)}"
+            return _Answer("results", [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in call.messages])
         return _read_answer(call, status, raw)
 
     # ---- callbacks -----------------------------------------------------------------------------
@@ -551,6 +561,10 @@ def _read_answer(call: _Call, status: int, raw: bytes) -> _Answer:
         return _Answer("results", [SendResult(m.id, Outcome.UNKNOWN, error=error) for m in call.messages])
     if response.error is not None:
         reason = f"Tencent {response.error.code}: {response.error.message} (RequestId {response.request_id})"
+        if response.error.code in UNCERTAIN_CODES:
+            return _Answer(
+                "results", [SendResult(m.id, Outcome.UNKNOWN, error=reason) for m in call.messages]
+            )
         kind: CallKind = _lookup(CALL_ERRORS, response.error.code) or "failed"
         if kind == "transient":
             return _Answer("transient", reason=reason, retry_after=_limit_wait(response.error.code))
@@ -595,6 +609,8 @@ def _per_number(message: OutboundMessage, entry: _SendStatus, request_id: str) -
     if entry.code == "Ok":
         return SendResult.sent(message.id, entry.serial_no or None, response)
     error = f"Tencent {entry.code}: {entry.message}"
+    if entry.code in UNCERTAIN_CODES:
+        return SendResult(message.id, Outcome.UNKNOWN, None, response, error)
     if _is_account_refusal(entry.code):  # not this message's fault: the account cannot send now
         return SendResult(message.id, Outcome.RETRY, None, response, f"{error} (the account is refused)")
     if _is_marketing_hours(entry.code):

@@ -57,6 +57,8 @@ from comms.providers.base import (
     Provider,
     ProviderContext,
     SendResult,
+    certainly_unsent,
+    client_error_text,
     gateway_uncertain,
 )
 from comms.providers.calls import RequestPool, bounded_map, fault, is_code
@@ -248,7 +250,10 @@ class TwilioProvider(Provider):
         except aiohttp.ClientOSError as exc:  # connected, then the socket failed: it may have arrived
             return _Answer("result", SendResult(message.id, Outcome.UNKNOWN, error=f"connection lost: {exc}"))
         except aiohttp.ClientError as exc:
-            return _Answer("transient", reason=f"request failed: {exc}", halts=True)
+            if certainly_unsent(exc):
+                return _Answer("transient", reason=f"request failed: {client_error_text(exc)}", halts=True)
+            error = f"unreadable answer: {client_error_text(exc)}"
+            return _Answer("result", SendResult(message.id, Outcome.UNKNOWN, error=error))
         return _classify(message, status, raw, retry_after)
 
     # ---- callbacks -----------------------------------------------------------------------------
