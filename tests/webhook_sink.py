@@ -24,6 +24,7 @@ class WebhookSink:
     host: str = "127.0.0.1"
     port: int = 0
     fail_status: int | None = None
+    fail_text: str = "failing on purpose"  # the body of a fail_status answer
     hang_seconds: float = 0.0
     hang_only: set[str] = field(default_factory=set)  # hang only requests of these categories
     hold: asyncio.Event | None = None  # when given, every request waits for it before answering
@@ -76,9 +77,7 @@ class WebhookSink:
             if not self.hang_only or categories & self.hang_only:
                 await asyncio.sleep(self.hang_seconds)
         if self.fail_status is not None:
-            return web.Response(
-                status=self.fail_status, text="failing on purpose", headers={"Retry-After": "0"}
-            )
+            return web.Response(status=self.fail_status, text=self.fail_text, headers={"Retry-After": "0"})
         payload = msgspec.json.decode(body)
         self.call_sizes.append(len(payload["messages"]))
         results = []

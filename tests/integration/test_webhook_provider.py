@@ -817,3 +817,45 @@ async def test_with_private_networks_off_provider_endpoints_must_be_public(
         await guarded.close()
         await open_.close()
         await runner.cleanup()
+
+
+async def test_a_vendors_error_that_quotes_a_code_or_other_recipients_is_stored_struck(
+    live_service: Service, live_tenant: TenantKeys, sink: WebhookSink
+) -> None:
+    """A vendor's error may quote the text it refused, code and all, and a refused call's error is
+    every one of its messages' error, naming numbers that are not theirs: what is stored (and
+    shown by /logs and the event webhook) has the codes struck and the call's recipients masked."""
+    await add_account(live_service, live_tenant, sink.url)
+    sink.per_message["+8613800138000"] = {
+        "status": "rejected",
+        "error": "content refused: 'Your code is 482913'",
+    }
+    codes = {
+        "channel": "sms",
+        "category": "verification",
+        "content": "Your code is {{ code }}",
+        "recipients": [
+            {"to": "13800138000", "variables": {"code": "482913"}},
+            {"to": "13900139000", "variables": {"code": "555111"}},
+        ],
+    }
+    first = await send_until(live_service, live_tenant, codes, {"failed": 1, "sent": 1})
+    sink.fail_status, sink.fail_text = 400, "content blocked: 'Your code is 771177' to +8613700137000"
+    both = {
+        **codes,
+        "recipients": [
+            {"to": "13700137000", "variables": {"code": "771177"}},
+            {"to": "13600136000", "variables": {"code": "662266"}},
+        ],
+    }
+    second = await send_until(live_service, live_tenant, both, {"failed": 2})
+    ids = [i["id"] for answer in (first, second) for i in answer.json()["items"]]
+    async with live_service.db.read() as session:
+        rows = [await session.get(Message, i) for i in ids]
+    stored = " ".join(f"{r.error} {r.response}" for r in rows if r is not None)
+    for secret in ("482913", "555111", "771177", "662266", "13700137000"):
+        assert secret not in stored, (secret, stored)
+    refused = rows[0]
+    assert refused is not None and refused.error == "content refused: 'Your code is ******'"
+    other = rows[3]
+    assert other is not None and "137****7000" in (other.error or "") and "******" in (other.error or "")

@@ -187,6 +187,9 @@ class Composed:
     message: OutboundMessage
     shown_content: str
     stored_variables: dict[str, Any] | None
+    # The clear values of its secret variables (a code): struck out of whatever a vendor answers
+    # before that is stored (an error may quote the text it refused).
+    secrets: tuple[str, ...] = ()
 
 
 def compose(
@@ -242,13 +245,15 @@ def compose(
         subject=subject,
         html=html,
         headers=headers,
-        variables={**context.shared, **own} if own else context.shared,
+        variables=(variables := {**context.shared, **own} if own else context.shared),
         provider_template=context.provider_templates,
         segments=segments,
         possible_duplicate=claimed.possible_duplicate,
     )
     stored = redacted(claimed.variables, context.secret_names) if claimed.variables else None
-    return Composed(message, shown, stored)
+    names = context.secret_names
+    secrets = tuple(v for k, v in variables.items() if k in names and v) if names else ()
+    return Composed(message, shown, stored, secrets)
 
 
 __all__ = ["BatchCache", "BatchContext", "Composed", "SecretUnavailable", "TemplateError", "compose"]

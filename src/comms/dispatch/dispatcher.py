@@ -16,10 +16,11 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms import metrics
 from comms.compliance import quiet_hours
+from comms.compliance.addresses import scrub_address
 from comms.compliance.content import MessageDecorator
 from comms.compliance.domain_checks import DomainRechecker
 from comms.compliance.gates import AcceptanceGate
@@ -61,6 +63,7 @@ from comms.kit import clock
 from comms.kit.clock import isoformat, utcnow
 from comms.kit.db import Database, sync_clock
 from comms.kit.ids import new_id
+from comms.kit.masking import mask_recipient
 from comms.kit.ratelimit import LocalLimiter, RateLimiter
 from comms.kit.secretbox import SecretBox
 from comms.messages import idempotency
@@ -70,7 +73,7 @@ from comms.models import Batch, Message, Tenant
 from comms.providers.base import OutboundMessage, Outcome, SendResult
 from comms.providers.calls import fault
 from comms.receipts.service import retry_unmatched
-from comms.templates.rendering import TemplateError
+from comms.templates.rendering import REDACTED, TemplateError
 
 log = logging.getLogger("comms.dispatch")
 # Which of a claim's batches were cancelled: built once, as it runs for every claimed batch.
@@ -544,10 +547,13 @@ class Dispatcher:
         cannot be built (the fault being handled may be in that very code) is left out: its
         message is then given back as one whose request may have left."""
         rows = []
+        by_id = {c.id: c for c in claimed}
+        vendor_text = _VendorText([x for i, x in progress.composed.items() if i in by_id], by_id)
         for c in claimed:
             if c.id in progress.decided and c.id in progress.composed:
                 try:
-                    rows.append(self._result_row(c, progress.composed[c.id], *progress.decided[c.id], now))
+                    result, route = progress.decided[c.id]
+                    rows.append(self._result_row(c, progress.composed[c.id], result, route, now, vendor_text))
                 except Exception:
                     log.exception("recording a known outcome failed", extra={"log_id": c.id})
         return rows
@@ -687,8 +693,9 @@ class Dispatcher:
                     # it keep their outcomes.
                     log.exception("sending a group failed unexpectedly")
                     results = [self._after_group_fault(m, exc) for m in messages]
+            vendor_text = _VendorText(composed_list, by_id)
             for item, (result, route) in zip(composed_list, results, strict=True):
-                rows.append(self._result_row(by_id[item.message.id], item, result, route, now))
+                rows.append(self._result_row(by_id[item.message.id], item, result, route, now, vendor_text))
         return rows
 
     @staticmethod
@@ -985,10 +992,19 @@ class Dispatcher:
         return row
 
     def _result_row(
-        self, c: ClaimedMessage, item: Composed, result: SendResult, route: Route | None, now: datetime
+        self,
+        c: ClaimedMessage,
+        item: Composed,
+        result: SendResult,
+        route: Route | None,
+        now: datetime,
+        vendor_text: _VendorText | None = None,
     ) -> dict[str, Any]:
         provider = route.name if route else c.provider
         account = route.account_id if route else c.provider_account_id
+        if vendor_text is not None:
+            result.error = vendor_text.error(result.error)
+            result.response = vendor_text.response(result.response, item)
         response = result.response[:RESPONSE_LIMIT] if result.response else None
         common = {
             "provider": provider,
@@ -1076,6 +1092,57 @@ def _unfit(route: Route, message: OutboundMessage) -> str | None:
     if provider.requires_template and not (message.provider_template or {}).get(route.name):
         return f"{route.name} sends registered templates only: set provider_templates.{route.name}"
     return None
+
+
+class _VendorText:
+    """Strikes from what vendors answered about a group of messages, before it is stored, what
+    must never be stored or shown in clear: the clear values of the messages' secret variables
+    (an error that quotes the text it refused holds the code) and, in errors, every recipient of
+    the group (the error of a refused call is every one of its messages' error, naming numbers
+    that are not theirs). A response, one message's own answer, is cleared of its own secrets."""
+
+    def __init__(self, items: Iterable[Composed], claimed: Mapping[str, ClaimedMessage]) -> None:
+        # Kept as given and looked at only when there is an error to clear: most groups have none.
+        self._items = items
+        self._claimed = claimed
+        self._prepared: tuple[re.Pattern[str] | None, list[tuple[str, str]]] | None = None
+        self._errors: dict[str, str] = {}
+
+    def error(self, text: str | None) -> str | None:
+        if not text:
+            return text
+        done = self._errors.get(text)
+        if done is None:
+            if self._prepared is None:
+                listed = list(self._items)
+                recipients = [
+                    (self._claimed[x.message.id].channel, self._claimed[x.message.id].recipient)
+                    for x in listed
+                ]
+                self._prepared = (_alternation({v for x in listed for v in x.secrets}), recipients)
+            secrets, recipients = self._prepared
+            done = secrets.sub(REDACTED, text) if secrets is not None else text
+            for channel, recipient in recipients:
+                done = scrub_address(done, channel, recipient, mask_recipient(channel, recipient)) or done
+            self._errors[text] = done
+        return done
+
+    @staticmethod
+    def response(text: str | None, item: Composed) -> str | None:
+        if not text or not item.secrets:
+            return text
+        pattern = _alternation(set(item.secrets))
+        return pattern.sub(REDACTED, text) if pattern is not None else text
+
+
+def _alternation(values: set[str]) -> re.Pattern[str] | None:
+    """One pattern for the values worth striking (a value of 1-3 characters would strike pieces
+    of ordinary text), longest first."""
+    kept = sorted((v for v in values if len(v) >= MIN_STRUCK_SECRET), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, kept))) if kept else None
+
+
+MIN_STRUCK_SECRET = 4
 
 
 def _previous_route(routes: Sequence[Route], c: ClaimedMessage) -> Route | None:
