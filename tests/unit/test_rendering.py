@@ -483,3 +483,37 @@ def test_joins_are_bounded_so_no_huge_string_is_built() -> None:
     assert compile_template('{{ first ~ " " ~ last }}').render({"first": "Ann", "last": "Lee"}) == "Ann Lee"
     with pytest.raises(TemplateError, match="joins more than"):
         compile_template("{{ " + " ~ ".join(["a"] * 40) + " }}")
+
+
+def test_the_tag_bounds_are_measured_in_linear_time_on_jinjas_own_tokens() -> None:
+    """A flood of "{{" with no closer (here inside a comment) is counted in one pass: the regex
+    it replaced took 13.5 s for 64 KiB. A quoted "}}" no longer ends a tag early, so a tag's text
+    cannot hide past the character bound."""
+    flood = "Hello {{ name }} {# " + "{{" * 100_000 + " #}"  # ~10 ms now; minutes with the regex
+    assert compile_template(flood).render({"name": "Ann"}) == "Hello Ann "
+    hidden = '{{ "}}" ~ (' + " == ".join(["a"] * 4000) + ") }}"
+    with pytest.raises(TemplateError, match="placeholders and blocks are longer than"):
+        compile_template(hidden)
+    with pytest.raises(TemplateError, match="syntax error"):
+        compile_template("Hi {{ name ")
+
+
+def test_filters_share_a_work_budget_per_rendering() -> None:
+    """Escaping and URL-encoding grow a value several times; chained (within the chain bound) and
+    ended with `length`, the output stays short while the work grows exponentially. The filters of
+    one rendering may produce MAX_FILTER_WORK characters in all."""
+    from comms.templates.rendering import MAX_FILTER_WORK
+
+    chain = compile_template("{{ x" + "|e|urlencode" * 7 + "|length }}" * 25)
+    with pytest.raises(TemplateError, match=f"more than {MAX_FILTER_WORK} characters"):
+        chain.render({"x": '"' * 100_000})
+    # the budget is per rendering, not per template or process
+    small = compile_template("{{ x|e|urlencode|length }}")
+    for _ in range(50):
+        assert small.render({"x": '"' * 10_000}) == str(len("%26%2334%3B") * 10_000)
+
+
+def test_jinjas_globals_are_not_readable() -> None:
+    for name in ("range", "lipsum", "dict", "cycler", "joiner", "namespace"):
+        with pytest.raises(TemplateError, match="missing variable"):
+            compile_template("{{ " + name + " }}").render({})
