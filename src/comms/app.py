@@ -150,6 +150,19 @@ def create_app(
     return app
 
 
+# SQLSTATE classes and codes of a server that cannot take work now (RFC-like: PostgreSQL's
+# appendix A): 08 connection exceptions, 57 operator intervention (starting up, shutting down,
+# an administrator's cancel), 53300 too many connections. The driver raises them as a plain
+# DBAPIError, not as a lost connection; they are the database's outage as much as a refused socket.
+_UNAVAILABLE_CLASSES = ("08", "57")
+_UNAVAILABLE_CODES = frozenset({"53300"})
+
+
+def _server_unavailable(exc: DBAPIError) -> bool:
+    state = str(getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None) or "")
+    return state.startswith(_UNAVAILABLE_CLASSES) or state in _UNAVAILABLE_CODES
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Response:
@@ -185,7 +198,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         # Registered for the error types a lost database raises (these handlers run inside the
         # app, so the client gets the envelope and nothing is re-raised to the server).
         if isinstance(exc, DBAPIError) and not (
-            exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+            exc.connection_invalidated
+            or isinstance(exc, OperationalError | InterfaceError)
+            or _server_unavailable(exc)
         ):
             return await unexpected(request, exc)
         if isinstance(exc, OSError) and (exc.filename is not None or exc.filename2 is not None):

@@ -1073,6 +1073,37 @@ async def test_a_code_waits_for_another_request_for_its_number_and_a_dry_run_tak
         assert await session.scalar(select(func.count()).select_from(Message)) == 2
 
 
+async def test_the_purge_works_in_chunks_walking_on_from_the_last(
+    service: Service, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Content due for purging goes PURGE_CHUNK rows per statement (each inside the statement
+    timeout), every due row once, however many there are; rows not yet due stay."""
+    from comms.compliance import retention
+
+    monkeypatch.setattr(retention, "PURGE_CHUNK", 3)
+    created = await bulk(
+        service,
+        tenant,
+        channel="sms",
+        category="transactional",
+        content="Parcel {{ p }}",
+        recipients=[{"to": f"138001380{i:02d}", "variables": {"p": f"PX-{i}"}} for i in range(8)],
+    )
+    ids = [i["id"] for i in created["items"]]
+    async with service.db.begin() as session:  # as if sent: finished, with content
+        await session.execute(
+            update(Message).where(Message.id.in_(ids)).values(status="sent", content="Parcel PX")
+        )
+        await session.execute(  # the last one is recent: not due
+            update(Message).where(Message.id == ids[-1]).values(created_at=utcnow() + timedelta(days=30))
+        )
+    async with service.db.begin() as session:
+        assert await purge_expired_content(session, utcnow() + timedelta(days=31)) == 7
+    async with service.db.read() as session:
+        rows = [await session.get(Message, i) for i in ids]
+    assert [r.content is None and r.variables is None for r in rows if r is not None] == [True] * 7 + [False]
+
+
 async def test_content_is_purged_after_retention(live_service: Service, live_tenant: TenantKeys) -> None:
     created = await bulk(
         live_service,

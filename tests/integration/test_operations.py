@@ -598,3 +598,53 @@ async def test_comms_status_reads_the_partial_indexes_on_sqlite(service: Service
                 name,
                 details,
             )
+
+
+async def test_a_server_that_cannot_take_work_is_a_503_not_a_500(
+    service: Service, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL starting up or shutting down (SQLSTATE 57P03, 57P01), a connection failure (08...)
+    or too many clients (53300) reach the app as a plain DBAPIError, not as a lost connection:
+    each is the database's outage, a 503 with Retry-After in the envelope; another database error
+    stays a 500."""
+    from sqlalchemy.exc import DBAPIError
+
+    from comms.messages.repository import MessageRepository
+
+    class Refusal(Exception):
+        def __init__(self, sqlstate: str) -> None:
+            super().__init__("refused")
+            self.sqlstate = sqlstate
+
+    state = {"code": ""}
+
+    async def refused(*_: Any, **__: Any) -> Any:
+        raise DBAPIError("SELECT 1", {}, Refusal(state["code"]))
+
+    monkeypatch.setattr(MessageRepository, "list", refused)
+    for code, expected in (("57P03", 503), ("57P01", 503), ("08006", 503), ("53300", 503), ("42703", 500)):
+        state["code"] = code
+        answer = await service.client.get("/communication/logs", headers=tenant.headers())
+        assert answer.status_code == expected and answer.json()["code"] == expected, (code, answer.text)
+        if expected == 503:
+            assert answer.headers["Retry-After"] == "5"
+
+
+async def test_a_statement_the_server_never_answers_ends_at_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that stops answering without closing the connection (a partition) costs a
+    statement STATEMENT_TIMEOUT, not the ~15 minutes TCP takes to give up; the TimeoutError that
+    ends it is answered as an outage (503) like any other."""
+    from comms.kit import db as db_module
+
+    monkeypatch.setattr(db_module, "STATEMENT_TIMEOUT", 0.5)
+    database = Database(need_postgres())
+    try:
+        with pytest.raises(TimeoutError):
+            async with database.read() as session:
+                await session.execute(text("SELECT pg_sleep(5)"))
+        async with database.read() as session:  # and the pool goes on with a sound connection
+            assert (await session.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await database.dispose()

@@ -39,18 +39,19 @@ async def purge_expired_content(session: AsyncSession, now: datetime) -> int:
         # Content never outlives the recipient it was for.
         days = min(settings.content_retention_days, settings.log_retention_days)
         cutoff = now - timedelta(days=days)
-        result = await session.execute(
-            update(Message)
-            .where(
+        purged += await _in_chunks(
+            session,
+            Message.id,
+            (
                 Message.tenant_id == tenant_id,
+                # ids are made just before their row's created_at: a bound on the index walked
+                Message.id < first_id_at("log", cutoff + ID_SLACK),
                 Message.created_at < cutoff,
                 Message.status.not_in(_IN_FLIGHT),
                 (Message.content.is_not(None)) | (Message.variables.is_not(None)),
-            )
-            .values(content=None, variables=None)
-            .execution_options(synchronize_session=False)
+            ),
+            {"content": None, "variables": None},
         )
-        purged += int(result.rowcount or 0)  # type: ignore[attr-defined]
         await session.execute(
             update(Batch)
             .where(Batch.tenant_id == tenant_id, Batch.created_at < cutoff)
@@ -62,17 +63,44 @@ async def purge_expired_content(session: AsyncSession, now: datetime) -> int:
             .values(variables={})
             .execution_options(synchronize_session=False)
         )
-        await session.execute(
-            update(ReceiptEvent)
-            .where(
+        await _in_chunks(
+            session,
+            ReceiptEvent.id,
+            (
                 ReceiptEvent.tenant_id == tenant_id,
                 ReceiptEvent.received_at < cutoff,
                 ReceiptEvent.payload != "",
-            )
-            .values(payload="")
-            .execution_options(synchronize_session=False)
+            ),
+            {"payload": ""},
         )
     return purged
+
+
+# Rows changed per statement: each statement stays well inside the database's statement timeout
+# (kit/db.py) however much is due at once (the first purge after a tenant shortens its retention,
+# say), instead of one UPDATE over millions of rows.
+PURGE_CHUNK = 5_000
+ID_SLACK = timedelta(hours=1)
+
+
+async def _in_chunks(session: AsyncSession, key: Any, where: tuple[Any, ...], values: dict[str, Any]) -> int:
+    """Apply ``values`` to the rows matching ``where``, PURGE_CHUNK at a time in the order of
+    ``key`` (a primary key): each chunk's walk starts where the last one ended, so the whole is
+    one pass over the index, not one per chunk. Returns how many rows changed."""
+    changed, after = 0, ""
+    table = key.class_
+    while True:
+        ids = list(
+            await session.scalars(select(key).where(*where, key > after).order_by(key).limit(PURGE_CHUNK))
+        )
+        if not ids:
+            return changed
+        await session.execute(
+            update(table).where(key.in_(ids)).values(**values).execution_options(synchronize_session=False)
+        )
+        changed, after = changed + len(ids), ids[-1]
+        if len(ids) < PURGE_CHUNK:
+            return changed
 
 
 ANONYMIZE_CHUNK = 1000  # log items per transaction

@@ -114,6 +114,11 @@ class Database:
                 max_overflow=10,
                 pool_recycle=1800,
                 hide_parameters=True,  # statement parameters hold addresses: never in error text
+                # A server that stops answering without closing the connection (its host gone, a
+                # network partition) must not hold a request, a claim or a heartbeat until TCP
+                # gives up (~15 minutes): a statement waits at most this long, a connection
+                # attempt CONNECT_TIMEOUT; the error is then a 503 like any other outage.
+                connect_args={"command_timeout": STATEMENT_TIMEOUT, "timeout": CONNECT_TIMEOUT},
             )
             _check_on_checkout(self.engine)
         self._write = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
@@ -205,6 +210,12 @@ class Database:
 
 
 PING_AFTER_IDLE_SECONDS = 5.0
+# The longest a statement may wait for PostgreSQL's answer, and a connection attempt: a server that
+# stops answering without closing the connection then costs a request a 503 after this, not ~15
+# minutes. The service's own statements take milliseconds; maintenance works in chunks
+# (compliance/retention.py); migrations run on an engine of their own, without it.
+STATEMENT_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
 
 
 def _check_on_checkout(engine: AsyncEngine) -> None:
@@ -230,7 +241,7 @@ def _check_on_checkout(engine: AsyncEngine) -> None:
         idle_since = record.info.get("idle_since")
         if idle_since is not None and time.monotonic() - idle_since > PING_AFTER_IDLE_SECONDS:
             try:
-                dbapi_connection.ping()
+                dbapi_connection.ping()  # bounded by the connection's command_timeout
             except Exception as exc:
                 raise DisconnectionError(f"ping failed: {exc}") from exc
 
