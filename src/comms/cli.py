@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from comms.config import Settings
+from comms.config import Settings, load_settings_or_exit
 from comms.errors import pydantic_message
 from comms.kit.memory import freeze_startup_heap, limit_malloc_arenas
 
@@ -27,7 +27,7 @@ app.add_typer(apikey_app, name="apikey")
 
 
 def _settings(**overrides: Any) -> Settings:
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = load_settings_or_exit(**{k: v for k, v in overrides.items() if v is not None})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings
 
@@ -175,7 +175,7 @@ def status(
     from comms.kit.clock import utcnow
     from comms.kit.db import Database, sync_clock
 
-    settings = Settings()  # reads only: no data folder is made
+    settings = load_settings_or_exit()  # reads only: no data folder is made
 
     async def _run() -> QueueStatus:
         db = Database(settings.resolved_database_url)

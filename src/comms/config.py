@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import sys
 import time
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from comms.kit.urls import http_url
 
 
 class Settings(BaseSettings):
@@ -23,8 +26,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     database_url: str | None = None
     redis_url: str | None = None  # shared rate limits across processes; in-process limits without it
-    rate_limit_per_second: float = Field(default=50.0, gt=0, description="API requests per tenant")
-    rate_limit_burst: float = Field(default=100.0, ge=1)
+    rate_limit_per_second: float = Field(
+        default=50.0, gt=0, allow_inf_nan=False, description="API requests per tenant"
+    )
+    rate_limit_burst: float = Field(default=100.0, ge=1, allow_inf_nan=False)
     outbox_dir: Path | None = None
     secret_key: str | None = None
     public_url: str | None = None
@@ -42,7 +47,7 @@ class Settings(BaseSettings):
     # servers' network turns this off (kit/netguard.py, docs/deploy.md).
     provider_allow_private: bool = True
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
 
     max_recipients: int = Field(default=100_000, ge=1)
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -57,14 +62,39 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     dispatch_batch_size: int = Field(default=500, ge=1, le=10_000)
     dispatch_concurrency: int = Field(default=4, ge=1, le=256)
-    lease_seconds: float = Field(default=60.0, gt=0)
-    poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # Finite: a lease or a wait of inf seconds is no setting (timedelta refuses it mid-run).
+    lease_seconds: float = Field(default=60.0, gt=0, le=86_400, allow_inf_nan=False)
+    poll_interval_seconds: float = Field(default=1.0, gt=0, le=3_600, allow_inf_nan=False)
     max_attempts: int = Field(default=5, ge=1)
-    retry_base_seconds: float = Field(default=2.0, gt=0)
-    retry_max_seconds: float = Field(default=600.0, gt=0)
+    retry_base_seconds: float = Field(default=2.0, gt=0, le=86_400, allow_inf_nan=False)
+    retry_max_seconds: float = Field(default=600.0, gt=0, le=7 * 86_400, allow_inf_nan=False)
 
     log_json: bool = False
     log_level: str = "INFO"
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url_is_a_url(cls, value: str | None) -> str | None:
+        # Callback URLs, unsubscribe links and signatures are built on it: a value no client can
+        # use would break all of them quietly.
+        return None if value is None else http_url(value)
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_is_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            # Set but empty (a deploy template's variable left blank): taken as unset, each machine
+            # would make a key of its own and none could read the others' encrypted credentials.
+            raise ValueError("is set but empty: give the key shared by every process, or unset it")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_is_a_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+            raise ValueError("must be one of CRITICAL, ERROR, WARNING, INFO, DEBUG")
+        return level
 
     @cached_property
     def resolved_database_url(self) -> str:
@@ -132,3 +162,15 @@ def _data_dir_key(path: Path) -> str:
             continue
         time.sleep(0.01)  # an empty file: written by an older version right now
     raise RuntimeError(f"{path} stays empty: remove it, or set COMMS_SECRET_KEY")
+
+
+def load_settings_or_exit(**overrides: object) -> Settings:
+    """Settings from the environment, or one line per bad variable on stderr and exit status 2."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "COMMS_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(f"error: {name}: {message}", file=sys.stderr)
+        raise SystemExit(2) from None

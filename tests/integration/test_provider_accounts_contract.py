@@ -446,3 +446,69 @@ async def test_the_account_list_is_paged_in_the_order_accounts_are_tried(
     assert pages[0]["pagination"]["has_next"] is True and pages[1]["pagination"]["has_next"] is False
     bad = await service.client.get("/communication/providers?page_size=-1", headers=tenant.headers())
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "page_size"
+
+
+async def create_account(service: Service, tenant: TenantKeys, body: dict[str, Any]) -> httpx.Response:
+    return await service.client.post("/communication/providers", json=body, headers=tenant.headers())
+
+
+async def test_keys_and_certificates_a_library_cannot_read_are_422_naming_config(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """A key of an algorithm the crypto library does not know, or a certificate that is not text
+    it can read, is the request's fault: a 422 in the envelope (never a 500), the value unquoted."""
+    import base64
+
+    unknown_algorithm = base64.b64encode(
+        bytes.fromhex("300e300506032a030403050001020304")  # SPKI, OID 1.2.3.4
+    ).decode()
+    for body in (
+        {"channel": "email", "provider": "sendgrid", "name": "sg",
+         "config": {"api_key": "SG.x", "webhook_public_key": unknown_algorithm}},
+        {"channel": "email", "provider": "smtp", "name": "relay",
+         "config": {"host": "relay.example", "ca_certificate": "\u00e9"}},
+    ):  # fmt: skip
+        answer = await create_account(service, tenant, body)
+        assert answer.status_code == 422 and answer.json()["code"] == 422, answer.text
+        assert answer.json()["errors"][0]["field"].startswith("config"), answer.text
+        assert unknown_algorithm not in answer.text
+    listed = await service.client.get("/communication/providers", headers=tenant.headers())
+    assert listed.json()["total"] == 0
+
+
+async def test_secrets_stored_under_another_secret_key_are_reported_and_can_be_given_again(
+    service: Service, tenant: TenantKeys
+) -> None:
+    """After COMMS_SECRET_KEY changed, an account's stored secrets cannot be decrypted: the answer
+    lists them (`secrets_unreadable`), an update that does not give them again is a 422 naming
+    them, and one that does gives a working account again (it was a 500)."""
+    from comms.kit.secretbox import SecretBox
+
+    created = await create_account(
+        service,
+        tenant,
+        {"channel": "sms", "provider": "webhook", "name": "gw",
+         "config": {"url": "https://gw.example/send", "secret": "old-secret-0123456789"}},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    account = created.json()["data"]
+    assert account["secrets_unreadable"] == []
+    state = service.app.state.comms
+    original = state.secrets
+    state.secrets = SecretBox("a-rotated-key-that-differs-from-the-old-one")
+    try:
+        path = f"/communication/providers/{account['id']}"
+        shown = await service.client.get(path, headers=tenant.headers())
+        assert shown.status_code == 200 and shown.json()["data"]["secrets_unreadable"] == ["secret"]
+        renamed = await service.client.put(
+            path, json={"config": {"url": "https://gw2.example/send"}}, headers=tenant.headers()
+        )
+        assert renamed.status_code == 422, renamed.text
+        assert renamed.json()["errors"][0]["field"] == "config.secret"
+        given = await service.client.put(
+            path, json={"config": {"secret": "fresh-secret-0123456789"}}, headers=tenant.headers()
+        )
+        assert given.status_code == 200, given.text
+        assert given.json()["data"]["secrets_unreadable"] == []
+    finally:
+        state.secrets = original

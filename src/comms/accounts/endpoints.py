@@ -66,6 +66,9 @@ def account_data(request: Request, row: ProviderAccount) -> dict[str, Any]:
         "priority": row.priority,
         "config": service.public_view(cls, row.config),
         "secret_fields_set": sorted(f for f in cls.secret_fields if row.config.get(f)),
+        # Stored under another COMMS_SECRET_KEY: the account cannot send (nor its callback URLs
+        # carry their token) until these are given again.
+        "secrets_unreadable": service.unreadable_secrets(cls, row.config, state.secrets),
         "rate_per_second": row.rate_per_second,
         "enabled": row.enabled,
         "callback_urls": service.callback_urls(base, row.provider, row.id, _callback_query(cls, row, state)),

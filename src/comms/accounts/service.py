@@ -99,6 +99,11 @@ def validate_config(cls: type[Provider], config: dict[str, Any]) -> BaseModel:
             for e in exc.errors()
         ]
         raise ValidationFailed(errors[0].field + ": " + errors[0].message, errors) from None
+    except Exception as exc:
+        # A validator that met something its library refuses in a way of its own (a key of an
+        # unknown algorithm, a certificate that is not text): still the request's fault, a 422.
+        # The value itself is never quoted (it may be a key).
+        raise ValidationFailed.single("config", f"a value could not be read ({type(exc).__name__})") from None
 
 
 # The SES receipt options that let a certificate be fetched from elsewhere than Amazon (tests,
@@ -144,18 +149,40 @@ def seal(cls: type[Provider], config: BaseModel, box: SecretBox) -> dict[str, An
 
 
 def unseal(cls: type[Provider], stored: dict[str, Any], box: SecretBox) -> BaseModel:
-    """The config as the provider uses it: secrets decrypted, validated again."""
-    return cls.Config.model_validate(_opened(cls, stored, box))
+    """The config as the provider uses it: secrets decrypted, validated again. A stored config that
+    a newer rule refuses raises a ValueError naming the fields only: pydantic's own message quotes
+    the input, here a decrypted secret, and it would go to the log."""
+    try:
+        return cls.Config.model_validate(_opened(cls, stored, box))
+    except ValidationError as exc:
+        fields = ", ".join(sorted({pydantic_field(e["loc"], prefix=("config",)) for e in exc.errors()}))
+        raise ValueError(f"stored provider config no longer valid: {fields}") from None
 
 
-def _opened(cls: type[Provider], stored: dict[str, Any], box: SecretBox) -> dict[str, Any]:
-    """The stored config with its secrets decrypted, not validated."""
+def _opened(
+    cls: type[Provider], stored: dict[str, Any], box: SecretBox, replaced: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The stored config with its secrets decrypted (but those ``replaced``), not validated."""
     data = dict(stored)
     for field in cls.secret_fields:
         value = data.get(field)
-        if isinstance(value, str):
+        if isinstance(value, str) and field not in replaced:
             data[field] = box.decrypt(value)
     return data
+
+
+def unreadable_secrets(cls: type[Provider], stored: dict[str, Any], box: SecretBox) -> list[str]:
+    """The secret fields of a stored config that this process's key cannot decrypt (the
+    COMMS_SECRET_KEY changed since they were stored): the tenant must give them again."""
+    bad = []
+    for field in cls.secret_fields:
+        value = stored.get(field)
+        if isinstance(value, str):
+            try:
+                box.decrypt(value)
+            except ValueError:
+                bad.append(field)
+    return bad
 
 
 def public_view(cls: type[Provider], stored: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +203,24 @@ def merge_for_update(
     """Changes over the stored config; secrets not given keep their stored (decrypted) value.
     Not validated here (the caller validates the result): a stored config that a newer rule
     refuses must still be fixable by the update that changes the refused field."""
-    current = _opened(cls, stored, box)
+    # Only the secrets kept are decrypted: one the change gives again may be one this process's
+    # key can no longer read (COMMS_SECRET_KEY changed), which is what the update is for.
+    given = frozenset(
+        name for _, names in _alias_names(cls) if any(n in changes for n in names) for name in names
+    )
+    try:
+        current = _opened(cls, stored, box, replaced=given | frozenset(changes))
+    except ValueError:
+        missing = [f for f in unreadable_secrets(cls, stored, box) if f not in changes and f not in given]
+        raise ValidationFailed(
+            "stored secrets cannot be decrypted with the current COMMS_SECRET_KEY; give them again",
+            [
+                FieldError(
+                    f"config.{f}", "cannot be decrypted with the current COMMS_SECRET_KEY; give it again"
+                )
+                for f in missing
+            ],
+        ) from None
     for _, names in _alias_names(cls):
         # A change under any of a field's names replaces the stored value under any other.
         if any(name in changes for name in names):
