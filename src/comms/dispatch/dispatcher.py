@@ -673,30 +673,56 @@ class Dispatcher:
             if progress is not None:
                 progress.composed[c.id] = composed
         by_id = {c.id: c for c in claimed}
-        for (tenant_id, channel), composed_list in outgoing.items():
-            messages = [x.message for x in composed_list]
-            results: list[tuple[SendResult, Route | None]]
-            try:
-                routes = await self.router.routes(tenant_id, channel)
-                every = await self.router.all_routes(tenant_id, channel)
-            except Exception as exc:  # this group sent nothing; others may already have
-                log.exception("routing failed")
-                error = f"routing failed: {type(exc).__name__}"
-                results = [(SendResult(m.id, Outcome.RETRY, error=error), None) for m in messages]
-            else:
-                try:
-                    results = await self._reconcile_then_send(routes, every, messages, by_id)
-                except Exception as exc:
-                    # A fault of ours part-way (provider errors are results, not exceptions): what
-                    # was decided stands, what was handed to a provider may have left (UNKNOWN:
-                    # never re-sent blindly), the rest was not sent (RETRY); the groups sent before
-                    # it keep their outcomes.
-                    log.exception("sending a group failed unexpectedly")
-                    results = [self._after_group_fault(m, exc) for m in messages]
-            vendor_text = _VendorText(composed_list, by_id)
-            for item, (result, route) in zip(composed_list, results, strict=True):
-                rows.append(self._result_row(by_id[item.message.id], item, result, route, now, vendor_text))
+        # The groups (a tenant's channel: its own accounts, rates and vendors) go at once, not one
+        # after another: a tenant whose account sends one message a second, or whose vendor
+        # hangs, must not hold another tenant's code claimed in the same batch behind it.
+        if len(outgoing) == 1:
+            ((key, composed_list),) = outgoing.items()
+            rows.extend(await self._send_group(key, composed_list, by_id, now))
+        else:
+            # A fault of ours in one group stops the others (a TaskGroup cancels them): the batch
+            # is then handled as a whole, what was decided kept and the rest given back flagged.
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self._send_group(k, listed, by_id, now))
+                    for k, listed in outgoing.items()
+                ]
+            for task in tasks:
+                rows.extend(task.result())
         return rows
+
+    async def _send_group(
+        self,
+        key: tuple[str, str],
+        composed_list: list[Composed],
+        by_id: dict[str, ClaimedMessage],
+        now: datetime,
+    ) -> list[dict[str, Any]]:
+        """The rows of one (tenant, channel) group's messages, sent through its routes."""
+        tenant_id, channel = key
+        messages = [x.message for x in composed_list]
+        results: list[tuple[SendResult, Route | None]]
+        try:
+            routes = await self.router.routes(tenant_id, channel)
+            every = await self.router.all_routes(tenant_id, channel)
+        except Exception as exc:  # this group sent nothing; others may already have
+            log.exception("routing failed")
+            error = f"routing failed: {type(exc).__name__}"
+            results = [(SendResult(m.id, Outcome.RETRY, error=error), None) for m in messages]
+        else:
+            try:
+                results = await self._reconcile_then_send(routes, every, messages, by_id)
+            except Exception as exc:
+                # A fault of ours part-way (provider errors are results, not exceptions): what was
+                # decided stands, what was handed to a provider may have left (UNKNOWN: never
+                # re-sent blindly), the rest was not sent (RETRY); the other groups keep theirs.
+                log.exception("sending a group failed unexpectedly")
+                results = [self._after_group_fault(m, exc) for m in messages]
+        vendor_text = _VendorText(composed_list, by_id)
+        return [
+            self._result_row(by_id[item.message.id], item, result, route, now, vendor_text)
+            for item, (result, route) in zip(composed_list, results, strict=True)
+        ]
 
     @staticmethod
     def _after_group_fault(message: OutboundMessage, exc: Exception) -> tuple[SendResult, Route | None]:
