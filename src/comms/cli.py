@@ -9,15 +9,19 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.config import Settings, load_settings_or_exit
 from comms.errors import pydantic_message
 from comms.kit.memory import freeze_startup_heap, limit_malloc_arenas
+
+T = TypeVar("T")
 
 app = typer.Typer(help="comms: bulk SMS and email with per-recipient logs.", no_args_is_help=True)
 tenant_app = typer.Typer(help="Manage tenants.", no_args_is_help=True)
@@ -30,6 +34,25 @@ def _settings(**overrides: Any) -> Settings:
     settings = load_settings_or_exit(**{k: v for k, v in overrides.items() if v is not None})
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings
+
+
+def _in_transaction(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """``work`` in one transaction of the migrated database the settings name (the CLI's
+    one-shot writes: tenants, keys)."""
+    from comms.kit.db import Database
+
+    settings = _settings()
+    _migrate(settings)
+
+    async def _run() -> T:
+        db = Database(settings.resolved_database_url)
+        try:
+            async with db.begin() as session:
+                return await work(session)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(_run())
 
 
 def _migrate(settings: Settings) -> None:
@@ -240,28 +263,19 @@ def tenant_create(
 ) -> None:
     """Create a tenant and print its id."""
     from comms.compliance.settings import unplanned_region
-    from comms.kit.db import Database
     from comms.tenants.service import create_tenant
 
     why = unplanned_region(region)
     if why is not None:
         typer.echo(f"error: --region: {why}", err=True)
         raise typer.Exit(2)
-    settings = _settings()
-    _migrate(settings)
 
-    async def _run() -> str:
-        db = Database(settings.resolved_database_url)
-        try:
-            async with db.begin() as session:
-                extra = {"sender_identities": list(sender)} if sender else None
-                tenant = await create_tenant(session, name, region, extra)
-                return tenant.id
-        finally:
-            await db.dispose()
+    async def create(session: AsyncSession) -> str:
+        extra = {"sender_identities": list(sender)} if sender else None
+        return (await create_tenant(session, name, region, extra)).id
 
     try:
-        tenant_id = asyncio.run(_run())
+        tenant_id = _in_transaction(create)
     except ValidationError as exc:
         fields = {"default_region": "--region", "sender_identities": "--sender"}
         for error in exc.errors():
@@ -288,23 +302,14 @@ def apikey_create(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create an API key and print its token once."""
-    from comms.kit.db import Database
     from comms.tenants.service import create_api_key
 
-    settings = _settings()
-    _migrate(settings)
-
-    async def _run() -> tuple[str, str]:
-        db = Database(settings.resolved_database_url)
-        try:
-            async with db.begin() as session:
-                key, token = await create_api_key(session, tenant, scope, name)
-                return key.id, token
-        finally:
-            await db.dispose()
+    async def create(session: AsyncSession) -> tuple[str, str]:
+        key, token = await create_api_key(session, tenant, scope, name)
+        return key.id, token
 
     try:
-        key_id, token = asyncio.run(_run())
+        key_id, token = _in_transaction(create)
     except (LookupError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -319,22 +324,13 @@ def apikey_revoke(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Revoke an API key: every request with it is refused from now on (401)."""
-    from comms.kit.db import Database
     from comms.tenants.service import revoke_api_key
 
-    settings = _settings()
-    _migrate(settings)
-
-    async def _run() -> bool:
-        db = Database(settings.resolved_database_url)
-        try:
-            async with db.begin() as session:
-                return await revoke_api_key(session, key_id, actor="cli")
-        finally:
-            await db.dispose()
+    async def revoke(session: AsyncSession) -> bool:
+        return await revoke_api_key(session, key_id, actor="cli")
 
     try:
-        revoked = asyncio.run(_run())
+        revoked = _in_transaction(revoke)
     except LookupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
