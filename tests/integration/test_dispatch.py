@@ -999,6 +999,35 @@ async def test_one_tenants_stuck_group_does_not_hold_another_tenants_code(
     ]
 
 
+async def test_a_code_takes_the_next_opening_of_a_slow_accounts_rate_before_bulk(service: Service) -> None:
+    """On an account slower than a few messages a second every bulk call is one message, as a
+    code's is, and the limiter keeps no order: a code waiting for the account's rate makes this
+    process's bulk calls step aside, so it takes the next opening (it waited 1-22 s beside bulk)."""
+    from types import SimpleNamespace
+
+    from comms.dispatch.routing import Route
+
+    route = Route(SimpleNamespace(name="slow", rate_per_second=None), "acc_slow", rate_per_second=20.0)  # type: ignore[arg-type]
+    order: list[str] = []
+    async with standalone_dispatcher(service) as worker:
+
+        async def call(name: str, urgent: bool) -> None:
+            await worker._throttle(route, 1, urgent=urgent)
+            order.append(name)
+
+        bulk = [asyncio.create_task(call(f"bulk{i}", False)) for i in range(8)]
+
+        async def some_bulk_went() -> bool:
+            return len(order) >= 3
+
+        await wait_until(some_bulk_went)
+        admitted_before = len(order)
+        await asyncio.wait_for(call("code", True), timeout=10)
+        await asyncio.wait_for(asyncio.gather(*bulk), timeout=10)
+    assert order.index("code") == admitted_before, order
+    assert len(order) == 9
+
+
 async def test_a_batch_retry_sends_again_instead_of_reconciling_the_earlier_attempt(
     service: Service, tenant: TenantKeys
 ) -> None:

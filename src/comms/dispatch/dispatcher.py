@@ -71,7 +71,7 @@ from comms.messages.fairness import rank_of
 from comms.messages.recipients import region_of_phone
 from comms.models import Batch, Message, Tenant
 from comms.providers.base import OutboundMessage, Outcome, SendResult
-from comms.providers.calls import fault
+from comms.providers.calls import carries_code, fault
 from comms.receipts.service import retry_unmatched
 from comms.templates.rendering import REDACTED, TemplateError
 
@@ -167,6 +167,7 @@ class Dispatcher:
         self._last_purge = 0.0
         self._anonymizer = RecipientAnonymizer(db)
         self._salts: dict[str, str] = {}
+        self._codes_waiting: Counter[str] = Counter()  # rate-limit key -> calls with codes waiting
 
     @property
     def _lease(self) -> timedelta:
@@ -854,7 +855,7 @@ class Dispatcher:
                     last_error, permanent = f"{route.name}: circuit open after repeated failures", False
                     break
                 try:
-                    await self._throttle(route, len(chunk))
+                    await self._throttle(route, len(chunk), urgent=carries_code(chunk))
                 except Exception as exc:  # nothing was sent: like a refusal, the next route or a retry
                     log.exception("send rate check failed", extra={"provider": route.name})
                     refused.extend(chunk)
@@ -934,19 +935,33 @@ class Dispatcher:
             log.warning("could not look up cancelled batches before a send", exc_info=True)
             return set()
 
-    async def _throttle(self, route: Route, cost: int) -> None:
+    async def _throttle(self, route: Route, cost: int, urgent: bool = False) -> None:
         """Wait until the route's rate (the account's, else the provider's own) admits ``cost``
-        messages; shared by every worker through Redis when it is configured."""
+        messages; shared by every worker through Redis when it is configured.
+
+        ``urgent`` (a call carrying a code): while one waits for a key, this process's bulk calls
+        for that key step aside, so the code takes the next opening instead of queueing behind
+        them (on an account slower than a few messages a second, each bulk call is one message
+        and the limiter has no order of its own). Other processes' bulk still compete for it."""
         rate = route.rate_per_second or route.provider.rate_per_second
         if rate is None:
             return
         key = f"provider:{route.account_id or route.name}"
         burst = max(rate, float(cost))
-        while True:
-            wait = await self.limiter.acquire(key, rate, burst, float(cost))
-            if wait <= 0:
-                return
-            await asyncio.sleep(min(wait, 5.0))
+        if urgent:
+            self._codes_waiting[key] += 1
+        try:
+            while True:
+                if not urgent and self._codes_waiting[key]:
+                    await asyncio.sleep(min(1.0 / rate, 0.05))
+                    continue
+                wait = await self.limiter.acquire(key, rate, burst, float(cost))
+                if wait <= 0:
+                    return
+                await asyncio.sleep(min(wait, 5.0))
+        finally:
+            if urgent:
+                self._codes_waiting[key] -= 1
 
     def _retry_or_fail(
         self, c: ClaimedMessage, now: datetime, error: str, retry_after: float | None = None, **changes: Any
