@@ -330,6 +330,40 @@ async def test_09_marketing_email_needs_postal_address_verified_from_and_ad_disc
 # ---- 5, 12 --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # SQLite runs one write at a time
+async def test_05_one_click_posts_at_the_same_instant_all_answer_200(
+    service: Service, tenant: TenantKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mailbox provider retrying a one-click POST, the person clicking beside it: simultaneous
+    POSTs for one recipient all answer 200 and leave one suppression (on PostgreSQL the second
+    insert of the row was an IntegrityError, a 500). Here every request reads "not suppressed
+    yet" before any of them writes, the interleaving that made it."""
+    from comms.compliance.repository import SuppressionStore
+
+    await opt_in(service, tenant, "email", "ann@example.com")
+    created = await bulk(service, tenant, **marketing_email())
+    token = UnsubscribeSigner(service.settings.resolved_secret_key).token(created["items"][0]["id"])
+    read = SuppressionStore.get
+    arrived, all_read = [0], asyncio.Event()
+
+    async def read_together(self: SuppressionStore, channel: str, digest: str) -> Any:
+        found = await read(self, channel, digest)
+        if not all_read.is_set():
+            arrived[0] += 1
+            if arrived[0] == 8:
+                all_read.set()
+            await asyncio.wait_for(all_read.wait(), timeout=10)
+        return found
+
+    monkeypatch.setattr(SuppressionStore, "get", read_together)
+    answers = await asyncio.gather(
+        *(service.client.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"}) for _ in range(8))
+    )
+    assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers if a.status_code != 200]
+    async with service.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(Suppression)) == 1
+
+
 async def test_05_one_click_post_suppresses_in_the_same_request(service: Service, tenant: TenantKeys) -> None:
     await opt_in(service, tenant, "email", "ann@example.com")
     created = await bulk(service, tenant, **marketing_email())
@@ -2179,6 +2213,11 @@ async def test_09_dns_record_rules(service: Service, dns_server: DnsServer) -> N
     assert "no SPF record" in details["gone"]["detail"]
     assert "more than 10 DNS lookups" in details["busy"]["detail"]
     assert [name for name, d in details.items() if d["ok"]] == ["fine"]
+    # A target no DNS query can carry (a stray backslash in the record's data): a permerror
+    # (fails), never a 500, nor a round of re-checks stopped at it (domain_checks.py).
+    records["odd.example"] = ["v=spf1 include:bad\\\\ -all"]
+    odd = await check("odd.example")
+    assert odd["spf"]["ok"] is False, odd
     # RFC 7489: v=DMARC1 must come first, exactly; receivers discard any other record.
     records["late.example"] = ["v=spf1 -all"]
     records["_dmarc.late.example"] = ["p=reject; v=DMARC1"]

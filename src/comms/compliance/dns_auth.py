@@ -113,6 +113,10 @@ async def txt_lookup(resolver: dns.asyncresolver.Resolver, name: str) -> tuple[s
         raise DnsUnavailable(f"no DNS server answered for {name} (SERVFAIL or refused)") from None
     except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
         return name, []
+    except (dns.exception.SyntaxError, dns.name.IDNAException):
+        # A name no DNS query can carry (a stray backslash, a label IDNA refuses), here taken
+        # from another record (an SPF include or redirect): no records there, so a permerror.
+        return name, []
     if answer.rrset is None:
         return name, []
     canonical = answer.canonical_name.to_text(omit_final_dot=True).lower()

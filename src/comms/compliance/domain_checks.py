@@ -96,6 +96,12 @@ class DomainRechecker:
                 log.warning("sending domain not re-checked: %s", exc, extra={"domain": name})
                 self._unreachable_until[(tenant_id, name)] = time.monotonic() + UNREACHABLE_PAUSE
                 continue
+            except Exception:
+                # A record this code cannot read must not stop the round: every domain after it
+                # (oldest checked first) would never be looked at again.
+                log.exception("sending domain check failed", extra={"domain": name})
+                self._unreachable_until[(tenant_id, name)] = time.monotonic() + UNREACHABLE_PAUSE
+                continue
             async with self.db.begin() as session:
                 # Locked: a settings change committed meanwhile must not be written over.
                 tenant = await session.get(Tenant, tenant_id, with_for_update=True)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple, Protocol
 
 from sqlalchemy import Text, delete, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comms.compliance import audit
@@ -198,19 +199,28 @@ async def suppress(
         if firmer or widens:
             existing.reason = reason
     else:
-        store.add(
-            Suppression(
-                tenant_id=tenant.id,
-                channel=who.channel,
-                address_hash=who.digest,
-                address=who.address,
-                reason=reason,
-                scope=scope,
-                source=source,
-                created_at=when,
+        await session.flush()  # what came before goes out first: only the row below is at stake
+        try:
+            async with session.begin_nested():
+                store.add(
+                    Suppression(
+                        tenant_id=tenant.id,
+                        channel=who.channel,
+                        address_hash=who.digest,
+                        address=who.address,
+                        reason=reason,
+                        scope=scope,
+                        source=source,
+                        created_at=when,
+                    )
+                )
+        except IntegrityError:
+            # Another request suppressed the address at the same instant (a mailbox provider
+            # retrying a one-click POST, the person clicking beside it): its row stands, and this
+            # one applies over it as over any earlier one (its complaint, if any, counted above).
+            return await suppress(
+                session, tenant, who, reason, source, actor=actor, ip=ip, counted=False, at=at
             )
-        )
-        await session.flush()
     audit.record(
         session, tenant.id, "suppression.added", actor=actor, ip=ip,
         channel=who.channel, address_hash=who.digest, reason=reason, source=source,
