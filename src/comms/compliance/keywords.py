@@ -113,7 +113,7 @@ async def handle_inbound_sms(
         # Only what a keyword did: a YES or START (common replies to anything) must not lift an
         # unsubscribe link, a recorded objection (GDPR Art. 21), a bounce or a complaint.
         changed = await service.unsuppress(
-            session, tenant, who, "sms_keyword", only_reasons=frozenset({"stop"})
+            session, tenant, who, "sms_keyword", only_reasons=service.LIFTED_BY_KEYWORD
         )
         reply = (
             f"{brand}: you are subscribed again. Reply STOP to opt out, HELP for help." if changed else None

@@ -7,7 +7,7 @@ same person however their address was written, and survives erasure of the addre
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple, Protocol
@@ -59,17 +59,11 @@ ERASED = "[erased]"
 
 
 async def _strike_from_stored_answers(
-    session: AsyncSession, tenant_id: str, spellings: Iterable[str]
+    session: AsyncSession, tenant_id: str, spellings: Collection[str]
 ) -> None:
     rows = await session.scalars(
         select(IdempotencyKey).where(
-            IdempotencyKey.tenant_id == tenant_id,
-            or_(
-                *(
-                    _lowered(IdempotencyKey.response_body).contains(s.lower(), autoescape=True)
-                    for s in spellings
-                )
-            ),
+            IdempotencyKey.tenant_id == tenant_id, _quoting(IdempotencyKey.response_body, spellings)
         )
     )
     # Longest first: "+8613800138000" goes whole, not as "+86" and the national number.
@@ -80,8 +74,11 @@ async def _strike_from_stored_answers(
         row.response_body = pattern.sub(ERASED, row.response_body)
 
 
-def _lowered(column: Any) -> Any:
-    return func.lower(column, type_=Text)
+def _quoting(column: Any, spellings: Iterable[str]) -> Any:
+    """Rows whose ``column`` quotes any of ``spellings``, in any letter case (LIKE is
+    case-sensitive on PostgreSQL)."""
+    lowered = func.lower(column, type_=Text)
+    return or_(*(lowered.contains(s.lower(), autoescape=True) for s in spellings))
 
 
 # What may lift a suppression of each reason: 0 a START keyword too, 1 an opt-in given after it
@@ -95,6 +92,8 @@ _DURABILITY: dict[str, int] = {
     "hard_bounce": 2,
     "complaint": 2,
 }
+LIFTED_BY_KEYWORD = frozenset(reason for reason, level in _DURABILITY.items() if level == 0)  # START
+LIFTED_BY_OPT_IN = frozenset(reason for reason, level in _DURABILITY.items() if level <= 1)
 # Complaints a provider or a mailbox provider reports: each counts in the complaint rate.
 REPORTED_COMPLAINT_SOURCES = frozenset({"complaint", "feedback_loop"})
 
@@ -327,7 +326,7 @@ async def record_consent(
         # An opt-in given after an opt-out of the person's own lifts it; never a bounce or a complaint.
         lifted = await unsuppress(
             session, tenant, who, "api", actor=actor, ip=ip,
-            only_reasons=frozenset({"unsubscribed", "stop", "objection"}), given_after=collected_at,
+            only_reasons=LIFTED_BY_OPT_IN, given_after=collected_at,
         )  # fmt: skip
     return RecordedConsent(row, lifted, before.status if before is not None else None)
 
@@ -472,7 +471,7 @@ async def erase(
         delete(ReceiptEvent)
         .where(
             ReceiptEvent.tenant_id == tenant.id,
-            or_(*(_lowered(ReceiptEvent.payload).contains(s.lower(), autoescape=True) for s in spellings)),
+            _quoting(ReceiptEvent.payload, spellings),
         )
         .execution_options(synchronize_session=False)
     )
@@ -482,7 +481,7 @@ async def erase(
         delete(EventDelivery)
         .where(
             EventDelivery.tenant_id == tenant.id,
-            or_(*(_lowered(EventDelivery.payload).contains(s.lower(), autoescape=True) for s in spellings)),
+            _quoting(EventDelivery.payload, spellings),
         )
         .execution_options(synchronize_session=False)
     )

@@ -233,6 +233,7 @@ def compose(
             text, shown, claimed.category, region, decorator, shared=not own
         )
         sender = context.sender or next(iter(settings.sms_senders()), None)
+    variables = {**context.shared, **own} if own else context.shared
     message = OutboundMessage(
         id=claimed.id,
         tenant_id=claimed.tenant_id,
@@ -245,7 +246,7 @@ def compose(
         subject=subject,
         html=html,
         headers=headers,
-        variables=(variables := {**context.shared, **own} if own else context.shared),
+        variables=variables,
         provider_template=context.provider_templates,
         segments=segments,
         possible_duplicate=claimed.possible_duplicate,

@@ -16,7 +16,6 @@ import contextlib
 import contextvars
 import logging
 import os
-import re
 import socket
 import time
 from collections import Counter, defaultdict
@@ -501,7 +500,7 @@ class Dispatcher:
             # handed to a provider may have left, so it goes back flagged; the rest as it was.
             now = utcnow()
             recorded: set[str] = set()
-            if decided := self._decided_rows(claimed, progress, now):
+            if decided := self._decided_rows(by_id, progress, now):
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(FINAL_COMPLETE_TIMEOUT), self.db.begin() as session:
                         await self._record(session, decided, by_id)
@@ -518,7 +517,7 @@ class Dispatcher:
             log.exception("dispatch failed")
             now = utcnow()
             error = f"dispatch error: {type(exc).__name__}: {exc}"
-            known = {row["id"]: row for row in self._decided_rows(claimed, progress, now)}
+            known = {row["id"]: row for row in self._decided_rows(by_id, progress, now)}
             rows = [
                 known.get(c.id) or self._after_fault(c, now, error, c.id in progress.handed) for c in claimed
             ]
@@ -541,16 +540,15 @@ class Dispatcher:
             metrics.FINISHED.labels(*labels).inc(count)
 
     def _decided_rows(
-        self, claimed: list[ClaimedMessage], progress: _Progress, now: datetime
+        self, by_id: dict[str, ClaimedMessage], progress: _Progress, now: datetime
     ) -> list[dict[str, Any]]:
         """The rows of the claimed messages whose result is already known (a provider answered,
         or reconciliation found them), for a batch stopped or failed before its end. A row that
         cannot be built (the fault being handled may be in that very code) is left out: its
         message is then given back as one whose request may have left."""
         rows = []
-        by_id = {c.id: c for c in claimed}
         vendor_text = _VendorText([x for i, x in progress.composed.items() if i in by_id], by_id)
-        for c in claimed:
+        for c in by_id.values():
             if c.id in progress.decided and c.id in progress.composed:
                 try:
                     result, route = progress.decided[c.id]
@@ -1039,13 +1037,12 @@ class Dispatcher:
         result: SendResult,
         route: Route | None,
         now: datetime,
-        vendor_text: _VendorText | None = None,
+        vendor_text: _VendorText,
     ) -> dict[str, Any]:
         provider = route.name if route else c.provider
         account = route.account_id if route else c.provider_account_id
-        if vendor_text is not None:
-            result.error = vendor_text.error(result.error)
-            result.response = vendor_text.response(result.response, item)
+        result.error = vendor_text.error(result.error)
+        result.response = vendor_text.response(result.response, item)
         response = result.response[:RESPONSE_LIMIT] if result.response else None
         common = {
             "provider": provider,
@@ -1142,45 +1139,38 @@ class _VendorText:
     the group (the error of a refused call is every one of its messages' error, naming numbers
     that are not theirs). A response, one message's own answer, is cleared of its own secrets."""
 
-    def __init__(self, items: Iterable[Composed], claimed: Mapping[str, ClaimedMessage]) -> None:
-        # Kept as given and looked at only when there is an error to clear: most groups have none.
+    def __init__(self, items: Sequence[Composed], claimed: Mapping[str, ClaimedMessage]) -> None:
         self._items = items
         self._claimed = claimed
-        self._prepared: tuple[re.Pattern[str] | None, list[tuple[str, str]]] | None = None
-        self._errors: dict[str, str] = {}
+        self._errors: dict[str, str] = {}  # an error shared by a refused call is cleared once
 
     def error(self, text: str | None) -> str | None:
         if not text:
             return text
         done = self._errors.get(text)
         if done is None:
-            if self._prepared is None:
-                listed = list(self._items)
-                recipients = [
-                    (self._claimed[x.message.id].channel, self._claimed[x.message.id].recipient)
-                    for x in listed
-                ]
-                self._prepared = (_alternation({v for x in listed for v in x.secrets}), recipients)
-            secrets, recipients = self._prepared
-            done = secrets.sub(REDACTED, text) if secrets is not None else text
-            for channel, recipient in recipients:
-                done = scrub_address(done, channel, recipient, mask_recipient(channel, recipient)) or done
+            done = _strike(text, {v for x in self._items for v in x.secrets})
+            for x in self._items:
+                c = self._claimed[x.message.id]
+                done = (
+                    scrub_address(done, c.channel, c.recipient, mask_recipient(c.channel, c.recipient))
+                    or done
+                )
             self._errors[text] = done
         return done
 
     @staticmethod
     def response(text: str | None, item: Composed) -> str | None:
-        if not text or not item.secrets:
-            return text
-        pattern = _alternation(set(item.secrets))
-        return pattern.sub(REDACTED, text) if pattern is not None else text
+        return _strike(text, item.secrets) if text and item.secrets else text
 
 
-def _alternation(values: set[str]) -> re.Pattern[str] | None:
-    """One pattern for the values worth striking (a value of 1-3 characters would strike pieces
-    of ordinary text), longest first."""
-    kept = sorted((v for v in values if len(v) >= MIN_STRUCK_SECRET), key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, kept))) if kept else None
+def _strike(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each secret value (longest first) replaced; values of 1-3 characters are left,
+    as they would strike pieces of ordinary text."""
+    for value in sorted((v for v in secrets if len(v) >= MIN_STRUCK_SECRET), key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text
 
 
 MIN_STRUCK_SECRET = 4

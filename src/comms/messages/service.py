@@ -136,9 +136,7 @@ async def submit_bulk(
     if body.dry_run:
         items: list[Accepted] = []
         for chunk in _chunks(body.recipients):
-            items.extend(
-                await _gated(gate, resolved, _with_subjects_checked(normalizer.run(chunk), resolved))
-            )
+            items.extend(await _gated(gate, resolved, normalizer.run(chunk)))
         return _dry_run_result(principal, body, resolved, items, options)
     return await _store(session, principal, body, resolved, gate, normalizer, secrets, options)
 
@@ -522,28 +520,16 @@ def _multiline(value: str | None) -> bool:
     return value is not None and ("\r" in value or "\n" in value)
 
 
-def _with_subjects_checked(items: list[Accepted], resolved: Resolved) -> list[Accepted]:
-    """Recipients whose own values would put a line break into the subject are ``rejected`` now
-    (the message could not be built: a header holds no line break), instead of failing at
-    dispatch. One dictionary look-up per recipient with variables of its own."""
-    names = resolved.subject.variables if resolved.subject is not None else frozenset()
-    if not names:
-        return items
-    error = "the subject would hold a line break from this recipient's variables"
-    return [
-        item._replace(status="rejected", error=error)
-        if item.status == "queued"
-        and item.variables
-        and any(_multiline(item.variables.get(n)) for n in names)
-        else item
-        for item in items
-    ]
+# A recipient whose own values would put a line break into the subject (_Normalizer.run).
+_BROKEN_SUBJECT = "the subject would hold a line break from this recipient's variables"
 
 
 class _Normalizer:
     """Normalizes and dedupes recipients chunk by chunk (dedupe spans the whole request).
 
-    Invalid addresses become ``rejected`` items, not request errors.
+    Invalid addresses become ``rejected`` items, not request errors; so does a recipient whose
+    own values would put a line break into the subject (a header holds none: the message could
+    not be built at dispatch), at one look-up per recipient with values of its own.
     """
 
     def __init__(self, resolved: Resolved, ids: list[str]) -> None:
@@ -552,6 +538,7 @@ class _Normalizer:
         self.seen: set[str] = set()
         self.ids = iter(ids)
         self.has_own_variables = False
+        self.subject_names = resolved.subject.variables if resolved.subject is not None else frozenset()
 
     def run(self, recipients: list[str | RecipientSpec]) -> list[Accepted]:
         is_sms, region, seen, ids = self.is_sms, self.region, self.seen, self.ids
@@ -577,7 +564,10 @@ class _Normalizer:
             key = normalized if is_sms else recipient_key("email", normalized)
             if key not in seen:
                 seen.add(key)
-                append(make(next(ids), normalized, key, "queued", None, own))
+                if own and any(_multiline(own.get(n)) for n in self.subject_names):
+                    append(make(next(ids), normalized, key, "rejected", _BROKEN_SUBJECT, own))
+                else:
+                    append(make(next(ids), normalized, key, "queued", None, own))
         return accepted
 
 
@@ -657,8 +647,6 @@ async def _store(
     try:
         for chunk in _chunks(body.recipients):
             normalized = normalizer.run(chunk)
-            if normalizer.has_own_variables:
-                normalized = _with_subjects_checked(normalized, resolved)
             await writer.wait()
             items = await _gated(gate, resolved, normalized)
             if normalizer.has_own_variables:

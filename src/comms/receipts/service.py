@@ -226,12 +226,12 @@ def _may_have_carried(account: ProviderAccount, message: Message, sharing: froze
     not_recorded_yet = (
         message.provider is None and message.provider_account_id is None and message.status == "sending"
     )
-    return (
-        not_recorded_yet
-        or message.provider_account_id == account.id
-        or message.provider_account_id in sharing
-        or message.possible_duplicate
-    )
+    return not_recorded_yet or _recorded_by(account, message, sharing) or message.possible_duplicate
+
+
+def _recorded_by(account: ProviderAccount, message: Message, sharing: frozenset[str]) -> bool:
+    """Whether the account that carried ``message`` is ``account`` or one ``sharing`` its callbacks."""
+    return message.provider_account_id == account.id or message.provider_account_id in sharing
 
 
 def _recipient_key(recipient: str | None) -> str | None:
@@ -294,9 +294,7 @@ async def apply_receipt(
         vendor_id = message.provider_message_id or event.provider_message_id
         events.add(tenant.id, item_event(message, target.value, error, message.provider, vendor_id, now))
     if event.bounce in ("hard", "complaint", "opted_out") and (
-        changed
-        or message.provider_account_id == account.id
-        or (sharing is not None and message.provider_account_id in await sharing.ids())
+        changed or _recorded_by(account, message, await sharing.ids() if sharing is not None else frozenset())
     ):
         # A bounce suppresses the recipient only from the account that carried the message, or
         # with the status it moved: a possible duplicate's other account, whose receipt moved
